@@ -1,0 +1,1 @@
+"""The Offsite Backup integration: nightly off-site backups through a signing gateway."""

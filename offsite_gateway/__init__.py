@@ -1,0 +1,1 @@
+"""Offsite Backup gateway: signs presigned multipart upload URLs for Home Assistant instances."""

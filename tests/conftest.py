@@ -1,0 +1,62 @@
+"""Fixtures shared by every test: loopback sockets and the local S3 servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import pytest_socket
+
+from tests.helpers.servers import S3Server, run_localstack, run_moto
+
+
+@pytest.fixture(autouse=True)
+def _loopback_sockets(socket_enabled: None) -> None:
+    """Allow sockets: Home Assistant's harness still refuses every host but 127.0.0.1."""
+
+
+@contextmanager
+def _sockets_for_session_setup() -> Iterator[None]:
+    """Session fixtures are set up before the per-test socket allowance: open sockets for the setup only."""
+    pytest_socket.enable_socket()
+    try:
+        yield
+    finally:
+        pytest_socket.disable_socket(allow_unix_socket=True)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One moto S3 server for the session; tests isolate themselves with their own bucket."""
+    with _sockets_for_session_setup():
+        server_cm = run_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+        server = server_cm.__enter__()
+    try:
+        yield server
+    finally:
+        server_cm.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def localstack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """LocalStack's S3, which checks presigned URL signatures and expiry."""
+    with _sockets_for_session_setup():
+        server_cm = run_localstack(tmp_path_factory.mktemp("localstack"))
+        server = server_cm.__enter__()
+    try:
+        yield server
+    finally:
+        server_cm.__exit__(None, None, None)
+
+
+@pytest.fixture
+def moto_bucket(moto_server: S3Server) -> str:
+    """A fresh bucket on the session's moto server."""
+    return moto_server.create_bucket()
+
+
+@pytest.fixture
+def localstack_bucket(localstack_server: S3Server) -> str:
+    """A fresh bucket on the session's LocalStack server."""
+    return localstack_server.create_bucket()
