@@ -1,6 +1,215 @@
-"""Command line entry point (filled in by the gateway work)."""
+"""`offsite-gateway`: serve the API, manage instances and their tokens, create the bucket.
+
+Exit codes: 0 done, 1 failed (storage, database, unknown instance), 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiohttp import web
+
+from . import auth
+from .app import STORAGE, AccessLogger, create_app
+from .config import ConfigError, Settings, load_settings
+from .storage import Storage, StorageError
+from .store import DuplicateInstance, SQLiteStore
+
+_LOGGER = logging.getLogger("offsite_gateway")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
 
 
-def main() -> int:
-    """Run the gateway CLI."""
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="TOML file with the settings in lower case (s3_endpoint = ...); the environment overrides it",
+    )
+    parser = argparse.ArgumentParser(
+        prog="offsite-gateway",
+        description="Offsite Backup gateway: signs upload URLs for Home Assistant instances.",
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("serve", parents=[common], help="serve the HTTP API")
+
+    instance = commands.add_parser("instance", parents=[common], help="manage instances and their tokens")
+    instance_commands = instance.add_subparsers(dest="instance_command", required=True, metavar="ACTION")
+    add = instance_commands.add_parser(
+        "add", parents=[common], help="create an instance; prints its token (once) on the last line"
+    )
+    add.add_argument("name")
+    instance_commands.add_parser("list", parents=[common], help="list instances")
+    revoke = instance_commands.add_parser("revoke", parents=[common], help="revoke an instance's token")
+    revoke.add_argument("name")
+
+    bucket = commands.add_parser("bucket", parents=[common], help="storage bucket (for local setups)")
+    bucket_commands = bucket.add_subparsers(dest="bucket_command", required=True, metavar="ACTION")
+    bucket_commands.add_parser("create", parents=[common], help="create the configured bucket")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # botocore's debug logs print request URLs and headers: keep them out of our logs at any level.
+    logging.getLogger("botocore").setLevel(max(logging.INFO, getattr(logging, level)))
+    logging.getLogger("aiobotocore").setLevel(max(logging.INFO, getattr(logging, level)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the gateway CLI; return the exit code."""
+    args = _parser().parse_args(argv)
+    config_file: Path | None = getattr(args, "config", None)
+    needs_storage = args.command in ("serve", "bucket")
+    try:
+        settings = load_settings(os.environ, config_file, require_storage=needs_storage)
+    except ConfigError as err:
+        print(f"offsite-gateway: configuration error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    _setup_logging(settings.log_level)
+    try:
+        if args.command == "serve":
+            return asyncio.run(serve(settings))
+        if args.command == "bucket":
+            return asyncio.run(_bucket_create(settings))
+        if args.instance_command == "add":
+            return asyncio.run(_instance_add(settings, args.name))
+        if args.instance_command == "list":
+            return asyncio.run(_instance_list(settings))
+        return asyncio.run(_instance_revoke(settings, args.name))
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+    except Exception as err:
+        print(f"offsite-gateway: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+@contextlib.asynccontextmanager
+async def _open_store(settings: Settings) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(settings.db)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _instance_add(settings: Settings, name: str) -> int:
+    try:
+        auth.validate_instance_name(name)
+    except ValueError as err:
+        print(f"offsite-gateway: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    async with _open_store(settings) as store:
+        try:
+            instance, token = await auth.add_instance(store, name)
+        except DuplicateInstance:
+            print(
+                f"offsite-gateway: an active instance is already named {name!r} (revoke it first to replace it)",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+    print(f"Instance {instance.name!r} created, id {instance.id}.")
+    print("Its token follows, shown this once: paste it into Home Assistant.")
+    print(token)
     return 0
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _instance_list(settings: Settings) -> int:
+    async with _open_store(settings) as store:
+        instances = await store.list_instances()
+    if not instances:
+        print("No instances yet: offsite-gateway instance add NAME")
+        return 0
+    width = max(len("NAME"), *(len(instance.name) for instance in instances))
+    print(f"{'ID':<32}  {'NAME':<{width}}  {'CREATED':<20}  STATUS")
+    for instance in instances:
+        status = "active" if instance.revoked_at is None else f"revoked {_when(instance.revoked_at)}"
+        print(f"{instance.id:<32}  {instance.name:<{width}}  {_when(instance.created_at):<20}  {status}")
+    return 0
+
+
+async def _instance_revoke(settings: Settings, name: str) -> int:
+    async with _open_store(settings) as store:
+        revoked = await auth.revoke_instance(store, name)
+    if not revoked:
+        print(f"offsite-gateway: no active instance is named {name!r}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"Instance {name!r} revoked: its token is refused from now on.")
+    return 0
+
+
+async def _bucket_create(settings: Settings) -> int:
+    storage = Storage(settings)
+    await storage.open()
+    try:
+        created = await storage.create_bucket()
+    except StorageError as err:
+        print(f"offsite-gateway: could not create bucket {settings.s3_bucket!r}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        await storage.close()
+    print(f"Bucket {settings.s3_bucket!r} {'created' if created else 'already exists'}.")
+    return 0
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
+    """Serve until SIGTERM/SIGINT (or `stop` is set)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=10.0)
+    try:
+        await runner.setup()
+    except Exception as err:
+        print(f"offsite-gateway: cannot start: {type(err).__name__}: {err}", file=sys.stderr)
+        await runner.cleanup()
+        return EXIT_FAILED
+    try:
+        site = web.TCPSite(runner, settings.listen_host, settings.listen_port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as err:
+            print(f"offsite-gateway: cannot listen on {settings.listen}: {err.strerror}", file=sys.stderr)
+            return EXIT_FAILED
+        for address in runner.addresses:
+            _LOGGER.info("Listening on http://%s:%s", *address[:2])
+        await _warn_if_storage_unreachable(app)
+        await stop.wait()
+        _LOGGER.info("Stopping")
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+async def _warn_if_storage_unreachable(app: web.Application) -> None:
+    try:
+        async with asyncio.timeout(10):
+            await app[STORAGE].head_bucket()
+    except (StorageError, TimeoutError) as err:
+        _LOGGER.warning("Storage is not reachable yet (GET /healthz reports it): %s", err)

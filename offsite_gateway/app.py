@@ -1,0 +1,676 @@
+"""The gateway's HTTP API v1 (docs/api-v1.md, offsite_gateway/openapi.yaml) as an aiohttp application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import re
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import voluptuous as vol
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from .auth import authenticate
+from .config import MIB, S3_MAX_PARTS, Settings
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .retention import apply_retention, delete_backups
+from .storage import Storage, StorageError, StoredPart
+from .store import (
+    COMPLETED,
+    DELETING,
+    UPLOADING,
+    Backup,
+    Instance,
+    RateLimited,
+    SQLiteStore,
+    Store,
+    UploadInProgress,
+)
+from .sweeper import Sweeper
+
+_LOGGER = logging.getLogger(__name__)
+ACCESS_LOGGER = logging.getLogger("offsite_gateway.access")
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+STORAGE = web.AppKey("storage", Storage)
+METRICS = web.AppKey("metrics", Metrics)
+SWEEPER = web.AppKey("sweeper", Sweeper)
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+LOCKS: web.AppKey[weakref.WeakValueDictionary[str, asyncio.Lock]] = web.AppKey("locks")
+
+INSTANCE = "offsite_gateway.instance"  # request key: the authenticated instance
+
+MAX_BODY = 128 * 1024
+MAX_COMPLETE_BODY = 2 * MIB  # complete lists up to 10,000 parts, about 70 bytes each
+MAX_METADATA = 64 * 1024
+MAX_PARTS_PER_SIGNING = 100
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ApiError(Exception):
+    """An answer `{"error": {"code", "message"}}` with an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+def _not_found() -> NoReturn:
+    raise ApiError(404, "not_found", "no such backup")
+
+
+def iso(timestamp: float | None) -> str | None:
+    """ISO 8601 UTC, whole seconds (rounded down: an expiry is never announced later than it is)."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(math.floor(timestamp), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def backup_json(backup: Backup) -> dict[str, Any]:
+    return {
+        "id": backup.id,
+        "name": backup.name,
+        "size": backup.size,
+        "sha256": backup.sha256,
+        "status": backup.status,
+        "created_at": iso(backup.created_at),
+        "completed_at": iso(backup.completed_at),
+        "part_size": backup.part_size,
+        "part_count": backup.part_count,
+        "metadata": backup.metadata,
+    }
+
+
+def plan_parts(size: int, configured_part_size: int) -> tuple[int, int]:
+    """(part_size, part_count): the configured size, raised to a whole MiB so there are at most 10,000 parts."""
+    part_size = configured_part_size
+    if math.ceil(size / part_size) > S3_MAX_PARTS:
+        part_size = math.ceil(size / S3_MAX_PARTS / MIB) * MIB
+    return part_size, math.ceil(size / part_size)
+
+
+# --- request bodies ---------------------------------------------------------------------------------------
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise vol.Invalid("expected an integer")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise vol.Invalid("expected a string")
+    return value
+
+
+def _sha256(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not SHA256_RE.match(value):
+        raise vol.Invalid("expected 64 lower-case hexadecimal characters")
+    return value
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise vol.Invalid("expected a JSON object")
+    if len(json.dumps(value, separators=(",", ":")).encode()) > MAX_METADATA:
+        raise vol.Invalid(f"larger than {MAX_METADATA // 1024} KiB once encoded")
+    return value
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise vol.Invalid("expected a list")
+    return value
+
+
+INIT_SCHEMA = vol.Schema(
+    {
+        vol.Required("name"): vol.All(_text, vol.Length(min=1, max=200)),
+        vol.Required("size"): vol.All(_integer, vol.Range(min=1)),
+        vol.Optional("sha256"): _sha256,
+        vol.Optional("metadata"): _metadata,
+    },
+    extra=vol.REMOVE_EXTRA,
+)
+SIGN_SCHEMA = vol.Schema(
+    {
+        vol.Required("part_numbers"): vol.All(
+            _list, vol.Length(min=1, max=MAX_PARTS_PER_SIGNING), [vol.All(_integer, vol.Range(min=1))]
+        )
+    },
+    extra=vol.REMOVE_EXTRA,
+)
+COMPLETE_SCHEMA = vol.Schema(
+    {
+        vol.Required("parts"): vol.All(
+            _list,
+            vol.Length(min=1, max=S3_MAX_PARTS),
+            [
+                vol.Schema(
+                    {
+                        vol.Required("part_number"): vol.All(_integer, vol.Range(min=1, max=S3_MAX_PARTS)),
+                        vol.Required("etag"): vol.All(_text, vol.Length(min=1, max=256)),
+                    },
+                    extra=vol.REMOVE_EXTRA,
+                )
+            ],
+        ),
+        vol.Optional("sha256"): _sha256,
+    },
+    extra=vol.REMOVE_EXTRA,
+)
+
+
+def _field_path(path: list[Any]) -> str:
+    text = ""
+    for item in path:
+        text += f"[{item}]" if isinstance(item, int) else (f".{item}" if text else str(item))
+    return text or "body"
+
+
+async def read_body(request: web.Request, schema: vol.Schema, limit: int = MAX_BODY) -> dict[str, Any]:
+    """The request's JSON body, size-limited and checked against `schema`."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "body_too_large", f"the body is larger than {limit // 1024} KiB")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "body_too_large", f"the body is larger than {limit // 1024} KiB") from None
+    if len(raw) > limit:
+        raise ApiError(413, "body_too_large", f"the body is larger than {limit // 1024} KiB")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_request", "the body must be a JSON object")
+    try:
+        checked: dict[str, Any] = schema(data)
+    except vol.MultipleInvalid as err:
+        first = err.errors[0]
+        raise ApiError(400, "invalid_request", f"{_field_path(first.path)}: {first.error_message}") from None
+    return checked
+
+
+# --- middlewares --------------------------------------------------------------------------------------------
+
+
+def _route_name(request: web.Request) -> str:
+    route = request.match_info.route
+    if route.resource is None or isinstance(request.match_info.http_exception, web.HTTPException):
+        return "unmatched"
+    return route.resource.canonical
+
+
+@web.middleware
+async def errors_and_metrics(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[StreamResponse]]
+) -> StreamResponse:
+    """JSON errors for everything, never a stack trace; request metrics by route pattern."""
+    metrics = request.app[METRICS]
+    started = time.perf_counter()
+    response: StreamResponse
+    try:
+        response = await handler(request)
+    except ApiError as err:
+        response = error_response(err.status, err.code, err.message, err.headers)
+    except StorageError as err:
+        metrics.storage_errors.labels(err.operation).inc()
+        _LOGGER.warning("Storage error on %s %s: %s", request.method, _route_name(request), err)
+        response = error_response(502, "storage_error", f"storage answered: {err}")
+    except web.HTTPException as err:
+        if err.status == 404:
+            response = error_response(404, "not_found", "no such route")
+        elif err.status == 405:
+            response = error_response(405, "method_not_allowed", f"{request.method} is not allowed here")
+        else:
+            response = error_response(err.status, "http_error", err.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        _LOGGER.exception("Unexpected error on %s %s", request.method, _route_name(request))
+        response = error_response(500, "internal_error", "the gateway failed unexpectedly; see its log")
+    route = _route_name(request)
+    metrics.requests.labels(request.method, route, str(response.status)).inc()
+    metrics.request_seconds.labels(request.method, route).observe(time.perf_counter() - started)
+    return response
+
+
+@web.middleware
+async def bearer_auth(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[StreamResponse]]
+) -> StreamResponse:
+    """Every /v1 route needs an active instance's token."""
+    if request.path == "/v1" or request.path.startswith("/v1/"):
+        instance = await authenticate(request.app[STORE], request.headers.get("Authorization"))
+        if instance is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a valid token is required: Authorization: Bearer <token>",
+                {"WWW-Authenticate": 'Bearer realm="offsite-gateway"'},
+            )
+        request[INSTANCE] = instance
+    return await handler(request)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: never a header (so never a token) and never a query string (so never a signature)."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        instance: Instance | None = request.get(INSTANCE)
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %d %d %.1fms instance=%s',
+            request.remote,
+            request.method,
+            request.path,
+            request.version.major,
+            request.version.minor,
+            response.status,
+            response.body_length,
+            time * 1000,
+            instance.id if instance else "-",
+        )
+
+
+# --- handlers -----------------------------------------------------------------------------------------------
+
+
+def _instance(request: web.Request) -> Instance:
+    instance: Instance = request[INSTANCE]
+    return instance
+
+
+async def _owned(request: web.Request, *, deleting: bool = False) -> Backup:
+    """The backup `{id}` if it belongs to the caller; 404 otherwise (whether it exists or not)."""
+    backup = await request.app[STORE].get_backup(request.match_info["id"])
+    if backup is None or backup.instance_id != _instance(request).id:
+        _not_found()
+    if backup.status == DELETING and not deleting:
+        _not_found()
+    return backup
+
+
+@contextlib.asynccontextmanager
+async def _backup_lock(request: web.Request, backup_id: str) -> AsyncIterator[None]:
+    """Serialise complete/abort/delete of one backup within this process."""
+    locks = request.app[LOCKS]
+    lock = locks.get(backup_id)
+    if lock is None:
+        lock = locks[backup_id] = asyncio.Lock()
+    async with lock:
+        yield
+
+
+def _require_uploading(backup: Backup) -> str:
+    if backup.status != UPLOADING or backup.upload_id is None:
+        raise ApiError(409, "not_uploading", f"backup {backup.id} is {backup.status}, not uploading")
+    return backup.upload_id
+
+
+async def get_instance(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    instance = _instance(request)
+    return web.json_response(
+        {
+            "id": instance.id,
+            "name": instance.name,
+            "limits": {
+                "max_backup_bytes": settings.max_backup_bytes,
+                "part_size": settings.part_size,
+                "retention": settings.retention,
+                "url_ttl": settings.url_ttl,
+            },
+        }
+    )
+
+
+async def create_backup(request: web.Request) -> web.Response:
+    app = request.app
+    settings, store, storage = app[SETTINGS], app[STORE], app[STORAGE]
+    instance = _instance(request)
+    body = await read_body(request, INIT_SCHEMA)
+    size: int = body["size"]
+    if size > settings.max_backup_bytes:
+        raise ApiError(
+            413,
+            "quota_exceeded",
+            f"size {size} is over this gateway's limit of {settings.max_backup_bytes} bytes",
+        )
+    part_size, part_count = plan_parts(size, settings.part_size)
+    backup_id = uuid.uuid4().hex
+    now = app[CLOCK]()
+    backup = Backup(
+        id=backup_id,
+        instance_id=instance.id,
+        name=body["name"],
+        size=size,
+        sha256=body.get("sha256"),
+        status=UPLOADING,
+        created_at=now,
+        completed_at=None,
+        part_size=part_size,
+        part_count=part_count,
+        object_key=f"{settings.s3_prefix}{instance.id}/{backup_id}",
+        metadata=body.get("metadata") or {},
+    )
+    # The row goes in before the upload exists in storage: the sweeper never takes it for an orphan.
+    try:
+        await store.begin_backup(backup, now, settings.init_rate)
+    except UploadInProgress:
+        raise ApiError(409, "upload_in_progress", "this instance already has an upload in progress") from None
+    except RateLimited as err:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"more than {settings.init_rate} uploads started within an hour; retry in {err.retry_after} s",
+            {"Retry-After": str(err.retry_after)},
+        ) from None
+    try:
+        upload_id = await storage.create_multipart_upload(backup.object_key)
+    except BaseException:
+        await store.delete_backup(backup_id)
+        raise
+    await store.set_upload_id(backup_id, upload_id)
+    _LOGGER.info(
+        "Instance %s started backup %s: %d bytes in %d parts", instance.id, backup_id, size, part_count
+    )
+    return web.json_response(
+        {"id": backup_id, "part_size": part_size, "part_count": part_count, "url_ttl": settings.url_ttl},
+        status=201,
+    )
+
+
+async def sign_parts(request: web.Request) -> web.Response:
+    app = request.app
+    settings = app[SETTINGS]
+    backup = await _owned(request)
+    body = await read_body(request, SIGN_SCHEMA)
+    upload_id = _require_uploading(backup)
+    numbers: list[int] = body["part_numbers"]
+    if len(set(numbers)) != len(numbers):
+        raise ApiError(400, "invalid_request", "part_numbers: duplicates are not allowed")
+    for number in numbers:
+        if number > backup.part_count:
+            raise ApiError(400, "invalid_request", f"part_numbers: {number} is out of 1..{backup.part_count}")
+    ttl = settings.url_ttl
+    expires_at = iso(app[CLOCK]() + ttl)
+    presigner = app[STORAGE].presigner
+    parts = [
+        {
+            "part_number": number,
+            "url": presigner.upload_part(backup.object_key, upload_id, number, ttl),
+            "expires_at": expires_at,
+        }
+        for number in numbers
+    ]
+    app[METRICS].part_urls_signed.inc(len(parts))
+    return web.json_response({"parts": parts})
+
+
+async def list_parts(request: web.Request) -> web.Response:
+    backup = await _owned(request)
+    upload_id = _require_uploading(backup)
+    stored = await request.app[STORAGE].list_parts(backup.object_key, upload_id)
+    return web.json_response(
+        {"parts": [{"part_number": p.part_number, "etag": p.etag, "size": p.size} for p in stored]}
+    )
+
+
+def _unquoted(etag: str) -> str:
+    return etag.strip().strip('"')
+
+
+def _check_parts(backup: Backup, declared: dict[int, str], stored: list[StoredPart]) -> list[StoredPart]:
+    """The stored parts to complete with, after checking they are all there and add up to the size."""
+    by_number = {part.part_number: part for part in stored}
+    chosen: list[StoredPart] = []
+    for number in range(1, backup.part_count + 1):
+        part = by_number.get(number)
+        if part is None:
+            raise ApiError(409, "parts_missing", f"storage does not hold part {number}")
+        if _unquoted(part.etag) != _unquoted(declared[number]):
+            raise ApiError(
+                409, "parts_missing", f"part {number} in storage has ETag {part.etag}, not {declared[number]}"
+            )
+        chosen.append(part)
+    last = backup.size - (backup.part_count - 1) * backup.part_size
+    for part in chosen:
+        expected = backup.part_size if part.part_number < backup.part_count else last
+        if part.size != expected:
+            raise ApiError(
+                409,
+                "size_mismatch",
+                f"part {part.part_number} holds {part.size} bytes, {expected} expected "
+                f"(declared size {backup.size}, part size {backup.part_size})",
+            )
+    return chosen
+
+
+async def complete_backup(request: web.Request) -> web.Response:
+    app = request.app
+    settings, store, storage, metrics = app[SETTINGS], app[STORE], app[STORAGE], app[METRICS]
+    backup = await _owned(request)
+    body = await read_body(request, COMPLETE_SCHEMA, MAX_COMPLETE_BODY)
+    declared: dict[int, str] = {}
+    for part in body["parts"]:
+        if part["part_number"] in declared:
+            raise ApiError(400, "invalid_request", f"parts: part {part['part_number']} is listed twice")
+        declared[part["part_number"]] = part["etag"]
+    sha256: str | None = body.get("sha256")
+    async with _backup_lock(request, backup.id):
+        backup = await _owned(request)  # again, under the lock
+        upload_id = _require_uploading(backup)
+        expected = set(range(1, backup.part_count + 1))
+        if set(declared) != expected:
+            missing = sorted(expected - set(declared))
+            extra = sorted(set(declared) - expected)
+            detail = f"missing {missing[:10]}" if missing else f"out of 1..{backup.part_count}: {extra[:10]}"
+            raise ApiError(400, "invalid_request", f"parts: every part 1..{backup.part_count} once; {detail}")
+        if sha256 and backup.sha256 and sha256 != backup.sha256:
+            raise ApiError(
+                400, "invalid_request", "sha256: differs from the one declared when the upload began"
+            )
+        stored = await storage.list_parts(backup.object_key, upload_id)
+        chosen = _check_parts(backup, declared, stored)
+        await storage.complete_multipart_upload(backup.object_key, upload_id, chosen)
+        now = app[CLOCK]()
+        if not await store.complete_backup(backup.id, sha256, now):
+            # Aborted or swept while we completed: do not leave an object nobody knows.
+            await delete_backups(store, storage, [backup], metrics)
+            raise ApiError(409, "not_uploading", f"backup {backup.id} was aborted while completing")
+    metrics.bytes_completed.inc(backup.size)
+    metrics.backups_completed.inc()
+    _LOGGER.info("Backup %s of instance %s completed: %d bytes", backup.id, backup.instance_id, backup.size)
+    try:
+        await apply_retention(
+            store,
+            storage,
+            backup.instance_id,
+            keep=settings.retention,
+            monthly=settings.retention_monthly,
+            now=now,
+            metrics=metrics,
+        )
+    except Exception:
+        _LOGGER.exception("Retention failed after backup %s; the sweeper finishes pending deletes", backup.id)
+    completed = await store.get_backup(backup.id)
+    return web.json_response({"backup": backup_json(completed or backup)})
+
+
+async def _abort(request: web.Request, backup: Backup) -> None:
+    """Mark failed (so the instance may start again at once), then abort in storage.
+
+    If storage refuses the abort, the upload is no longer one the database knows as in progress: the sweeper
+    aborts it on its next run.
+    """
+    store, storage = request.app[STORE], request.app[STORAGE]
+    await store.fail_backup(backup.id)
+    if backup.upload_id is not None:
+        try:
+            await storage.abort_multipart_upload(backup.object_key, backup.upload_id)
+        except StorageError as err:
+            request.app[METRICS].storage_errors.labels(err.operation).inc()
+            _LOGGER.warning("Could not abort upload of %s now; the sweeper will: %s", backup.id, err)
+    _LOGGER.info("Upload of backup %s aborted", backup.id)
+
+
+async def abort_upload(request: web.Request) -> web.Response:
+    backup = await _owned(request)
+    async with _backup_lock(request, backup.id):
+        backup = await _owned(request)
+        _require_uploading(backup)
+        await _abort(request, backup)
+    return web.Response(status=204)
+
+
+async def list_backups(request: web.Request) -> web.Response:
+    backups = await request.app[STORE].list_backups(_instance(request).id, COMPLETED)
+    return web.json_response({"backups": [backup_json(backup) for backup in backups]})
+
+
+async def get_backup(request: web.Request) -> web.Response:
+    return web.json_response({"backup": backup_json(await _owned(request))})
+
+
+async def delete_backup(request: web.Request) -> web.Response:
+    store, storage = request.app[STORE], request.app[STORAGE]
+    backup = await _owned(request, deleting=True)
+    async with _backup_lock(request, backup.id):
+        backup = await _owned(request, deleting=True)
+        if backup.status == UPLOADING:
+            await _abort(request, backup)
+            await store.delete_backup(backup.id)
+        elif backup.status in (COMPLETED, DELETING):
+            failed = await delete_backups(store, storage, [backup], request.app[METRICS])
+            if failed:
+                raise ApiError(
+                    502, "storage_error", "storage did not delete the object; the gateway will retry it"
+                )
+        else:
+            await store.delete_backup(backup.id)
+    _LOGGER.info("Backup %s deleted by instance %s", backup.id, backup.instance_id)
+    return web.Response(status=204)
+
+
+async def download_backup(request: web.Request) -> web.Response:
+    app = request.app
+    backup = await _owned(request)
+    if backup.status != COMPLETED:
+        raise ApiError(409, "not_completed", f"backup {backup.id} is {backup.status}, not completed")
+    ttl = app[SETTINGS].url_ttl
+    expires_at = iso(app[CLOCK]() + ttl)
+    url = app[STORAGE].presigner.get_object(backup.object_key, ttl)
+    return web.json_response({"url": url, "expires_at": expires_at})
+
+
+HEALTH_TIMEOUT = 5.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            await request.app[STORE].ping()
+        checks["database"] = "ok"
+    except Exception as err:  # any failure means unhealthy
+        checks["database"] = f"{type(err).__name__}: {err}"
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            await request.app[STORAGE].head_bucket()
+        checks["storage"] = "ok"
+    except Exception as err:  # any failure means unhealthy
+        checks["storage"] = str(err) if isinstance(err, StorageError) else f"{type(err).__name__}: {err}"
+    if all(value == "ok" for value in checks.values()):
+        return web.json_response({"status": "ok"})
+    _LOGGER.warning("Health check failed: %s", checks)
+    return web.json_response({"status": "unavailable", "checks": checks}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    app_metrics = request.app[METRICS]
+    app_metrics.uploads_in_progress.set(await request.app[STORE].count_uploading())
+    response = web.Response(body=app_metrics.render())
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+# (method, path, handler): the whole API; tests check it against openapi.yaml.
+ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (
+    ("GET", "/v1/instance", get_instance),
+    ("POST", "/v1/backups", create_backup),
+    ("GET", "/v1/backups", list_backups),
+    ("GET", "/v1/backups/{id}", get_backup),
+    ("DELETE", "/v1/backups/{id}", delete_backup),
+    ("POST", "/v1/backups/{id}/parts", sign_parts),
+    ("GET", "/v1/backups/{id}/parts", list_parts),
+    ("POST", "/v1/backups/{id}/complete", complete_backup),
+    ("DELETE", "/v1/backups/{id}/upload", abort_upload),
+    ("POST", "/v1/backups/{id}/download", download_backup),
+    ("GET", "/healthz", healthz),
+    ("GET", "/metrics", metrics),
+)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The gateway application; its store, storage client and sweeper open on startup and close on cleanup."""
+    app = web.Application(middlewares=[errors_and_metrics, bearer_auth], client_max_size=MAX_COMPLETE_BODY)
+    app[SETTINGS] = settings
+    app[STORE] = store if store is not None else SQLiteStore(settings.db)
+    app[STORAGE] = Storage(settings)
+    app[METRICS] = Metrics()
+    app[CLOCK] = clock
+    app[LOCKS] = weakref.WeakValueDictionary()
+    app[SWEEPER] = Sweeper(settings, app[STORE], app[STORAGE], app[METRICS], clock)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    store, storage, sweeper = app[STORE], app[STORAGE], app[SWEEPER]
+    await store.open()
+    try:
+        await storage.open()
+        try:
+            sweeper.start()
+            try:
+                yield
+            finally:
+                await sweeper.stop()
+        finally:
+            await storage.close()
+    finally:
+        await store.close()

@@ -1,0 +1,257 @@
+"""The gateway's configuration: environment variables, optionally a TOML file with the same keys in lower case.
+
+Every setting is `OFFSITE_GATEWAY_<NAME>` in the environment, or `<name>` (lower case) in the TOML file given with
+`--config`; the environment wins over the file. A missing or invalid setting raises `ConfigError` naming the
+variable, and `offsite-gateway serve` exits with that message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+PREFIX = "OFFSITE_GATEWAY_"
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+TIB = 1024 * GIB
+
+# S3's own limits: parts of 5 MiB to 5 GiB (the last may be smaller), at most 10,000 parts, objects up to 5 TiB.
+S3_MIN_PART_SIZE = 5 * MIB
+S3_MAX_PART_SIZE = 5 * GIB
+S3_MAX_PARTS = 10_000
+S3_MAX_OBJECT_SIZE = 5 * TIB
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The gateway's parsed configuration."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8780
+    db: Path = Path("offsite-gateway.sqlite3")
+    s3_endpoint: str | None = None
+    s3_public_endpoint: str | None = None
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key: str = field(default="", repr=False)
+    s3_secret_key: str = field(default="", repr=False)
+    s3_addressing: str = "path"
+    s3_prefix: str = ""
+    url_ttl: int = 900
+    part_size: int = 20 * MIB
+    max_backup_bytes: int = 50 * GIB
+    retention: int = 7
+    retention_monthly: int = 0
+    stale_upload_after: int = 6 * 3600
+    sweep_interval: int = 600
+    init_rate: int = 60
+    log_level: str = "INFO"
+
+    @property
+    def listen(self) -> str:
+        """`host:port` as configured."""
+        return f"{self.listen_host}:{self.listen_port}"
+
+    @property
+    def presign_endpoint(self) -> str | None:
+        """The base URL put in presigned URLs: the public endpoint if set, else the storage endpoint."""
+        return self.s3_public_endpoint or self.s3_endpoint
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": KIB, "m": MIB, "g": GIB, "t": TIB}
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count: plain digits, or with a binary unit (`20MiB`, `50 GiB`, `5m`)."""
+    match = _SIZE_RE.match(text)
+    if match is None:
+        raise ValueError("expected a number of bytes, optionally with a unit such as MiB or GiB")
+    unit = match.group(2).lower()[:1]
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError("expected an integer") from None
+        _check_range(value, low, high)
+        return value
+
+    return parse
+
+
+def _size_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = parse_size(text)
+        _check_range(value, low, high)
+        return value
+
+    return parse
+
+
+def _check_range(value: int, low: int, high: int | None) -> None:
+    if value < low:
+        raise ValueError(f"must be at least {low}")
+    if high is not None and value > high:
+        raise ValueError(f"must be at most {high}")
+
+
+def _url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("expected an http:// or https:// URL")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or a fragment")
+    return text.strip().rstrip("/")
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+def _bucket(text: str) -> str:
+    if not _BUCKET_RE.match(text.strip()):
+        raise ValueError("expected an S3 bucket name (3-63 lower-case letters, digits, dots and hyphens)")
+    return text.strip()
+
+
+def _addressing(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("path", "virtual"):
+        raise ValueError("expected path or virtual")
+    return value
+
+
+def _prefix(text: str) -> str:
+    value = text.strip().strip("/")
+    if not value:
+        return ""
+    if not re.match(r"^[A-Za-z0-9!\-_.*'()/]+$", value):
+        raise ValueError("may contain only letters, digits, / and !-_.*'()")
+    return value + "/"
+
+
+def _log_level(text: str) -> str:
+    value = text.strip().upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return value
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected host:port, e.g. 127.0.0.1:8780")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.match(r"^[A-Za-z0-9.\-]+$", host):
+            raise ValueError("expected host:port, e.g. 127.0.0.1:8780") from None
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError("the port must be a number") from None
+    _check_range(port, 0, 65535)
+    return host, port
+
+
+# name → (parser, required for serving)
+_PARSERS: dict[str, tuple[Callable[[str], Any], bool]] = {
+    "LISTEN": (_listen, False),
+    "DB": (lambda text: Path(_non_empty(text)), False),
+    "S3_ENDPOINT": (_url, False),
+    "S3_PUBLIC_ENDPOINT": (_url, False),
+    "S3_BUCKET": (_bucket, True),
+    "S3_REGION": (_non_empty, False),
+    "S3_ACCESS_KEY": (_non_empty, True),
+    "S3_SECRET_KEY": (_non_empty, True),
+    "S3_ADDRESSING": (_addressing, False),
+    "S3_PREFIX": (_prefix, False),
+    "URL_TTL": (_int_in(1, 7 * 24 * 3600), False),
+    "PART_SIZE": (_size_in(S3_MIN_PART_SIZE, S3_MAX_PART_SIZE), False),
+    "MAX_BACKUP_BYTES": (_size_in(1, S3_MAX_OBJECT_SIZE), False),
+    "RETENTION": (_int_in(1, 10_000), False),
+    "RETENTION_MONTHLY": (_int_in(0, 1200), False),
+    "STALE_UPLOAD_AFTER": (_int_in(1), False),
+    "SWEEP_INTERVAL": (_int_in(0), False),
+    "INIT_RATE": (_int_in(1), False),
+    "LOG_LEVEL": (_log_level, False),
+}
+
+SETTING_NAMES = tuple(_PARSERS)
+
+
+def read_config_file(path: Path) -> dict[str, str]:
+    """Read a TOML file whose keys are the settings' names in lower case; values become strings."""
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except OSError as err:
+        raise ConfigError(f"--config {path}: cannot read the file: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"--config {path}: not valid TOML: {err}") from None
+    values: dict[str, str] = {}
+    for key, value in data.items():
+        name = key.upper()
+        if name not in _PARSERS:
+            raise ConfigError(f"--config {path}: unknown setting {key!r}")
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ConfigError(f"--config {path}: {key} must be a string or an integer")
+        values[PREFIX + name] = str(value)
+    return values
+
+
+def load_settings(
+    env: Mapping[str, str], config_file: Path | None = None, *, require_storage: bool = True
+) -> Settings:
+    """Build the settings from the environment (and a TOML file under it).
+
+    `require_storage=False` is for the commands that only touch the database (`instance ...`).
+    """
+    source: dict[str, str] = read_config_file(config_file) if config_file is not None else {}
+    source.update({key: value for key, value in env.items() if key.startswith(PREFIX)})
+    values: dict[str, Any] = {}
+    for name, (parser, required) in _PARSERS.items():
+        variable = PREFIX + name
+        raw = source.get(variable)
+        if raw is None or (raw.strip() == "" and name not in ("S3_PREFIX",)):
+            if required and require_storage:
+                raise ConfigError(f"{variable} is required but not set")
+            continue
+        try:
+            values[name] = parser(raw)
+        except ValueError as err:
+            raise ConfigError(f"{variable}={_shown(name, raw)} is invalid: {err}") from None
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == "LISTEN":
+            kwargs["listen_host"], kwargs["listen_port"] = value
+        else:
+            kwargs[name.lower()] = value
+    return Settings(**kwargs)
+
+
+def _shown(name: str, raw: str) -> str:
+    """Never echo a secret back in an error message."""
+    return "<hidden>" if name in ("S3_SECRET_KEY", "S3_ACCESS_KEY") else repr(raw)

@@ -1,0 +1,147 @@
+"""The sweeper: periodic cleanup that keeps storage and the database in step.
+
+Each run, in this order:
+1. uploads in progress for longer than `stale_upload_after` are aborted in storage and marked failed;
+2. multipart uploads under our prefix that the database does not know as in progress are aborted (left over by a
+   crash, a lost response, or a failed abort). Storage is listed *before* the database is read, and an init inserts
+   its row before it creates the upload, so an upload being started right now is never mistaken for an orphan;
+3. backups left `deleting` (their object delete failed earlier) are deleted again;
+4. init events older than the rate-limit window are pruned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .config import Settings
+from .metrics import Metrics
+from .retention import delete_backups
+from .storage import Storage, StorageError
+from .store import UPLOADING, Store
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepReport:
+    """What one sweeper run did."""
+
+    stale_failed: int = 0
+    orphans_aborted: int = 0
+    deletions_done: int = 0
+    deletions_failed: int = 0
+
+
+class Sweeper:
+    """Runs `run_once` every `sweep_interval` seconds (0 disables the timer; `run_once` still works)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        storage: Storage,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.metrics = metrics
+        self.clock = clock
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.settings.sweep_interval > 0 and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="offsite-gateway-sweeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            task, self._task = self._task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval)
+            try:
+                await self.run_once()
+            except Exception:
+                _LOGGER.exception("Sweeper run failed; trying again in %d s", self.settings.sweep_interval)
+
+    async def run_once(self, now: float | None = None) -> SweepReport:
+        """One cleanup pass; `now` may be given to look into the future (tests)."""
+        async with self._lock:
+            report = await self._run(self.clock() if now is None else now)
+        self.metrics.sweeps.inc()
+        if report.stale_failed or report.orphans_aborted or report.deletions_done or report.deletions_failed:
+            _LOGGER.info("Sweeper: %s", report)
+        return report
+
+    async def _run(self, now: float) -> SweepReport:
+        report = SweepReport()
+        store, storage = self.store, self.storage
+
+        for backup in await store.stale_uploads(now - self.settings.stale_upload_after):
+            # Marked failed first (only if still uploading, so a complete racing us wins), then aborted.
+            if not await store.fail_backup(backup.id):
+                continue
+            report.stale_failed += 1
+            _LOGGER.info(
+                "Sweeper: upload %s of instance %s was stale; marked failed", backup.id, backup.instance_id
+            )
+            if backup.upload_id is not None:
+                try:
+                    await storage.abort_multipart_upload(backup.object_key, backup.upload_id)
+                except StorageError as err:
+                    # Step 2 aborts the upload on a later run, once storage answers again.
+                    _LOGGER.warning("Sweeper: could not abort stale upload %s: %s", backup.id, err)
+                    self.metrics.storage_errors.labels(err.operation).inc()
+        self.metrics.swept.labels("stale").inc(report.stale_failed)
+
+        try:
+            pending = await storage.list_multipart_uploads(self.settings.s3_prefix)
+        except StorageError as err:
+            _LOGGER.warning("Sweeper: could not list multipart uploads: %s", err)
+            self.metrics.storage_errors.labels(err.operation).inc()
+            pending = []
+        for upload in pending:
+            if await self._known(upload.key, upload.upload_id):
+                continue
+            try:
+                await storage.abort_multipart_upload(upload.key, upload.upload_id)
+            except StorageError as err:
+                _LOGGER.warning("Sweeper: could not abort orphan upload of %s: %s", upload.key, err)
+                self.metrics.storage_errors.labels(err.operation).inc()
+                continue
+            report.orphans_aborted += 1
+            _LOGGER.info("Sweeper: aborted an upload the database does not know: %s", upload.key)
+        self.metrics.swept.labels("orphan").inc(report.orphans_aborted)
+
+        deleting = await store.deleting_backups()
+        if deleting:
+            failed = await delete_backups(store, storage, deleting, self.metrics)
+            report.deletions_failed = len(failed)
+            report.deletions_done = len(deleting) - len(failed)
+        self.metrics.swept.labels("deleted").inc(report.deletions_done)
+
+        await store.prune_init_events(now - 3600)
+        self.metrics.uploads_in_progress.set(await store.count_uploading())
+        return report
+
+    async def _known(self, key: str, upload_id: str) -> bool:
+        """Whether the database holds this upload as in progress (or is about to: its id not stored yet)."""
+        backup_id = key.rsplit("/", 1)[-1]
+        backup = await self.store.get_backup(backup_id)
+        return (
+            backup is not None
+            and backup.status == UPLOADING
+            and backup.object_key == key
+            and backup.upload_id in (None, upload_id)
+        )
