@@ -1,0 +1,576 @@
+"""Typed async client of the Offsite Backup gateway API v1 (docs/api-v1.md).
+
+Plain asyncio + aiohttp, no Home Assistant import: the integration injects its shared ``ClientSession``.
+
+Every v1 route has a method returning a typed dataclass. Failures raise a subclass of :class:`GatewayError`
+carrying the gateway's ``code`` and ``message`` (and the HTTP ``status``):
+
+=============================  ==========================================================================
+``GatewayAuthError``           401 (and 403): the token is wrong or revoked → start a reauth flow
+``GatewayNotFoundError``       404: no such backup for this instance
+``GatewayQuotaError``          413: over quota, backup too large, request body too large
+``GatewayConflictError``       409: an upload already running, upload not in progress, parts missing…
+``GatewayUnavailableError``    connection errors, timeouts, 5xx, answers that are not the expected JSON
+``GatewayRateLimitedError``    429 (a ``GatewayUnavailableError``; ``retry_after`` in seconds when given)
+``GatewayError``               anything else (e.g. 400 ``invalid_request``)
+=============================  ==========================================================================
+
+The token is never part of an exception message or of ``repr()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+__all__ = [
+    "BackupInit",
+    "CompletedPart",
+    "DownloadLink",
+    "GatewayAuthError",
+    "GatewayClient",
+    "GatewayConflictError",
+    "GatewayError",
+    "GatewayNotFoundError",
+    "GatewayQuotaError",
+    "GatewayRateLimitedError",
+    "GatewayUnavailableError",
+    "InstanceInfo",
+    "Limits",
+    "PartUrl",
+    "RemoteBackup",
+    "StoredPart",
+]
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds allowed for one gateway call (connect, send, answer)."""
+
+DOWNLOAD_CHUNK = 1 << 20
+
+# ----------------------------------------------------------------------------------------------- errors
+
+
+class GatewayError(Exception):
+    """A gateway call failed; ``message`` is meant for a person, ``code`` is the gateway's stable code."""
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code!r}, status={self.status!r})"
+
+
+class GatewayAuthError(GatewayError):
+    """The gateway refused the token (401): it is wrong or was revoked. Start a reauth."""
+
+
+class GatewayNotFoundError(GatewayError):
+    """The backup does not exist, or belongs to another instance (404)."""
+
+
+class GatewayQuotaError(GatewayError):
+    """Over quota or too large (413)."""
+
+
+class GatewayConflictError(GatewayError):
+    """The request conflicts with the backup's state (409), e.g. ``upload_in_progress``, ``not_uploading``."""
+
+
+class GatewayUnavailableError(GatewayError):
+    """The gateway could not be reached, timed out, failed (5xx) or did not answer the expected JSON."""
+
+
+class GatewayRateLimitedError(GatewayUnavailableError):
+    """Too many requests (429); try again after ``retry_after`` seconds (``None`` when not given)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, status=status)
+        self.retry_after = retry_after
+
+
+_STATUS_ERRORS: dict[int, type[GatewayError]] = {
+    401: GatewayAuthError,
+    403: GatewayAuthError,
+    404: GatewayNotFoundError,
+    409: GatewayConflictError,
+    413: GatewayQuotaError,
+}
+
+# -------------------------------------------------------------------------------------------- data types
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-instance limits set on the gateway."""
+
+    max_backup_bytes: int
+    part_size: int
+    retention: Any
+    url_ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """``GET /v1/instance``: who the token belongs to."""
+
+    id: str
+    name: str
+    limits: Limits
+
+
+@dataclass(frozen=True, slots=True)
+class BackupInit:
+    """``POST /v1/backups``: the new upload and how to cut it."""
+
+    id: str
+    part_size: int
+    part_count: int
+    url_ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartUrl:
+    """A presigned URL for one part (``PUT`` with ``Content-Length``)."""
+
+    part_number: int
+    url: str = field(repr=False)
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPart:
+    """A part storage already holds (``GET /v1/backups/{id}/parts``)."""
+
+    part_number: int
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedPart:
+    """One entry of ``POST /v1/backups/{id}/complete``."""
+
+    part_number: int
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteBackup:
+    """A backup as the gateway describes it."""
+
+    id: str
+    name: str
+    size: int
+    sha256: str | None
+    status: str
+    created_at: datetime
+    completed_at: datetime | None
+    part_size: int
+    part_count: int
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadLink:
+    """``POST /v1/backups/{id}/download``: a presigned GET."""
+
+    url: str = field(repr=False)
+    expires_at: datetime
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+
+class _BadAnswer(Exception):
+    """The gateway's JSON did not have the expected shape."""
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _BadAnswer
+    return value
+
+
+def _str(data: Mapping[str, Any], key: str) -> str:
+    value = data[key]
+    if not isinstance(value, str):
+        raise _BadAnswer
+    return value
+
+
+def _int(data: Mapping[str, Any], key: str) -> int:
+    value = data[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _BadAnswer
+    return value
+
+
+def _time(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise _BadAnswer
+    return datetime.fromisoformat(value)
+
+
+def _list(data: Mapping[str, Any], key: str) -> list[Any]:
+    value = data[key]
+    if not isinstance(value, list):
+        raise _BadAnswer
+    return value
+
+
+def _backup(value: Any) -> RemoteBackup:
+    data = _obj(value)
+    sha256 = data.get("sha256")
+    completed = data.get("completed_at")
+    metadata = data.get("metadata")
+    return RemoteBackup(
+        id=_str(data, "id"),
+        name=_str(data, "name"),
+        size=_int(data, "size"),
+        sha256=sha256 if isinstance(sha256, str) else None,
+        status=_str(data, "status"),
+        created_at=_time(data["created_at"]),
+        completed_at=_time(completed) if completed is not None else None,
+        part_size=_int(data, "part_size"),
+        part_count=_int(data, "part_count"),
+        metadata=metadata if isinstance(metadata, dict) else {},
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+_URL_IN_TEXT = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*")
+
+
+def redact_urls(text: str) -> str:
+    """Drop the query (signature, credentials) of any URL in ``text``."""
+    return _URL_IN_TEXT.sub(r"\1?…", text)
+
+
+# ------------------------------------------------------------------------------------------------- client
+
+
+class GatewayClient:
+    """Client of one gateway for one instance token."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        token: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._session = session
+        self._url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"GatewayClient(url={self._url!r})"
+
+    @property
+    def url(self) -> str:
+        """The gateway's base URL (without a trailing slash)."""
+        return self._url
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The injected HTTP session (the uploader uses it for the part PUTs)."""
+        return self._session
+
+    # ------------------------------------------------------------------------------------------ transport
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        expect: int = 200,
+        auth: bool = True,
+    ) -> Any:
+        """Call the gateway and return the decoded JSON answer (``None`` for 204)."""
+        what = f"{method} {path}"
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._session.request(
+                    method,
+                    self._url + path,
+                    json=body,
+                    headers=self._headers if auth else None,
+                ) as resp:
+                    status = resp.status
+                    raw = await resp.read()
+                    retry_after = resp.headers.get("Retry-After")
+        except TimeoutError as err:
+            raise GatewayUnavailableError(
+                f"The gateway at {self._url} did not answer {what} within {self._timeout:g} s"
+            ) from err
+        except aiohttp.ClientError as err:
+            detail = redact_urls(str(err)) or type(err).__name__
+            raise GatewayUnavailableError(f"Cannot reach the gateway at {self._url}: {detail}") from err
+
+        if status == expect and status == 204:
+            return None
+        try:
+            data: Any = json.loads(raw) if raw else None
+        except ValueError:
+            data = None
+        if status == expect:
+            if data is None:
+                raise GatewayUnavailableError(
+                    f"The gateway at {self._url} answered {what} with something that is not JSON: "
+                    "is this the right URL?",
+                    status=status,
+                )
+            return data
+        code: str | None = None
+        message = f"HTTP {status}"
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            error = data["error"]
+            code = error.get("code") if isinstance(error.get("code"), str) else None
+            if isinstance(error.get("message"), str) and error["message"]:
+                message = error["message"]
+        elif 200 <= status < 300:
+            message = f"unexpected HTTP {status}"
+        text = f"Gateway refused {what}: {message}" if code else f"Gateway answered {what} with {message}"
+        if status == 429:
+            raise GatewayRateLimitedError(
+                text, code=code, status=status, retry_after=_retry_after(retry_after)
+            )
+        if status >= 500 or code is None:
+            # 5xx, or not the gateway's JSON error (a reverse proxy's page, a wrong URL…)
+            raise GatewayUnavailableError(text, code=code, status=status)
+        raise _STATUS_ERRORS.get(status, GatewayError)(text, code=code, status=status)
+
+    async def _call(self, method: str, path: str, *, body: Any = None, expect: int = 200) -> dict[str, Any]:
+        data = await self._request(method, path, body=body, expect=expect)
+        if not isinstance(data, dict):
+            raise GatewayUnavailableError(f"The gateway answered {method} {path} with an unexpected body")
+        return data
+
+    @staticmethod
+    def _bad(method: str, path: str) -> GatewayUnavailableError:
+        return GatewayUnavailableError(f"The gateway answered {method} {path} with an unexpected body")
+
+    # -------------------------------------------------------------------------------------------- routes
+
+    async def get_instance(self) -> InstanceInfo:
+        """``GET /v1/instance``: validate the token and read the limits."""
+        data = await self._call("GET", "/v1/instance")
+        try:
+            limits = _obj(data["limits"])
+            return InstanceInfo(
+                id=_str(data, "id"),
+                name=_str(data, "name"),
+                limits=Limits(
+                    max_backup_bytes=_int(limits, "max_backup_bytes"),
+                    part_size=_int(limits, "part_size"),
+                    retention=limits.get("retention"),
+                    url_ttl=_int(limits, "url_ttl"),
+                ),
+            )
+        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
+            raise self._bad("GET", "/v1/instance") from err
+
+    async def create_backup(
+        self,
+        *,
+        name: str,
+        size: int,
+        metadata: Mapping[str, Any] | None = None,
+        sha256: str | None = None,
+    ) -> BackupInit:
+        """``POST /v1/backups``: start a multipart upload."""
+        body: dict[str, Any] = {"name": name, "size": size}
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        if sha256 is not None:
+            body["sha256"] = sha256
+        data = await self._call("POST", "/v1/backups", body=body, expect=201)
+        try:
+            return BackupInit(
+                id=_str(data, "id"),
+                part_size=_int(data, "part_size"),
+                part_count=_int(data, "part_count"),
+                url_ttl=_int(data, "url_ttl"),
+            )
+        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
+            raise self._bad("POST", "/v1/backups") from err
+
+    async def sign_parts(self, backup_id: str, part_numbers: Iterable[int]) -> list[PartUrl]:
+        """``POST /v1/backups/{id}/parts``: presigned PUT URLs for up to 100 parts."""
+        path = f"/v1/backups/{_seg(backup_id)}/parts"
+        data = await self._call("POST", path, body={"part_numbers": list(part_numbers)})
+        try:
+            return [
+                PartUrl(
+                    part_number=_int(item, "part_number"),
+                    url=_str(item, "url"),
+                    expires_at=_time(item["expires_at"]),
+                )
+                for item in map(_obj, _list(data, "parts"))
+            ]
+        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
+            raise self._bad("POST", path) from err
+
+    async def list_parts(self, backup_id: str) -> list[StoredPart]:
+        """``GET /v1/backups/{id}/parts``: the parts storage already holds (to resume)."""
+        path = f"/v1/backups/{_seg(backup_id)}/parts"
+        data = await self._call("GET", path)
+        try:
+            return [
+                StoredPart(
+                    part_number=_int(item, "part_number"),
+                    etag=_str(item, "etag"),
+                    size=_int(item, "size"),
+                )
+                for item in map(_obj, _list(data, "parts"))
+            ]
+        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
+            raise self._bad("GET", path) from err
+
+    async def complete_backup(
+        self,
+        backup_id: str,
+        parts: Iterable[CompletedPart],
+        *,
+        sha256: str | None = None,
+    ) -> RemoteBackup:
+        """``POST /v1/backups/{id}/complete``: assemble the parts (every part number exactly once)."""
+        path = f"/v1/backups/{_seg(backup_id)}/complete"
+        body: dict[str, Any] = {
+            "parts": [{"part_number": part.part_number, "etag": part.etag} for part in parts]
+        }
+        if sha256 is not None:
+            body["sha256"] = sha256
+        data = await self._call("POST", path, body=body)
+        try:
+            return _backup(data["backup"])
+        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
+            raise self._bad("POST", path) from err
+
+    async def abort_upload(self, backup_id: str) -> None:
+        """``DELETE /v1/backups/{id}/upload``: abort the multipart upload (the backup becomes ``failed``)."""
+        await self._request("DELETE", f"/v1/backups/{_seg(backup_id)}/upload", expect=204)
+
+    async def list_backups(self) -> list[RemoteBackup]:
+        """``GET /v1/backups``: completed backups, newest first."""
+        data = await self._call("GET", "/v1/backups")
+        try:
+            return [_backup(item) for item in _list(data, "backups")]
+        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
+            raise self._bad("GET", "/v1/backups") from err
+
+    async def get_backup(self, backup_id: str) -> RemoteBackup:
+        """``GET /v1/backups/{id}``: one backup, whatever its status."""
+        path = f"/v1/backups/{_seg(backup_id)}"
+        data = await self._call("GET", path)
+        try:
+            return _backup(data["backup"])
+        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
+            raise self._bad("GET", path) from err
+
+    async def delete_backup(self, backup_id: str) -> None:
+        """``DELETE /v1/backups/{id}``: delete the object (or abort the upload)."""
+        await self._request("DELETE", f"/v1/backups/{_seg(backup_id)}", expect=204)
+
+    async def download_url(self, backup_id: str) -> DownloadLink:
+        """``POST /v1/backups/{id}/download``: a presigned GET URL of a completed backup."""
+        path = f"/v1/backups/{_seg(backup_id)}/download"
+        data = await self._call("POST", path)
+        try:
+            return DownloadLink(url=_str(data, "url"), expires_at=_time(data["expires_at"]))
+        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
+            raise self._bad("POST", path) from err
+
+    async def health(self) -> dict[str, Any]:
+        """``GET /healthz`` (no token): ``{"status": "ok"}``; raises ``GatewayUnavailableError`` on 503."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._session.get(self._url + "/healthz") as resp:
+                    raw = await resp.read()
+                    status = resp.status
+        except (TimeoutError, aiohttp.ClientError) as err:
+            raise GatewayUnavailableError(f"Cannot reach the gateway at {self._url}") from err
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if status != 200 or not isinstance(data, dict):
+            raise GatewayUnavailableError(
+                f"The gateway at {self._url} is not healthy (HTTP {status})", status=status
+            )
+        return data
+
+    async def download(
+        self, backup_id: str, *, chunk_size: int = DOWNLOAD_CHUNK, read_timeout: float = 120.0
+    ) -> AsyncIterator[bytes]:
+        """Open a completed backup for reading: ``async for chunk in await client.download(id)``.
+
+        The presigned URL is asked for and the GET is started before this returns, so a missing backup raises
+        here (``GatewayNotFoundError``) rather than in the middle of the stream. Chunks of at most ``chunk_size``
+        bytes are streamed, never the whole object; iterate to the end or ``aclose()`` the iterator. Errors while
+        streaming raise ``GatewayUnavailableError``.
+        """
+        link = await self.download_url(backup_id)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout, sock_read=read_timeout)
+        try:
+            resp = await self._session.get(URL(link.url, encoded=True), timeout=timeout)
+        except (TimeoutError, aiohttp.ClientError) as err:
+            detail = redact_urls(str(err)) or type(err).__name__
+            raise GatewayUnavailableError(f"Cannot reach storage to download {backup_id}: {detail}") from err
+        if resp.status != 200:
+            status = resp.status
+            resp.release()
+            if status == 404:
+                raise GatewayNotFoundError(
+                    f"Storage no longer holds backup {backup_id}", code="not_found", status=404
+                )
+            raise GatewayUnavailableError(
+                f"Storage answered HTTP {status} to the download of backup {backup_id}", status=status
+            )
+        return _stream(resp, chunk_size, backup_id)
+
+
+async def _stream(resp: aiohttp.ClientResponse, chunk_size: int, backup_id: str) -> AsyncGenerator[bytes]:
+    try:
+        async for chunk in resp.content.iter_chunked(chunk_size):
+            yield chunk
+    except (TimeoutError, aiohttp.ClientError) as err:
+        detail = redact_urls(str(err)) or type(err).__name__
+        raise GatewayUnavailableError(f"Download of backup {backup_id} broke off: {detail}") from err
+    finally:
+        resp.release()
+
+
+def _seg(value: str) -> str:
+    """Quote an id for use as one path segment."""
+    return quote(value, safe="")

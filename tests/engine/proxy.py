@@ -1,0 +1,187 @@
+"""A fault-injecting HTTP proxy between the uploader and an S3 server, on 127.0.0.1.
+
+The gateway is told (S3_PUBLIC_ENDPOINT) to put this proxy's address in the presigned URLs; the proxy forwards every
+request to the real S3 server unchanged, Host header included, so signatures still match. For part PUTs
+(``?partNumber=N&uploadId=…``) a plan of faults per part number is applied to its successive PUTs, and every PUT is
+counted and time-stamped per part number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from types import TracebackType
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What to do with one PUT of a part."""
+
+    kind: str  # reset | status | stall | delay | corrupt
+    status: int = 500
+    code: str = "InternalError"
+    message: str = "We encountered an internal error. Please try again."
+    retry_after: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.status}" if self.kind == "status" else self.kind
+
+
+def reset() -> Fault:
+    """Read a little of the body, then reset the connection."""
+    return Fault("reset")
+
+
+def status(code: int, s3_code: str, message: str = "fault", retry_after: str | None = None) -> Fault:
+    """Read the body, then answer an S3 XML error."""
+    return Fault("status", status=code, code=s3_code, message=message, retry_after=retry_after)
+
+
+def expired() -> Fault:
+    """Answer 403 as S3 does for an expired presigned URL."""
+    return status(403, "AccessDenied", "Request has expired")
+
+
+def stall(seconds: float = 30.0) -> Fault:
+    """Read the body, then say nothing for ``seconds`` (the client's timeout should fire first)."""
+    return Fault("stall", seconds=seconds)
+
+
+def delay(seconds: float) -> Fault:
+    """Hold the request ``seconds`` before forwarding it (the URL may expire on the way)."""
+    return Fault("delay", seconds=seconds)
+
+
+def corrupt() -> Fault:
+    """Flip one byte of the body before forwarding it (storage's ETag will not match the part's MD5)."""
+    return Fault("corrupt")
+
+
+class FaultProxy:
+    """Forward to ``upstream``, applying ``plan`` to part PUTs; see the module docstring."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.plan: dict[int, list[Fault]] = defaultdict(list)
+        self.puts: Counter[int] = Counter()  # PUTs received per part number
+        self.stored: Counter[int] = Counter()  # PUTs storage acknowledged (2xx) per part number
+        self.upstream_status: dict[int, list[int]] = defaultdict(list)  # storage's answers per part number
+        self.put_times: dict[int, list[float]] = defaultdict(list)
+        self.faults_met: Counter[str] = Counter()
+        self.arrived: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def fail(self, part_number: int, *faults: Fault) -> None:
+        """Apply ``faults`` to the next PUTs of ``part_number``, one each."""
+        self.plan[part_number].extend(faults)
+
+    def reset_counts(self) -> None:
+        self.puts.clear()
+        self.stored.clear()
+        self.upstream_status.clear()
+        self.put_times.clear()
+        self.faults_met.clear()
+        self.arrived.clear()
+
+    async def __aenter__(self) -> FaultProxy:
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        part: int | None = None
+        if request.method == "PUT" and "partNumber" in request.query and "uploadId" in request.query:
+            part = int(request.query["partNumber"])
+            self.puts[part] += 1
+            self.put_times[part].append(time.monotonic())
+            self.arrived[part].set()
+        fault = self.plan[part].pop(0) if part is not None and self.plan.get(part) else None
+        if fault is not None:
+            self.faults_met[fault.label] += 1
+            if fault.kind == "reset":
+                await request.content.read(65536)
+                transport = request.transport
+                assert transport is not None
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()
+                return web.Response(status=500)  # never delivered: the connection is gone
+            if fault.kind == "delay":
+                await asyncio.sleep(fault.seconds)
+        body = await request.read()
+        if fault is not None:
+            if fault.kind == "status":
+                headers = {"Content-Type": "application/xml"}
+                if fault.retry_after is not None:
+                    headers["Retry-After"] = fault.retry_after
+                xml = (
+                    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>'
+                    f"{fault.code}</Code><Message>{fault.message}</Message></Error>"
+                )
+                return web.Response(status=fault.status, text=xml, headers=headers)
+            if fault.kind == "stall":
+                await asyncio.sleep(fault.seconds)
+                return web.Response(status=503, text="stalled")
+            if fault.kind == "corrupt" and body:
+                body = bytes([body[0] ^ 0xFF]) + body[1:]
+        return await self._forward(request, body, part)
+
+    async def _forward(self, request: web.Request, body: bytes, part: int | None) -> web.Response:
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        async with self._session.request(
+            request.method,
+            URL(self.upstream + request.raw_path, encoded=True),
+            headers=headers,
+            data=body if body else None,
+            allow_redirects=False,
+        ) as resp:
+            payload = await resp.read()
+            answer_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP}
+            if part is not None:
+                self.upstream_status[part].append(resp.status)
+                if 200 <= resp.status < 300:
+                    self.stored[part] += 1
+            return web.Response(status=resp.status, body=payload, headers=answer_headers)
