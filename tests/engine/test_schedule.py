@@ -22,6 +22,7 @@ def simulate(start: datetime, days: int, window: Window, seed: int) -> list[date
     end = start + timedelta(days=days)
     while plan.run_at < end:
         assert plan.run_at >= now, "a plan is never in the past"
+        assert len(runs) <= 2 * days, "runs more than once a day"
         now = plan.run_at
         runs.append(now)
         plan = next_plan(now, window, PARIS, plan.mark_done(), rng)
