@@ -194,16 +194,32 @@ def _field_path(path: list[Any]) -> str:
     return text or "body"
 
 
+DRAIN_LIMIT = 16 * MIB
+
+
+async def _drain(request: web.Request) -> None:
+    """Read and drop the rest of an oversized body (up to a bound), so the connection ends cleanly."""
+    drained = 0
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5):
+            while drained < DRAIN_LIMIT and (chunk := await request.content.readany()):
+                drained += len(chunk)
+
+
 async def read_body(request: web.Request, schema: vol.Schema, limit: int = MAX_BODY) -> dict[str, Any]:
     """The request's JSON body, size-limited and checked against `schema`."""
+    too_large = ApiError(413, "body_too_large", f"the body is larger than {limit // 1024} KiB")
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "body_too_large", f"the body is larger than {limit // 1024} KiB")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "body_too_large", f"the body is larger than {limit // 1024} KiB") from None
-    if len(raw) > limit:
-        raise ApiError(413, "body_too_large", f"the body is larger than {limit // 1024} KiB")
+        if request.content_length <= DRAIN_LIMIT:
+            await _drain(request)
+        raise too_large
+    buffer = bytearray()
+    async for chunk in request.content.iter_any():
+        buffer += chunk
+        if len(buffer) > limit:
+            await _drain(request)
+            raise too_large
+    raw = bytes(buffer)
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -213,8 +229,8 @@ async def read_body(request: web.Request, schema: vol.Schema, limit: int = MAX_B
     try:
         checked: dict[str, Any] = schema(data)
     except vol.MultipleInvalid as err:
-        first = err.errors[0]
-        raise ApiError(400, "invalid_request", f"{_field_path(first.path)}: {first.error_message}") from None
+        problems = sorted({f"{_field_path(error.path)}: {error.error_message}" for error in err.errors})
+        raise ApiError(400, "invalid_request", "; ".join(problems[:5])) from None
     return checked
 
 
@@ -240,6 +256,8 @@ async def errors_and_metrics(
         response = await handler(request)
     except ApiError as err:
         response = error_response(err.status, err.code, err.message, err.headers)
+        if err.code == "body_too_large":
+            response.force_close()  # rather than reading (lingering on) the rest of an oversized body
     except StorageError as err:
         metrics.storage_errors.labels(err.operation).inc()
         _LOGGER.warning("Storage error on %s %s: %s", request.method, _route_name(request), err)
@@ -497,9 +515,20 @@ async def complete_backup(request: web.Request) -> web.Response:
             raise ApiError(
                 400, "invalid_request", "sha256: differs from the one declared when the upload began"
             )
-        stored = await storage.list_parts(backup.object_key, upload_id)
-        chosen = _check_parts(backup, declared, stored)
-        await storage.complete_multipart_upload(backup.object_key, upload_id, chosen)
+        try:
+            stored = await storage.list_parts(backup.object_key, upload_id)
+        except StorageError as err:
+            if err.code != "NoSuchUpload":
+                raise
+            # Completed in storage by an earlier call that stopped before recording it (a crash, a cancel)?
+            if await storage.object_size(backup.object_key) != backup.size:
+                raise ApiError(
+                    409, "not_uploading", "storage no longer knows this upload: abort it and start again"
+                ) from None
+            _LOGGER.info("Backup %s was already complete in storage; recording it", backup.id)
+        else:
+            chosen = _check_parts(backup, declared, stored)
+            await storage.complete_multipart_upload(backup.object_key, upload_id, chosen)
         now = app[CLOCK]()
         if not await store.complete_backup(backup.id, sha256, now):
             # Aborted or swept while we completed: do not leave an object nobody knows.

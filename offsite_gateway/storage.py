@@ -8,6 +8,7 @@ Going through the signer directly rather than `generate_presigned_url` skips bot
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,14 +76,25 @@ def _error(operation: str, err: BaseException) -> StorageError:
 _STORAGE_EXCEPTIONS = (ClientError, BotoCoreError, aiohttp.ClientError, TimeoutError, OSError)
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class Presigner:
-    """Presigns S3 requests with SigV4 query authentication, without network or botocore's request pipeline."""
+    """Presigns S3 requests with SigV4 query authentication, without network or botocore's request pipeline.
+
+    Virtual-host addressing falls back to path style on an IP address endpoint, as botocore does.
+    """
 
     def __init__(self, settings: Settings) -> None:
         endpoint = settings.presign_endpoint or f"https://s3.{settings.s3_region}.amazonaws.com"
         parts = urlsplit(endpoint)
         base_path = parts.path.rstrip("/")
-        if settings.s3_addressing == "virtual":
+        if settings.s3_addressing == "virtual" and not _is_ip(parts.hostname or ""):
             self._base = f"{parts.scheme}://{settings.s3_bucket}.{parts.netloc}{base_path}/"
         else:
             self._base = f"{parts.scheme}://{parts.netloc}{base_path}/{settings.s3_bucket}/"
@@ -221,6 +233,17 @@ class Storage:
         except StorageError as err:
             if err.code != "NoSuchUpload":
                 raise
+
+    async def object_size(self, key: str) -> int | None:
+        """The object's size, or None if there is no such object."""
+        try:
+            response = await self._call("head_object", Key=key)
+        except StorageError as err:
+            if err.code in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        size: int = response["ContentLength"]
+        return size
 
     async def delete_object(self, key: str) -> None:
         """Delete; an object already gone counts as deleted."""

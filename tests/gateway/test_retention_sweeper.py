@@ -1,0 +1,202 @@
+"""Retention after complete, and the sweeper: stale uploads, orphan uploads, deletes that failed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from offsite_gateway.app import METRICS, STORAGE, STORE
+from offsite_gateway.retention import select_expired
+from offsite_gateway.storage import StorageError
+from offsite_gateway.store import COMPLETED, Backup
+from tests.gateway.api import Api
+from tests.helpers.gateway import RunningGateway, run_gateway
+from tests.helpers.servers import S3Server
+
+
+def _uploads(s3: S3Server, bucket: str) -> list[dict[str, Any]]:
+    uploads: list[dict[str, Any]] = s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return uploads
+
+
+def _objects(s3: S3Server, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def _backup(backup_id: str, completed: str) -> Backup:
+    stamp = datetime.fromisoformat(completed).replace(tzinfo=UTC).timestamp()
+    return Backup(backup_id, "i", backup_id, 1, None, COMPLETED, stamp, stamp, 1, 1, f"i/{backup_id}")
+
+
+def test_select_expired_keeps_newest_n() -> None:
+    newest_first = [_backup(str(n), f"2026-11-{30 - n:02d}T01:00:00") for n in range(10)]
+    now = newest_first[0].completed_at or 0
+    assert [b.id for b in select_expired(newest_first, 3, 0, now)] == [str(n) for n in range(3, 10)]
+    assert select_expired(newest_first, 10, 0, now) == []
+    assert select_expired([], 1, 0, now) == []
+
+
+def test_select_expired_monthly_keeps_the_first_of_each_month() -> None:
+    stamps = [
+        "2026-11-20T01:00:00",
+        "2026-11-10T01:00:00",
+        "2026-11-01T01:00:00",
+        "2026-10-31T01:00:00",
+        "2026-10-02T01:00:00",
+        "2026-09-15T01:00:00",
+        "2026-08-15T01:00:00",
+    ]
+    newest_first = [_backup(stamp, stamp) for stamp in stamps]
+    now = datetime(2026, 11, 26, tzinfo=UTC).timestamp()
+    expired = [b.id for b in select_expired(newest_first, 1, 3, now)]
+    # Kept: the newest, and the first of November, October and September; August is past three months.
+    assert expired == ["2026-11-10T01:00:00", "2026-10-31T01:00:00", "2026-08-15T01:00:00"]
+    # Across a year boundary.
+    january = datetime(2027, 1, 5, tzinfo=UTC).timestamp()
+    assert [b.id for b in select_expired(newest_first, 0, 3, january)] == [
+        "2026-11-20T01:00:00",
+        "2026-11-10T01:00:00",
+        "2026-10-31T01:00:00",
+        "2026-10-02T01:00:00",
+        "2026-09-15T01:00:00",
+        "2026-08-15T01:00:00",
+    ]
+
+
+async def test_retention_keeps_the_newest_n_per_instance(
+    moto_server: S3Server, moto_bucket: str, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    async with run_gateway(moto_server, moto_bucket, tmp_path, RETENTION="2") as gateway:
+        _, token = await gateway.add_instance("home")
+        _, other_token = await gateway.add_instance("cottage")
+        api, other = Api(session, gateway.url, token), Api(session, gateway.url, other_token)
+        kept_elsewhere = await other.upload(b"other")
+        ids = [(await api.upload(f"backup {n}".encode(), f"n{n}"))["id"] for n in range(4)]
+        listed = [b["id"] for b in (await api.ok("GET", "/v1/backups"))["backups"]]
+        assert listed == [ids[3], ids[2]]
+        instance_ids = {b.instance_id for b in await _all(gateway)}
+        assert len(instance_ids) == 2
+        assert len(_objects(moto_server, moto_bucket)) == 3
+        assert all(
+            key.endswith((ids[3], ids[2], kept_elsewhere["id"])) for key in _objects(moto_server, moto_bucket)
+        )
+        # The other instance's backup was not counted against this one.
+        assert [b["id"] for b in (await other.ok("GET", "/v1/backups"))["backups"]] == [kept_elsewhere["id"]]
+        assert "offsite_gateway_retention_deleted_total 2.0" in gateway.app[METRICS].render().decode()
+
+
+async def _all(gateway: RunningGateway) -> list[Backup]:
+    store = gateway.app[STORE]
+    backups = []
+    for instance in await store.list_instances():
+        backups += await store.list_backups(instance.id, COMPLETED)
+    return backups
+
+
+async def test_failed_deletes_stay_deleting_and_the_sweeper_retries(
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with run_gateway(moto_server, moto_bucket, tmp_path, RETENTION="1") as gateway:
+        _, token = await gateway.add_instance("home")
+        api = Api(session, gateway.url, token)
+        first = await api.upload(b"first")
+        storage = gateway.app[STORAGE]
+        real_delete = storage.delete_object
+
+        async def refuse(key: str) -> None:
+            raise StorageError("delete_object", "InternalError (HTTP 500): try later", "InternalError")
+
+        monkeypatch.setattr(storage, "delete_object", refuse)
+        second = await api.upload(b"second")  # retention's delete of `first` fails: complete still succeeds
+        assert second["status"] == "completed"
+        row = await gateway.app[STORE].get_backup(first["id"])
+        assert row is not None
+        assert row.status == "deleting"
+        # Hidden from the API, object still in storage: not forgotten.
+        assert [b["id"] for b in (await api.ok("GET", "/v1/backups"))["backups"]] == [second["id"]]
+        status, _ = await api.call("GET", f"/v1/backups/{first['id']}")
+        assert status == 404
+        assert len(_objects(moto_server, moto_bucket)) == 2
+        # An explicit DELETE while storage refuses: 502, and the row stays for the sweeper.
+        status, body = await api.call("DELETE", f"/v1/backups/{second['id']}")
+        assert (status, body["error"]["code"]) == (502, "storage_error")
+
+        report = await gateway.run_sweeper_once()
+        assert (report.deletions_done, report.deletions_failed) == (0, 2)
+
+        monkeypatch.setattr(storage, "delete_object", real_delete)
+        report = await gateway.run_sweeper_once()
+        assert (report.deletions_done, report.deletions_failed) == (2, 0)
+        assert _objects(moto_server, moto_bucket) == []
+        assert await gateway.app[STORE].get_backup(first["id"]) is None
+
+
+async def test_sweeper_fails_stale_uploads(
+    gateway: RunningGateway, session: aiohttp.ClientSession, moto_server: S3Server
+) -> None:
+    _, token = await gateway.add_instance("home")
+    api = Api(session, gateway.url, token)
+    init = await api.init(10)
+    bucket = gateway.settings.s3_bucket
+    # Not stale yet: untouched.
+    report = await gateway.run_sweeper_once()
+    assert report.stale_failed == 0
+    assert report.orphans_aborted == 0
+    assert len(_uploads(moto_server, bucket)) == 1
+    # Six hours and a bit later.
+    report = await gateway.run_sweeper_once(now=time.time() + 6 * 3600 + 60)
+    assert report.stale_failed == 1
+    assert _uploads(moto_server, bucket) == []
+    assert (await api.ok("GET", f"/v1/backups/{init['id']}"))["backup"]["status"] == "failed"
+    await api.init(10)  # the instance may start again
+
+
+async def test_sweeper_aborts_uploads_the_database_does_not_know(
+    moto_server: S3Server, moto_bucket: str, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    client = moto_server.client()
+    async with run_gateway(moto_server, moto_bucket, tmp_path, S3_PREFIX="offsite") as gateway:
+        _, token = await gateway.add_instance("home")
+        api = Api(session, gateway.url, token)
+        known = await api.init(10)
+        orphan = client.create_multipart_upload(Bucket=moto_bucket, Key="offsite/someone/lost")
+        other_app = client.create_multipart_upload(Bucket=moto_bucket, Key="elsewhere/not-ours")
+        report = await gateway.run_sweeper_once()
+        assert report.orphans_aborted == 1
+        remaining = {(u["Key"], u["UploadId"]) for u in _uploads(moto_server, moto_bucket)}
+        assert (orphan["Key"], orphan["UploadId"]) not in remaining
+        assert (other_app["Key"], other_app["UploadId"]) in remaining  # outside our prefix
+        assert any(key.startswith("offsite/") and key.endswith(known["id"]) for key, _ in remaining)
+        # A second upload id on a known backup's key is an orphan too.
+        row = await gateway.app[STORE].get_backup(known["id"])
+        assert row is not None
+        assert row.object_key.startswith("offsite/")
+        client.create_multipart_upload(Bucket=moto_bucket, Key=row.object_key)
+        assert (await gateway.run_sweeper_once()).orphans_aborted == 1
+        keys = [(u["Key"], u["UploadId"]) for u in _uploads(moto_server, moto_bucket)]
+        assert (row.object_key, row.upload_id) in keys
+        # Aborted by the gateway (failed row): its upload is no orphan any more, and is gone.
+        client.abort_multipart_upload(
+            Bucket=moto_bucket, Key="elsewhere/not-ours", UploadId=other_app["UploadId"]
+        )
+
+
+async def test_sweeper_runs_on_its_interval(moto_server: S3Server, moto_bucket: str, tmp_path: Path) -> None:
+    async with run_gateway(moto_server, moto_bucket, tmp_path, SWEEP_INTERVAL="1") as gateway:
+        metrics = gateway.app[METRICS]
+        for _ in range(50):
+            if "offsite_gateway_sweeps_total 1.0" in metrics.render().decode():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the sweeper did not run within 5 s")

@@ -1,0 +1,256 @@
+"""Upload life cycle rules: one at a time, rate, quota, complete's checks, abort, delete, part planning."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from offsite_gateway.app import STORE, plan_parts
+from offsite_gateway.config import GIB, MIB
+from tests.gateway.api import Api, put
+from tests.gateway.conftest import PART
+from tests.helpers.gateway import RunningGateway, run_gateway
+from tests.helpers.servers import S3Server
+
+
+@pytest.fixture
+async def api(gateway: RunningGateway, session: aiohttp.ClientSession) -> Api:
+    _, token = await gateway.add_instance("home")
+    return Api(session, gateway.url, token)
+
+
+def _uploads(s3: S3Server, bucket: str) -> list[str]:
+    return [u["Key"] for u in s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+def _objects(s3: S3Server, bucket: str) -> list[str]:
+    return [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+@pytest.mark.parametrize(
+    ("size", "configured", "expected"),
+    [
+        (1, 20 * MIB, (20 * MIB, 1)),
+        (20 * MIB, 20 * MIB, (20 * MIB, 1)),
+        (20 * MIB + 1, 20 * MIB, (20 * MIB, 2)),
+        (10_000 * 20 * MIB, 20 * MIB, (20 * MIB, 10_000)),
+        (10_000 * 20 * MIB + 1, 20 * MIB, (21 * MIB, 9524)),
+        (50 * GIB, 5 * MIB, (6 * MIB, 8534)),
+        (5 * 1024 * GIB, 20 * MIB, (525 * MIB, 9987)),
+    ],
+)
+def test_plan_parts(size: int, configured: int, expected: tuple[int, int]) -> None:
+    part_size, count = plan_parts(size, configured)
+    assert (part_size, count) == expected
+    assert count <= 10_000
+    assert part_size % MIB == 0
+    assert (count - 1) * part_size < size <= count * part_size
+
+
+async def test_part_size_raised_for_big_backups(api: Api) -> None:
+    init = await api.init(50 * GIB)
+    assert (init["part_size"], init["part_count"]) == (6 * MIB, 8534)
+
+
+async def test_one_upload_at_a_time(
+    api: Api, gateway: RunningGateway, session: aiohttp.ClientSession
+) -> None:
+    first = await api.init(10)
+    status, body = await api.call("POST", "/v1/backups", {"name": "again", "size": 10})
+    assert (status, body["error"]["code"]) == (409, "upload_in_progress")
+    # Another instance is not held up.
+    _, other = await gateway.add_instance("cottage")
+    await Api(session, gateway.url, other).init(10)
+    # Once the first is aborted, a new one may begin.
+    await api.ok("DELETE", f"/v1/backups/{first['id']}/upload", expect=204)
+    await api.init(10)
+
+
+async def test_init_rate_limit(
+    moto_server: S3Server, moto_bucket: str, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    async with run_gateway(moto_server, moto_bucket, tmp_path, INIT_RATE="2") as gateway:
+        _, token = await gateway.add_instance("home")
+        api = Api(session, gateway.url, token)
+        for _ in range(2):
+            init = await api.init(10)
+            await api.ok("DELETE", f"/v1/backups/{init['id']}/upload", expect=204)
+        async with session.post(
+            gateway.url + "/v1/backups", json={"name": "x", "size": 10}, headers=api._headers()
+        ) as resp:
+            assert resp.status == 429
+            assert (await resp.json())["error"]["code"] == "rate_limited"
+            assert 1 <= int(resp.headers["Retry-After"]) <= 3600
+        # Per instance: another one is not limited.
+        _, other = await gateway.add_instance("cottage")
+        await Api(session, gateway.url, other).init(10)
+
+
+async def test_complete_refuses_missing_parts(api: Api, session: aiohttp.ClientSession) -> None:
+    data = os.urandom(PART + 10)
+    init = await api.init(len(data))
+    url = (await api.sign(init["id"], [1]))[0]["url"]
+    etag = await put(session, url, data[:PART])
+    status, body = await api.call(
+        "POST",
+        f"/v1/backups/{init['id']}/complete",
+        {"parts": [{"part_number": 1, "etag": etag}, {"part_number": 2, "etag": etag}]},
+    )
+    assert (status, body["error"]["code"]) == (409, "parts_missing")
+    assert "part 2" in body["error"]["message"]
+    # Nothing was completed; the upload goes on.
+    listed = await api.ok("GET", f"/v1/backups/{init['id']}/parts")
+    assert [(p["part_number"], p["size"]) for p in listed["parts"]] == [(1, PART)]
+    assert listed["parts"][0]["etag"].strip('"') == hashlib.md5(data[:PART]).hexdigest()
+
+
+async def test_complete_refuses_a_wrong_etag(api: Api, session: aiohttp.ClientSession) -> None:
+    init = await api.init(100)
+    url = (await api.sign(init["id"], [1]))[0]["url"]
+    await put(session, url, b"x" * 100)
+    status, body = await api.call(
+        "POST",
+        f"/v1/backups/{init['id']}/complete",
+        {"parts": [{"part_number": 1, "etag": '"' + "0" * 32 + '"'}]},
+    )
+    assert (status, body["error"]["code"]) == (409, "parts_missing")
+    assert "ETag" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(("first", "last"), [(PART, 50), (PART - 1, 101), (PART, 101 + 1)])
+async def test_complete_refuses_sizes_that_do_not_add_up(
+    api: Api, session: aiohttp.ClientSession, first: int, last: int
+) -> None:
+    init = await api.init(PART + 100)
+    urls = {p["part_number"]: p["url"] for p in await api.sign(init["id"], [1, 2])}
+    parts = [
+        {"part_number": 1, "etag": await put(session, urls[1], b"a" * first)},
+        {"part_number": 2, "etag": await put(session, urls[2], b"b" * last)},
+    ]
+    status, body = await api.call("POST", f"/v1/backups/{init['id']}/complete", {"parts": parts})
+    assert (status, body["error"]["code"]) == (409, "size_mismatch"), body
+    assert (await api.ok("GET", f"/v1/backups/{init['id']}"))["backup"]["status"] == "uploading"
+
+
+async def test_etags_compared_without_quotes_and_sha256_at_complete(
+    api: Api, session: aiohttp.ClientSession
+) -> None:
+    data = b"hello world"
+    init = await api.init(len(data))
+    url = (await api.sign(init["id"], [1]))[0]["url"]
+    etag = (await put(session, url, data)).strip('"')
+    sha = hashlib.sha256(data).hexdigest()
+    body = await api.ok(
+        "POST",
+        f"/v1/backups/{init['id']}/complete",
+        {"parts": [{"part_number": 1, "etag": etag}], "sha256": sha},
+    )
+    assert body["backup"]["sha256"] == sha
+
+
+async def test_sha256_must_match_the_declared_one(api: Api, session: aiohttp.ClientSession) -> None:
+    data = b"hello world"
+    init = await api.init(len(data), sha256="a" * 64)
+    url = (await api.sign(init["id"], [1]))[0]["url"]
+    etag = await put(session, url, data)
+    status, body = await api.call(
+        "POST",
+        f"/v1/backups/{init['id']}/complete",
+        {"parts": [{"part_number": 1, "etag": etag}], "sha256": "b" * 64},
+    )
+    assert (status, body["error"]["code"]) == (400, "invalid_request")
+    assert "sha256" in body["error"]["message"]
+
+
+async def test_two_completes_at_once(api: Api, session: aiohttp.ClientSession) -> None:
+    init = await api.init(10)
+    url = (await api.sign(init["id"], [1]))[0]["url"]
+    body = {"parts": [{"part_number": 1, "etag": await put(session, url, b"0123456789")}]}
+    path = f"/v1/backups/{init['id']}/complete"
+    results = await asyncio.gather(api.call("POST", path, body), api.call("POST", path, body))
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200, 409]
+    assert [b["error"]["code"] for s, b in results if s == 409] == ["not_uploading"]
+
+
+async def test_complete_done_in_storage_but_not_recorded(
+    api: Api, gateway: RunningGateway, session: aiohttp.ClientSession, moto_server: S3Server
+) -> None:
+    """A complete that stopped between storage and the database (crash, cancel) is recorded on retry."""
+    init = await api.init(10)
+    url = (await api.sign(init["id"], [1]))[0]["url"]
+    etag = await put(session, url, b"0123456789")
+
+    backup = await gateway.app[STORE].get_backup(init["id"])
+    assert backup is not None
+    moto_server.client().complete_multipart_upload(
+        Bucket=gateway.settings.s3_bucket,
+        Key=backup.object_key,
+        UploadId=backup.upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
+    )
+    body = await api.ok(
+        "POST", f"/v1/backups/{init['id']}/complete", {"parts": [{"part_number": 1, "etag": etag}]}
+    )
+    assert body["backup"]["status"] == "completed"
+
+
+async def test_abort(api: Api, gateway: RunningGateway, moto_server: S3Server) -> None:
+    init = await api.init(PART + 1)
+    await api.sign(init["id"], [1, 2])
+    assert len(_uploads(moto_server, gateway.settings.s3_bucket)) == 1
+    await api.ok("DELETE", f"/v1/backups/{init['id']}/upload", expect=204)
+    assert _uploads(moto_server, gateway.settings.s3_bucket) == []
+    assert (await api.ok("GET", f"/v1/backups/{init['id']}"))["backup"]["status"] == "failed"
+    path = f"/v1/backups/{init['id']}"
+    for method, sub, body in [
+        ("POST", "/parts", {"part_numbers": [1]}),
+        ("GET", "/parts", None),
+        ("POST", "/complete", {"parts": [{"part_number": 1, "etag": "x"}, {"part_number": 2, "etag": "x"}]}),
+        ("DELETE", "/upload", None),
+    ]:
+        status, answer = await api.call(method, path + sub, body)
+        assert (status, answer["error"]["code"]) == (409, "not_uploading"), (method, sub)
+    status, answer = await api.call("POST", path + "/download")
+    assert (status, answer["error"]["code"]) == (409, "not_completed")
+    assert (await api.ok("GET", "/v1/backups"))["backups"] == []
+
+
+async def test_delete_in_every_state(api: Api, gateway: RunningGateway, moto_server: S3Server) -> None:
+    bucket = gateway.settings.s3_bucket
+    completed = await api.upload(b"completed")
+    assert len(_objects(moto_server, bucket)) == 1
+    await api.ok("DELETE", f"/v1/backups/{completed['id']}", expect=204)
+    assert _objects(moto_server, bucket) == []
+    status, _ = await api.call("GET", f"/v1/backups/{completed['id']}")
+    assert status == 404
+
+    uploading = await api.init(10)
+    await api.ok("DELETE", f"/v1/backups/{uploading['id']}", expect=204)
+    assert _uploads(moto_server, bucket) == []
+    status, _ = await api.call("GET", f"/v1/backups/{uploading['id']}")
+    assert status == 404
+
+    failed = await api.init(10)
+    await api.ok("DELETE", f"/v1/backups/{failed['id']}/upload", expect=204)
+    await api.ok("DELETE", f"/v1/backups/{failed['id']}", expect=204)
+    status, _ = await api.call("DELETE", f"/v1/backups/{failed['id']}")
+    assert status == 404
+
+
+async def test_list_is_completed_only_newest_first(api: Api) -> None:
+    first = await api.upload(b"one", "one")
+    second = await api.upload(b"two", "two")
+    await api.init(10, "in progress")
+    listed = (await api.ok("GET", "/v1/backups"))["backups"]
+    assert [b["id"] for b in listed] == [second["id"], first["id"]]
+    assert listed[0] == second
+    assert set(listed[0]) == {
+        "id", "name", "size", "sha256", "status", "created_at", "completed_at", "part_size", "part_count",
+        "metadata",
+    }  # fmt: skip
