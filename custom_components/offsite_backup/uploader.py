@@ -120,7 +120,9 @@ class UploadOptions:
     retry_base: float = 1.0
     """First backoff ceiling in seconds; doubles with each try (full jitter: a uniform draw below it)."""
     retry_cap: float = 60.0
-    """Longest delay between two tries, in seconds (also caps ``Retry-After``)."""
+    """Longest backoff delay between two tries, in seconds."""
+    retry_after_cap: float = 60.0
+    """Longest ``Retry-After`` honoured, in seconds (storage's 429/503 and the gateway's 429)."""
     url_batch: int = 0
     """Part URLs asked for at once; 0 = ``2 * parallel`` (at least 2, at most 100)."""
     url_refresh: float = 0.5
@@ -709,7 +711,7 @@ class _Upload:
             if outcome.kind == "resign":
                 delay = 0.0
             elif outcome.retry_after is not None:
-                delay = min(options.retry_cap, outcome.retry_after)
+                delay = min(options.retry_after_cap, outcome.retry_after)
             else:
                 delay = options.backoff(tries)
             _LOGGER.debug(
@@ -860,7 +862,7 @@ class _Upload:
                 if tries >= self.options.max_tries:
                     raise
                 if isinstance(err, GatewayRateLimitedError) and err.retry_after is not None:
-                    delay = min(self.options.retry_cap, err.retry_after)
+                    delay = min(self.options.retry_after_cap, err.retry_after)
                 else:
                     delay = self.options.backoff(tries)
                 _LOGGER.debug("Gateway call failed (%s); retrying in %.2f s", err, delay)
