@@ -1,1 +1,132 @@
-"""The Offsite Backup integration: nightly off-site backups through a signing gateway."""
+"""The Offsite Backup integration: nightly off-site backups through a signing gateway.
+
+Thin glue: the gateway client (``api.py``), the upload engine (``uploader.py``) and the window math
+(``schedule.py``) know nothing of Home Assistant; this module wires them to a config entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from homeassistant.const import EVENT_HOMEASSISTANT_STOP, Platform
+from homeassistant.core import Event, HomeAssistant, callback
+from homeassistant.helpers import config_validation as cv
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.helpers.start import async_at_started
+from homeassistant.helpers.storage import Store
+from homeassistant.helpers.typing import ConfigType
+from homeassistant.util.hass_dict import HassKey
+
+from .api import GatewayClient
+from .const import CONF_TOKEN, CONF_URL, DOMAIN, LOGGER, JobTrigger
+from .coordinator import GatewayCoordinator
+from .models import OffsiteBackupConfigEntry, OffsiteBackupData, Settings, agent_id_for
+from .runner import BackupRunner, JobError, RunnerOptions
+from .scheduler import NightlyScheduler
+from .services import async_setup_services
+from .uploader import UploadOptions
+
+PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.BUTTON, Platform.SENSOR]
+
+CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
+
+DATA_BACKUP_AGENT_LISTENERS: HassKey[list[Callable[[], None]]] = HassKey(f"{DOMAIN}.backup_agent_listeners")
+
+
+async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
+    """Register the integration's actions (they check the entry they are given)."""
+    async_setup_services(hass)
+    return True
+
+
+async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) -> bool:
+    """Connect to the gateway, then start the job runner and the nightly schedule."""
+    client = GatewayClient(async_get_clientsession(hass), entry.data[CONF_URL], entry.data[CONF_TOKEN])
+    coordinator = GatewayCoordinator(hass, entry, client)
+    # Raises ConfigEntryAuthFailed (reauth) or ConfigEntryNotReady (retried) when the gateway refuses or is down.
+    await coordinator.async_config_entry_first_refresh()
+
+    settings = Settings.from_options(dict(entry.options))
+    runner = BackupRunner(
+        hass,
+        entry,
+        client,
+        RunnerOptions(
+            agent_id=agent_id_for(entry),
+            include_database=settings.include_database,
+            allow_unencrypted=settings.allow_unencrypted,
+            failures_before_repair=settings.failures_before_repair,
+            upload=UploadOptions(parallel=settings.parts_in_flight, bandwidth_limit=settings.bandwidth_limit),
+        ),
+    )
+    await runner.async_load()
+
+    @callback
+    def start_nightly_job(window_end: datetime) -> None:
+        entry.async_create_background_task(
+            hass, _run_quietly(runner, window_end), f"{DOMAIN} nightly backup", eager_start=True
+        )
+
+    scheduler = NightlyScheduler(
+        hass,
+        entry.entry_id,
+        settings.window,
+        enabled=settings.nightly,
+        is_busy=lambda: runner.busy,
+        start_job=start_nightly_job,
+    )
+    entry.runtime_data = OffsiteBackupData(
+        client=client, coordinator=coordinator, runner=runner, scheduler=scheduler, settings=settings
+    )
+
+    await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
+    await scheduler.async_start()
+    entry.async_on_unload(scheduler.async_stop)
+
+    @callback
+    def resume(_hass: HomeAssistant) -> None:
+        entry.async_create_background_task(hass, runner.async_resume_interrupted(), f"{DOMAIN} resume upload")
+
+    entry.async_on_unload(async_at_started(hass, resume))
+
+    async def suspend_upload(_event: Event) -> None:
+        await runner.async_shutdown()
+
+    entry.async_on_unload(hass.bus.async_listen_once(EVENT_HOMEASSISTANT_STOP, suspend_upload))
+    entry.async_on_unload(entry.add_update_listener(_async_reload))
+
+    @callback
+    def notify_backup_agent_listeners() -> None:
+        for listener in hass.data.get(DATA_BACKUP_AGENT_LISTENERS, []):
+            listener()
+
+    entry.async_on_unload(entry.async_on_state_change(notify_backup_agent_listeners))
+    return True
+
+
+async def _run_quietly(runner: BackupRunner, window_end: datetime) -> None:
+    """The nightly job: its outcome goes to the sensors, events and Repairs, not to a caller."""
+    try:
+        await runner.async_run(JobTrigger.SCHEDULE, retry_until=window_end)
+    except JobError:
+        pass  # already recorded and logged by the runner
+    except Exception:
+        LOGGER.exception("Unexpected error in the nightly backup")
+
+
+async def async_unload_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) -> bool:
+    """Stop the schedule; an upload in progress is suspended, to resume at the next setup."""
+    await entry.runtime_data.runner.async_shutdown()
+    return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
+
+
+async def _async_reload(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) -> None:
+    """Apply changed options."""
+    await hass.config_entries.async_reload(entry.entry_id)
+
+
+async def async_remove_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) -> None:
+    """Forget the entry's stored history and schedule."""
+    for suffix in ("jobs", "schedule"):
+        await Store[dict[str, object]](hass, 1, f"{DOMAIN}.{entry.entry_id}.{suffix}").async_remove()

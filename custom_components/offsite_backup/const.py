@@ -1,5 +1,72 @@
 """Constants for the Offsite Backup integration."""
 
+from __future__ import annotations
+
+import logging
+from datetime import time, timedelta
+from enum import StrEnum
 from typing import Final
 
 DOMAIN: Final = "offsite_backup"
+LOGGER = logging.getLogger(__package__)
+
+CONF_URL: Final = "url"
+CONF_TOKEN: Final = "token"  # noqa: S105 - the name of a field, not a secret
+
+# Options (all set in the UI, Configure on the integration's card).
+CONF_NIGHTLY: Final = "nightly"
+CONF_WINDOW_START: Final = "window_start"
+CONF_WINDOW_END: Final = "window_end"
+CONF_PARTS_IN_FLIGHT: Final = "parts_in_flight"
+CONF_BANDWIDTH_LIMIT: Final = "bandwidth_limit"  # KiB/s; 0 or absent: unlimited
+CONF_INCLUDE_DATABASE: Final = "include_database"
+CONF_FAILURES_BEFORE_REPAIR: Final = "failures_before_repair"
+CONF_STALE_AFTER: Final = "stale_after"  # hours
+CONF_ALLOW_UNENCRYPTED: Final = "allow_unencrypted"
+
+DEFAULT_NIGHTLY: Final = True
+DEFAULT_WINDOW_START: Final = time(0, 0)
+DEFAULT_WINDOW_END: Final = time(2, 0)
+DEFAULT_PARTS_IN_FLIGHT: Final = 2
+MIN_PARTS_IN_FLIGHT: Final = 1
+MAX_PARTS_IN_FLIGHT: Final = 8
+DEFAULT_INCLUDE_DATABASE: Final = True
+DEFAULT_FAILURES_BEFORE_REPAIR: Final = 2
+DEFAULT_STALE_AFTER: Final = 36
+DEFAULT_ALLOW_UNENCRYPTED: Final = False
+
+GATEWAY_POLL_INTERVAL: Final = timedelta(minutes=5)
+BUSY_RETRY_DELAY: Final = timedelta(minutes=10)
+HISTORY_SIZE: Final = 30
+
+EVENT_SUCCEEDED: Final = "offsite_backup_succeeded"
+EVENT_FAILED: Final = "offsite_backup_failed"
+
+SERVICE_CREATE_BACKUP: Final = "create_backup"
+SERVICE_CANCEL_BACKUP: Final = "cancel_backup"
+ATTR_CONFIG_ENTRY_ID: Final = "config_entry_id"
+
+ISSUE_BACKUP_FAILING: Final = "backup_failing"
+
+# Marks the backups this integration asks Home Assistant to create, so the agent can tell them from others.
+EXTRA_METADATA_JOB: Final = "offsite_backup_job"
+
+
+class JobStatus(StrEnum):
+    """What the integration is doing, or how its last job ended."""
+
+    IDLE = "idle"
+    CREATING = "creating"
+    UPLOADING = "uploading"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobTrigger(StrEnum):
+    """Why a job ran."""
+
+    SCHEDULE = "schedule"
+    MANUAL = "manual"  # the button or the create_backup action
+    HOME_ASSISTANT = "home_assistant"  # a backup made from Settings > System > Backups to this location
+    RESUME = "resume"  # an upload interrupted by a restart, carried on

@@ -1,0 +1,239 @@
+"""Config flow: gateway URL and instance token, checked live; reauth, reconfigure and options."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import voluptuous as vol
+from homeassistant.config_entries import (
+    ConfigEntry,
+    ConfigFlow,
+    ConfigFlowResult,
+    OptionsFlow,
+)
+from homeassistant.core import callback
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.helpers.selector import (
+    BooleanSelector,
+    NumberSelector,
+    NumberSelectorConfig,
+    NumberSelectorMode,
+    TextSelector,
+    TextSelectorConfig,
+    TextSelectorType,
+    TimeSelector,
+)
+from yarl import URL
+
+from .api import GatewayAuthError, GatewayClient, GatewayError, InstanceInfo
+from .const import (
+    CONF_ALLOW_UNENCRYPTED,
+    CONF_BANDWIDTH_LIMIT,
+    CONF_FAILURES_BEFORE_REPAIR,
+    CONF_INCLUDE_DATABASE,
+    CONF_NIGHTLY,
+    CONF_PARTS_IN_FLIGHT,
+    CONF_STALE_AFTER,
+    CONF_TOKEN,
+    CONF_URL,
+    CONF_WINDOW_END,
+    CONF_WINDOW_START,
+    DOMAIN,
+    LOGGER,
+    MAX_PARTS_IN_FLIGHT,
+    MIN_PARTS_IN_FLIGHT,
+)
+from .models import Settings
+
+URL_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.URL))
+TOKEN_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.PASSWORD))
+
+
+def _normalise_url(value: str) -> str | None:
+    """The gateway's base URL without a trailing slash, or ``None`` when it is not an http(s) URL."""
+    try:
+        url = URL(value.strip())
+    except (TypeError, ValueError):
+        return None
+    if url.scheme not in ("http", "https") or not url.host or url.query_string or url.fragment:
+        return None
+    return str(url).rstrip("/")
+
+
+class OffsiteBackupConfigFlow(ConfigFlow, domain=DOMAIN):
+    """Add a gateway instance."""
+
+    VERSION = 1
+
+    async def _validate(self, url: str, token: str) -> tuple[InstanceInfo | None, dict[str, str]]:
+        """Ask the gateway who the token belongs to; returns the instance or the form's errors."""
+        base = _normalise_url(url)
+        if base is None:
+            return None, {CONF_URL: "invalid_url"}
+        client = GatewayClient(async_get_clientsession(self.hass), base, token.strip())
+        try:
+            return await client.get_instance(), {}
+        except GatewayAuthError:
+            return None, {"base": "invalid_auth"}
+        except GatewayError as err:
+            LOGGER.debug("Cannot reach the gateway at %s: %s", base, err)
+            return None, {"base": "cannot_connect"}
+        except Exception:
+            LOGGER.exception("Unexpected error checking the gateway at %s", base)
+            return None, {"base": "unknown"}
+
+    async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Ask for the gateway's URL and the instance token."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            info, errors = await self._validate(user_input[CONF_URL], user_input[CONF_TOKEN])
+            if info is not None:
+                await self.async_set_unique_id(info.id)
+                self._abort_if_unique_id_configured()
+                return self.async_create_entry(
+                    title=info.name,
+                    data={
+                        CONF_URL: _normalise_url(user_input[CONF_URL]),
+                        CONF_TOKEN: user_input[CONF_TOKEN].strip(),
+                    },
+                )
+        return self.async_show_form(
+            step_id="user",
+            data_schema=self.add_suggested_values_to_schema(
+                vol.Schema({vol.Required(CONF_URL): URL_SELECTOR, vol.Required(CONF_TOKEN): TOKEN_SELECTOR}),
+                user_input,
+            ),
+            errors=errors,
+        )
+
+    async def async_step_reauth(self, entry_data: Mapping[str, Any]) -> ConfigFlowResult:
+        """The gateway refused the token."""
+        return await self.async_step_reauth_confirm()
+
+    async def async_step_reauth_confirm(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Ask for a new token for the same instance."""
+        entry = self._get_reauth_entry()
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            info, errors = await self._validate(entry.data[CONF_URL], user_input[CONF_TOKEN])
+            if info is not None:
+                await self.async_set_unique_id(info.id)
+                self._abort_if_unique_id_mismatch(reason="wrong_instance")
+                return self.async_update_reload_and_abort(
+                    entry, data_updates={CONF_TOKEN: user_input[CONF_TOKEN].strip()}
+                )
+        return self.async_show_form(
+            step_id="reauth_confirm",
+            data_schema=vol.Schema({vol.Required(CONF_TOKEN): TOKEN_SELECTOR}),
+            description_placeholders={"title": entry.title, "url": entry.data[CONF_URL]},
+            errors=errors,
+        )
+
+    async def async_step_reconfigure(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Change the gateway's URL or the token (same instance)."""
+        entry = self._get_reconfigure_entry()
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            info, errors = await self._validate(user_input[CONF_URL], user_input[CONF_TOKEN])
+            if info is not None:
+                await self.async_set_unique_id(info.id)
+                self._abort_if_unique_id_mismatch(reason="wrong_instance")
+                return self.async_update_reload_and_abort(
+                    entry,
+                    data_updates={
+                        CONF_URL: _normalise_url(user_input[CONF_URL]),
+                        CONF_TOKEN: user_input[CONF_TOKEN].strip(),
+                    },
+                )
+        return self.async_show_form(
+            step_id="reconfigure",
+            data_schema=self.add_suggested_values_to_schema(
+                vol.Schema({vol.Required(CONF_URL): URL_SELECTOR, vol.Required(CONF_TOKEN): TOKEN_SELECTOR}),
+                user_input or {CONF_URL: entry.data[CONF_URL]},
+            ),
+            errors=errors,
+        )
+
+    @staticmethod
+    @callback
+    def async_get_options_flow(config_entry: ConfigEntry[Any]) -> OffsiteBackupOptionsFlow:
+        """The options flow."""
+        return OffsiteBackupOptionsFlow()
+
+
+def _options_schema() -> vol.Schema:
+    return vol.Schema(
+        {
+            vol.Required(CONF_NIGHTLY): BooleanSelector(),
+            vol.Required(CONF_WINDOW_START): TimeSelector(),
+            vol.Required(CONF_WINDOW_END): TimeSelector(),
+            vol.Required(CONF_PARTS_IN_FLIGHT): NumberSelector(
+                NumberSelectorConfig(
+                    min=MIN_PARTS_IN_FLIGHT, max=MAX_PARTS_IN_FLIGHT, step=1, mode=NumberSelectorMode.BOX
+                )
+            ),
+            vol.Optional(CONF_BANDWIDTH_LIMIT): NumberSelector(
+                NumberSelectorConfig(min=0, step=1, unit_of_measurement="KiB/s", mode=NumberSelectorMode.BOX)
+            ),
+            vol.Required(CONF_INCLUDE_DATABASE): BooleanSelector(),
+            vol.Required(CONF_FAILURES_BEFORE_REPAIR): NumberSelector(
+                NumberSelectorConfig(min=1, max=30, step=1, mode=NumberSelectorMode.BOX)
+            ),
+            vol.Required(CONF_STALE_AFTER): NumberSelector(
+                NumberSelectorConfig(
+                    min=1, max=24 * 31, step=1, unit_of_measurement="h", mode=NumberSelectorMode.BOX
+                )
+            ),
+            vol.Required(CONF_ALLOW_UNENCRYPTED): BooleanSelector(),
+        }
+    )
+
+
+def _current_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options as the form shows them (defaults filled in)."""
+    settings = Settings.from_options(dict(options))
+    current: dict[str, Any] = {
+        CONF_NIGHTLY: settings.nightly,
+        CONF_WINDOW_START: settings.window.start.strftime("%H:%M:%S"),
+        CONF_WINDOW_END: settings.window.end.strftime("%H:%M:%S"),
+        CONF_PARTS_IN_FLIGHT: settings.parts_in_flight,
+        CONF_INCLUDE_DATABASE: settings.include_database,
+        CONF_FAILURES_BEFORE_REPAIR: settings.failures_before_repair,
+        CONF_STALE_AFTER: int(settings.stale_after.total_seconds() // 3600),
+        CONF_ALLOW_UNENCRYPTED: settings.allow_unencrypted,
+    }
+    if settings.bandwidth_limit:
+        current[CONF_BANDWIDTH_LIMIT] = settings.bandwidth_limit // 1024
+    return current
+
+
+class OffsiteBackupOptionsFlow(OptionsFlow):
+    """Nightly schedule, upload tuning and alerting."""
+
+    async def async_step_init(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Show and check the options."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            if user_input[CONF_WINDOW_START] == user_input[CONF_WINDOW_END]:
+                errors[CONF_WINDOW_END] = "empty_window"
+            else:
+                data = dict(user_input)
+                for key in (
+                    CONF_PARTS_IN_FLIGHT,
+                    CONF_FAILURES_BEFORE_REPAIR,
+                    CONF_STALE_AFTER,
+                    CONF_BANDWIDTH_LIMIT,
+                ):
+                    if key in data:
+                        data[key] = int(data[key])
+                if not data.get(CONF_BANDWIDTH_LIMIT):
+                    data.pop(CONF_BANDWIDTH_LIMIT, None)
+                return self.async_create_entry(data=data)
+        return self.async_show_form(
+            step_id="init",
+            data_schema=self.add_suggested_values_to_schema(
+                _options_schema(), user_input or _current_options(self.config_entry.options)
+            ),
+            errors=errors,
+        )

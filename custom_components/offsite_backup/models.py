@@ -1,0 +1,104 @@
+"""The runtime data of a config entry, and its options read into typed settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import time, timedelta
+from typing import Any
+
+from homeassistant.config_entries import ConfigEntry
+from homeassistant.util import dt as dt_util
+from homeassistant.util import slugify
+
+from .api import GatewayClient
+from .const import (
+    CONF_ALLOW_UNENCRYPTED,
+    CONF_BANDWIDTH_LIMIT,
+    CONF_FAILURES_BEFORE_REPAIR,
+    CONF_INCLUDE_DATABASE,
+    CONF_NIGHTLY,
+    CONF_PARTS_IN_FLIGHT,
+    CONF_STALE_AFTER,
+    CONF_WINDOW_END,
+    CONF_WINDOW_START,
+    DEFAULT_ALLOW_UNENCRYPTED,
+    DEFAULT_FAILURES_BEFORE_REPAIR,
+    DEFAULT_INCLUDE_DATABASE,
+    DEFAULT_NIGHTLY,
+    DEFAULT_PARTS_IN_FLIGHT,
+    DEFAULT_STALE_AFTER,
+    DEFAULT_WINDOW_END,
+    DEFAULT_WINDOW_START,
+    DOMAIN,
+)
+from .coordinator import GatewayCoordinator
+from .runner import BackupRunner
+from .schedule import Window
+from .scheduler import NightlyScheduler
+
+type OffsiteBackupConfigEntry = ConfigEntry[OffsiteBackupData]
+
+
+@dataclass(slots=True)
+class OffsiteBackupData:
+    """What a loaded entry holds (``entry.runtime_data``)."""
+
+    client: GatewayClient
+    coordinator: GatewayCoordinator
+    runner: BackupRunner
+    scheduler: NightlyScheduler
+    settings: Settings
+
+
+def _time(value: Any, default: time) -> time:
+    if isinstance(value, time):
+        return value
+    if isinstance(value, str) and (parsed := dt_util.parse_time(value)) is not None:
+        return parsed
+    return default
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The entry's options with their defaults applied."""
+
+    nightly: bool
+    window: Window
+    parts_in_flight: int
+    bandwidth_limit: int | None  # bytes per second
+    include_database: bool
+    failures_before_repair: int
+    stale_after: timedelta
+    allow_unencrypted: bool
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> Settings:
+        """Read an entry's options (missing keys take their defaults)."""
+        start = _time(options.get(CONF_WINDOW_START), DEFAULT_WINDOW_START)
+        end = _time(options.get(CONF_WINDOW_END), DEFAULT_WINDOW_END)
+        if start == end:  # refused by the options flow; never let stored data break setup
+            start, end = DEFAULT_WINDOW_START, DEFAULT_WINDOW_END
+        kib = options.get(CONF_BANDWIDTH_LIMIT)
+        return cls(
+            nightly=bool(options.get(CONF_NIGHTLY, DEFAULT_NIGHTLY)),
+            window=Window(start, end),
+            parts_in_flight=int(options.get(CONF_PARTS_IN_FLIGHT, DEFAULT_PARTS_IN_FLIGHT)),
+            bandwidth_limit=int(kib) * 1024 if kib else None,
+            include_database=bool(options.get(CONF_INCLUDE_DATABASE, DEFAULT_INCLUDE_DATABASE)),
+            failures_before_repair=int(
+                options.get(CONF_FAILURES_BEFORE_REPAIR, DEFAULT_FAILURES_BEFORE_REPAIR)
+            ),
+            stale_after=timedelta(hours=float(options.get(CONF_STALE_AFTER, DEFAULT_STALE_AFTER))),
+            allow_unencrypted=bool(options.get(CONF_ALLOW_UNENCRYPTED, DEFAULT_ALLOW_UNENCRYPTED)),
+        )
+
+
+def agent_id_for(entry: ConfigEntry[Any]) -> str:
+    """The backup agent id of an entry: ``offsite_backup.<gateway instance id>``."""
+    return f"{DOMAIN}.{agent_unique_id(entry)}"
+
+
+def agent_unique_id(entry: ConfigEntry[Any]) -> str:
+    """The backup agent's unique id, from the entry's unique id (the gateway's instance id)."""
+    assert entry.unique_id is not None
+    return slugify(entry.unique_id)

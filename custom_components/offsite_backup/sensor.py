@@ -1,0 +1,106 @@
+"""Sensors: progress, status, last error, last success, next run, last backup size."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from homeassistant.components.sensor import (
+    SensorDeviceClass,
+    SensorEntity,
+    SensorEntityDescription,
+)
+from homeassistant.const import PERCENTAGE, EntityCategory, UnitOfInformation
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
+
+from .const import JobStatus
+from .entity import OffsiteBackupEntity
+from .models import OffsiteBackupConfigEntry, OffsiteBackupData
+
+PARALLEL_UPDATES = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class OffsiteBackupSensorDescription(SensorEntityDescription):
+    """A sensor and how to read its value."""
+
+    value_fn: Callable[[OffsiteBackupData], str | int | float | datetime | None]
+    needs_gateway: bool = False
+
+
+SENSORS: tuple[OffsiteBackupSensorDescription, ...] = (
+    OffsiteBackupSensorDescription(
+        key="progress",
+        translation_key="progress",
+        native_unit_of_measurement=PERCENTAGE,
+        suggested_display_precision=0,
+        value_fn=lambda data: data.runner.progress,
+        needs_gateway=True,
+    ),
+    OffsiteBackupSensorDescription(
+        key="status",
+        translation_key="status",
+        device_class=SensorDeviceClass.ENUM,
+        options=[status.value for status in JobStatus],
+        value_fn=lambda data: data.runner.status.value,
+    ),
+    OffsiteBackupSensorDescription(
+        key="last_error",
+        translation_key="last_error",
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value_fn=lambda data: _truncate(data.runner.last_error),
+    ),
+    OffsiteBackupSensorDescription(
+        key="last_success",
+        translation_key="last_success",
+        device_class=SensorDeviceClass.TIMESTAMP,
+        value_fn=lambda data: data.runner.last_success,
+    ),
+    OffsiteBackupSensorDescription(
+        key="next_run",
+        translation_key="next_run",
+        device_class=SensorDeviceClass.TIMESTAMP,
+        value_fn=lambda data: data.scheduler.next_run,
+    ),
+    OffsiteBackupSensorDescription(
+        key="last_size",
+        translation_key="last_size",
+        device_class=SensorDeviceClass.DATA_SIZE,
+        native_unit_of_measurement=UnitOfInformation.BYTES,
+        suggested_unit_of_measurement=UnitOfInformation.MEBIBYTES,
+        suggested_display_precision=1,
+        value_fn=lambda data: data.runner.last_size,
+    ),
+)
+
+
+def _truncate(text: str | None) -> str | None:
+    """A state holds at most 255 characters; the whole message is in the history and diagnostics."""
+    if text is None or len(text) <= 255:
+        return text
+    return text[:254] + "…"
+
+
+async def async_setup_entry(
+    hass: HomeAssistant, entry: OffsiteBackupConfigEntry, async_add_entities: AddConfigEntryEntitiesCallback
+) -> None:
+    """Add the sensors of an entry."""
+    async_add_entities(OffsiteBackupSensor(entry, description) for description in SENSORS)
+
+
+class OffsiteBackupSensor(OffsiteBackupEntity, SensorEntity):
+    """A sensor of an Offsite Backup entry."""
+
+    entity_description: OffsiteBackupSensorDescription
+
+    def __init__(self, entry: OffsiteBackupConfigEntry, description: OffsiteBackupSensorDescription) -> None:
+        """Set up the sensor."""
+        super().__init__(entry, description)
+        self.needs_gateway = description.needs_gateway
+
+    @property
+    def native_value(self) -> str | int | float | datetime | None:
+        """The value, read from the runner or the schedule."""
+        return self.entity_description.value_fn(self._data)
