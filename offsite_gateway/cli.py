@@ -15,14 +15,17 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from . import auth
-from .app import STORAGE, AccessLogger, create_app
 from .config import ConfigError, Settings, load_settings
-from .storage import Storage, StorageError
 from .store import DuplicateInstance, SQLiteStore
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+# The web app and the S3 client (aiohttp, botocore: about a second of imports) are imported by the commands
+# that use them, so that `instance ...` answers at once.
 
 _LOGGER = logging.getLogger("offsite_gateway")
 
@@ -162,6 +165,8 @@ async def _instance_revoke(settings: Settings, name: str) -> int:
 
 
 async def _bucket_create(settings: Settings) -> int:
+    from .storage import Storage, StorageError  # noqa: PLC0415
+
     storage = Storage(settings)
     await storage.open()
     try:
@@ -177,6 +182,10 @@ async def _bucket_create(settings: Settings) -> int:
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or `stop` is set)."""
+    from aiohttp import web  # noqa: PLC0415
+
+    from .app import AccessLogger, create_app  # noqa: PLC0415
+
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -208,6 +217,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
 
 
 async def _warn_if_storage_unreachable(app: web.Application) -> None:
+    from .app import STORAGE  # noqa: PLC0415
+    from .storage import StorageError  # noqa: PLC0415
+
     try:
         async with asyncio.timeout(10):
             await app[STORAGE].head_bucket()

@@ -181,6 +181,13 @@ class Storage:
 
     async def create_bucket(self) -> bool:
         """Create the bucket; False if it already existed (and is ours)."""
+        try:
+            await self.head_bucket()
+        except StorageError as err:
+            if err.code not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+        else:
+            return False
         kwargs: dict[str, Any] = {}
         if self.settings.s3_region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.settings.s3_region}

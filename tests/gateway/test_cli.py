@@ -1,0 +1,175 @@
+"""The `offsite-gateway` command: instance add/list/revoke, bucket create, serve, and configuration errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.servers import S3Server, free_port
+
+COMMAND = [sys.executable, "-m", "offsite_gateway"]
+
+
+def _env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFSITE_GATEWAY_")}
+    env.update({f"OFFSITE_GATEWAY_{name}": value for name, value in settings.items()})
+    return env
+
+
+def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*COMMAND, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def _s3_env(s3: S3Server, bucket: str, tmp_path: Path, **more: str) -> dict[str, str]:
+    settings = {k.removeprefix("OFFSITE_GATEWAY_"): v for k, v in s3.gateway_env(bucket).items()}
+    return _env(**{**settings, "DB": str(tmp_path / "gw.sqlite3"), **more})
+
+
+def test_instance_commands(tmp_path: Path) -> None:
+    env = _env(DB=str(tmp_path / "gw.sqlite3"))  # no storage settings needed to manage instances
+    added = run("instance", "add", "home", env=env)
+    token = added.stdout.strip().splitlines()[-1]
+    assert len(token) == 43
+    assert token.replace("-", "").replace("_", "").isalnum()
+    assert "home" in added.stdout
+
+    listed = run("instance", "list", env=env).stdout
+    assert "home" in listed
+    assert "active" in listed
+    assert token not in listed
+
+    duplicate = run("instance", "add", "home", env=env, check=False)
+    assert duplicate.returncode == 1
+    assert "already named 'home'" in duplicate.stderr
+
+    revoked = run("instance", "revoke", "home", env=env)
+    assert "revoked" in revoked.stdout
+    assert "revoked 20" in run("instance", "list", env=env).stdout
+    again = run("instance", "revoke", "home", env=env, check=False)
+    assert again.returncode == 1
+    assert "no active instance" in again.stderr
+
+    other = run("instance", "add", "home", env=env).stdout.strip().splitlines()[-1]
+    assert other != token
+
+    bad = run("instance", "add", "   ", env=env, check=False)
+    assert bad.returncode == 2
+
+
+def test_empty_list(tmp_path: Path) -> None:
+    assert "No instances yet" in run("instance", "list", env=_env(DB=str(tmp_path / "gw.sqlite3"))).stdout
+
+
+def test_bucket_create(moto_server: S3Server, tmp_path: Path) -> None:
+    env = _s3_env(moto_server, "created-by-cli", tmp_path)
+    assert "created" in run("bucket", "create", env=env).stdout
+    moto_server.client().head_bucket(Bucket="created-by-cli")
+    assert "already exists" in run("bucket", "create", env=env).stdout
+    unreachable = _s3_env(moto_server, "b-c-d", tmp_path, S3_ENDPOINT="http://127.0.0.1:1")
+    failed = run("bucket", "create", env=unreachable, check=False)
+    assert failed.returncode == 1
+    assert "could not create bucket" in failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "variable"),
+    [
+        ({"PART_SIZE": "1"}, "OFFSITE_GATEWAY_PART_SIZE"),
+        ({"S3_BUCKET": ""}, "OFFSITE_GATEWAY_S3_BUCKET"),
+        ({"LISTEN": "nowhere"}, "OFFSITE_GATEWAY_LISTEN"),
+    ],
+)
+def test_serve_stops_on_bad_settings(
+    moto_server: S3Server, tmp_path: Path, settings: dict[str, str], variable: str
+) -> None:
+    env = _s3_env(moto_server, "some-bucket", tmp_path, **settings)
+    result = run("serve", env=env, check=False)
+    assert result.returncode == 2
+    assert variable in result.stderr
+    assert "configuration error" in result.stderr
+
+
+def test_config_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'db = "{tmp_path / "from-file.sqlite3"}"\n')
+    run("--config", str(config), "instance", "add", "a", env=_env())
+    assert (tmp_path / "from-file.sqlite3").exists()
+    run("instance", "add", "b", "--config", str(config), env=_env(DB=str(tmp_path / "from-env.sqlite3")))
+    assert (tmp_path / "from-env.sqlite3").exists()
+    bad = run("--config", str(tmp_path / "missing.toml"), "instance", "list", env=_env(), check=False)
+    assert bad.returncode == 2
+    assert "missing.toml" in bad.stderr
+
+
+def _request(url: str, method: str = "GET", token: str | None = None, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def test_serve(moto_server: S3Server, moto_bucket: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = _s3_env(moto_server, moto_bucket, tmp_path, LISTEN=f"127.0.0.1:{port}", LOG_LEVEL="DEBUG")
+    token = run("instance", "add", "home", env=env).stdout.strip().splitlines()[-1]
+    log = tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen([*COMMAND, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                status, body = _request(url + "/healthz")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        assert (status, body) == (200, {"status": "ok"})
+
+        status, init = _request(url + "/v1/backups", "POST", token, {"name": "n", "size": 5})
+        assert status == 201
+        status, signed = _request(
+            url + f"/v1/backups/{init['id']}/parts", "POST", token, {"part_numbers": [1]}
+        )
+        assert status == 200
+        assert "X-Amz-Signature=" in signed["parts"][0]["url"]
+        assert _request(url + "/v1/instance", token="wrong")[0] == 401
+
+        # A second gateway cannot take the same port: it says so and exits non-zero.
+        busy = run("serve", env=env, check=False)
+        assert busy.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=20)
+    output = log.read_text()
+    assert code == 0, output
+    assert f"Listening on http://127.0.0.1:{port}" in output
+    assert "POST /v1/backups/" in output  # the access log
+    assert token not in output
+    assert "X-Amz-Signature" not in output
+    assert "Signature=" not in output
