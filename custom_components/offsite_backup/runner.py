@@ -153,6 +153,10 @@ class JobError(HomeAssistantError):
     """A job ended without a backup off-site; the message is the reason."""
 
 
+class UploadSuspended(Exception):
+    """The upload was stopped to be resumed later (Home Assistant stops, the entry unloads)."""
+
+
 class BackupRunner:
     """Runs backup jobs for one config entry and remembers how they went."""
 
@@ -176,6 +180,7 @@ class BackupRunner:
         self.since: datetime = dt_util.utcnow()
         self._pending: PendingUpload | None = None
         self._upload_task: asyncio.Task[RemoteBackup] | None = None
+        self._suspending = False
         self._listeners: list[CALLBACK_TYPE] = []
 
     # ------------------------------------------------------------------------------------------- state
@@ -307,6 +312,11 @@ class BackupRunner:
             raise
         except (BackupManagerError, HomeAssistantError) as err:
             self._settle(job, JobStatus.FAILED, f"Home Assistant could not create the backup: {err}")
+        if not job.done and self._suspending:
+            # The upload stopped to resume at the next start, which records the job then.
+            if self.current is job:
+                self.current = None
+            raise JobError("Suspended: Home Assistant stopped or reloaded the integration during the upload")
         if not job.done:
             self._settle(
                 job,
@@ -381,7 +391,11 @@ class BackupRunner:
     async def async_upload(
         self, backup: AgentBackup, open_stream: OpenStream, on_progress: ProgressCallback | None
     ) -> None:
-        """Send a backup Home Assistant hands to this location; raises ``BackupAgentError`` with the reason."""
+        """Send a backup Home Assistant hands to this location; raises ``BackupAgentError`` with the reason.
+
+        The upload belongs to the running job when that job waits for its backup; otherwise (a backup made from
+        Settings > System > Backups) it is a job of its own.
+        """
         job = self.current
         if job is None or job.status is not JobStatus.CREATING:
             if job is not None:
@@ -391,9 +405,12 @@ class BackupRunner:
         own = job.trigger is not JobTrigger.HOME_ASSISTANT
         try:
             await self._upload(job, backup, open_stream, on_progress, state=None)
-        finally:
-            if not own:
-                self._finish(job)
+        except UploadSuspended as err:
+            if not own and self.current is job:
+                self.current = None
+            raise BackupAgentError(str(err)) from err
+        if not own:
+            self._finish(job)
         if job.status is not JobStatus.SUCCEEDED:
             raise BackupAgentError(job.error or "Upload cancelled")
 
@@ -405,7 +422,11 @@ class BackupRunner:
         on_progress: ProgressCallback | None,
         state: UploadState | None,
     ) -> None:
-        """Run the upload engine for ``job``; settles the job (never raises but for outer cancellation)."""
+        """Run the upload engine for ``job`` and settle the job.
+
+        Raises :class:`UploadSuspended` (job not settled, resume state kept) when :meth:`async_shutdown` stops it,
+        and ``CancelledError`` when the caller is cancelled (also suspended: Home Assistant is stopping).
+        """
         job.backup_id = backup.backup_id
         job.size = backup.size
         if job.cancel_requested:
@@ -431,14 +452,13 @@ class BackupRunner:
                 self._pending["state"] = upload_state.to_dict()
                 self._save()
 
-        metadata = backup.as_dict()
         task = self.hass.async_create_task(
             upload(
                 client=self.client,
                 open_stream=open_stream,
                 size=backup.size,
                 name=backup.name,
-                metadata=metadata,
+                metadata=backup.as_dict(),
                 options=self.options.upload,
                 progress=progress,
                 state=state,
@@ -451,15 +471,19 @@ class BackupRunner:
         try:
             remote = await asyncio.shield(task)
         except asyncio.CancelledError:
-            if task.done() and task.cancelled():
-                # Cancelled from cancel_backup: the engine aborted the upload on the gateway.
-                self._pending = None
-                self._settle(job, JobStatus.CANCELLED, None)
-                return
-            # We are being cancelled (Home Assistant stops, the entry unloads): stop without aborting, to resume.
-            task.cancel(SUSPEND)
-            await asyncio.gather(task, return_exceptions=True)
-            raise
+            if not task.done():
+                # We are being cancelled (Home Assistant stops): stop the engine without aborting, to resume.
+                task.cancel(SUSPEND)
+                await asyncio.gather(task, return_exceptions=True)
+                raise
+            if self._suspending:
+                raise UploadSuspended(
+                    "Upload suspended while Home Assistant stops or reloads the integration; it resumes at the "
+                    "next start if the backup is still on disk"
+                ) from None
+            # Cancelled by cancel_backup: the engine aborted the upload on the gateway.
+            self._pending = None
+            self._settle(job, JobStatus.CANCELLED, None)
         except GatewayAuthError as err:
             self._pending = None
             self.entry.async_start_reauth(self.hass)
@@ -570,10 +594,13 @@ class BackupRunner:
             return
         LOGGER.info("Resuming the upload of backup %s interrupted by a restart", backup.backup_id)
         self.current = job
+        self._notify()
         try:
             await self._upload(job, backup, _file_opener(self.hass, path), None, state=state)
-        finally:
-            self._finish(job)
+        except UploadSuspended:
+            self.current = None
+            return
+        self._finish(job)
 
     async def _local_copy(self, backup: AgentBackup) -> Path | None:
         """The path of the same backup in a local backup location, if Home Assistant still has it."""
@@ -592,6 +619,7 @@ class BackupRunner:
 
     async def async_shutdown(self) -> None:
         """Stop an upload in progress without aborting it, so it resumes at the next start."""
+        self._suspending = True
         task = self._upload_task
         if task is not None and not task.done():
             task.cancel(SUSPEND)

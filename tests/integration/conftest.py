@@ -24,6 +24,14 @@ def auto_enable_custom_integrations(enable_custom_integrations: None) -> None:
 
 
 @pytest.fixture(autouse=True)
+def backup_helper(hass: HomeAssistant) -> None:
+    """What Home Assistant's bootstrap does before any integration loads (2025.x; gone from 2026.3's helpers)."""
+    from homeassistant.helpers.backup import async_initialize_backup  # noqa: PLC0415
+
+    async_initialize_backup(hass)
+
+
+@pytest.fixture(autouse=True)
 def config_dir(hass: HomeAssistant, tmp_path: Path) -> Path:
     """Each test gets its own configuration directory (backups are written under it)."""
     path = tmp_path / "config"
@@ -64,10 +72,6 @@ def config_entry(hass: HomeAssistant, gateway: RunningGateway, instance: tuple[s
 @pytest.fixture
 async def backup_manager(hass: HomeAssistant) -> object:
     """Home Assistant's backup integration, with a backup encryption key as the UI sets one."""
-    # Home Assistant's bootstrap does this before any integration loads (2025.x; gone from 2026.3's helpers).
-    from homeassistant.helpers.backup import async_initialize_backup  # noqa: PLC0415
-
-    async_initialize_backup(hass)
     assert await async_setup_component(hass, "backup", {})
     await hass.async_block_till_done()
     manager = hass.data[DATA_MANAGER]

@@ -1,0 +1,75 @@
+"""Helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers import entity_registry as er
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+from tests.helpers.servers import S3Server
+
+PLATFORM_OF = {
+    "stale": "binary_sensor",
+    "backup_now": "button",
+}
+
+
+def entity_id(hass: HomeAssistant, entry: MockConfigEntry, key: str) -> str:
+    """The entity id of one of the entry's entities, by its description key."""
+    platform = PLATFORM_OF.get(key, "sensor")
+    found = er.async_get(hass).async_get_entity_id(platform, "offsite_backup", f"{entry.unique_id}_{key}")
+    assert found is not None, f"no {platform} entity with key {key}"
+    return found
+
+
+def state(hass: HomeAssistant, entry: MockConfigEntry, key: str) -> str:
+    """The state of one of the entry's entities."""
+    current = hass.states.get(entity_id(hass, entry, key))
+    assert current is not None
+    return current.state
+
+
+def objects(s3: S3Server, bucket: str) -> dict[str, bytes]:
+    """Every object in the bucket, read whole (test objects are small)."""
+    client = s3.client()
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
+
+
+def multipart_uploads(s3: S3Server, bucket: str) -> list[dict[str, Any]]:
+    """Multipart uploads in progress in the bucket."""
+    uploads: list[dict[str, Any]] = s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return uploads
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_from_backup(archive: bytes, password: str | None, member: str, workdir: Path) -> bytes:
+    """Open a Home Assistant backup as a restore does: the inner archive decrypted with ``password``."""
+    from homeassistant.components.backup.util import password_to_key  # noqa: PLC0415
+    from securetar import SecureTarFile  # noqa: PLC0415
+
+    path = workdir / "downloaded.tar"
+    path.write_bytes(archive)
+    with tarfile.open(path, "r:") as outer:
+        inner = outer.extractfile("homeassistant.tar.gz")
+        assert inner is not None
+        inner_path = workdir / "homeassistant.tar.gz"
+        inner_path.write_bytes(inner.read())
+    with SecureTarFile(
+        inner_path, gzip=True, key=password_to_key(password) if password is not None else None, mode="r"
+    ) as decrypted:
+        for info in decrypted:  # a stream: members are read in order
+            if info.name == member:
+                extracted = decrypted.extractfile(info)
+                assert extracted is not None
+                return extracted.read()
+    raise KeyError(member)

@@ -1,0 +1,235 @@
+"""Every path of the config flow, against the real gateway app."""
+
+from __future__ import annotations
+
+from unittest.mock import patch
+
+import pytest
+from homeassistant.config_entries import SOURCE_USER, ConfigEntryState
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+from custom_components.offsite_backup.const import (
+    CONF_ALLOW_UNENCRYPTED,
+    CONF_BANDWIDTH_LIMIT,
+    CONF_FAILURES_BEFORE_REPAIR,
+    CONF_INCLUDE_DATABASE,
+    CONF_NIGHTLY,
+    CONF_PARTS_IN_FLIGHT,
+    CONF_STALE_AFTER,
+    CONF_TOKEN,
+    CONF_URL,
+    CONF_WINDOW_END,
+    CONF_WINDOW_START,
+    DOMAIN,
+)
+from tests.helpers.gateway import RunningGateway
+from tests.helpers.servers import free_port
+
+
+async def _start(hass: HomeAssistant) -> str:
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "user"
+    assert result["errors"] == {}
+    return str(result["flow_id"])
+
+
+async def test_user_step_creates_the_entry(
+    hass: HomeAssistant, backup_manager: object, gateway: RunningGateway, instance: tuple[str, str]
+) -> None:
+    instance_id, token = instance
+    flow_id = await _start(hass)
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {CONF_URL: gateway.url + "/", CONF_TOKEN: f"  {token} "}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["title"] == "home"
+    assert result["data"] == {CONF_URL: gateway.url, CONF_TOKEN: token}
+    assert result["result"].unique_id == instance_id
+    await hass.async_block_till_done()
+    assert result["result"].state is ConfigEntryState.LOADED
+
+
+@pytest.mark.parametrize(
+    ("url", "error_field", "error"),
+    [
+        ("not a url", "url", "invalid_url"),
+        ("ftp://127.0.0.1/", "url", "invalid_url"),
+        ("http://127.0.0.1:{closed}", "base", "cannot_connect"),
+    ],
+)
+async def test_user_step_url_errors_then_recovers(
+    hass: HomeAssistant,
+    gateway: RunningGateway,
+    instance: tuple[str, str],
+    url: str,
+    error_field: str,
+    error: str,
+) -> None:
+    _, token = instance
+    flow_id = await _start(hass)
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {CONF_URL: url.format(closed=free_port()), CONF_TOKEN: token}
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {error_field: error}
+    # The form keeps what was typed, and a correct answer then goes through.
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {CONF_URL: gateway.url, CONF_TOKEN: token}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+async def test_user_step_invalid_auth(hass: HomeAssistant, gateway: RunningGateway) -> None:
+    flow_id = await _start(hass)
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {CONF_URL: gateway.url, CONF_TOKEN: "not-a-token"}
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {"base": "invalid_auth"}
+
+
+async def test_user_step_revoked_token_is_invalid_auth(hass: HomeAssistant, gateway: RunningGateway) -> None:
+    _, token = await gateway.add_instance("gone")
+    await gateway.revoke_instance("gone")
+    flow_id = await _start(hass)
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {CONF_URL: gateway.url, CONF_TOKEN: token}
+    )
+    assert result["errors"] == {"base": "invalid_auth"}
+
+
+async def test_user_step_unexpected_error(hass: HomeAssistant, gateway: RunningGateway) -> None:
+    flow_id = await _start(hass)
+    with patch(
+        "custom_components.offsite_backup.config_flow.GatewayClient.get_instance",
+        side_effect=RuntimeError("boom"),
+    ):
+        result = await hass.config_entries.flow.async_configure(
+            flow_id, {CONF_URL: gateway.url, CONF_TOKEN: "whatever"}
+        )
+    assert result["errors"] == {"base": "unknown"}
+
+
+async def test_same_instance_cannot_be_added_twice(
+    hass: HomeAssistant, config_entry: MockConfigEntry, gateway: RunningGateway, instance: tuple[str, str]
+) -> None:
+    flow_id = await _start(hass)
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {CONF_URL: gateway.url, CONF_TOKEN: instance[1]}
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_configured"
+
+
+async def test_reauth_with_a_new_token(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry, gateway: RunningGateway
+) -> None:
+    # The operator revokes the instance's token and issues a new one for the same instance.
+    store = gateway.app
+    from offsite_gateway.app import STORE  # noqa: PLC0415
+
+    new_token = await _new_token_for(store[STORE], str(loaded_entry.unique_id))
+    result = await loaded_entry.start_reauth_flow(hass)
+    assert result["step_id"] == "reauth_confirm"
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {CONF_TOKEN: "wrong"})
+    assert result["errors"] == {"base": "invalid_auth"}
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {CONF_TOKEN: new_token})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "reauth_successful"
+    assert loaded_entry.data[CONF_TOKEN] == new_token
+    await hass.async_block_till_done()
+    assert loaded_entry.state is ConfigEntryState.LOADED
+
+
+async def _new_token_for(store: object, instance_id: str) -> str:
+    """A second token of the same instance, issued by the gateway's own token code."""
+    from offsite_gateway import auth  # noqa: PLC0415
+
+    rotate = getattr(auth, "rotate_token", None)
+    if rotate is None:
+        pytest.skip("the gateway cannot issue a second token for an instance")
+    token: str = await rotate(store, instance_id)
+    return token
+
+
+async def test_reauth_with_another_instances_token_is_refused(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry, gateway: RunningGateway
+) -> None:
+    _, other_token = await gateway.add_instance("neighbour")
+    result = await loaded_entry.start_reauth_flow(hass)
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {CONF_TOKEN: other_token})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "wrong_instance"
+
+
+async def test_reconfigure(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry, gateway: RunningGateway, instance: tuple[str, str]
+) -> None:
+    result = await loaded_entry.start_reconfigure_flow(hass)
+    assert result["step_id"] == "reconfigure"
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_URL: f"http://127.0.0.1:{free_port()}", CONF_TOKEN: instance[1]}
+    )
+    assert result["errors"] == {"base": "cannot_connect"}
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_URL: gateway.url + "/", CONF_TOKEN: instance[1]}
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "reconfigure_successful"
+    assert loaded_entry.data[CONF_URL] == gateway.url
+
+
+async def test_reconfigure_to_another_instance_is_refused(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry, gateway: RunningGateway
+) -> None:
+    _, other_token = await gateway.add_instance("neighbour")
+    result = await loaded_entry.start_reconfigure_flow(hass)
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_URL: gateway.url, CONF_TOKEN: other_token}
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "wrong_instance"
+
+
+async def test_options_flow(hass: HomeAssistant, loaded_entry: MockConfigEntry) -> None:
+    result = await hass.config_entries.options.async_init(loaded_entry.entry_id)
+    assert result["type"] is FlowResultType.FORM
+    answer = {
+        CONF_NIGHTLY: True,
+        CONF_WINDOW_START: "03:00:00",
+        CONF_WINDOW_END: "03:00:00",
+        CONF_PARTS_IN_FLIGHT: 4.0,
+        CONF_BANDWIDTH_LIMIT: 512.0,
+        CONF_INCLUDE_DATABASE: False,
+        CONF_FAILURES_BEFORE_REPAIR: 3.0,
+        CONF_STALE_AFTER: 48.0,
+        CONF_ALLOW_UNENCRYPTED: False,
+    }
+    result = await hass.config_entries.options.async_configure(result["flow_id"], answer)
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {CONF_WINDOW_END: "empty_window"}
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], answer | {CONF_WINDOW_END: "05:00:00"}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    await hass.async_block_till_done()
+    assert loaded_entry.options[CONF_PARTS_IN_FLIGHT] == 4
+    assert loaded_entry.options[CONF_BANDWIDTH_LIMIT] == 512
+    # The entry reloaded with the new options.
+    settings = loaded_entry.runtime_data.settings
+    assert settings.parts_in_flight == 4
+    assert settings.bandwidth_limit == 512 * 1024
+    assert settings.window.start.hour == 3
+    assert settings.include_database is False
+    assert loaded_entry.runtime_data.runner.options.upload.parallel == 4
+    next_run = loaded_entry.runtime_data.scheduler.next_run
+    assert next_run is not None
+    # A bandwidth limit of 0 means none.
+    result = await hass.config_entries.options.async_init(loaded_entry.entry_id)
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], answer | {CONF_WINDOW_END: "05:00:00", CONF_BANDWIDTH_LIMIT: 0}
+    )
+    assert CONF_BANDWIDTH_LIMIT not in result["data"]
