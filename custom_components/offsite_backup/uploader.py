@@ -58,7 +58,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -370,16 +370,13 @@ class _PartPayload(Payload):
                 await writer.write(chunk)
 
 
-def _md5_hex(body: _Body) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+def _hash_part(sha256: Any, body: _Body) -> str:
+    """Add the part to the stream's SHA-256; return the part's MD5."""
+    md5 = hashlib.md5(usedforsecurity=False)
     for piece in body.pieces:
-        digest.update(piece)
-    return digest.hexdigest()
-
-
-def _sha_update(digest: Any, body: _Body) -> None:
-    for piece in body.pieces:
-        digest.update(piece)
+        sha256.update(piece)
+        md5.update(piece)
+    return md5.hexdigest()
 
 
 def _etag_md5(etag: str) -> str | None:
@@ -529,15 +526,14 @@ class _Upload:
             except (GatewayNotFoundError, GatewayConflictError) as err:
                 _LOGGER.info("Saved upload %s cannot be resumed (%s); starting anew", state.backup_id, err)
             else:
-                self.state = state
+                # storage's word is what counts: parts are acknowledged again as the stream is read past them
+                self.state = replace(state, parts={})
                 self.held = {
                     part.part_number: part.etag
                     for part in stored
                     if 1 <= part.part_number <= state.part_count
                     and part.size == state.expected_size(part.part_number)
                 }
-                # storage's word is what counts: forget acknowledged parts it no longer holds
-                state.parts = {}
                 _LOGGER.debug(
                     "Resuming upload %s: storage holds %d of %d parts",
                     state.backup_id,
@@ -678,9 +674,9 @@ class _Upload:
 
     async def _read_and_dispatch(self, stream: AsyncIterator[bytes], group: asyncio.TaskGroup) -> None:
         slots = asyncio.Semaphore(self.options.parallel)
-        previous: asyncio.Task[None] | None = None
+        previous: asyncio.Task[str] | None = None
         async for number, body in self._parts(stream):
-            hashed = group.create_task(self._hash_sha(previous, body))
+            hashed = group.create_task(self._hash(previous, body))
             previous = hashed
             await slots.acquire()
             group.create_task(self._part(number, body, hashed, slots))
@@ -688,18 +684,17 @@ class _Upload:
         if previous is not None:
             await previous
 
-    async def _hash_sha(self, previous: asyncio.Task[None] | None, body: _Body) -> None:
+    async def _hash(self, previous: asyncio.Task[str] | None, body: _Body) -> str:
+        """MD5 of the part, after adding it to the stream's SHA-256; parts are hashed one after the other.
+
+        One hashing thread at a time (not one per part in flight): on a small machine, parallel hashing threads
+        take the CPU from the connection sending the parts, and the upload got slower, not faster (measured).
+        """
         if previous is not None:
             await previous
         if body.size <= _INLINE_HASH:
-            _sha_update(self.sha, body)
-        else:
-            await self._loop.run_in_executor(None, _sha_update, self.sha, body)
-
-    async def _md5(self, body: _Body) -> str:
-        if body.size <= _INLINE_HASH:
-            return _md5_hex(body)
-        return await self._loop.run_in_executor(None, _md5_hex, body)
+            return _hash_part(self.sha, body)
+        return await self._loop.run_in_executor(None, _hash_part, self.sha, body)
 
     # ------------------------------------------------------------------------------------------- sending
 
@@ -707,28 +702,22 @@ class _Upload:
         self,
         number: int,
         body: _Body,
-        hashed: asyncio.Task[None],
+        md5: asyncio.Task[str],
         slots: asyncio.Semaphore,
     ) -> None:
         try:
-            md5 = asyncio.ensure_future(self._md5(body))
-            try:
-                held = self.held.get(number)
-                if held is not None:
-                    stored_md5 = _etag_md5(held)
-                    if stored_md5 is None or stored_md5 == await md5:
-                        await self._ack(number, held)
-                        await hashed
-                        self.pool.give(body)
-                        return
-                    _LOGGER.info("Part %d held by storage differs from the backup; sending it again", number)
-                    self.held.pop(number, None)
-                etag = await self._send(number, body, md5)
-            finally:
-                if not md5.done():
-                    md5.cancel()
+            held = self.held.get(number)
+            if held is not None:
+                stored_md5 = _etag_md5(held)
+                if stored_md5 is None or stored_md5 == await md5:
+                    await self._ack(number, held)
+                    self.pool.give(body)
+                    return
+                _LOGGER.info("Part %d held by storage differs from the backup; sending it again", number)
+                self.held.pop(number, None)
+            etag = await self._send(number, body, md5)
             await self._ack(number, etag)
-            await hashed  # the part stays referenced until the SHA-256 has seen it
+            await md5  # the part stays referenced until the SHA-256 has seen it
             self.pool.give(body)
         finally:
             slots.release()
