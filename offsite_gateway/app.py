@@ -667,6 +667,13 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
 )
 
 
+def make_runner(app: web.Application, shutdown_timeout: float = 10.0) -> web.AppRunner:
+    """The runner to serve `app` with: our access log (no headers, no query strings)."""
+    return web.AppRunner(
+        app, access_log_class=AccessLogger, access_log=ACCESS_LOGGER, shutdown_timeout=shutdown_timeout
+    )
+
+
 def create_app(
     settings: Settings,
     *,

@@ -184,7 +184,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or `stop` is set)."""
     from aiohttp import web  # noqa: PLC0415
 
-    from .app import AccessLogger, create_app  # noqa: PLC0415
+    from .app import create_app, make_runner  # noqa: PLC0415
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -192,7 +192,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=10.0)
+    runner = make_runner(app)
     try:
         await runner.setup()
     except Exception as err:

@@ -123,6 +123,8 @@ class Presigner:
 class Storage:
     """The bucket the gateway manages, through one aiobotocore client."""
 
+    page_size = 1000  # ListParts / ListMultipartUploads page (S3's maximum)
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bucket = settings.s3_bucket
@@ -210,7 +212,7 @@ class Storage:
         marker = 0
         while True:
             response = await self._call(
-                "list_parts", Key=key, UploadId=upload_id, MaxParts=1000, PartNumberMarker=marker
+                "list_parts", Key=key, UploadId=upload_id, MaxParts=self.page_size, PartNumberMarker=marker
             )
             for part in response.get("Parts", []):
                 parts.append(StoredPart(int(part["PartNumber"]), str(part["ETag"]), int(part["Size"])))
@@ -264,7 +266,9 @@ class Storage:
         uploads: list[PendingUpload] = []
         markers: dict[str, str] = {}
         while True:
-            response = await self._call("list_multipart_uploads", Prefix=prefix, **markers)
+            response = await self._call(
+                "list_multipart_uploads", Prefix=prefix, MaxUploads=self.page_size, **markers
+            )
             for upload in response.get("Uploads", []):
                 uploads.append(PendingUpload(upload["Key"], upload["UploadId"], upload.get("Initiated")))
             if not response.get("IsTruncated"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from offsite_gateway.app import STORE, plan_parts
+from offsite_gateway.app import STORAGE, STORE, plan_parts
 from offsite_gateway.config import GIB, MIB
 from tests.gateway.api import Api, put
 from tests.gateway.conftest import PART
@@ -254,3 +254,26 @@ async def test_list_is_completed_only_newest_first(api: Api) -> None:
         "id", "name", "size", "sha256", "status", "created_at", "completed_at", "part_size", "part_count",
         "metadata",
     }  # fmt: skip
+
+
+async def test_storage_listings_follow_pages(
+    api: Api, gateway: RunningGateway, session: aiohttp.ClientSession, moto_server: S3Server
+) -> None:
+    storage = gateway.app[STORAGE]
+    storage.page_size = 2
+    data = b"".join(bytes([n]) * 100 for n in range(5))
+    init = await api.init(len(data))
+    # Five 100-byte parts: storage accepts small parts until complete; enough to page through ListParts.
+    store = gateway.app[STORE]
+    row = await store.get_backup(init["id"])
+    assert row is not None
+    assert row.upload_id is not None
+    for number in range(1, 6):
+        url = storage.presigner.upload_part(row.object_key, row.upload_id, number, 60)
+        await put(session, url, data[(number - 1) * 100 : number * 100])
+    listed = (await api.ok("GET", f"/v1/backups/{init['id']}/parts"))["parts"]
+    assert [p["part_number"] for p in listed] == [1, 2, 3, 4, 5]
+    for n in range(5):
+        moto_server.client().create_multipart_upload(Bucket=gateway.settings.s3_bucket, Key=f"k/{n}")
+    uploads = await storage.list_multipart_uploads("")
+    assert len(uploads) == 6

@@ -21,7 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from offsite_gateway import auth
-from offsite_gateway.app import STORE, SWEEPER, AccessLogger, create_app
+from offsite_gateway.app import STORE, SWEEPER, create_app, make_runner
 from offsite_gateway.config import PREFIX, Settings, load_settings
 from offsite_gateway.sweeper import SweepReport
 from tests.helpers.servers import S3Server
@@ -73,7 +73,7 @@ async def run_gateway(
     """Serve a gateway for the block (see the module's docstring)."""
     settings = gateway_settings(s3, bucket, tmp_path, **overrides)
     app = create_app(settings, clock=clock)
-    runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=2.0)
+    runner = make_runner(app, shutdown_timeout=2.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", settings.listen_port)
