@@ -8,10 +8,12 @@ Runs a moto S3 server and ONE `offsite-gateway serve` process (SQLite, access lo
 2. latency: each instance backs up a tiny one-part backup, `--rounds` times: init, sign its part, PUT the part
    to moto (not timed: it goes to storage, not the gateway), complete (ListParts + CompleteMultipartUpload on
    moto, then retention, which deletes from the 8th backup on). `p50_ms` / `p99_ms` are of the sum of the three
-   gateway calls per backup. Two arrival patterns:
+   gateway calls per backup. Three arrival patterns:
    - `burst`: all 200 instances start together and go on in a closed loop (the next round as soon as the
      last ends): the gateway's capacity in backups/s; latency there is queueing behind 199 others on a 2-core
      machine shared with moto and this client, so it says nothing of one instance's wait;
+   - `alone`: one instance, 20 backups in a row, nothing else running: the time one backup's three calls
+     take without any queueing (4 moto calls among them);
    - `paced` (the headline p50/p99): each instance's rounds are due at random instants within --spread seconds
      (open loop), as nightly jittered schedules spread real instances. The offered rate (200 x rounds /
      spread, 10 backups/s by default) is printed with it; a real fleet of 200 offers about 200 per 2-hour
@@ -243,6 +245,7 @@ async def run(args: argparse.Namespace, moto: S3Server, workdir: Path) -> dict[s
                 print(f"{name}: {json.dumps(result)}", flush=True)
                 return result
 
+            alone = await phase("one instance alone", latency(clients[:1], session, 20, 0))
             sign = await phase("throughput", throughput(clients, args.seconds))
             burst = await phase("burst", latency(clients, session, args.rounds, 0))
             spread = await phase(
@@ -261,6 +264,8 @@ async def run(args: argparse.Namespace, moto: S3Server, workdir: Path) -> dict[s
         "burst_p99_ms": round(burst["p99_ms"], 1),
         "burst_backups_per_s": round(burst["backups_per_s"], 1),
         "sign_p99_ms": round(sign["sign_p99_ms"], 1),
+        "alone_p50_ms": round(alone["p50_ms"], 1),
+        "alone_p99_ms": round(alone["p99_ms"], 1),
         "instances": args.instances,
         "loadavg_1m_at_start": round(load_at_start, 2),
     }

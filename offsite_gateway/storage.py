@@ -148,6 +148,12 @@ class Storage:
             read_timeout=60,
             retries={"max_attempts": 3, "mode": "standard"},
             max_pool_connections=MAX_POOL_CONNECTIONS,
+            # botocore >= 1.36 adds CRC checksums to every request and checks them on responses; several
+            # S3-compatible servers reject or lack them. Multipart integrity is the ETag/size check at complete.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            # Our own code builds every request: botocore's per-call parameter validation is pure overhead.
+            parameter_validation=False,
         )
         stack = contextlib.AsyncExitStack()
         session = get_session()
