@@ -57,7 +57,8 @@ import math
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -574,7 +575,12 @@ class _Upload:
     async def _transfer(self) -> RemoteBackup:
         self._report(force=True)
         self.pool = _BufferPool(min(self.state.part_size, self.size))
-        stream = await self.open_stream()
+        try:
+            stream = await self.open_stream()
+        except Exception as err:
+            raise UploadStreamError(
+                f"Opening the backup failed: {_describe(err)}", backup_id=self.state.backup_id
+            ) from err
         try:
             try:
                 async with asyncio.TaskGroup() as group:
@@ -618,7 +624,7 @@ class _Upload:
 
     # ------------------------------------------------------------------------------------------- reading
 
-    async def _parts(self, stream: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, _Body]]:
+    async def _parts(self, stream: AsyncIterator[bytes]) -> AsyncGenerator[tuple[int, _Body]]:
         """Re-chunk the stream into the gateway's parts (a buffer is only taken when its first bytes arrive)."""
         state = self.state
         number = 1
@@ -675,12 +681,13 @@ class _Upload:
     async def _read_and_dispatch(self, stream: AsyncIterator[bytes], group: asyncio.TaskGroup) -> None:
         slots = asyncio.Semaphore(self.options.parallel)
         previous: asyncio.Task[str] | None = None
-        async for number, body in self._parts(stream):
-            hashed = group.create_task(self._hash(previous, body))
-            previous = hashed
-            await slots.acquire()
-            group.create_task(self._part(number, body, hashed, slots))
-            del body  # only the part's task holds it now
+        async with aclosing(self._parts(stream)) as parts:
+            async for number, body in parts:
+                hashed = group.create_task(self._hash(previous, body))
+                previous = hashed
+                await slots.acquire()
+                group.create_task(self._part(number, body, hashed, slots))
+                del body  # only the part's task holds it now
         if previous is not None:
             await previous
 

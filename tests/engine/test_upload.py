@@ -131,6 +131,19 @@ async def test_stream_raising_fails_clearly_and_aborts(rig: Rig) -> None:
     assert rig.multipart_uploads() == []
 
 
+async def test_stream_that_cannot_be_opened_fails_clearly_and_aborts(rig: Rig) -> None:
+    async def unopenable() -> Any:
+        raise FileNotFoundError("backup.tar is gone")
+
+    with pytest.raises(UploadStreamError, match=r"Opening the backup failed.*backup\.tar is gone") as caught:
+        await upload(
+            client=rig.client, open_stream=unopenable, size=PART, name="b", metadata={}, options=FAST
+        )
+    assert caught.value.backup_id is not None
+    assert (await rig.client.get_backup(caught.value.backup_id)).status == "failed"
+    assert rig.multipart_uploads() == []
+
+
 class _BadLayoutClient(GatewayClient):
     async def create_backup(self, **kwargs: Any) -> BackupInit:
         init = await super().create_backup(**kwargs)
