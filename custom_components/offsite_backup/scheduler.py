@@ -108,8 +108,9 @@ class NightlyScheduler:
         return {"plan": self.plan.as_dict() if self.plan else None}
 
     @callback
-    def _fire(self, now: datetime) -> None:
+    def _fire(self, planned: datetime) -> None:
         self._unsub_timer = None
+        now = dt_util.utcnow()  # the timer passes the planned instant; it may fire late (the host slept)
         plan = self.plan
         if plan is None:  # pragma: no cover - the timer is only armed with a plan
             return
@@ -117,7 +118,12 @@ class NightlyScheduler:
         self.plan = plan.mark_done()
         self._store.async_delay_save(self._data_to_save, 0)
         _, window_end = self.window.bounds(plan.day, dt_util.get_default_time_zone())
-        if self._is_busy():
+        if now >= window_end:
+            # The timer fired late (the host slept through the window): no backup outside the window.
+            LOGGER.warning(
+                "Missed the backup window of %s (the system was asleep); next window tomorrow", plan.day
+            )
+        elif self._is_busy():
             LOGGER.info("Tonight's backup is already running (started by hand); not starting another")
         else:
             self._start_job(window_end)
