@@ -156,7 +156,8 @@ def run_localstack(workdir: Path) -> Iterator[S3Server]:
     try:
         endpoint = f"http://{listen}"
         _wait_http(f"{endpoint}/_localstack/health", process, "LocalStack", timeout=120)
-        yield S3Server("localstack", endpoint, process=process)
+        # LocalStack checks presigned URLs against its default secret key "test".
+        yield S3Server("localstack", endpoint, access_key="test", secret_key="test", process=process)
     finally:
         _stop(process)
         log.close()
