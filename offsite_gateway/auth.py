@@ -12,7 +12,7 @@ import time
 import unicodedata
 import uuid
 
-from .store import Instance, Store
+from .store import Instance, Store, UnknownInstance
 
 TOKEN_BYTES = 32
 MAX_NAME_LENGTH = 100
@@ -51,6 +51,20 @@ async def add_instance(store: Store, name: str, now: float | None = None) -> tup
 async def revoke_instance(store: Store, name: str, now: float | None = None) -> bool:
     """Revoke the active instance with this name: its token gets 401 from now on. False if there is none."""
     return await store.revoke_instance(name.strip(), time.time() if now is None else now)
+
+
+async def rotate_token(store: Store, name: str) -> str:
+    """Give the active instance with this name a new token and return it (the only time it exists outside).
+
+    The instance keeps its id and its backups; only the new token's hash is stored, in place of the old one's, so
+    the old token gets 401 from the next request on. Raise `UnknownInstance` (a `LookupError`) if no active
+    instance has this name: none ever did, or it was revoked (a revoked instance never gets a token again).
+    """
+    name = name.strip()
+    token = new_token()
+    if await store.rotate_token(name, hash_token(token)) is None:
+        raise UnknownInstance(name)
+    return token
 
 
 async def authenticate(store: Store, authorization: str | None) -> Instance | None:

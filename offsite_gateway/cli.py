@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from . import auth
 from .config import ConfigError, Settings, load_settings
-from .store import DuplicateInstance, SQLiteStore
+from .store import DuplicateInstance, SQLiteStore, UnknownInstance
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     instance_commands.add_parser("list", parents=[common], help="list instances")
     revoke = instance_commands.add_parser("revoke", parents=[common], help="revoke an instance's token")
     revoke.add_argument("name")
+    rotate = instance_commands.add_parser(
+        "rotate",
+        parents=[common],
+        help="give an instance a new token (same id, same backups; the old token is refused at once); "
+        "prints it (once) on the last line",
+    )
+    rotate.add_argument("name")
 
     bucket = commands.add_parser("bucket", parents=[common], help="storage bucket (for local setups)")
     bucket_commands = bucket.add_subparsers(dest="bucket_command", required=True, metavar="ACTION")
@@ -97,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_instance_add(settings, args.name))
         if args.instance_command == "list":
             return asyncio.run(_instance_list(settings))
+        if args.instance_command == "rotate":
+            return asyncio.run(_instance_rotate(settings, args.name))
         return asyncio.run(_instance_revoke(settings, args.name))
     except KeyboardInterrupt:
         return EXIT_FAILED
@@ -161,6 +170,30 @@ async def _instance_revoke(settings: Settings, name: str) -> int:
         print(f"offsite-gateway: no active instance is named {name!r}", file=sys.stderr)
         return EXIT_FAILED
     print(f"Instance {name!r} revoked: its token is refused from now on.")
+    return 0
+
+
+async def _instance_rotate(settings: Settings, name: str) -> int:
+    name = name.strip()
+    async with _open_store(settings) as store:
+        try:
+            token = await auth.rotate_token(store, name)
+        except UnknownInstance:
+            revoked = any(instance.name == name for instance in await store.list_instances())
+            if revoked:
+                print(
+                    f"offsite-gateway: instance {name!r} is revoked: a revoked instance gets no new token "
+                    f"(offsite-gateway instance add {name!r} creates a new instance, with a new id)",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"offsite-gateway: no active instance is named {name!r}", file=sys.stderr)
+            return EXIT_FAILED
+        active = [i for i in await store.list_instances() if i.name == name and i.revoked_at is None]
+    where = f", id {active[0].id}" if active else ""
+    print(f"Instance {name!r}{where} has a new token: its old token is refused from now on.")
+    print("The new token follows, shown this once: paste it into Home Assistant (reauthenticate).")
+    print(token)
     return 0
 
 

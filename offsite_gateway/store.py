@@ -44,6 +44,10 @@ class DuplicateInstance(StoreError):
     """An active instance already has this name."""
 
 
+class UnknownInstance(StoreError, LookupError):
+    """No active instance has this name (there is none, or it was revoked)."""
+
+
 @dataclass(frozen=True)
 class Instance:
     """A Home Assistant installation allowed to back up through the gateway."""
@@ -83,6 +87,10 @@ class Store(Protocol):
     async def create_instance(self, instance: Instance, token_hash: str) -> None: ...
     async def list_instances(self) -> list[Instance]: ...
     async def revoke_instance(self, name: str, now: float) -> bool: ...
+    async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
+        """Replace the token hash of the active instance with this name; None if there is none."""
+        ...
+
     async def instance_by_token_hash(self, token_hash: str) -> Instance | None: ...
 
     async def begin_backup(self, backup: Backup, now: float, init_rate: int) -> None:
@@ -258,6 +266,14 @@ class SQLiteStore:
             "UPDATE instances SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name)
         )
         return cursor.rowcount > 0
+
+    async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
+        rows = self.conn.execute(
+            "UPDATE instances SET token_hash = ? WHERE name = ? AND revoked_at IS NULL "
+            "RETURNING id, name, created_at, revoked_at",
+            (token_hash, name),
+        ).fetchall()
+        return _instance(rows[0]) if rows else None
 
     async def instance_by_token_hash(self, token_hash: str) -> Instance | None:
         row = self.conn.execute(

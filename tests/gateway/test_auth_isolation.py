@@ -1,4 +1,4 @@
-"""Tokens and ownership: 401 without a valid active token, 404 for another instance's backups on every route."""
+"""Tokens and ownership: 401 without a valid active token (revoked, rotated), 404 for another instance's backups."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import os
 import aiohttp
 import pytest
 
-from offsite_gateway.app import ROUTES
-from tests.gateway.api import Api
+from offsite_gateway.app import ROUTES, STORE
+from offsite_gateway.auth import hash_token
+from offsite_gateway.store import UnknownInstance
+from tests.gateway.api import Api, put
 from tests.helpers.gateway import RunningGateway
 
 V1_ROUTES = [(method, path) for method, path, _ in ROUTES if path.startswith("/v1")]
@@ -99,3 +101,78 @@ async def test_other_instances_backups_are_404_on_every_route(
     # The thief's attempts changed nothing for the owner.
     assert (await owner.ok("GET", f"/v1/backups/{uploading['id']}"))["backup"]["status"] == "uploading"
     assert [b["id"] for b in (await owner.ok("GET", "/v1/backups"))["backups"]] == [completed["id"]]
+
+
+async def test_rotated_token_replaces_the_old_one_at_once(
+    gateway: RunningGateway, session: aiohttp.ClientSession
+) -> None:
+    instance_id, old_token = await gateway.add_instance("home")
+    _, other_token = await gateway.add_instance("cottage")
+    old = Api(session, gateway.url, old_token)
+    completed = await old.upload(os.urandom(1000), "done")
+    uploading = await old.init(100, "in progress")
+    url = (await old.sign(uploading["id"], [1]))[0]["url"]
+
+    new_token = await gateway.rotate_token("home")
+    assert len(new_token) == 43
+    assert new_token not in (old_token, other_token)
+    # The old token is refused on every /v1 route, from the next request on; an id route with a real id too.
+    for method, path in V1_ROUTES:
+        for backup_id in ("0" * 32, uploading["id"]):
+            status, body = await old.call(method, path.replace("{id}", backup_id), _body(method, path))
+            assert status == 401, (method, path)
+            assert body["error"]["code"] == "unauthorized"
+
+    # The new token is the same instance: same id and name, same backups, and the upload goes on.
+    new = Api(session, gateway.url, new_token)
+    assert (await new.ok("GET", "/v1/instance"))["id"] == instance_id
+    assert (await new.ok("GET", "/v1/instance"))["name"] == "home"
+    assert (await new.ok("GET", "/v1/backups"))["backups"] == [completed]
+    assert (await new.ok("GET", f"/v1/backups/{uploading['id']}"))["backup"]["status"] == "uploading"
+    status, body = await new.call("POST", "/v1/backups", {"name": "second", "size": 10})
+    assert (status, body["error"]["code"]) == (409, "upload_in_progress")  # the same instance's upload
+    etag = await put(session, url, b"x" * 100)
+    done = await new.ok(
+        "POST", f"/v1/backups/{uploading['id']}/complete", {"parts": [{"part_number": 1, "etag": etag}]}
+    )
+    assert done["backup"]["status"] == "completed"
+    assert [b["id"] for b in (await new.ok("GET", "/v1/backups"))["backups"]] == [
+        uploading["id"],
+        completed["id"],
+    ]
+    # The other instance is untouched.
+    await Api(session, gateway.url, other_token).ok("GET", "/v1/instance")
+
+    # Rotating again retires the second token as well.
+    third_token = await gateway.rotate_token(" home ")
+    assert (await new.call("GET", "/v1/instance"))[0] == 401
+    assert (await old.call("GET", "/v1/instance"))[0] == 401
+    assert (await Api(session, gateway.url, third_token).ok("GET", "/v1/instance"))["id"] == instance_id
+
+    # The gateway keeps only the hash: neither token is in the database.
+    await gateway.app[STORE].ping()
+    stored = b"".join(path.read_bytes() for path in gateway.settings.db.parent.glob("gateway.sqlite3*"))
+    assert stored
+    for token in (old_token, new_token, third_token):
+        assert token.encode() not in stored
+    assert hash_token(third_token).encode() in stored
+
+
+async def test_rotate_refuses_unknown_and_revoked_names(
+    gateway: RunningGateway, session: aiohttp.ClientSession
+) -> None:
+    with pytest.raises(UnknownInstance):
+        await gateway.rotate_token("nobody")
+    _, token = await gateway.add_instance("home")
+    await gateway.revoke_instance("home")
+    with pytest.raises(LookupError):
+        await gateway.rotate_token("home")
+    # A failed rotation brought nothing back to life.
+    assert (await Api(session, gateway.url, token).call("GET", "/v1/instance"))[0] == 401
+
+    # A new instance under a revoked name: rotation concerns the active one only.
+    new_id, new_token = await gateway.add_instance("home")
+    rotated = await gateway.rotate_token("home")
+    assert (await Api(session, gateway.url, new_token).call("GET", "/v1/instance"))[0] == 401
+    assert (await Api(session, gateway.url, rotated).ok("GET", "/v1/instance"))["id"] == new_id
+    assert (await Api(session, gateway.url, token).call("GET", "/v1/instance"))[0] == 401

@@ -1,7 +1,8 @@
-"""The `offsite-gateway` command: instance add/list/revoke, bucket create, serve, and configuration errors."""
+"""The `offsite-gateway` command: instance add/list/revoke/rotate, bucket create, serve, and configuration errors."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,8 +14,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from tests.gateway.api import Api
+from tests.helpers.gateway import run_gateway
 from tests.helpers.servers import S3Server, free_port
 
 COMMAND = [sys.executable, "-m", "offsite_gateway"]
@@ -69,6 +73,55 @@ def test_instance_commands(tmp_path: Path) -> None:
 
     bad = run("instance", "add", "   ", env=env, check=False)
     assert bad.returncode == 2
+
+
+async def test_instance_rotate(
+    moto_server: S3Server, moto_bucket: str, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """`instance rotate` from another process: the running gateway refuses the old token at once."""
+    db = tmp_path / "gw.sqlite3"
+    env = _env(DB=str(db))
+    old_token = run("instance", "add", "home", env=env).stdout.strip().splitlines()[-1]
+    async with run_gateway(moto_server, moto_bucket, tmp_path, DB=str(db)) as gateway:
+        old = Api(session, gateway.url, old_token)
+        instance = await old.ok("GET", "/v1/instance")
+        backup = await old.upload(b"kept across the rotation")
+
+        rotated = await asyncio.to_thread(run, "instance", "rotate", "home", env=env)
+        lines = rotated.stdout.strip().splitlines()
+        new_token = lines[-1]
+        assert len(new_token) == 43
+        assert new_token.replace("-", "").replace("_", "").isalnum()
+        assert new_token != old_token
+        assert "'home'" in lines[0]
+        assert instance["id"] in lines[0]
+        assert new_token not in "\n".join(lines[:-1])
+        assert rotated.stderr == ""
+
+        status, body = await old.call("GET", "/v1/instance")
+        assert (status, body["error"]["code"]) == (401, "unauthorized")
+        new = Api(session, gateway.url, new_token)
+        assert await new.ok("GET", "/v1/instance") == instance
+        assert (await new.ok("GET", "/v1/backups"))["backups"] == [backup]
+
+    listed = run("instance", "list", env=env).stdout
+    assert listed.count("home") == 1  # the same instance, not a new one
+    assert instance["id"] in listed
+    assert new_token not in listed
+    assert old_token not in listed
+
+    unknown = run("instance", "rotate", "nobody", env=env, check=False)
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "offsite-gateway: no active instance is named 'nobody'"
+    assert unknown.stdout == ""
+
+    run("instance", "revoke", "home", env=env)
+    revoked = run("instance", "rotate", "home", env=env, check=False)
+    assert revoked.returncode == 1
+    assert "instance 'home' is revoked" in revoked.stderr
+    assert "instance add 'home'" in revoked.stderr
+    assert revoked.stdout == ""
+    assert "revoked 20" in run("instance", "list", env=env).stdout  # still revoked
 
 
 def test_empty_list(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
     async with run_gateway(moto_server, moto_bucket, tmp_path, PART_SIZE="5242880") as gateway:
         instance_id, token = await gateway.add_instance("home")
         ...  # talk to gateway.url with aiohttp
+        token = await gateway.rotate_token("home")  # same instance, new token (reauth); the old one gets 401
 
 Overrides are settings without the `OFFSITE_GATEWAY_` prefix: PART_SIZE, URL_TTL, RETENTION, INIT_RATE,
 S3_PUBLIC_ENDPOINT (where clients reach storage, e.g. a fault-injecting proxy), SWEEP_INTERVAL, DB, ...
@@ -44,6 +45,13 @@ class RunningGateway:
         """Revoke as `offsite-gateway instance revoke` does."""
         if not await auth.revoke_instance(self.app[STORE], name):
             raise LookupError(f"no active instance named {name!r}")
+
+    async def rotate_token(self, name: str) -> str:
+        """A new token for the same instance, as `offsite-gateway instance rotate` does; the old one gets 401.
+
+        Raises LookupError if no active instance has this name (unknown or revoked).
+        """
+        return await auth.rotate_token(self.app[STORE], name)
 
     async def run_sweeper_once(self, now: float | None = None) -> SweepReport:
         """One sweeper pass now (or as if the clock said `now`)."""
