@@ -688,6 +688,7 @@ class _Upload:
                 await slots.acquire()
                 group.create_task(self._part(number, body, hashed, slots))
                 del body  # only the part's task holds it now
+                await asyncio.sleep(0)  # let the part's PUT start before the next part is copied
         if previous is not None:
             await previous
 
