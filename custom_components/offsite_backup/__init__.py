@@ -118,6 +118,7 @@ async def _run_quietly(runner: BackupRunner, window_end: datetime) -> None:
 async def async_unload_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) -> bool:
     """Stop the schedule; an upload in progress is suspended, to resume at the next setup."""
     await entry.runtime_data.runner.async_shutdown()
+    await entry.runtime_data.scheduler.async_flush()
     return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
 
 

@@ -624,6 +624,8 @@ class BackupRunner:
         if task is not None and not task.done():
             task.cancel(SUSPEND)
             await asyncio.gather(task, return_exceptions=True)
+        # Written now, not after the save delay: the next setup (a reload) reads it at once.
+        await self._store.async_save(self._data_to_save())
 
 
 def _file_opener(hass: HomeAssistant, path: Path) -> OpenStream:

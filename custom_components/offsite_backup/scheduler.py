@@ -63,6 +63,10 @@ class NightlyScheduler:
         self._unsub_config = self.hass.bus.async_listen(EVENT_CORE_CONFIG_UPDATE, self._on_config_update)
         self._replan(dt_util.utcnow())
 
+    async def async_flush(self) -> None:
+        """Write the plan now (the entry unloads; a reload reads it at once)."""
+        await self._store.async_save(self._data_to_save())
+
     @callback
     def async_stop(self) -> None:
         """Disarm the timer."""

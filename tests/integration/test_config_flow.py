@@ -127,32 +127,24 @@ async def test_same_instance_cannot_be_added_twice(
 async def test_reauth_with_a_new_token(
     hass: HomeAssistant, loaded_entry: MockConfigEntry, gateway: RunningGateway
 ) -> None:
-    # The operator revokes the instance's token and issues a new one for the same instance.
-    store = gateway.app
-    from offsite_gateway.app import STORE  # noqa: PLC0415
-
-    new_token = await _new_token_for(store[STORE], str(loaded_entry.unique_id))
-    result = await loaded_entry.start_reauth_flow(hass)
+    # The operator rotates the instance's token (`offsite-gateway instance rotate home`): the old one is refused,
+    # the next poll notices and starts the reauth flow.
+    new_token = await gateway.rotate_token("home")
+    await loaded_entry.runtime_data.coordinator.async_refresh()
+    await hass.async_block_till_done()
+    flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert [flow["context"]["source"] for flow in flows] == ["reauth"]
+    flow_id = flows[0]["flow_id"]
+    result = await hass.config_entries.flow.async_configure(flow_id, {CONF_TOKEN: "wrong"})
     assert result["step_id"] == "reauth_confirm"
-    result = await hass.config_entries.flow.async_configure(result["flow_id"], {CONF_TOKEN: "wrong"})
     assert result["errors"] == {"base": "invalid_auth"}
-    result = await hass.config_entries.flow.async_configure(result["flow_id"], {CONF_TOKEN: new_token})
+    result = await hass.config_entries.flow.async_configure(flow_id, {CONF_TOKEN: new_token})
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "reauth_successful"
     assert loaded_entry.data[CONF_TOKEN] == new_token
     await hass.async_block_till_done()
     assert loaded_entry.state is ConfigEntryState.LOADED
-
-
-async def _new_token_for(store: object, instance_id: str) -> str:
-    """A second token of the same instance, issued by the gateway's own token code."""
-    from offsite_gateway import auth  # noqa: PLC0415
-
-    rotate = getattr(auth, "rotate_token", None)
-    if rotate is None:
-        pytest.skip("the gateway cannot issue a second token for an instance")
-    token: str = await rotate(store, instance_id)
-    return token
+    assert loaded_entry.runtime_data.coordinator.last_update_success
 
 
 async def test_reauth_with_another_instances_token_is_refused(

@@ -1,0 +1,145 @@
+"""An upload interrupted by a restart of Home Assistant resumes when the same backup is still on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from homeassistant.components.backup.const import DATA_MANAGER
+from homeassistant.core import HomeAssistant
+from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events
+
+from custom_components.offsite_backup.const import CONF_TOKEN, CONF_URL, DOMAIN, EVENT_FAILED
+from tests.engine.proxy import FaultProxy, delay
+from tests.helpers.gateway import run_gateway
+from tests.helpers.servers import S3Server
+from tests.integration.common import multipart_uploads, objects, sha256
+from tests.integration.conftest import BACKUP_PASSWORD
+
+
+@pytest.fixture
+async def proxied(
+    hass: HomeAssistant, backup_manager: object, moto_server: S3Server, moto_bucket: str, tmp_path: Path
+) -> AsyncIterator[tuple[MockConfigEntry, FaultProxy]]:
+    """An entry on a gateway whose part URLs go through a counting proxy in front of moto."""
+    async with (
+        FaultProxy(moto_server.endpoint) as proxy,
+        run_gateway(
+            moto_server,
+            moto_bucket,
+            tmp_path / "gw",
+            PART_SIZE=str(5 * 1024 * 1024),
+            S3_PUBLIC_ENDPOINT=proxy.url,
+        ) as gateway,
+    ):
+        instance_id, token = await gateway.add_instance("home")
+        entry = MockConfigEntry(
+            domain=DOMAIN,
+            title="home",
+            unique_id=instance_id,
+            data={CONF_URL: gateway.url, CONF_TOKEN: token},
+        )
+        entry.add_to_hass(hass)
+        assert await hass.config_entries.async_setup(entry.entry_id)
+        await hass.async_block_till_done()
+        yield entry, proxy
+        await hass.config_entries.async_unload(entry.entry_id)
+
+
+async def _interrupt_after_two_parts(
+    hass: HomeAssistant, entry: MockConfigEntry, proxy: FaultProxy, agent_ids: list[str]
+) -> str:
+    """Start a 3-part backup, stop Home Assistant's side once storage holds parts 1 and 2; return the remote id."""
+    proxy.fail(3, delay(60))  # part 3 hangs: the restart happens while it is in flight
+    manager: Any = hass.data[DATA_MANAGER]
+    creation = hass.async_create_task(
+        manager.async_create_backup(
+            agent_ids=agent_ids,
+            include_addons=None,
+            include_all_addons=False,
+            include_database=True,
+            include_folders=None,
+            include_homeassistant=True,
+            name="Interrupted",
+            password=BACKUP_PASSWORD,
+        )
+    )
+    runner = entry.runtime_data.runner
+    async with asyncio.timeout(60):
+        while not (
+            proxy.stored[1] == 1
+            and proxy.stored[2] == 1
+            and (pending := runner.pending_summary())
+            and pending["parts_acknowledged"] == 2
+        ):
+            await asyncio.sleep(0.05)
+    remote_id = str(pending["remote_id"])
+    # "Restart": the entry unloads (Home Assistant stopping does the same through EVENT_HOMEASSISTANT_STOP).
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await creation
+    await hass.async_block_till_done()
+    return remote_id
+
+
+async def test_resume_sends_only_what_storage_lacks(
+    hass: HomeAssistant,
+    proxied: tuple[MockConfigEntry, FaultProxy],
+    config_dir: Path,
+    moto_server: S3Server,
+    moto_bucket: str,
+) -> None:
+    entry, proxy = proxied
+    (config_dir / "big.bin").write_bytes(os.urandom(12 * 1024 * 1024))  # three 5 MiB parts
+    remote_id = await _interrupt_after_two_parts(
+        hass, entry, proxy, ["backup.local", f"{DOMAIN}.{entry.unique_id}"]
+    )
+    assert objects(moto_server, moto_bucket) == {}
+    assert len(multipart_uploads(moto_server, moto_bucket)) == 1, "suspended, not aborted"
+
+    proxy.plan.clear()
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done(wait_background_tasks=True)
+
+    runner = entry.runtime_data.runner
+    assert [(job.trigger.value, job.status.value) for job in runner.history] == [
+        ("home_assistant", "succeeded")
+    ]
+    assert runner.history[0].remote_id == remote_id, "the same upload was carried on"
+    assert proxy.stored[1] == 1, "part 1 was not sent again"
+    assert proxy.stored[2] == 1, "part 2 was not sent again"
+    assert proxy.stored[3] == 1
+    assert runner.pending_summary() is None
+
+    manager: Any = hass.data[DATA_MANAGER]
+    (backup_id,) = [b.backup_id for b in await manager.backup_agents["backup.local"].async_list_backups()]
+    local = manager.local_backup_agents["backup.local"].get_backup_path(backup_id).read_bytes()
+    (stored,) = objects(moto_server, moto_bucket).values()
+    assert sha256(stored) == sha256(local), "byte-identical to the backup on disk"
+
+
+async def test_nothing_to_resume_from_is_a_clear_failure(
+    hass: HomeAssistant,
+    proxied: tuple[MockConfigEntry, FaultProxy],
+    config_dir: Path,
+    moto_server: S3Server,
+    moto_bucket: str,
+) -> None:
+    entry, proxy = proxied
+    (config_dir / "big.bin").write_bytes(os.urandom(12 * 1024 * 1024))
+    # Only to this location: Home Assistant deletes its temporary copy once the upload stops.
+    await _interrupt_after_two_parts(hass, entry, proxy, [f"{DOMAIN}.{entry.unique_id}"])
+    failed = async_capture_events(hass, EVENT_FAILED)
+    proxy.plan.clear()
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done(wait_background_tasks=True)
+
+    runner = entry.runtime_data.runner
+    assert [job.status.value for job in runner.history] == ["failed"]
+    assert "no longer on disk" in (runner.history[0].error or "")
+    assert len(failed) == 1
+    assert multipart_uploads(moto_server, moto_bucket) == [], "the interrupted upload was aborted"
+    assert runner.pending_summary() is None
