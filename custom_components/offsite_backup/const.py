@@ -69,4 +69,3 @@ class JobTrigger(StrEnum):
     SCHEDULE = "schedule"
     MANUAL = "manual"  # the button or the create_backup action
     HOME_ASSISTANT = "home_assistant"  # a backup made from Settings > System > Backups to this location
-    RESUME = "resume"  # an upload interrupted by a restart, carried on
