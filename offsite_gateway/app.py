@@ -60,20 +60,36 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ApiError(Exception):
-    """An answer `{"error": {"code", "message"}}` with an HTTP status."""
+    """An answer `{"error": {"code", "message", **details}}` with an HTTP status."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers
+        self.details = details
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    details: dict[str, Any] | None = None,
 ) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+    """`{"error": {"code", "message"}}`, plus the code's own extra fields (`details`) if any."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    error.update((key, value) for key, value in (details or {}).items() if key not in error)
+    return web.json_response({"error": error}, status=status, headers=headers)
 
 
 def _not_found() -> NoReturn:
@@ -255,7 +271,7 @@ async def errors_and_metrics(
     try:
         response = await handler(request)
     except ApiError as err:
-        response = error_response(err.status, err.code, err.message, err.headers)
+        response = error_response(err.status, err.code, err.message, err.headers, err.details)
         if err.code == "body_too_large":
             response.force_close()  # rather than reading (lingering on) the rest of an oversized body
     except StorageError as err:
@@ -347,8 +363,14 @@ async def _backup_lock(request: web.Request, backup_id: str) -> AsyncIterator[No
 
 
 def _require_uploading(backup: Backup) -> str:
-    if backup.status != UPLOADING or backup.upload_id is None:
+    if backup.status != UPLOADING:
         raise ApiError(409, "not_uploading", f"backup {backup.id} is {backup.status}, not uploading")
+    if backup.upload_id is None:
+        raise ApiError(
+            409,
+            "not_uploading",
+            f"the upload of backup {backup.id} is still being created; try again shortly",
+        )
     return backup.upload_id
 
 
@@ -401,8 +423,15 @@ async def create_backup(request: web.Request) -> web.Response:
     # The row goes in before the upload exists in storage: the sweeper never takes it for an orphan.
     try:
         await store.begin_backup(backup, now, settings.init_rate)
-    except UploadInProgress:
-        raise ApiError(409, "upload_in_progress", "this instance already has an upload in progress") from None
+    except UploadInProgress as err:
+        # Its id, so a client that lost the answer to its create can abort its own stale upload at once.
+        raise ApiError(
+            409,
+            "upload_in_progress",
+            f"this instance already has an upload in progress: backup {err.backup_id} "
+            f"(DELETE /v1/backups/{err.backup_id}/upload aborts it)",
+            details={"backup_id": err.backup_id},
+        ) from None
     except RateLimited as err:
         raise ApiError(
             429,
@@ -415,7 +444,12 @@ async def create_backup(request: web.Request) -> web.Response:
     except BaseException:
         await store.delete_backup(backup_id)
         raise
-    await store.set_upload_id(backup_id, upload_id)
+    if not await store.set_upload_id(backup_id, upload_id):
+        # Aborted (or deleted) meanwhile by its owner, who learned its id from a 409 after losing our answer.
+        await _abort_unrecorded(request, backup.object_key, upload_id)
+        raise ApiError(
+            409, "not_uploading", f"backup {backup_id} was aborted while its upload was being created"
+        )
     _LOGGER.info(
         "Instance %s started backup %s: %d bytes in %d parts", instance.id, backup_id, size, part_count
     )
@@ -423,6 +457,15 @@ async def create_backup(request: web.Request) -> web.Response:
         {"id": backup_id, "part_size": part_size, "part_count": part_count, "url_ttl": settings.url_ttl},
         status=201,
     )
+
+
+async def _abort_unrecorded(request: web.Request, key: str, upload_id: str) -> None:
+    """Abort a storage upload the database does not hold as in progress (else the sweeper does, as an orphan)."""
+    try:
+        await request.app[STORAGE].abort_multipart_upload(key, upload_id)
+    except StorageError as err:
+        request.app[METRICS].storage_errors.labels(err.operation).inc()
+        _LOGGER.warning("Could not abort the upload of %s now; the sweeper will: %s", key, err)
 
 
 async def sign_parts(request: web.Request) -> web.Response:
@@ -574,7 +617,10 @@ async def abort_upload(request: web.Request) -> web.Response:
     backup = await _owned(request)
     async with _backup_lock(request, backup.id):
         backup = await _owned(request)
-        _require_uploading(backup)
+        if backup.status != UPLOADING:
+            raise ApiError(409, "not_uploading", f"backup {backup.id} is {backup.status}, not uploading")
+        # Also while its storage upload is still being created (no upload id yet): the create then sees the
+        # backup failed, and aborts the upload it made.
         await _abort(request, backup)
     return web.Response(status=204)
 

@@ -29,7 +29,11 @@ class StoreError(Exception):
 
 
 class UploadInProgress(StoreError):
-    """The instance already has an upload in progress."""
+    """The instance already has an upload in progress: backup `backup_id`."""
+
+    def __init__(self, backup_id: str) -> None:
+        super().__init__(f"backup {backup_id} is uploading")
+        self.backup_id = backup_id
 
 
 class RateLimited(StoreError):
@@ -94,10 +98,13 @@ class Store(Protocol):
     async def instance_by_token_hash(self, token_hash: str) -> Instance | None: ...
 
     async def begin_backup(self, backup: Backup, now: float, init_rate: int) -> None:
-        """Insert an `uploading` backup; raise UploadInProgress or RateLimited (per hour) atomically."""
+        """Insert an `uploading` backup; raise UploadInProgress (naming the upload) or RateLimited, atomically."""
         ...
 
-    async def set_upload_id(self, backup_id: str, upload_id: str) -> None: ...
+    async def set_upload_id(self, backup_id: str, upload_id: str) -> bool:
+        """Record the storage upload of an `uploading` backup; False if it is not uploading any more."""
+        ...
+
     async def get_backup(self, backup_id: str) -> Backup | None: ...
     async def list_backups(self, instance_id: str, status: str) -> list[Backup]:
         """Backups of one instance with one status, newest first (completion, then creation)."""
@@ -287,10 +294,10 @@ class SQLiteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             busy = conn.execute(
-                "SELECT 1 FROM backups WHERE instance_id = ? AND status = 'uploading'", (backup.instance_id,)
+                "SELECT id FROM backups WHERE instance_id = ? AND status = 'uploading'", (backup.instance_id,)
             ).fetchone()
             if busy is not None:
-                raise UploadInProgress(backup.instance_id)  # noqa: TRY301 - rolled back below
+                raise UploadInProgress(busy["id"])  # noqa: TRY301 - rolled back below
             window_start = now - 3600
             recent = conn.execute(
                 "SELECT count(*), min(at) FROM init_events WHERE instance_id = ? AND at > ?",
@@ -322,8 +329,11 @@ class SQLiteStore:
             conn.execute("ROLLBACK")
             raise
 
-    async def set_upload_id(self, backup_id: str, upload_id: str) -> None:
-        self.conn.execute("UPDATE backups SET upload_id = ? WHERE id = ?", (upload_id, backup_id))
+    async def set_upload_id(self, backup_id: str, upload_id: str) -> bool:
+        cursor = self.conn.execute(
+            "UPDATE backups SET upload_id = ? WHERE id = ? AND status = 'uploading'", (upload_id, backup_id)
+        )
+        return cursor.rowcount > 0
 
     async def get_backup(self, backup_id: str) -> Backup | None:
         row = self.conn.execute(

@@ -87,7 +87,8 @@ async def test_answers_follow_the_document(
     data = os.urandom(100)
     _, init = await call("POST", "/v1/backups", body={"name": "n", "size": len(data), "metadata": {"a": 1}})
     backup_id = init["id"]
-    await call("POST", "/v1/backups", body={"name": "n", "size": 1})  # 409
+    _, conflict = await call("POST", "/v1/backups", body={"name": "n", "size": 1})  # 409
+    assert conflict["error"]["backup_id"] == backup_id
     await call("POST", "/v1/backups", body={"name": "n", "size": 0})  # 400
     await call("POST", "/v1/backups", body={"name": "n", "size": 10**15})  # 413
     _, signed = await call("POST", "/v1/backups/{id}/parts", backup_id, {"part_numbers": [1]})

@@ -63,12 +63,89 @@ async def test_one_upload_at_a_time(
     first = await api.init(10)
     status, body = await api.call("POST", "/v1/backups", {"name": "again", "size": 10})
     assert (status, body["error"]["code"]) == (409, "upload_in_progress")
-    # Another instance is not held up.
-    _, other = await gateway.add_instance("cottage")
-    await Api(session, gateway.url, other).init(10)
+    # The answer names the upload in progress, so its owner can abort it even if it never saw the 201.
+    assert body["error"]["backup_id"] == first["id"]
+    assert first["id"] in body["error"]["message"]
+    assert set(body["error"]) == {"code", "message", "backup_id"}
+    # Another instance is not held up, and its own 409 names its own upload, never the first instance's.
+    _, other_token = await gateway.add_instance("cottage")
+    other = Api(session, gateway.url, other_token)
+    others = await other.init(10)
+    status, body = await other.call("POST", "/v1/backups", {"name": "again", "size": 10})
+    assert (status, body["error"]["code"]) == (409, "upload_in_progress")
+    assert body["error"]["backup_id"] == others["id"] != first["id"]
+    assert first["id"] not in body["error"]["message"]
+    assert (await other.ok("GET", f"/v1/backups/{others['id']}"))["backup"]["status"] == "uploading"
+    assert (await api.call("GET", f"/v1/backups/{others['id']}"))[0] == 404
+    status, body = await api.call("POST", "/v1/backups", {"name": "again", "size": 10})
+    assert body["error"]["backup_id"] == first["id"]
     # Once the first is aborted, a new one may begin.
     await api.ok("DELETE", f"/v1/backups/{first['id']}/upload", expect=204)
     await api.init(10)
+
+
+@pytest.mark.parametrize("abort_while_creating", [False, True], ids=["created", "still-creating"])
+async def test_owner_recovers_from_a_lost_create_answer(
+    api: Api,
+    gateway: RunningGateway,
+    moto_server: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+    abort_while_creating: bool,
+) -> None:
+    """The client gave up on its create while storage created the upload, so it never learned the id.
+
+    The next create's 409 names that upload; its owner aborts it and begins again, instead of waiting hours for
+    the sweeper. Also while the lost create is still running: that create then aborts the upload it made.
+    """
+    bucket = gateway.settings.s3_bucket
+    store, storage = gateway.app[STORE], gateway.app[STORAGE]
+    create = storage.create_multipart_upload
+    release, created = asyncio.Event(), asyncio.Event()
+
+    async def slow_create(key: str) -> str:
+        await release.wait()
+        upload_id = await create(key)
+        created.set()
+        return upload_id
+
+    monkeypatch.setattr(storage, "create_multipart_upload", slow_create)
+    with pytest.raises(TimeoutError):
+        await api.call(
+            "POST", "/v1/backups", {"name": "lost", "size": 10}, timeout=aiohttp.ClientTimeout(total=0.3)
+        )
+    if not abort_while_creating:
+        release.set()
+        await asyncio.wait_for(created.wait(), 10)
+        assert len(_uploads(moto_server, bucket)) == 1
+
+    status, body = await api.call("POST", "/v1/backups", {"name": "retry", "size": 10})
+    assert (status, body["error"]["code"]) == (409, "upload_in_progress")
+    stale_id = body["error"]["backup_id"]
+    stale = (await api.ok("GET", f"/v1/backups/{stale_id}"))["backup"]
+    assert (stale["name"], stale["status"]) == ("lost", "uploading")
+    if abort_while_creating:
+        status, body = await api.call("POST", f"/v1/backups/{stale_id}/parts", {"part_numbers": [1]})
+        assert (status, body["error"]["code"]) == (409, "not_uploading")
+        assert "still being created" in body["error"]["message"]
+
+    await api.ok("DELETE", f"/v1/backups/{stale_id}/upload", expect=204)
+    if abort_while_creating:
+        release.set()
+        await asyncio.wait_for(created.wait(), 10)
+    deadline = asyncio.get_running_loop().time() + 10
+    while _uploads(moto_server, bucket):  # aborted by the DELETE, or by the lost create once it saw it
+        assert asyncio.get_running_loop().time() < deadline, _uploads(moto_server, bucket)
+        await asyncio.sleep(0.05)
+    row = await store.get_backup(stale_id)
+    assert row is not None
+    assert row.status == "failed"
+    assert (row.upload_id is None) == abort_while_creating
+
+    init = await api.init(10, "again")
+    assert init["id"] != stale_id
+    report = await gateway.run_sweeper_once()
+    assert (report.stale_failed, report.orphans_aborted) == (0, 0)
+    assert len(_uploads(moto_server, bucket)) == 1  # only the new one
 
 
 async def test_init_rate_limit(
