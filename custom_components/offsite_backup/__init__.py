@@ -123,7 +123,11 @@ async def async_unload_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntr
 
 
 async def _async_reload(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) -> None:
-    """Apply changed options."""
+    """Apply changed options, once the backup in progress (if any) is done: a reload would interrupt it."""
+    runner = entry.runtime_data.runner
+    if runner.busy:
+        LOGGER.info("Options changed during a backup: they apply when it ends")
+        await runner.async_wait_idle()
     await hass.config_entries.async_reload(entry.entry_id)
 
 

@@ -174,13 +174,15 @@ class BackupRunner:
         self.options = options
         self._store: Store[StoredRunner] = Store(hass, STORAGE_VERSION, f"{DOMAIN}.{entry.entry_id}.jobs")
         self.history: list[Job] = []
-        self.current: Job | None = None
+        self._current: Job | None = None
         self.last_success: datetime | None = None
         self.failures_in_row = 0
         self.since: datetime = dt_util.utcnow()
         self._pending: PendingUpload | None = None
         self._upload_task: asyncio.Task[RemoteBackup] | None = None
         self._suspending = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._listeners: list[CALLBACK_TYPE] = []
 
     # ------------------------------------------------------------------------------------------- state
@@ -276,10 +278,27 @@ class BackupRunner:
 
         return remove
 
+    @property
+    def current(self) -> Job | None:
+        """The job running now."""
+        return self._current
+
+    @current.setter
+    def current(self, job: Job | None) -> None:
+        self._current = job
+        if job is None:
+            self._idle.set()
+        else:
+            self._idle.clear()
+
     @callback
     def _notify(self) -> None:
         for listener in list(self._listeners):
             listener()
+
+    async def async_wait_idle(self) -> None:
+        """Return once no job runs (at once when none does)."""
+        await self._idle.wait()
 
     # -------------------------------------------------------------------------------------------- jobs
 

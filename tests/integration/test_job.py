@@ -319,3 +319,25 @@ async def test_cancel_during_upload_leaves_nothing_behind(
     assert multipart_uploads(moto_server, moto_bucket) == []
     assert objects(moto_server, moto_bucket) == {}
     assert loaded_entry.state is ConfigEntryState.LOADED
+
+
+async def test_options_changed_during_a_backup_apply_after_it(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry, config_dir: Path
+) -> None:
+    """A reload would interrupt the upload: new options wait for the backup to end."""
+    (config_dir / "big.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    hass.config_entries.async_update_entry(loaded_entry, options={CONF_BANDWIDTH_LIMIT: 2048})
+    await hass.async_block_till_done()
+    runner = loaded_entry.runtime_data.runner
+    task = hass.async_create_task(create_backup(hass, loaded_entry))
+    async with asyncio.timeout(60):
+        while not ((pending := runner.pending_summary()) and pending["remote_id"]):
+            await asyncio.sleep(0.05)
+    hass.config_entries.async_update_entry(loaded_entry, options={CONF_BANDWIDTH_LIMIT: 4096})
+    await asyncio.sleep(0.2)
+    assert loaded_entry.runtime_data.runner is runner, "not reloaded during the upload"
+    response = await task
+    await hass.async_block_till_done()
+    assert response["size"] > 6 * 1024 * 1024
+    assert runner.history[0].status.value == "succeeded"
+    assert loaded_entry.runtime_data.settings.bandwidth_limit == 4096 * 1024, "applied after the backup"
