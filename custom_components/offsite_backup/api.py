@@ -60,13 +60,24 @@ DOWNLOAD_CHUNK = 1 << 20
 
 
 class GatewayError(Exception):
-    """A gateway call failed; ``message`` is meant for a person, ``code`` is the gateway's stable code."""
+    """A gateway call failed; ``message`` is meant for a person, ``code`` is the gateway's stable code.
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+    ``details`` holds the error object's other fields, e.g. ``backup_id`` with 409 ``upload_in_progress``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.status = status
+        self.details: dict[str, Any] = dict(details or {})
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, code={self.code!r}, status={self.status!r})"
@@ -101,9 +112,10 @@ class GatewayRateLimitedError(GatewayUnavailableError):
         *,
         code: str | None = None,
         status: int | None = None,
+        details: Mapping[str, Any] | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, code=code, status=status)
+        super().__init__(message, code=code, status=status, details=details)
         self.retry_after = retry_after
 
 
@@ -353,22 +365,24 @@ class GatewayClient:
             return data
         code: str | None = None
         message = f"HTTP {status}"
+        details: dict[str, Any] = {}
         if isinstance(data, dict) and isinstance(data.get("error"), dict):
             error = data["error"]
             code = error.get("code") if isinstance(error.get("code"), str) else None
             if isinstance(error.get("message"), str) and error["message"]:
                 message = error["message"]
+            details = {key: value for key, value in error.items() if key not in ("code", "message")}
         elif 200 <= status < 300:
             message = f"unexpected HTTP {status}"
         text = f"Gateway refused {what}: {message}" if code else f"Gateway answered {what} with {message}"
         if status == 429:
             raise GatewayRateLimitedError(
-                text, code=code, status=status, retry_after=_retry_after(retry_after)
+                text, code=code, status=status, details=details, retry_after=_retry_after(retry_after)
             )
         if status >= 500 or code is None:
             # 5xx, or not the gateway's JSON error (a reverse proxy's page, a wrong URL…)
-            raise GatewayUnavailableError(text, code=code, status=status)
-        raise _STATUS_ERRORS.get(status, GatewayError)(text, code=code, status=status)
+            raise GatewayUnavailableError(text, code=code, status=status, details=details)
+        raise _STATUS_ERRORS.get(status, GatewayError)(text, code=code, status=status, details=details)
 
     async def _call(self, method: str, path: str, *, body: Any = None, expect: int = 200) -> dict[str, Any]:
         data = await self._request(method, path, body=body, expect=expect)

@@ -123,6 +123,7 @@ async def test_errors_are_typed_and_carry_the_gateways_code(rig: Rig) -> None:
     with pytest.raises(GatewayConflictError) as conflict:
         await client.create_backup(name="two", size=10)
     assert conflict.value.code == "upload_in_progress"
+    assert conflict.value.details == {"backup_id": init.id}  # so a client that lost it can abort it
     await client.abort_upload(init.id)
     with pytest.raises(GatewayConflictError) as not_uploading:
         await client.sign_parts(init.id, [1])

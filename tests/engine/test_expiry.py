@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -22,10 +21,7 @@ SIZE = 2 * PART + MIB  # 3 parts
 async def ls_rig(
     localstack_server: S3Server, localstack_bucket: str, tmp_path: Path, http: aiohttp.ClientSession
 ) -> AsyncIterator[Rig]:
-    # LocalStack checks presigned signatures with the secret key "test" whatever the access key (measured):
-    # the fixture's default secret ("testing") makes every presigned URL fail with SignatureDoesNotMatch.
-    server = replace(localstack_server, secret_key="test")
-    async with make_rig(server, localstack_bucket, tmp_path, http, URL_TTL="3") as made:
+    async with make_rig(localstack_server, localstack_bucket, tmp_path, http, URL_TTL="3") as made:
         yield made
 
 
