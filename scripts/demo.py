@@ -1,0 +1,1155 @@
+"""The newcomer demo (run by `scripts/demo`): a real Home Assistant backs up through a local gateway into S3.
+
+Everything runs on 127.0.0.1, as processes of their own, each in its own process group so that all of it stops
+on every way out (done, a failed step, Ctrl-C, SIGTERM; and SIGTERM through PR_SET_PDEATHSIG if this driver is
+killed outright):
+
+1. moto's S3 server (in memory), `offsite-gateway bucket create`, `offsite-gateway instance add home`, and
+   `offsite-gateway serve` with its SQLite database under the demo directory;
+2. Home Assistant (`python -m homeassistant -c <demo>/ha`) with a minimal configuration, this integration linked in
+   from the working tree, the dashboard of examples/ as its Lovelace dashboard (YAML mode) and the automation
+   and script examples loaded; on its first start Home Assistant installs its frontend from PyPI;
+3. onboarding through Home Assistant's HTTP API (user `demo`), a backup encryption key, the integration added
+   through the config-flow HTTP API;
+4. `offsite_backup.create_backup` through the REST API while the progress sensor is followed on the websocket,
+   then the check: the object in the bucket, the gateway's record and a download through Home Assistant's
+   backup API have the same SHA-256 (and the backup is encrypted).
+
+The demo directory (`.demo/` unless DEMO_DIR says otherwise) is recreated from scratch on every run. Ports:
+DEMO_HA_PORT (8123), DEMO_GATEWAY_PORT (8780), DEMO_S3_PORT (9000). `--once` exits after the check (0 if it
+passed); otherwise the demo stays up until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import errno
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+import boto3  # type: ignore[import-untyped]
+import yaml  # type: ignore[import-untyped]
+from botocore.config import Config  # type: ignore[import-untyped]
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPONENT = ROOT / "custom_components" / "offsite_backup"
+EXAMPLES = ROOT / "examples"
+DASHBOARD = EXAMPLES / "dashboard.yaml"
+
+DOMAIN = "offsite_backup"
+INSTANCE_NAME = "home"  # the entry's title, hence the entity ids (sensor.home_progress, ...)
+USERNAME = "demo"
+BUCKET = "offsite-demo"
+S3_ACCESS_KEY = "demo"
+S3_SECRET_KEY = "demo-secret"  # noqa: S105 - moto accepts any key; nothing leaves 127.0.0.1
+PART_SIZE = 20 * 1024 * 1024
+MARKER = ".offsite-backup-demo"  # only a directory holding this file is ever deleted
+
+# Home Assistant's onboarding adds weather, radio, text-to-speech and shopping-list integrations on its own. Their
+# requirements are not installed (the demo needs nothing from the internet but the frontend) and their entries
+# are removed after onboarding.
+ONBOARDING_REQUIREMENTS = ("gTTS", "PyMetno", "radios", "pycountry")
+ONBOARDING_DOMAINS = ("google_translate", "met", "radio_browser", "shopping_list")
+
+HA_START_TIMEOUT = float(os.environ.get("DEMO_HA_START_TIMEOUT", "900"))
+STOP_TIMEOUT = 60.0
+STARTED = time.monotonic()
+
+# Lines of Home Assistant's log shown on the console while it starts: installing its requirements.
+INSTALL_LINE = re.compile(
+    r"homeassistant\.(util\.package|requirements)\]|Unable to install|Attempting install"
+)
+
+
+def say(message: str, *, stream: TextIO = sys.stdout) -> None:
+    """One line on the console, with the time since the demo started."""
+    print(f"[demo {time.monotonic() - STARTED:6.1f}s] {message}", file=stream, flush=True)
+
+
+class DemoError(Exception):
+    """A step failed: what happened, and what to do about it."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        """Keep the hint apart from the message."""
+        super().__init__(message)
+        self.hint = hint
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+PR_SET_PDEATHSIG = 1
+
+
+def _in_child() -> None:
+    """Run in each child before exec: SIGTERM when this driver dies, whatever the way."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+@dataclass
+class Child:
+    """A long-running process of the demo."""
+
+    name: str
+    process: asyncio.subprocess.Process
+    log: Path
+
+    @property
+    def running(self) -> bool:
+        """Whether it has not exited."""
+        return self.process.returncode is None
+
+
+class Processes:
+    """Every process the demo starts, each the leader of its own process group, stopped in reverse order."""
+
+    def __init__(self) -> None:
+        """Nothing started yet."""
+        self.children: list[Child] = []
+        self.pids: list[int] = []
+
+    async def start(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> Child:
+        """Start a server; its output goes to ``log``."""
+        with log.open("ab") as out:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+                start_new_session=True,
+                preexec_fn=_in_child,
+            )
+        child = Child(name, process, log)
+        self.children.append(child)
+        self.pids.append(process.pid)
+        say(f"started {name} (pid {process.pid}), log {_show(log)}")
+        return child
+
+    async def run(self, name: str, argv: list[str], env: dict[str, str], limit: float = 60) -> str:
+        """Run a short command to its end; its output, or DemoError with it if it failed."""
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+            preexec_fn=_in_child,
+        )
+        self.pids.append(process.pid)
+        try:
+            async with asyncio.timeout(limit):
+                output, _ = await process.communicate()
+        except BaseException:
+            _killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            raise
+        finally:
+            _killpg(process.pid, signal.SIGKILL)  # anything it left behind in its group
+        text = output.decode(errors="replace")
+        if process.returncode != 0:
+            raise DemoError(f"`{name}` failed with exit code {process.returncode}:\n{text.rstrip()}")
+        return text
+
+    async def stop_all(self) -> None:
+        """Stop every server, newest first: SIGTERM to its group, SIGKILL after a while."""
+        for child in reversed(self.children):
+            await self._stop(child)
+        self.children.clear()
+
+    async def _stop(self, child: Child) -> None:
+        if child.running:
+            say(f"stopping {child.name} (pid {child.process.pid})")
+            _killpg(child.process.pid, signal.SIGTERM)
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await child.process.wait()
+            except TimeoutError:
+                say(f"{child.name} did not stop within {STOP_TIMEOUT:.0f} s: killing it")
+                _killpg(child.process.pid, signal.SIGKILL)
+                await child.process.wait()
+        _killpg(child.process.pid, signal.SIGKILL)  # anything left in its group (e.g. an installer)
+
+    def kill_all(self) -> None:
+        """Last resort (a second Ctrl-C): SIGKILL every group at once."""
+        for child in self.children:
+            _killpg(child.process.pid, signal.SIGKILL)
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _show(path: Path) -> str:
+    """A path relative to the repository when it is inside it."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+class LogFollower:
+    """Reads the lines a log file gains."""
+
+    def __init__(self, path: Path) -> None:
+        """Start at the beginning of the file."""
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+
+    def new_lines(self) -> list[str]:
+        """The complete lines written since the last call."""
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except OSError:
+            return []
+        self.offset += len(data)
+        data = self.partial + data
+        *lines, self.partial = data.split(b"\n")
+        return [line.decode(errors="replace") for line in lines]
+
+
+# ------------------------------------------------------------------------------------------------ settings
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The three TCP ports on 127.0.0.1."""
+
+    home_assistant: int
+    gateway: int
+    s3: int
+
+    def named(self) -> list[tuple[str, str, int]]:
+        """(what, environment variable, port) for each."""
+        return [
+            ("Home Assistant", "DEMO_HA_PORT", self.home_assistant),
+            ("the gateway", "DEMO_GATEWAY_PORT", self.gateway),
+            ("the S3 server (moto)", "DEMO_S3_PORT", self.s3),
+        ]
+
+
+def _port(variable: str, default: int) -> int:
+    value = os.environ.get(variable) or str(default)
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise DemoError(
+            f"{variable}={value!r} is not a TCP port", f"Use a number from 1024 to 65535, e.g. {default}."
+        )
+    return int(value)
+
+
+def check_ports(ports: Ports) -> None:
+    """Refuse to start anything when a port is taken (a clear message instead of a server that dies later)."""
+    seen: dict[int, str] = {}
+    for what, variable, port in ports.named():
+        if port in seen:
+            raise DemoError(
+                f"{what} and {seen[port]} would both use port {port}", f"Give {variable} another port."
+            )
+        seen[port] = what
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is fine
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as err:
+                if err.errno != errno.EADDRINUSE:
+                    raise DemoError(f"cannot use port {port} on 127.0.0.1 for {what}: {err}") from err
+                raise DemoError(
+                    f"port {port} on 127.0.0.1 is already in use, and {what} needs it",
+                    f"Is another demo or Home Assistant running? Stop it, or choose another port: "
+                    f"{variable}={port + 1} scripts/demo",
+                ) from None
+
+
+def prepare_directory(demo_dir: Path) -> None:
+    """Recreate the demo directory from scratch (a previous run's state is gone: moto keeps S3 in memory)."""
+    pid_file = demo_dir / "demo.pid"
+    if demo_dir.exists():
+        if not (demo_dir / MARKER).exists() and any(demo_dir.iterdir()):
+            raise DemoError(
+                f"{demo_dir} exists and was not made by the demo: not touching it",
+                "Remove it yourself, or point DEMO_DIR at another directory.",
+            )
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text())
+            if pid != os.getpid() and _alive(pid):
+                raise DemoError(
+                    f"another demo (pid {pid}) is running in {_show(demo_dir)}",
+                    f"Stop it first (Ctrl-C in its terminal, or kill {pid}), or use another DEMO_DIR.",
+                )
+        say(f"removing the previous run's {_show(demo_dir)}/ (every run starts from scratch)")
+        shutil.rmtree(demo_dir)
+    demo_dir.mkdir(parents=True)
+    (demo_dir / MARKER).write_text("Made by scripts/demo: deleted and recreated by its next run.\n")
+    pid_file.write_text(str(os.getpid()))
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a running demo (not a process that was given the pid of a dead one)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return b"demo.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
+# ------------------------------------------------------------------------------------------------ HTTP
+
+
+async def wait_http(
+    session: aiohttp.ClientSession, url: str, child: Child, what: str, limit: float = 60
+) -> None:
+    """Wait until ``url`` answers below 500, while ``child`` runs."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if not child.running:
+            raise _exited(child, what)
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+                if response.status < 500:
+                    return
+        await asyncio.sleep(0.2)
+    raise DemoError(f"{what} did not answer at {url} within {limit:.0f} s", f"See {_show(child.log)}.")
+
+
+def _exited(child: Child, what: str) -> DemoError:
+    tail = _tail(child.log)
+    hint = f"Its log is {_show(child.log)}"
+    if "Address already in use" in tail or "address already in use" in tail:
+        hint += " (its port was taken meanwhile: stop what uses it, or choose other ports, see above)"
+    return DemoError(
+        f"{what} exited with code {child.process.returncode} before it was ready; the end of its log:\n{tail}",
+        hint + ".",
+    )
+
+
+class HomeAssistantApi:
+    """Home Assistant's REST and websocket APIs, as an admin user."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        """No token yet: ``login`` sets it."""
+        self.session = session
+        self.base = base
+        self.token: str | None = None
+        self.refresh_token: str | None = None
+
+    @property
+    def client_id(self) -> str:
+        """The OAuth client id the frontend uses."""
+        return f"{self.base}/"
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def request(self, method: str, path: str, data: Any = None, *, expect: int = 200) -> Any:
+        """Call the REST API; DemoError when the answer is not ``expect``."""
+        async with self.session.request(
+            method, self.base + path, json=data, headers=self._headers()
+        ) as answer:
+            text = await answer.text()
+            if answer.status != expect:
+                raise DemoError(f"Home Assistant answered {answer.status} to {method} {path}: {text[:500]}")
+            return json.loads(text) if text else None
+
+    async def exchange_code(self, code: str) -> None:
+        """The OAuth step the frontend does after login: an authorization code for tokens."""
+        form = {"grant_type": "authorization_code", "code": code, "client_id": self.client_id}
+        async with self.session.post(self.base + "/auth/token", data=form) as answer:
+            tokens = await answer.json()
+            if answer.status != 200:
+                raise DemoError(f"Home Assistant refused the authorization code: {tokens}")
+        self.token = tokens["access_token"]
+        self.refresh_token = tokens["refresh_token"]
+
+    @contextlib.asynccontextmanager
+    async def websocket(self) -> AsyncIterator[Websocket]:
+        """An authenticated websocket connection."""
+        async with self.session.ws_connect(self.base.replace("http", "ws", 1) + "/api/websocket") as ws:
+            hello = await ws.receive_json()
+            if hello.get("type") != "auth_required":
+                raise DemoError(f"unexpected websocket greeting: {hello}")
+            await ws.send_json({"type": "auth", "access_token": self.token})
+            answer = await ws.receive_json()
+            if answer.get("type") != "auth_ok":
+                raise DemoError(f"the websocket refused the token: {answer}")
+            socket_client = Websocket(ws)
+            reader = asyncio.create_task(socket_client.read())
+            try:
+                yield socket_client
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+
+
+class Websocket:
+    """Commands and event subscriptions on one websocket connection."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Wrap a connection that is authenticated already."""
+        self.ws = ws
+        self.next_id = 1
+        self.results: dict[int, asyncio.Future[Any]] = {}
+        self.subscriptions: dict[int, Callable[[dict[str, Any]], None]] = {}
+
+    async def read(self) -> None:
+        """Dispatch results and events until the connection closes."""
+        async for message in self.ws:
+            if message.type is not aiohttp.WSMsgType.TEXT:
+                break
+            data = message.json()
+            if data.get("type") == "event" and data["id"] in self.subscriptions:
+                self.subscriptions[data["id"]](data["event"])
+            elif data.get("type") == "result" and (future := self.results.pop(data["id"], None)):
+                if data.get("success"):
+                    future.set_result(data.get("result"))
+                else:
+                    future.set_exception(DemoError(f"websocket command failed: {data.get('error')}"))
+        for future in self.results.values():
+            if not future.done():
+                future.set_exception(DemoError("Home Assistant closed the websocket"))
+
+    async def call(self, command: str, **data: Any) -> Any:
+        """Send a command and wait for its result."""
+        message_id = self.next_id
+        self.next_id += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.results[message_id] = future
+        await self.ws.send_json({"id": message_id, "type": command, **data})
+        async with asyncio.timeout(60):
+            return await future
+
+    async def subscribe(self, event_type: str, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``handler`` with each event of ``event_type``."""
+        message_id = self.next_id
+        self.subscriptions[message_id] = handler
+        self.next_id += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.results[message_id] = future
+        await self.ws.send_json({"id": message_id, "type": "subscribe_events", "event_type": event_type})
+        await future
+
+
+# ------------------------------------------------------------------------------------------------ the demo
+
+
+@dataclass
+class Result:
+    """What the demo checked."""
+
+    checks: list[tuple[str, bool]] = field(default_factory=list)
+
+    def check(self, what: str, ok: bool) -> bool:
+        """Record and print one check."""
+        self.checks.append((what, ok))
+        say(f"{'OK  ' if ok else 'FAIL'} {what}")
+        return ok
+
+    @property
+    def ok(self) -> bool:
+        """Whether there were checks and all of them passed."""
+        return bool(self.checks) and all(ok for _, ok in self.checks)
+
+
+class Demo:
+    """The demo's steps, and the state they share."""
+
+    def __init__(self, demo_dir: Path, ports: Ports, sample_mib: int) -> None:
+        """Nothing started yet."""
+        self.dir = demo_dir
+        self.ha_dir = demo_dir / "ha"
+        self.ports = ports
+        self.sample_mib = sample_mib
+        self.processes = Processes()
+        self.password = secrets.token_urlsafe(12)
+        self.backup_key = "-".join(secrets.token_hex(2).upper() for _ in range(7))
+        self.s3_endpoint = f"http://127.0.0.1:{ports.s3}"
+        self.gateway_url = f"http://127.0.0.1:{ports.gateway}"
+        self.ha_url = f"http://127.0.0.1:{ports.home_assistant}"
+        self.instance_id = ""
+        self.token = ""
+        self.entry_id = ""
+        self.result = Result()
+        self.staying_up = False
+        self.env = dict(os.environ)
+        self.env.update(
+            {
+                "OFFSITE_GATEWAY_LISTEN": f"127.0.0.1:{ports.gateway}",
+                "OFFSITE_GATEWAY_DB": str(demo_dir / "gateway.sqlite3"),
+                "OFFSITE_GATEWAY_S3_ENDPOINT": self.s3_endpoint,
+                "OFFSITE_GATEWAY_S3_BUCKET": BUCKET,
+                "OFFSITE_GATEWAY_S3_ACCESS_KEY": S3_ACCESS_KEY,
+                "OFFSITE_GATEWAY_S3_SECRET_KEY": S3_SECRET_KEY,
+                "OFFSITE_GATEWAY_PART_SIZE": str(PART_SIZE),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+
+    @property
+    def agent_id(self) -> str:
+        """Home Assistant's backup agent (location) of the entry."""
+        return f"{DOMAIN}.{self.instance_id}"
+
+    # -------------------------------------------------------------------------------------- servers
+
+    async def start_storage_and_gateway(self, session: aiohttp.ClientSession) -> None:
+        """moto, the bucket, an instance and its token, the gateway."""
+        moto = await self.processes.start(
+            "moto S3",
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.ports.s3)],
+            self.env,
+            self.dir / "moto.log",
+        )
+        await wait_http(session, f"{self.s3_endpoint}/moto-api/", moto, "moto")
+        gateway_cli = [sys.executable, "-m", "offsite_gateway"]
+        output = await self.processes.run(
+            "offsite-gateway bucket create", [*gateway_cli, "bucket", "create"], self.env
+        )
+        say(f"offsite-gateway bucket create: {output.strip().splitlines()[-1] if output.strip() else 'done'}")
+        output = await self.processes.run(
+            "offsite-gateway instance add", [*gateway_cli, "instance", "add", INSTANCE_NAME], self.env
+        )
+        match = re.search(r"id ([0-9a-f]+)\.", output)
+        lines = output.strip().splitlines()
+        if match is None or not lines:
+            raise DemoError(f"unexpected output of offsite-gateway instance add:\n{output}")
+        self.instance_id, self.token = match.group(1), lines[-1].strip()
+        say(
+            f"offsite-gateway instance add {INSTANCE_NAME}: instance id {self.instance_id}, token printed once"
+        )
+        gateway = await self.processes.start(
+            "the gateway", [*gateway_cli, "serve"], self.env, self.dir / "gateway.log"
+        )
+        await wait_http(session, f"{self.gateway_url}/healthz", gateway, "the gateway")
+        say(f"gateway up at {self.gateway_url} (storage: moto at {self.s3_endpoint}, bucket {BUCKET})")
+
+    def write_home_assistant_config(self) -> None:
+        """A minimal configuration: no default_config, only what the demo shows."""
+        self.ha_dir.mkdir()
+        (self.ha_dir / "custom_components").mkdir()
+        (self.ha_dir / "custom_components" / DOMAIN).symlink_to(COMPONENT, target_is_directory=True)
+        shutil.copyfile(DASHBOARD, self.ha_dir / "ui-lovelace.yaml")
+        config = f"""\
+# Written by scripts/demo (recreated on every run).
+homeassistant:
+  name: Offsite Backup demo
+  unit_system: metric
+  currency: EUR
+  country: NL
+  time_zone: UTC
+
+http:
+  server_host: 127.0.0.1
+  server_port: {self.ports.home_assistant}
+
+frontend:
+config:
+backup:
+lovelace:
+  mode: yaml  # the dashboard is ui-lovelace.yaml, a copy of examples/dashboard.yaml
+
+# The examples, loaded as they are: examples/automations/*.yaml and examples/scripts/*.yaml.
+automation: !include_dir_list {EXAMPLES / "automations"}
+script: !include_dir_named {EXAMPLES / "scripts"}
+
+logger:
+  default: warning
+  logs:
+    homeassistant.util.package: info  # "Attempting install of ...": shown on the demo's console
+    custom_components.offsite_backup: info
+"""
+        (self.ha_dir / "configuration.yaml").write_text(config)
+        sample = self.ha_dir / "demo-sample.bin"
+        with sample.open("wb") as handle:  # random, so that compression keeps its size
+            for _ in range(self.sample_mib):
+                handle.write(os.urandom(1024 * 1024))
+        say(
+            f"Home Assistant configuration in {_show(self.ha_dir)}: minimal configuration.yaml, "
+            f"custom_components/{DOMAIN} -> {_show(COMPONENT)}, ui-lovelace.yaml from {_show(DASHBOARD)}, "
+            f"a {self.sample_mib} MiB random sample file (so the backup has several 20 MiB parts)"
+        )
+
+    async def start_home_assistant(self, session: aiohttp.ClientSession) -> None:
+        """Start Home Assistant and wait for its HTTP server, showing what it installs meanwhile."""
+        frontend_missing = not _installed("home-assistant-frontend")
+        hass = await self.processes.start(
+            "Home Assistant",
+            [
+                sys.executable,
+                "-m",
+                "homeassistant",
+                "--config",
+                str(self.ha_dir),
+                "--log-no-color",
+                "--skip-pip-packages",
+                ",".join(ONBOARDING_REQUIREMENTS),
+            ],
+            self.env,
+            self.dir / "home-assistant.out",
+        )
+        if frontend_missing:
+            say(
+                "first start: Home Assistant installs its frontend (home-assistant-frontend, about 50 MB) from "
+                "PyPI into .venv; this takes a minute or a few, once"
+            )
+        log = LogFollower(hass.log)
+        started = time.monotonic()
+        last_note = started
+        installing = frontend_missing
+        while True:
+            elapsed = time.monotonic() - started
+            if not hass.running:
+                raise _exited(hass, "Home Assistant")
+            for line in log.new_lines():
+                if INSTALL_LINE.search(line):
+                    say(f"  Home Assistant: {_strip_log_prefix(line)}")
+            if installing and _installed("home-assistant-frontend"):
+                say(f"  the frontend is installed ({elapsed:.0f} s)")
+                installing = False
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(
+                    f"{self.ha_url}/api/onboarding", timeout=aiohttp.ClientTimeout(total=5)
+                ) as answer:
+                    if answer.status == 200:
+                        say(f"Home Assistant answers at {self.ha_url} ({elapsed:.0f} s)")
+                        return
+            if elapsed > HA_START_TIMEOUT:
+                raise DemoError(
+                    f"Home Assistant did not start within {HA_START_TIMEOUT:.0f} s; the end of its log:\n"
+                    + _tail(hass.log),
+                    f"See {_show(hass.log)}; on a slow connection set DEMO_HA_START_TIMEOUT (seconds).",
+                )
+            if time.monotonic() - last_note >= 10:
+                last_note = time.monotonic()
+                doing = "installing its frontend" if installing else "starting"
+                say(f"  Home Assistant is {doing} ({elapsed:.0f} s)")
+            await asyncio.sleep(0.5)
+
+    # -------------------------------------------------------------------------------- configuration
+
+    async def onboard(self, api: HomeAssistantApi) -> None:
+        """Onboarding through the HTTP API, as the frontend's first screens do it."""
+        steps = {step["step"]: step["done"] for step in await api.request("GET", "/api/onboarding")}
+        if any(steps.values()):
+            raise DemoError(f"Home Assistant is onboarded already ({steps}): the demo expects a new one")
+        user = await api.request(
+            "POST",
+            "/api/onboarding/users",
+            {
+                "client_id": api.client_id,
+                "name": "Demo",
+                "username": USERNAME,
+                "password": self.password,
+                "language": "en",
+            },
+        )
+        await api.exchange_code(user["auth_code"])
+        await api.request("POST", "/api/onboarding/core_config", {})
+        await api.request("POST", "/api/onboarding/analytics", {})
+        await api.request(
+            "POST",
+            "/api/onboarding/integration",
+            {"client_id": api.client_id, "redirect_uri": f"{self.ha_url}/?auth_callback=1"},
+        )
+        say(f"onboarded: user {USERNAME!r}, steps user, core_config, analytics, integration done")
+        await self._wait_running(api)
+        await self._remove_onboarding_entries(api)
+
+    async def _wait_running(self, api: HomeAssistantApi) -> None:
+        deadline = time.monotonic() + 300
+        while True:
+            state = (await api.request("GET", "/api/config")).get("state")
+            if state == "RUNNING":
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(f"Home Assistant is still {state} after 5 minutes")
+            await asyncio.sleep(0.5)
+
+    async def _remove_onboarding_entries(self, api: HomeAssistantApi) -> None:
+        """Remove what onboarding added on its own (it needs the internet, and is beside the point here).
+
+        The core_config step starts those flows as tasks; with their requirements skipped, some fail at once
+        (Home Assistant logs the import errors) and the others create entries within a second.
+        """
+        removed: list[str] = []
+        for _ in range(3):
+            await asyncio.sleep(1)
+            for entry in await api.request("GET", "/api/config/config_entries/entry"):
+                if entry["domain"] in ONBOARDING_DOMAINS:
+                    await api.request("DELETE", f"/api/config/config_entries/entry/{entry['entry_id']}")
+                    removed.append(entry["domain"])
+        if removed:
+            say(f"removed what onboarding adds by itself and the demo does not need: {', '.join(removed)}")
+
+    async def check_examples(self, api: HomeAssistantApi) -> None:
+        """The automation and script examples loaded (Home Assistant validated them)."""
+        states = await api.request("GET", "/api/states")
+        ids = {
+            state["attributes"].get("id") for state in states if state["entity_id"].startswith("automation.")
+        }
+        scripts = {state["entity_id"] for state in states if state["entity_id"].startswith("script.")}
+        automations = {
+            path.stem: yaml.safe_load(path.read_text()).get("id") for path in _examples("automations")
+        }
+        wanted_scripts = {f"script.{path.stem}" for path in _examples("scripts")}
+        missing = sorted(
+            {name for name, id_ in automations.items() if id_ not in ids} | (wanted_scripts - scripts)
+        )
+        self.result.check(
+            f"the examples are loaded: {len(automations)} automation(s) and {len(wanted_scripts)} script(s) "
+            "from examples/"
+            + (f"; not loaded: {', '.join(missing)} (see the Home Assistant log)" if missing else ""),
+            not missing,
+        )
+
+    async def set_backup_key(self, ws: Websocket) -> None:
+        """Give Home Assistant a backup encryption key, as Settings > System > Backups does."""
+        await ws.call("backup/config/update", create_backup={"password": self.backup_key})
+        config = (await ws.call("backup/config/info"))["config"]
+        if config["create_backup"]["password"] != self.backup_key:
+            raise DemoError("Home Assistant did not keep the backup encryption key")
+        say("backup encryption key set (backup/config/update); backups are encrypted with it")
+
+    async def add_integration(self, api: HomeAssistantApi, ws: Websocket) -> None:
+        """The config flow through the HTTP API: gateway URL and token."""
+        flow = await api.request(
+            "POST", "/api/config/config_entries/flow", {"handler": DOMAIN, "show_advanced_options": False}
+        )
+        if flow.get("type") != "form":
+            raise DemoError(f"the config flow did not show its form: {flow}")
+        result = await api.request(
+            "POST",
+            f"/api/config/config_entries/flow/{flow['flow_id']}",
+            {"url": self.gateway_url, "token": self.token},
+        )
+        if result.get("type") != "create_entry":
+            raise DemoError(f"the config flow did not create the entry: {result}")
+        self.entry_id = result["result"]["entry_id"]
+        deadline = time.monotonic() + 60
+        while True:
+            entries = await api.request("GET", f"/api/config/config_entries/entry?domain={DOMAIN}")
+            state = next((e["state"] for e in entries if e["entry_id"] == self.entry_id), None)
+            if state == "loaded":
+                break
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"the Offsite Backup entry is {state}, not loaded", "See the Home Assistant log."
+                )
+            await asyncio.sleep(0.5)
+        say(
+            f"integration added through the config flow: entry {result['result']['title']!r} ({self.entry_id})"
+        )
+        agents = [agent["agent_id"] for agent in (await ws.call("backup/agents/info"))["agents"]]
+        if self.agent_id not in agents:
+            raise DemoError(f"backup location {self.agent_id} is not among Home Assistant's: {agents}")
+        say(f"backup location {self.agent_id} is registered")
+
+    async def check_dashboard_entities(self, ws: Websocket) -> dict[str, str]:
+        """The dashboard's entity ids are the entry's: {sensor key: entity id} of the entry."""
+        entities = await ws.call("config/entity_registry/list")
+        ours = {
+            e["unique_id"].removeprefix(f"{self.instance_id}_"): e["entity_id"]
+            for e in entities
+            if e.get("config_entry_id") == self.entry_id
+        }
+        wanted = set(_dashboard_entities(DASHBOARD))
+        missing = sorted(wanted - set(ours.values()))
+        self.result.check(
+            f"the dashboard ({_show(DASHBOARD)}) shows entities of the entry: {', '.join(sorted(wanted))}"
+            + (f"; missing: {', '.join(missing)}" if missing else ""),
+            not missing and bool(wanted),
+        )
+        return ours
+
+    # ---------------------------------------------------------------------------------------- backup
+
+    async def back_up(
+        self, api: HomeAssistantApi, ws: Websocket, entities: dict[str, str]
+    ) -> tuple[str, int] | None:
+        """Call offsite_backup.create_backup and print the progress sensor while it runs."""
+        progress_id, status_id = entities.get("progress"), entities.get("status")
+        tty = sys.stdout.isatty()
+        shown: dict[str, str] = {}
+
+        def on_state(event: dict[str, Any]) -> None:
+            data = event["data"]
+            entity_id = data.get("entity_id")
+            new = data.get("new_state") or {}
+            if entity_id not in (progress_id, status_id) or "state" not in new:
+                return
+            if shown.get(entity_id) == new["state"]:
+                return
+            shown[entity_id] = new["state"]
+            if entity_id == status_id:
+                if tty:
+                    print(file=sys.stdout)
+                say(f"status: {new['state']}")
+                return
+            try:
+                percent = float(new["state"])
+            except ValueError:
+                say(f"progress: {new['state']}")
+                return
+            bar = "#" * int(percent / 4)
+            line = f"progress {percent:5.1f} % [{bar:<25}] (sensor {progress_id})"
+            if tty:
+                print(f"\r[demo {time.monotonic() - STARTED:6.1f}s] {line}", end="", flush=True)
+            else:
+                say(line)
+
+        await ws.subscribe("state_changed", on_state)
+        say(f"calling offsite_backup.create_backup (config_entry_id {self.entry_id}) through the REST API")
+        started = time.monotonic()
+        try:
+            answer = await self._create_backup(api, entities)
+        except DemoError as err:
+            self.result.check(f"offsite_backup.create_backup succeeded ({err})", ok=False)
+            return None
+        finally:
+            if tty:
+                print(flush=True)
+        response = answer.get("service_response") or {}
+        backup_id, size = response.get("backup_id"), response.get("size")
+        ok = isinstance(backup_id, str) and isinstance(size, int)
+        self.result.check(
+            f"offsite_backup.create_backup returned backup id {backup_id}, size {size} bytes "
+            f"({_mib(size)}) in {time.monotonic() - started:.1f} s",
+            ok,
+        )
+        if not ok:
+            return None
+        assert isinstance(backup_id, str)
+        assert isinstance(size, int)
+        return backup_id, size
+
+    async def _create_backup(self, api: HomeAssistantApi, entities: dict[str, str]) -> Any:
+        """The action call; once more if the nightly backup started first (the demo may run inside its window).
+
+        The REST API answers a failed action with a bare 500: the reason is read from the entry's sensors.
+        """
+        status_id, error_id = entities.get("status"), entities.get("last_error")
+        for attempt in range(2):
+            try:
+                return await api.request(
+                    "POST",
+                    "/api/services/offsite_backup/create_backup?return_response",
+                    {"config_entry_id": self.entry_id},
+                )
+            except DemoError as err:
+                status = await self._state(api, status_id)
+                if attempt or status not in ("creating", "uploading"):
+                    reason = await self._state(api, error_id)
+                    raise DemoError(f"{err}; status {status}, last error: {reason}") from None
+            say(
+                "another backup (the nightly one: the demo runs inside its window) started first: waiting for it"
+            )
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                if await self._state(api, status_id) not in ("creating", "uploading"):
+                    break
+                await asyncio.sleep(1)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _state(self, api: HomeAssistantApi, entity_id: str | None) -> str | None:
+        if entity_id is None:
+            return None
+        state: str = (await api.request("GET", f"/api/states/{entity_id}"))["state"]
+        return state
+
+    async def verify(
+        self, session: aiohttp.ClientSession, api: HomeAssistantApi, ws: Websocket, backup_id: str, size: int
+    ) -> None:
+        """The object in the bucket, the gateway's record and Home Assistant's download agree."""
+        async with session.get(
+            f"{self.gateway_url}/v1/backups", headers={"Authorization": f"Bearer {self.token}"}
+        ) as answer:
+            remote = [
+                b
+                for b in (await answer.json())["backups"]
+                if (b.get("metadata") or {}).get("backup_id") == backup_id
+            ]
+        if not self.result.check(f"the gateway lists backup {backup_id}", len(remote) == 1):
+            return
+        record = remote[0]
+        key = f"{self.instance_id}/{record['id']}"
+        head, object_sha = await asyncio.to_thread(self._object, key)
+        object_size = int(head["ContentLength"])
+        self.result.check(
+            f"object in the bucket: s3://{BUCKET}/{key}, {object_size} bytes in {record['part_count']} parts "
+            f"of {_mib(record['part_size'])}",
+            object_size == size and record["part_count"] >= 2,
+        )
+        digest = hashlib.sha256()
+        downloaded = 0
+        url = f"{self.ha_url}/api/backup/download/{backup_id}?agent_id={self.agent_id}"
+        async with session.get(url, headers={"Authorization": f"Bearer {api.token}"}) as answer:
+            if answer.status != 200:
+                self.result.check(
+                    f"download through Home Assistant's backup API (HTTP {answer.status})", ok=False
+                )
+                return
+            async for chunk in answer.content.iter_chunked(1 << 20):
+                digest.update(chunk)
+                downloaded += len(chunk)
+        download_sha = digest.hexdigest()
+        self.result.check(
+            f"downloaded through Home Assistant's backup API (GET /api/backup/download/{backup_id}"
+            f"?agent_id={self.agent_id}): {downloaded} bytes",
+            downloaded == size,
+        )
+        say(f"  SHA-256 of the object in the bucket:         {object_sha}")
+        say(f"  SHA-256 of the download from Home Assistant: {download_sha}")
+        say(f"  SHA-256 the gateway recorded at complete:    {record.get('sha256')}")
+        same = object_sha == download_sha == record.get("sha256")
+        self.result.check(
+            f"SHA-256 match: {download_sha}"
+            if same
+            else "SHA-256 mismatch between the bucket and the download",
+            same,
+        )
+        details = await ws.call("backup/details", backup_id=backup_id)
+        agent = ((details.get("backup") or {}).get("agents") or {}).get(self.agent_id) or {}
+        self.result.check(
+            f"the backup is encrypted with Home Assistant's backup key (protected: {agent.get('protected')})",
+            agent.get("protected") is True,
+        )
+
+    def _object(self, key: str) -> tuple[dict[str, Any], str]:
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            aws_access_key_id=S3_ACCESS_KEY,
+            aws_secret_access_key=S3_SECRET_KEY,
+            region_name="us-east-1",
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+        head: dict[str, Any] = client.head_object(Bucket=BUCKET, Key=key)
+        digest = hashlib.sha256()
+        body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
+        for chunk in body.iter_chunks(1 << 20):
+            digest.update(chunk)
+        return head, digest.hexdigest()
+
+    def write_credentials(self, api: HomeAssistantApi) -> None:
+        """For scripts/screenshot and the curious: how to reach this demo (git-ignored, like all of .demo/)."""
+        credentials = {
+            "url": self.ha_url,
+            "username": USERNAME,
+            "password": self.password,
+            "backup_key": self.backup_key,
+            "entry_id": self.entry_id,
+            "instance_id": self.instance_id,
+            "gateway_url": self.gateway_url,
+            "s3_endpoint": self.s3_endpoint,
+        }
+        path = self.dir / "credentials.json"
+        path.write_text(json.dumps(credentials, indent=2) + "\n")
+        path.chmod(0o600)
+
+    # ------------------------------------------------------------------------------------------ run
+
+    async def run(self, once: bool, stop: asyncio.Event) -> bool:
+        """Every step; then stay up until ``stop`` unless ``once``. Returns whether every check passed."""
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
+        ) as session:
+            await self.start_storage_and_gateway(session)
+            self.write_home_assistant_config()
+            await self.start_home_assistant(session)
+            api = HomeAssistantApi(session, self.ha_url)
+            await self.onboard(api)
+            async with api.websocket() as ws:
+                await self.set_backup_key(ws)
+                await self.add_integration(api, ws)
+                self.write_credentials(api)
+                await self.check_examples(api)
+                entities = await self.check_dashboard_entities(ws)
+                made = await self.back_up(api, ws, entities)
+                if made is not None:
+                    await self.verify(session, api, ws, *made)
+            self._summary(once)
+            if once:
+                return self.result.ok
+            self.staying_up = True
+            await self._stay_up(stop)
+        return self.result.ok
+
+    def _summary(self, once: bool) -> None:
+        passed = sum(ok for _, ok in self.result.checks)
+        say(f"{passed} of {len(self.result.checks)} checks passed" + ("" if self.result.ok else ": FAILED"))
+        if once:
+            return
+        print(
+            f"""
+  Home Assistant: {self.ha_url}/  (the dashboard opens first)
+  login:          {USERNAME} / {self.password}
+  backup key:     {self.backup_key}  (Settings > System > Backups; a restore needs it)
+  gateway:        {self.gateway_url}  (instance {INSTANCE_NAME!r}, id {self.instance_id})
+  S3 (moto):      {self.s3_endpoint}  bucket {BUCKET}
+  logs:           {_show(self.dir)}/*.log, {_show(self.dir)}/home-assistant.out
+
+  Press "Back up now" on the dashboard, or Settings > System > Backups. Ctrl-C stops everything.
+""",
+            flush=True,
+        )
+
+    async def _stay_up(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for child in self.processes.children:
+                if not child.running:
+                    raise DemoError(
+                        f"{child.name} exited (code {child.process.returncode}):\n{_tail(child.log)}"
+                    )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await stop.wait()
+
+
+def _installed(distribution: str) -> bool:
+    importlib.invalidate_caches()
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _examples(kind: str) -> list[Path]:
+    return sorted((EXAMPLES / kind).glob("*.yaml"))
+
+
+def _strip_log_prefix(line: str) -> str:
+    """``2026-01-01 00:00:00.000 INFO (SyncWorker_0) [homeassistant.util.package] text`` -> ``text``."""
+    return re.sub(r"^\S+ \S+ (\w+) \([^)]*\) \[[^\]]*\] ", r"\1 ", line)
+
+
+def _mib(size: object) -> str:
+    return f"{size / 1024 / 1024:.1f} MiB" if isinstance(size, int) else "?"
+
+
+def _dashboard_entities(path: Path) -> Iterator[str]:
+    """Every entity id the dashboard names."""
+
+    def walk(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("entity", "entity_id") and isinstance(value, str):
+                    yield value
+                else:
+                    yield from walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                if isinstance(item, str) and re.fullmatch(r"[a-z_]+\.[a-z0-9_]+", item):
+                    yield item
+                else:
+                    yield from walk(item)
+
+    yield from walk(yaml.safe_load(path.read_text()))
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+async def amain(once: bool, demo_dir: Path, ports: Ports, sample_mib: int) -> int:
+    """Run the demo with signal handling; returns the exit code."""
+    check_ports(ports)
+    prepare_directory(demo_dir)
+    demo = Demo(demo_dir, ports, sample_mib)
+    stop = asyncio.Event()
+    run_task = asyncio.create_task(demo.run(once, stop))
+    stopping = False
+
+    def on_signal(signum: int) -> None:
+        if stopping or stop.is_set():
+            say("stopping faster: killing everything the demo started")
+            demo.processes.kill_all()
+            return
+        say(f"{signal.Signals(signum).name}: stopping everything the demo started")
+        stop.set()
+        if not demo.staying_up:  # interrupted in the middle of a step
+            run_task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signum, on_signal, signum)
+    code = 1
+    try:
+        code = 0 if await run_task else 1
+    except asyncio.CancelledError:
+        code = 130
+    except DemoError as err:
+        say(f"ERROR: {err}", stream=sys.stderr)
+        if err.hint:
+            say(f"what to do: {err.hint}", stream=sys.stderr)
+    except Exception as err:
+        say(f"ERROR: {type(err).__name__}: {err}", stream=sys.stderr)
+        say(f"what to do: look at the logs in {_show(demo_dir)}/ and run the demo again", stream=sys.stderr)
+    finally:
+        stopping = True
+        await demo.processes.stop_all()
+        with contextlib.suppress(OSError):
+            (demo_dir / "demo.pid").unlink()
+        say(f"everything stopped (pids {' '.join(map(str, demo.processes.pids))}); exit code {code}")
+    return code
+
+
+def main() -> int:
+    """Parse the arguments and run."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--once", action="store_true", help="exit after the check; non-zero if anything failed"
+    )
+    args = parser.parse_args()
+    try:
+        ports = Ports(
+            _port("DEMO_HA_PORT", 8123), _port("DEMO_GATEWAY_PORT", 8780), _port("DEMO_S3_PORT", 9000)
+        )
+        demo_dir = Path(os.environ.get("DEMO_DIR") or ROOT / ".demo").resolve()
+        sample_mib = int(os.environ.get("DEMO_SAMPLE_MIB") or "64")
+        return asyncio.run(amain(args.once, demo_dir, ports, sample_mib))
+    except DemoError as err:  # before anything started
+        say(f"ERROR: {err}", stream=sys.stderr)
+        if err.hint:
+            say(f"what to do: {err.hint}", stream=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

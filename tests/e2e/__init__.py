@@ -1,0 +1,1 @@
+"""End-to-end tests: the commands a newcomer runs."""
