@@ -626,8 +626,8 @@ logger:
         )
         if frontend_missing:
             say(
-                "first start: Home Assistant installs its frontend (home-assistant-frontend, about 50 MB) from "
-                "PyPI into .venv; this takes a minute or a few, once"
+                "first start: Home Assistant installs its frontend (home-assistant-frontend, tens of MB) from "
+                "PyPI into .venv, once: seconds to minutes, depending on the connection"
             )
         log = LogFollower(hass.log)
         started = time.monotonic()
