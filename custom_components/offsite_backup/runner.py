@@ -33,7 +33,14 @@ from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.storage import Store
 from homeassistant.util import dt as dt_util
 
-from .api import GatewayAuthError, GatewayClient, GatewayError, GatewayNotFoundError, RemoteBackup
+from .api import (
+    GatewayAuthError,
+    GatewayClient,
+    GatewayConflictError,
+    GatewayError,
+    GatewayNotFoundError,
+    RemoteBackup,
+)
 from .const import (
     BUSY_RETRY_DELAY,
     DOMAIN,
@@ -46,6 +53,7 @@ from .const import (
     JobStatus,
     JobTrigger,
 )
+from .listeners import Listeners
 from .uploader import SUSPEND, UploadError, UploadOptions, UploadState, upload
 
 STORAGE_VERSION = 1
@@ -183,7 +191,7 @@ class BackupRunner:
         self._suspending = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self._listeners: list[CALLBACK_TYPE] = []
+        self._listeners = Listeners()
 
     # ------------------------------------------------------------------------------------------- state
 
@@ -270,13 +278,7 @@ class BackupRunner:
     @callback
     def async_add_listener(self, listener: CALLBACK_TYPE) -> CALLBACK_TYPE:
         """Call ``listener`` whenever the state changes; returns the function that stops it."""
-        self._listeners.append(listener)
-
-        @callback
-        def remove() -> None:
-            self._listeners.remove(listener)
-
-        return remove
+        return self._listeners.add(listener)
 
     @property
     def current(self) -> Job | None:
@@ -293,8 +295,7 @@ class BackupRunner:
 
     @callback
     def _notify(self) -> None:
-        for listener in list(self._listeners):
-            listener()
+        self._listeners.notify()
 
     async def async_wait_idle(self) -> None:
         """Return once no job runs (at once when none does)."""
@@ -471,21 +472,34 @@ class BackupRunner:
                 self._pending["state"] = upload_state.to_dict()
                 self._save()
 
-        task = self.hass.async_create_task(
-            upload(
-                client=self.client,
-                open_stream=open_stream,
-                size=backup.size,
-                name=backup.name,
-                metadata=backup.as_dict(),
-                options=self.options.upload,
-                progress=progress,
-                state=state,
-                on_state=persist,
-            ),
-            f"{DOMAIN} upload {backup.backup_id}",
-            eager_start=False,
-        )
+        async def send() -> RemoteBackup:
+            def attempt() -> Coroutine[Any, Any, RemoteBackup]:
+                return upload(
+                    client=self.client,
+                    open_stream=open_stream,
+                    size=backup.size,
+                    name=backup.name,
+                    metadata=backup.as_dict(),
+                    options=self.options.upload,
+                    progress=progress,
+                    state=state,
+                    on_state=persist,
+                )
+
+            try:
+                return await attempt()
+            except GatewayConflictError as err:
+                stuck = err.details.get("backup_id") if err.code == "upload_in_progress" else None
+                if not isinstance(stuck, str):
+                    raise
+                # This runner is the instance's only uploader: an upload in progress on the gateway was left
+                # behind (the answer to its creation was lost). Abort it and start again, rather than wait
+                # hours for the gateway's sweeper.
+                LOGGER.warning("Aborting upload %s left behind on the gateway, then starting again", stuck)
+                await self.client.abort_upload(stuck)
+                return await attempt()
+
+        task = self.hass.async_create_task(send(), f"{DOMAIN} upload {backup.backup_id}", eager_start=False)
         self._upload_task = task
         try:
             remote = await asyncio.shield(task)

@@ -14,6 +14,7 @@ from homeassistant.helpers.storage import Store
 from homeassistant.util import dt as dt_util
 
 from .const import DOMAIN, LOGGER
+from .listeners import Listeners
 from .schedule import Plan, Window, next_plan
 
 STORAGE_VERSION = 1
@@ -43,7 +44,7 @@ class NightlyScheduler:
         self._rng = random.SystemRandom()
         self._unsub_timer: CALLBACK_TYPE | None = None
         self._unsub_config: CALLBACK_TYPE | None = None
-        self._listeners: list[CALLBACK_TYPE] = []
+        self._listeners = Listeners()
 
     @property
     def next_run(self) -> datetime | None:
@@ -79,14 +80,8 @@ class NightlyScheduler:
 
     @callback
     def async_add_listener(self, listener: CALLBACK_TYPE) -> CALLBACK_TYPE:
-        """Call ``listener`` when the next run changes."""
-        self._listeners.append(listener)
-
-        @callback
-        def remove() -> None:
-            self._listeners.remove(listener)
-
-        return remove
+        """Call ``listener`` whenever the state changes; returns the function that stops it."""
+        return self._listeners.add(listener)
 
     @callback
     def _on_config_update(self, event: Event[Any]) -> None:
@@ -105,8 +100,7 @@ class NightlyScheduler:
         if self.enabled:
             LOGGER.debug("Next nightly backup at %s", dt_util.as_local(plan.run_at))
             self._unsub_timer = async_track_point_in_utc_time(self.hass, self._fire, plan.run_at)
-        for listener in list(self._listeners):
-            listener()
+        self._listeners.notify()
 
     def _data_to_save(self) -> dict[str, Any]:
         return {"plan": self.plan.as_dict() if self.plan else None}

@@ -50,6 +50,7 @@ Errors — the multipart upload is aborted on the gateway before any of these is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -68,6 +69,7 @@ from aiohttp.payload import Payload
 from yarl import URL
 
 from .api import (
+    BackupInit,
     CompletedPart,
     GatewayClient,
     GatewayConflictError,
@@ -550,7 +552,7 @@ class _Upload:
             except (GatewayError, TimeoutError) as err:
                 _LOGGER.debug("Abort of stale upload %s: %s", state.backup_id, err)
 
-        init = await self.client.create_backup(name=self.name, size=self.size, metadata=self.metadata)
+        init = await self._create()
         self.state = UploadState(
             backup_id=init.id,
             size=self.size,
@@ -911,6 +913,23 @@ class _Upload:
                     delay = self.options.backoff(tries)
                 _LOGGER.debug("Gateway call failed (%s); retrying in %.2f s", err, delay)
                 await asyncio.sleep(delay)
+
+    async def _create(self) -> BackupInit:
+        """``POST /v1/backups``; cancelled meanwhile, still learn the new upload's id (briefly) so it is aborted.
+
+        Without this, a cancel that lands while the gateway creates the upload leaves it behind, unknown to us,
+        and the instance's next upload gets 409 ``upload_in_progress`` until the gateway's sweeper clears it.
+        """
+        create = asyncio.ensure_future(
+            self.client.create_backup(name=self.name, size=self.size, metadata=self.metadata)
+        )
+        try:
+            return await asyncio.shield(create)
+        except asyncio.CancelledError:
+            with contextlib.suppress(GatewayError, TimeoutError):
+                async with asyncio.timeout(self.options.abort_timeout):
+                    self.state.backup_id = (await create).id  # run() aborts it as it handles the cancel
+            raise
 
     async def _abort(self, reason: str) -> None:
         backup_id = self.state.backup_id

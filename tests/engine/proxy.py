@@ -90,6 +90,10 @@ class FaultProxy:
         self.put_times: dict[int, list[float]] = defaultdict(list)
         self.faults_met: Counter[str] = Counter()
         self.arrived: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
+        self.late_answers: dict[tuple[str, str], float] = {}  # (method, path) → seconds to hold the answer
+        self.held: dict[tuple[str, str], asyncio.Event] = defaultdict(
+            asyncio.Event
+        )  # set once upstream answered
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -97,6 +101,10 @@ class FaultProxy:
     def fail(self, part_number: int, *faults: Fault) -> None:
         """Apply ``faults`` to the next PUTs of ``part_number``, one each."""
         self.plan[part_number].extend(faults)
+
+    def answer_late(self, method: str, path: str, seconds: float) -> None:
+        """Forward ``method path`` at once but hold upstream's answer ``seconds`` (a slow or lost answer)."""
+        self.late_answers[(method, path)] = seconds
 
     def reset_counts(self) -> None:
         self.puts.clear()
@@ -166,7 +174,12 @@ class FaultProxy:
                 return web.Response(status=503, text="stalled")
             if fault.kind == "corrupt" and body:
                 body = bytes([body[0] ^ 0xFF]) + body[1:]
-        return await self._forward(request, body, part)
+        answer = await self._forward(request, body, part)
+        late = self.late_answers.get((request.method, request.path))
+        if late is not None:
+            self.held[(request.method, request.path)].set()
+            await asyncio.sleep(late)
+        return answer
 
     async def _forward(self, request: web.Request, body: bytes, part: int | None) -> web.Response:
         assert self._session is not None

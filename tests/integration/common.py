@@ -11,7 +11,22 @@ from homeassistant.core import HomeAssistant
 from homeassistant.helpers import entity_registry as er
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
+from custom_components.offsite_backup.const import CONF_TOKEN, CONF_URL, DOMAIN
+from tests.helpers.gateway import RunningGateway
 from tests.helpers.servers import S3Server
+
+
+async def set_up_entry(hass: HomeAssistant, gateway: RunningGateway, name: str = "home") -> MockConfigEntry:
+    """A new gateway instance, and a config entry for it, set up."""
+    instance_id, token = await gateway.add_instance(name)
+    entry = MockConfigEntry(
+        domain=DOMAIN, title=name, unique_id=instance_id, data={CONF_URL: gateway.url, CONF_TOKEN: token}
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    return entry
+
 
 PLATFORM_OF = {
     "stale": "binary_sensor",

@@ -16,12 +16,12 @@ from homeassistant.core import HomeAssistant
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_mock_service
 
 from custom_components.offsite_backup.backup import async_register_backup_agents_listener
-from custom_components.offsite_backup.const import CONF_ALLOW_UNENCRYPTED, CONF_TOKEN, CONF_URL, DOMAIN
+from custom_components.offsite_backup.const import CONF_ALLOW_UNENCRYPTED, DOMAIN
 from custom_components.offsite_backup.runner import UNENCRYPTED_REFUSED
 from custom_components.offsite_backup.uploader import upload
 from tests.helpers.gateway import run_gateway
 from tests.helpers.servers import S3Server
-from tests.integration.common import objects, sha256
+from tests.integration.common import objects, set_up_entry, sha256
 from tests.integration.conftest import BACKUP_PASSWORD
 
 
@@ -147,16 +147,7 @@ async def test_unreachable_gateway(
     hass: HomeAssistant, backup_manager: object, moto_server: S3Server, moto_bucket: str, tmp_path: Path
 ) -> None:
     async with run_gateway(moto_server, moto_bucket, tmp_path / "gw") as gateway:
-        instance_id, token = await gateway.add_instance("home")
-        entry = MockConfigEntry(
-            domain=DOMAIN,
-            title="home",
-            unique_id=instance_id,
-            data={CONF_URL: gateway.url, CONF_TOKEN: token},
-        )
-        entry.add_to_hass(hass)
-        assert await hass.config_entries.async_setup(entry.entry_id)
-        await hass.async_block_till_done()
+        entry = await set_up_entry(hass, gateway)
     agent = agent_of(hass, entry)  # the gateway is gone now
     with pytest.raises(BackupAgentUnreachableError):
         await agent.async_list_backups()

@@ -13,7 +13,7 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from custom_components.offsite_backup.const import CONF_TOKEN, CONF_URL, DOMAIN, GATEWAY_POLL_INTERVAL
 from tests.helpers.gateway import RunningGateway, run_gateway
 from tests.helpers.servers import S3Server, free_port
-from tests.integration.common import state
+from tests.integration.common import set_up_entry, state
 
 
 async def test_setup_and_unload(hass: HomeAssistant, loaded_entry: MockConfigEntry) -> None:
@@ -61,16 +61,7 @@ async def test_entities_that_need_the_gateway_follow_it_and_it_is_logged_once(
 ) -> None:
     settings = {"LISTEN": f"127.0.0.1:{free_port()}"}
     async with run_gateway(moto_server, moto_bucket, tmp_path / "gw", **settings) as gateway:
-        instance_id, token = await gateway.add_instance("home")
-        entry = MockConfigEntry(
-            domain=DOMAIN,
-            title="home",
-            unique_id=instance_id,
-            data={CONF_URL: gateway.url, CONF_TOKEN: token},
-        )
-        entry.add_to_hass(hass)
-        assert await hass.config_entries.async_setup(entry.entry_id)
-        await hass.async_block_till_done()
+        entry = await set_up_entry(hass, gateway)
     coordinator = entry.runtime_data.coordinator
     assert coordinator.update_interval == GATEWAY_POLL_INTERVAL
     caplog.clear()

@@ -20,8 +20,6 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry, async_
 from custom_components.offsite_backup.const import (
     CONF_ALLOW_UNENCRYPTED,
     CONF_BANDWIDTH_LIMIT,
-    CONF_TOKEN,
-    CONF_URL,
     DOMAIN,
     EVENT_FAILED,
     EVENT_SUCCEEDED,
@@ -31,7 +29,7 @@ from custom_components.offsite_backup.runner import UNENCRYPTED_REFUSED
 from custom_components.offsite_backup.uploader import UploadOptions
 from tests.helpers.gateway import RunningGateway, run_gateway
 from tests.helpers.servers import S3Server, free_port
-from tests.integration.common import multipart_uploads, objects, read_from_backup, sha256, state
+from tests.integration.common import multipart_uploads, objects, read_from_backup, set_up_entry, sha256, state
 from tests.integration.conftest import BACKUP_PASSWORD
 
 FAST = UploadOptions(retry_base=0.01, retry_cap=0.02, retry_after_cap=0.05)
@@ -179,16 +177,7 @@ async def test_gateway_down_then_back(
     port = free_port()
     settings = {"PART_SIZE": str(5 * 1024 * 1024), "LISTEN": f"127.0.0.1:{port}"}
     async with run_gateway(moto_server, moto_bucket, tmp_path / "gw", **settings) as gateway:
-        instance_id, token = await gateway.add_instance("home")
-        entry = MockConfigEntry(
-            domain=DOMAIN,
-            title="home",
-            unique_id=instance_id,
-            data={CONF_URL: gateway.url, CONF_TOKEN: token},
-        )
-        entry.add_to_hass(hass)
-        assert await hass.config_entries.async_setup(entry.entry_id)
-        await hass.async_block_till_done()
+        entry = await set_up_entry(hass, gateway)
     fast_retries(entry)
     failed = async_capture_events(hass, EVENT_FAILED)
 
@@ -240,15 +229,7 @@ async def test_over_quota(
     tmp_path: Path,
 ) -> None:
     async with run_gateway(moto_server, moto_bucket, tmp_path / "gw", MAX_BACKUP_BYTES="2048") as gateway:
-        instance_id, token = await gateway.add_instance("home")
-        entry = MockConfigEntry(
-            domain=DOMAIN,
-            title="home",
-            unique_id=instance_id,
-            data={CONF_URL: gateway.url, CONF_TOKEN: token},
-        )
-        entry.add_to_hass(hass)
-        assert await hass.config_entries.async_setup(entry.entry_id)
+        entry = await set_up_entry(hass, gateway)
         failed = async_capture_events(hass, EVENT_FAILED)
         error = await _failing_backup(hass, entry)
         assert "2048" in error or "quota" in error.lower() or "too large" in error.lower()
@@ -341,3 +322,38 @@ async def test_options_changed_during_a_backup_apply_after_it(
     assert response["size"] > 6 * 1024 * 1024
     assert runner.history[0].status.value == "succeeded"
     assert loaded_entry.runtime_data.settings.bandwidth_limit == 4096 * 1024, "applied after the backup"
+
+
+async def test_cancel_while_the_gateway_creates_the_upload_leaves_nothing_behind(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry, moto_server: S3Server, moto_bucket: str
+) -> None:
+    """A cancel that lands before the create's answer: the engine still learns the id, and aborts it."""
+    task = hass.async_create_task(create_backup(hass, loaded_entry))
+    async with asyncio.timeout(60):
+        while state(hass, loaded_entry, "status") != "uploading":  # set just before POST /v1/backups
+            await asyncio.sleep(0)
+    await hass.services.async_call(
+        DOMAIN, "cancel_backup", {"config_entry_id": loaded_entry.entry_id}, blocking=True
+    )
+    with pytest.raises(HomeAssistantError):
+        await task
+    await hass.async_block_till_done()
+    assert state(hass, loaded_entry, "status") == "cancelled"
+    assert multipart_uploads(moto_server, moto_bucket) == []
+    # And the next backup is not refused with 409 upload_in_progress.
+    await create_backup(hass, loaded_entry)
+    assert len(objects(moto_server, moto_bucket)) == 1
+
+
+async def test_an_upload_left_behind_on_the_gateway_is_aborted_and_the_backup_made(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry, moto_server: S3Server, moto_bucket: str
+) -> None:
+    """The answer to a create was lost (a timeout): the gateway still holds that upload in progress."""
+    client = loaded_entry.runtime_data.client
+    stuck = await client.create_backup(name="lost answer", size=1234, metadata={})
+    assert len(multipart_uploads(moto_server, moto_bucket)) == 1
+    response = await create_backup(hass, loaded_entry)
+    assert (await client.get_backup(stuck.id)).status == "failed"
+    assert multipart_uploads(moto_server, moto_bucket) == []
+    (stored,) = objects(moto_server, moto_bucket).values()
+    assert len(stored) == response["size"]

@@ -13,11 +13,11 @@ from homeassistant.components.backup.const import DATA_MANAGER
 from homeassistant.core import HomeAssistant
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events
 
-from custom_components.offsite_backup.const import CONF_TOKEN, CONF_URL, DOMAIN, EVENT_FAILED
+from custom_components.offsite_backup.const import DOMAIN, EVENT_FAILED
 from tests.engine.proxy import FaultProxy, delay
 from tests.helpers.gateway import run_gateway
 from tests.helpers.servers import S3Server
-from tests.integration.common import multipart_uploads, objects, sha256
+from tests.integration.common import multipart_uploads, objects, set_up_entry, sha256
 from tests.integration.conftest import BACKUP_PASSWORD
 
 
@@ -36,16 +36,7 @@ async def proxied(
             S3_PUBLIC_ENDPOINT=proxy.url,
         ) as gateway,
     ):
-        instance_id, token = await gateway.add_instance("home")
-        entry = MockConfigEntry(
-            domain=DOMAIN,
-            title="home",
-            unique_id=instance_id,
-            data={CONF_URL: gateway.url, CONF_TOKEN: token},
-        )
-        entry.add_to_hass(hass)
-        assert await hass.config_entries.async_setup(entry.entry_id)
-        await hass.async_block_till_done()
+        entry = await set_up_entry(hass, gateway)
         yield entry, proxy
         await hass.config_entries.async_unload(entry.entry_id)
 
