@@ -93,7 +93,8 @@ async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry
     async def suspend_upload(_event: Event) -> None:
         await runner.async_shutdown()
 
-    entry.async_on_unload(hass.bus.async_listen_once(EVENT_HOMEASSISTANT_STOP, suspend_upload))
+    # async_listen, not async_listen_once: the entry may unload after the stop event, removing the listener.
+    entry.async_on_unload(hass.bus.async_listen(EVENT_HOMEASSISTANT_STOP, suspend_upload))
     entry.async_on_unload(entry.add_update_listener(_async_reload))
 
     @callback
