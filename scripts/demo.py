@@ -72,10 +72,12 @@ HA_START_TIMEOUT = float(os.environ.get("DEMO_HA_START_TIMEOUT", "900"))
 STOP_TIMEOUT = 60.0
 STARTED = time.monotonic()
 
-# Lines of Home Assistant's log shown on the console while it starts: installing its requirements.
+# Lines of Home Assistant's log shown on the console while it starts: installing its requirements; and the end of
+# the start when one of them could not be installed (Home Assistant then waits in recovery mode, for ever).
 INSTALL_LINE = re.compile(
     r"homeassistant\.(util\.package|requirements)\]|Unable to install|Attempting install"
 )
+FATAL_LINE = re.compile(r"Setup failed for '(frontend|http|backup|config|lovelace)'|Activating recovery mode")
 
 
 def say(message: str, *, stream: TextIO = sys.stdout) -> None:
@@ -638,8 +640,17 @@ logger:
             if not hass.running:
                 raise _exited(hass, "Home Assistant")
             for line in log.new_lines():
-                if INSTALL_LINE.search(line):
+                if INSTALL_LINE.search(line) or FATAL_LINE.search(line):
                     say(f"  Home Assistant: {_strip_log_prefix(line)}")
+                if FATAL_LINE.search(line):
+                    raise DemoError(
+                        "Home Assistant could not set up what the demo needs (see the lines above)",
+                        "If it could not install a package: check that pypi.org is reachable from here (proxy "
+                        "settings such as HTTPS_PROXY apply: Home Assistant installs with uv), or install the "
+                        "package named above yourself, e.g. .venv/bin/python -m pip install "
+                        "home-assistant-frontend==<the version above>; then run scripts/demo again. "
+                        f"Home Assistant's log: {_show(hass.log)}.",
+                    )
             if installing and _installed("home-assistant-frontend"):
                 say(f"  the frontend is installed ({elapsed:.0f} s)")
                 installing = False
