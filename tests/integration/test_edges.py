@@ -11,8 +11,18 @@ from typing import Any
 
 import pytest
 from freezegun.api import FrozenDateTimeFactory
-from homeassistant.components.backup import AgentBackup, BackupAgentError, BackupNotFound
+from homeassistant.components.backup import (
+    AgentBackup,
+    BackupAgentError,
+    BackupNotFound,
+    CreateBackupEvent,
+    CreateBackupState,
+    IdleEvent,
+)
 from homeassistant.components.backup.config import AgentConfig
+from homeassistant.components.button import DOMAIN as BUTTON
+from homeassistant.components.button import SERVICE_PRESS
+from homeassistant.const import EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.util import dt as dt_util
@@ -27,13 +37,14 @@ from custom_components.offsite_backup.const import (
     CONF_NIGHTLY,
     DOMAIN,
     EVENT_FAILED,
+    JobTrigger,
 )
 from custom_components.offsite_backup.runner import UNENCRYPTED_REFUSED
 from custom_components.offsite_backup.schedule import Plan
 from custom_components.offsite_backup.uploader import upload
 from tests.helpers.gateway import RunningGateway
 from tests.helpers.servers import S3Server
-from tests.integration.common import multipart_uploads, objects, state
+from tests.integration.common import entity_id, multipart_uploads, objects, state
 from tests.integration.test_backup_agent import agent_backup, agent_of, opener
 
 
@@ -133,15 +144,11 @@ async def test_cancel_while_home_assistant_creates_the_backup(
 async def test_cancel_while_waiting_for_a_busy_manager(
     hass: HomeAssistant, loaded_entry: MockConfigEntry, backup_manager: Any
 ) -> None:
-    from homeassistant.components.backup import CreateBackupEvent, CreateBackupState, IdleEvent  # noqa: PLC0415
-
     runner = loaded_entry.runtime_data.runner
     backup_manager.async_on_backup_event(
         CreateBackupEvent(reason=None, stage=None, state=CreateBackupState.IN_PROGRESS)
     )
     try:
-        from custom_components.offsite_backup.const import JobTrigger  # noqa: PLC0415
-
         task = hass.async_create_task(
             runner.async_run(JobTrigger.SCHEDULE, retry_until=dt_util.utcnow() + timedelta(hours=1))
         )
@@ -210,8 +217,6 @@ async def test_home_assistant_cancelling_the_upload_suspends_it(
 async def test_home_assistant_stopping_suspends_the_upload(
     hass: HomeAssistant, loaded_entry: MockConfigEntry, moto_server: S3Server, moto_bucket: str
 ) -> None:
-    from homeassistant.const import EVENT_HOMEASSISTANT_STOP  # noqa: PLC0415
-
     data = os.urandom(6 * 1024 * 1024)
     hass.config_entries.async_update_entry(loaded_entry, options={CONF_BANDWIDTH_LIMIT: 1024})
     await hass.async_block_till_done()
@@ -234,11 +239,6 @@ async def test_home_assistant_stopping_suspends_the_upload(
 async def test_the_button_reports_a_failure_through_the_sensors(
     hass: HomeAssistant, loaded_entry: MockConfigEntry, gateway: RunningGateway
 ) -> None:
-    from homeassistant.components.button import DOMAIN as BUTTON  # noqa: PLC0415
-    from homeassistant.components.button import SERVICE_PRESS
-
-    from tests.integration.common import entity_id  # noqa: PLC0415
-
     failed = async_capture_events(hass, EVENT_FAILED)
     await gateway.revoke_instance("home")
     await hass.services.async_call(
