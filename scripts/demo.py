@@ -68,7 +68,10 @@ MARKER = ".offsite-backup-demo"  # only a directory holding this file is ever de
 ONBOARDING_REQUIREMENTS = ("gTTS", "PyMetno", "radios", "pycountry")
 ONBOARDING_DOMAINS = ("google_translate", "met", "radio_browser", "shopping_list")
 
-HA_START_TIMEOUT = float(os.environ.get("DEMO_HA_START_TIMEOUT", "900"))
+try:
+    HA_START_TIMEOUT = float(os.environ.get("DEMO_HA_START_TIMEOUT") or "900")
+except ValueError:
+    HA_START_TIMEOUT = 900.0
 STOP_TIMEOUT = 60.0
 STARTED = time.monotonic()
 
@@ -387,7 +390,8 @@ class HomeAssistantApi:
         ) as answer:
             text = await answer.text()
             if answer.status != expect:
-                raise DemoError(f"Home Assistant answered {answer.status} to {method} {path}: {text[:500]}")
+                detail = " ".join(text.split())[:500]
+                raise DemoError(f"Home Assistant answered {answer.status} to {method} {path}: {detail}")
             return json.loads(text) if text else None
 
     async def exchange_code(self, code: str) -> None:
@@ -510,7 +514,8 @@ class Demo:
         self.entry_id = ""
         self.result = Result()
         self.staying_up = False
-        self.env = dict(os.environ)
+        # The gateway's settings are the demo's alone: none of the caller's OFFSITE_GATEWAY_* (a key prefix, say).
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("OFFSITE_GATEWAY_")}
         self.env.update(
             {
                 "OFFSITE_GATEWAY_LISTEN": f"127.0.0.1:{ports.gateway}",
@@ -540,7 +545,10 @@ class Demo:
             self.dir / "moto.log",
         )
         await wait_http(session, f"{self.s3_endpoint}/moto-api/", moto, "moto")
-        gateway_cli = [sys.executable, "-m", "offsite_gateway"]
+        console_script = Path(sys.executable).parent / "offsite-gateway"  # the command the README shows
+        gateway_cli = (
+            [str(console_script)] if console_script.exists() else [sys.executable, "-m", "offsite_gateway"]
+        )
         output = await self.processes.run(
             "offsite-gateway bucket create", [*gateway_cli, "bucket", "create"], self.env
         )
@@ -588,8 +596,8 @@ lovelace:
   mode: yaml  # the dashboard is ui-lovelace.yaml, a copy of examples/dashboard.yaml
 
 # The examples, loaded as they are: examples/automations/*.yaml and examples/scripts/*.yaml.
-automation: !include_dir_list {EXAMPLES / "automations"}
-script: !include_dir_named {EXAMPLES / "scripts"}
+automation: !include_dir_list {json.dumps(str(EXAMPLES / "automations"))}
+script: !include_dir_named {json.dumps(str(EXAMPLES / "scripts"))}
 
 logger:
   default: warning
@@ -717,11 +725,11 @@ logger:
         """Remove what onboarding added on its own (it needs the internet, and is beside the point here).
 
         The core_config step starts those flows as tasks; with their requirements skipped, some fail at once
-        (Home Assistant logs the import errors) and the others create entries within a second.
+        (Home Assistant logs the import errors) and the others have created their entries by now, or soon.
         """
         removed: list[str] = []
-        for _ in range(3):
-            await asyncio.sleep(1)
+        for _ in range(2):
+            await asyncio.sleep(0.5)
             for entry in await api.request("GET", "/api/config/config_entries/entry"):
                 if entry["domain"] in ONBOARDING_DOMAINS:
                     await api.request("DELETE", f"/api/config/config_entries/entry/{entry['entry_id']}")
@@ -887,7 +895,9 @@ logger:
                 status = await self._state(api, status_id)
                 if attempt or status not in ("creating", "uploading"):
                     reason = await self._state(api, error_id)
-                    raise DemoError(f"{err}; status {status}, last error: {reason}") from None
+                    raise DemoError(
+                        f"{err}; the entry's status: {status}, its last error: {reason}"
+                    ) from None
             say(
                 "another backup (the nightly one: the demo runs inside its window) started first: waiting for it"
             )
