@@ -322,3 +322,19 @@ async def test_the_stale_sensor_after_time_passes_with_the_entry_unloaded(
     async_fire_time_changed(hass, datetime.now(dt_util.UTC))
     await hass.async_block_till_done()
     assert state(hass, loaded_entry, "stale") == "on"
+
+
+async def test_unloaded_while_home_assistant_creates_the_nightly_backup(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry
+) -> None:
+    """The nightly job is an entry task: unloading the entry stops it, recorded as cancelled."""
+    runner = loaded_entry.runtime_data.runner
+    scheduler = loaded_entry.runtime_data.scheduler
+    scheduler._start_job(dt_util.utcnow() + timedelta(hours=1))
+    await _until(lambda: runner.busy)
+    assert runner.current is not None
+    assert runner.current.status.value == "creating"
+    assert await hass.config_entries.async_unload(loaded_entry.entry_id)
+    await hass.async_block_till_done()
+    assert [job.status.value for job in runner.history] == ["cancelled"]
+    assert "reloaded" in (runner.history[0].error or "")
