@@ -46,9 +46,17 @@ def async_register_backup_agents_listener(
     return remove_listener
 
 
+class GatewayUnreachableError(BackupAgentUnreachableError):
+    """The gateway or storage cannot be reached; unlike its base class, it keeps the real reason as its message."""
+
+    def __str__(self) -> str:
+        """The reason given, not the base class's generic sentence."""
+        return str(self.args[0]) if self.args else super().__str__()
+
+
 def _agent_error(action: str, err: GatewayError) -> BackupAgentError:
     if isinstance(err, GatewayUnavailableError):
-        return BackupAgentUnreachableError(f"Failed to {action}: {err}")
+        return GatewayUnreachableError(f"Failed to {action}: {err}")
     return BackupAgentError(f"Failed to {action}: {err}")
 
 

@@ -90,6 +90,7 @@ class FaultProxy:
         self.put_times: dict[int, list[float]] = defaultdict(list)
         self.faults_met: Counter[str] = Counter()
         self.arrived: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
+        self.other_faults: dict[str, list[int]] = {}  # method → statuses for requests other than part PUTs
         self.late_answers: dict[tuple[str, str], float] = {}  # (method, path) → seconds to hold the answer
         self.held: dict[tuple[str, str], asyncio.Event] = defaultdict(
             asyncio.Event
@@ -101,6 +102,10 @@ class FaultProxy:
     def fail(self, part_number: int, *faults: Fault) -> None:
         """Apply ``faults`` to the next PUTs of ``part_number``, one each."""
         self.plan[part_number].extend(faults)
+
+    def fail_other(self, method: str, status_code: int) -> None:
+        """Answer the next ``method`` request that is not a part PUT with an S3 error of ``status_code``."""
+        self.other_faults.setdefault(method, []).append(status_code)
 
     def answer_late(self, method: str, path: str, seconds: float) -> None:
         """Forward ``method path`` at once but hold upstream's answer ``seconds`` (a slow or lost answer)."""
@@ -144,6 +149,11 @@ class FaultProxy:
             self.puts[part] += 1
             self.put_times[part].append(time.monotonic())
             self.arrived[part].set()
+        if part is None and self.other_faults.get(request.method):
+            code = self.other_faults[request.method].pop(0)
+            await request.read()
+            xml = '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code></Error>'
+            return web.Response(status=code, text=xml, content_type="application/xml")
         fault = self.plan[part].pop(0) if part is not None and self.plan.get(part) else None
         if fault is not None:
             self.faults_met[fault.label] += 1

@@ -149,7 +149,7 @@ async def test_unreachable_gateway(
     async with run_gateway(moto_server, moto_bucket, tmp_path / "gw") as gateway:
         entry = await set_up_entry(hass, gateway)
     agent = agent_of(hass, entry)  # the gateway is gone now
-    with pytest.raises(BackupAgentUnreachableError):
+    with pytest.raises(BackupAgentUnreachableError, match="Failed to list backups: Cannot reach the gateway"):
         await agent.async_list_backups()
     with pytest.raises(BackupAgentUnreachableError):
         await agent.async_get_backup("x")

@@ -13,7 +13,8 @@ from homeassistant.components.backup.const import DATA_MANAGER
 from homeassistant.core import HomeAssistant
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events
 
-from custom_components.offsite_backup.const import DOMAIN, EVENT_FAILED
+from custom_components.offsite_backup.const import DOMAIN, EVENT_FAILED, JobTrigger
+from custom_components.offsite_backup.runner import JobError
 from tests.engine.proxy import FaultProxy, delay
 from tests.helpers.gateway import run_gateway
 from tests.helpers.servers import S3Server
@@ -134,3 +135,58 @@ async def test_nothing_to_resume_from_is_a_clear_failure(
     assert len(failed) == 1
     assert multipart_uploads(moto_server, moto_bucket) == [], "the interrupted upload was aborted"
     assert runner.pending_summary() is None
+
+
+async def test_storage_failing_a_download_is_reported_as_unreachable(
+    hass: HomeAssistant, proxied: tuple[MockConfigEntry, FaultProxy]
+) -> None:
+    from homeassistant.components.backup.agent import BackupAgentUnreachableError  # noqa: PLC0415
+
+    entry, proxy = proxied
+    await hass.services.async_call(
+        DOMAIN, "create_backup", {"config_entry_id": entry.entry_id}, blocking=True
+    )
+    agent = hass.data[DATA_MANAGER].backup_agents[f"{DOMAIN}.{entry.unique_id}"]
+    (backup,) = await agent.async_list_backups()
+    proxy.fail_other("GET", 500)
+    with pytest.raises(BackupAgentUnreachableError, match="500"):
+        await agent.async_download_backup(backup.backup_id)
+
+
+async def test_our_own_job_suspended_by_an_unload_is_recorded_when_it_resumes(
+    hass: HomeAssistant, proxied: tuple[MockConfigEntry, FaultProxy], config_dir: Path
+) -> None:
+    """The nightly job uploads; the entry unloads: the job is not recorded as failed, the next start decides."""
+    entry, proxy = proxied
+    (config_dir / "big.bin").write_bytes(os.urandom(12 * 1024 * 1024))
+    proxy.fail(3, delay(60))
+    runner = entry.runtime_data.runner
+    job = hass.async_create_task(runner.async_run(JobTrigger.MANUAL))
+    async with asyncio.timeout(60):
+        while not ((pending := runner.pending_summary()) and pending["parts_acknowledged"] == 2):
+            await asyncio.sleep(0.05)
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    with pytest.raises(JobError, match="Suspended"):
+        await job
+    assert runner.history == [], "not recorded yet: the next start resumes it or says why not"
+    assert not runner.busy
+    proxy.plan.clear()
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done(wait_background_tasks=True)
+    history = entry.runtime_data.runner.history
+    assert [(j.trigger.value, j.status.value) for j in history] == [("manual", "failed")]
+    assert "no longer on disk" in (history[0].error or "")
+
+
+async def test_one_job_at_a_time(hass: HomeAssistant, proxied: tuple[MockConfigEntry, FaultProxy]) -> None:
+    entry, proxy = proxied
+    proxy.fail(1, delay(2))
+    runner = entry.runtime_data.runner
+    first = hass.async_create_task(runner.async_run(JobTrigger.MANUAL))
+    async with asyncio.timeout(30):
+        while not runner.busy:
+            await asyncio.sleep(0.01)
+    with pytest.raises(JobError) as err:
+        await runner.async_run(JobTrigger.SCHEDULE)
+    assert err.value.translation_key == "already_running"
+    await first
