@@ -54,6 +54,23 @@ async def _until(predicate: Any, seconds: float = 60) -> None:
             await asyncio.sleep(0.02)
 
 
+async def _slow_upload_under_way(hass: HomeAssistant, entry: MockConfigEntry) -> asyncio.Task[None]:
+    """An upload through the agent at 1 MiB/s, once the gateway has created it (parts on their way)."""
+    data = os.urandom(6 * 1024 * 1024)
+    hass.config_entries.async_update_entry(entry, options={CONF_BANDWIDTH_LIMIT: 1024})
+    await hass.async_block_till_done()
+    runner = entry.runtime_data.runner
+    task = hass.async_create_task(
+        agent_of(hass, entry).async_upload_backup(
+            open_stream=opener(data), backup=agent_backup(data, protected=True)
+        )
+    )
+    await _until(
+        lambda: (pending := runner.pending_summary()) is not None and pending["remote_id"] is not None
+    )
+    return task
+
+
 async def _slow(hass: HomeAssistant, entry: MockConfigEntry, config_dir: Path, kib_s: int = 1024) -> None:
     """Make the next backup take a few seconds to upload."""
     (config_dir / "big.bin").write_bytes(os.urandom(6 * 1024 * 1024))
@@ -195,18 +212,8 @@ async def test_home_assistant_cancelling_the_upload_suspends_it(
     hass: HomeAssistant, loaded_entry: MockConfigEntry, moto_server: S3Server, moto_bucket: str
 ) -> None:
     """Home Assistant cancels its tasks when it stops for good: the upload is kept, to resume."""
-    data = os.urandom(6 * 1024 * 1024)
-    hass.config_entries.async_update_entry(loaded_entry, options={CONF_BANDWIDTH_LIMIT: 1024})
-    await hass.async_block_till_done()
+    task = await _slow_upload_under_way(hass, loaded_entry)  # reloads the entry: a new runner
     runner = loaded_entry.runtime_data.runner
-    task = hass.async_create_task(
-        agent_of(hass, loaded_entry).async_upload_backup(
-            open_stream=opener(data), backup=agent_backup(data, protected=True)
-        )
-    )
-    await _until(
-        lambda: (pending := runner.pending_summary()) is not None and pending["remote_id"] is not None
-    )
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -217,18 +224,8 @@ async def test_home_assistant_cancelling_the_upload_suspends_it(
 async def test_home_assistant_stopping_suspends_the_upload(
     hass: HomeAssistant, loaded_entry: MockConfigEntry, moto_server: S3Server, moto_bucket: str
 ) -> None:
-    data = os.urandom(6 * 1024 * 1024)
-    hass.config_entries.async_update_entry(loaded_entry, options={CONF_BANDWIDTH_LIMIT: 1024})
-    await hass.async_block_till_done()
+    task = await _slow_upload_under_way(hass, loaded_entry)  # reloads the entry: a new runner
     runner = loaded_entry.runtime_data.runner
-    task = hass.async_create_task(
-        agent_of(hass, loaded_entry).async_upload_backup(
-            open_stream=opener(data), backup=agent_backup(data, protected=True)
-        )
-    )
-    await _until(
-        lambda: (pending := runner.pending_summary()) is not None and pending["remote_id"] is not None
-    )
     hass.bus.async_fire(EVENT_HOMEASSISTANT_STOP)
     with pytest.raises(BackupAgentError, match="suspended"):
         await task
@@ -282,18 +279,8 @@ async def test_resume_when_the_gateway_forgot_the_upload(
     hass: HomeAssistant, loaded_entry: MockConfigEntry, moto_server: S3Server, moto_bucket: str
 ) -> None:
     """Interrupted, the backup gone from disk, and the gateway no longer knows the upload: a clear failure."""
-    data = os.urandom(6 * 1024 * 1024)
-    hass.config_entries.async_update_entry(loaded_entry, options={CONF_BANDWIDTH_LIMIT: 1024})
-    await hass.async_block_till_done()
+    task = await _slow_upload_under_way(hass, loaded_entry)  # reloads the entry: a new runner
     runner = loaded_entry.runtime_data.runner
-    task = hass.async_create_task(
-        agent_of(hass, loaded_entry).async_upload_backup(
-            open_stream=opener(data), backup=agent_backup(data, protected=True)
-        )
-    )
-    await _until(
-        lambda: (pending := runner.pending_summary()) is not None and pending["remote_id"] is not None
-    )
     remote_id = runner.pending_summary()["remote_id"]  # type: ignore[index]
     client = loaded_entry.runtime_data.client
     assert await hass.config_entries.async_unload(loaded_entry.entry_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
+from typing import Any
 
 import pytest
 from freezegun.api import FrozenDateTimeFactory
@@ -46,6 +47,17 @@ async def _advance(
 def succeeded(hass: HomeAssistant) -> list[Event]:
     """Every successful backup (the runner keeps only the last 30 in its history)."""
     return async_capture_events(hass, EVENT_SUCCEEDED)
+
+
+@pytest.fixture
+async def june_in_paris(
+    hass: HomeAssistant, backup_manager: object, config_entry: MockConfigEntry, freezer: FrozenDateTimeFactory
+) -> MockConfigEntry:
+    """The entry set up in Paris on 1 June 2026 at noon (UTC), with the default window."""
+    await hass.config.async_set_time_zone(PARIS)
+    freezer.move_to(datetime(2026, 6, 1, 12, 0, tzinfo=dt_util.UTC))
+    await _set_up(hass, config_entry)
+    return config_entry
 
 
 def _scheduled(events: list[Event]) -> list[datetime]:
@@ -122,14 +134,11 @@ async def test_sixty_nights_in_paris_across_both_clock_changes(
 
 async def test_restart_inside_the_window_after_the_run_does_not_run_again(
     hass: HomeAssistant,
-    backup_manager: object,
-    config_entry: MockConfigEntry,
+    june_in_paris: MockConfigEntry,
     freezer: FrozenDateTimeFactory,
     succeeded: list[Event],
 ) -> None:
-    await hass.config.async_set_time_zone(PARIS)
-    freezer.move_to(datetime(2026, 6, 1, 12, 0, tzinfo=dt_util.UTC))
-    await _set_up(hass, config_entry)
+    config_entry = june_in_paris
     scheduler = config_entry.runtime_data.scheduler
     tonight = scheduler.next_run
     assert tonight is not None
@@ -156,14 +165,11 @@ async def test_restart_inside_the_window_after_the_run_does_not_run_again(
 
 async def test_off_during_the_window_no_catch_up_burst(
     hass: HomeAssistant,
-    backup_manager: object,
-    config_entry: MockConfigEntry,
+    june_in_paris: MockConfigEntry,
     freezer: FrozenDateTimeFactory,
     succeeded: list[Event],
 ) -> None:
-    await hass.config.async_set_time_zone(PARIS)
-    freezer.move_to(datetime(2026, 6, 1, 12, 0, tzinfo=dt_util.UTC))
-    await _set_up(hass, config_entry)
+    config_entry = june_in_paris
     tonight = config_entry.runtime_data.scheduler.next_run
     assert tonight is not None
     assert await hass.config_entries.async_unload(config_entry.entry_id)
@@ -182,15 +188,12 @@ async def test_off_during_the_window_no_catch_up_burst(
 
 async def test_a_late_timer_outside_the_window_does_not_run(
     hass: HomeAssistant,
-    backup_manager: object,
-    config_entry: MockConfigEntry,
+    june_in_paris: MockConfigEntry,
     freezer: FrozenDateTimeFactory,
     succeeded: list[Event],
 ) -> None:
     """The host slept through the window: its timer fires late, after the window; no backup then."""
-    await hass.config.async_set_time_zone(PARIS)
-    freezer.move_to(datetime(2026, 6, 1, 12, 0, tzinfo=dt_util.UTC))
-    await _set_up(hass, config_entry)
+    config_entry = june_in_paris
     tonight = config_entry.runtime_data.scheduler.next_run
     assert tonight is not None
     await _advance(hass, freezer, tonight + timedelta(hours=5))
@@ -234,14 +237,12 @@ async def test_busy_manager_is_retried_inside_the_window(
 
 async def test_busy_manager_until_the_window_ends_fails_with_the_reason(
     hass: HomeAssistant,
-    backup_manager: object,
-    config_entry: MockConfigEntry,
+    june_in_paris: MockConfigEntry,
+    backup_manager: Any,
     freezer: FrozenDateTimeFactory,
     succeeded: list[Event],
 ) -> None:
-    await hass.config.async_set_time_zone(PARIS)
-    freezer.move_to(datetime(2026, 6, 1, 12, 0, tzinfo=dt_util.UTC))
-    await _set_up(hass, config_entry)
+    config_entry = june_in_paris
     plan = config_entry.runtime_data.scheduler
     run_at = datetime(2026, 6, 1, 23, 45, tzinfo=dt_util.UTC)  # 01:45 in Paris, 15 minutes before the end
     plan.plan = plan.plan.__class__(day=date(2026, 6, 2), run_at=run_at)  # type: ignore[union-attr]
