@@ -84,6 +84,9 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("aiobotocore").setLevel(max(logging.INFO, getattr(logging, level)))
 
 
+LISTEN_BACKLOG = 1024
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway CLI; return the exit code."""
     args = _parser().parse_args(argv)
@@ -233,7 +236,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         await runner.cleanup()
         return EXIT_FAILED
     try:
-        site = web.TCPSite(runner, settings.listen_host, settings.listen_port, reuse_address=True)
+        # A larger accept queue than aiohttp's 128: many instances connecting at once must not see SYNs dropped
+        # (their connection attempts would be retried only after 1, 3, 7 s).
+        site = web.TCPSite(
+            runner, settings.listen_host, settings.listen_port, reuse_address=True, backlog=LISTEN_BACKLOG
+        )
         try:
             await site.start()
         except OSError as err:
