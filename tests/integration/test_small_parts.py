@@ -1,0 +1,90 @@
+"""Small pieces of the integration on their own: option parsing, state truncation, URL checks, listeners."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import time, timedelta
+
+import pytest
+from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import ServiceValidationError
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+from custom_components.offsite_backup.backup import async_register_backup_agents_listener
+from custom_components.offsite_backup.config_flow import _normalise_url
+from custom_components.offsite_backup.const import DOMAIN
+from custom_components.offsite_backup.models import Settings
+from custom_components.offsite_backup.sensor import _truncate
+
+
+def test_settings_defaults_and_bad_stored_values() -> None:
+    default = Settings.from_options({})
+    assert default.window.start == time(0, 0)
+    assert default.window.end == time(2, 0)
+    assert default.parts_in_flight == 2
+    assert default.bandwidth_limit is None
+    assert default.stale_after == timedelta(hours=36)
+    assert default.allow_unencrypted is False
+    # Stored data the options flow would never write falls back to the defaults instead of breaking setup.
+    odd = Settings.from_options({"window_start": "25:99", "window_end": "nonsense"})
+    assert odd.window == default.window
+    same = Settings.from_options({"window_start": "03:00:00", "window_end": "03:00:00"})
+    assert same.window == default.window
+    given = Settings.from_options(
+        {"window_start": time(23, 0), "window_end": "01:00:00", "bandwidth_limit": 64}
+    )
+    assert given.window.crosses_midnight
+    assert given.bandwidth_limit == 64 * 1024
+
+
+def test_state_text_is_cut_to_what_a_state_holds() -> None:
+    assert _truncate(None) is None
+    assert _truncate("short") == "short"
+    long = "x" * 300
+    cut = _truncate(long)
+    assert cut is not None
+    assert len(cut) == 255
+    assert cut.endswith("…")
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("https://backup.example.com/", "https://backup.example.com"),
+        ("  http://127.0.0.1:8780  ", "http://127.0.0.1:8780"),
+        ("http://gw.local/prefix/", "http://gw.local/prefix"),
+        ("http://[::1", None),
+        ("backup.example.com", None),
+        ("https://x.example?token=1", None),
+        ("https://x.example#frag", None),
+    ],
+)
+def test_gateway_urls(given: str, expected: str | None) -> None:
+    assert _normalise_url(given) == expected
+
+
+async def test_the_last_listener_removed_leaves_nothing_behind(hass: HomeAssistant) -> None:
+    remove = async_register_backup_agents_listener(hass, listener=lambda: None)
+    assert f"{DOMAIN}.backup_agent_listeners" in hass.data
+    remove()
+    assert f"{DOMAIN}.backup_agent_listeners" not in hass.data
+
+
+async def test_the_action_refuses_a_second_backup_while_one_runs(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry
+) -> None:
+    runner = loaded_entry.runtime_data.runner
+    first = hass.async_create_task(
+        hass.services.async_call(
+            DOMAIN, "create_backup", {"config_entry_id": loaded_entry.entry_id}, blocking=True
+        )
+    )
+    async with asyncio.timeout(30):
+        while not runner.busy:
+            await asyncio.sleep(0)
+    with pytest.raises(ServiceValidationError) as err:
+        await hass.services.async_call(
+            DOMAIN, "create_backup", {"config_entry_id": loaded_entry.entry_id}, blocking=True
+        )
+    assert err.value.translation_key == "already_running"
+    await first
