@@ -203,17 +203,11 @@ async def test_a_late_timer_outside_the_window_does_not_run(
 
 async def test_busy_manager_is_retried_inside_the_window(
     hass: HomeAssistant,
+    june_in_paris: MockConfigEntry,
     backup_manager: object,
-    config_entry: MockConfigEntry,
     freezer: FrozenDateTimeFactory,
-    succeeded: list[Event],
 ) -> None:
-    await hass.config.async_set_time_zone(PARIS)
-    hass.config_entries.async_update_entry(
-        config_entry, options={CONF_WINDOW_START: "00:00:00", CONF_WINDOW_END: "02:00:00"}
-    )
-    freezer.move_to(datetime(2026, 6, 1, 12, 0, tzinfo=dt_util.UTC))
-    await _set_up(hass, config_entry)
+    config_entry = june_in_paris  # default window, 00:00-02:00
     plan = config_entry.runtime_data.scheduler
     # Force tonight's instant early in the window, so that there is room for retries.
     run_at = datetime(2026, 6, 1, 22, 5, tzinfo=dt_util.UTC)  # 00:05 in Paris
