@@ -48,9 +48,6 @@ ATTR_CONFIG_ENTRY_ID: Final = "config_entry_id"
 
 ISSUE_BACKUP_FAILING: Final = "backup_failing"
 
-# Marks the backups this integration asks Home Assistant to create, so the agent can tell them from others.
-EXTRA_METADATA_JOB: Final = "offsite_backup_job"
-
 
 class JobStatus(StrEnum):
     """What the integration is doing, or how its last job ended."""

@@ -46,7 +46,6 @@ from .const import (
     DOMAIN,
     EVENT_FAILED,
     EVENT_SUCCEEDED,
-    EXTRA_METADATA_JOB,
     HISTORY_SIZE,
     ISSUE_BACKUP_FAILING,
     LOGGER,
@@ -375,7 +374,6 @@ class BackupRunner:
                 continue
             await manager.async_create_backup(
                 agent_ids=[self.options.agent_id],
-                extra_metadata={EXTRA_METADATA_JOB: job.id},
                 include_addons=None,
                 include_all_addons=False,
                 include_database=self.options.include_database,
