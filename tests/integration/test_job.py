@@ -20,6 +20,7 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry, async_
 from custom_components.offsite_backup.const import (
     CONF_ALLOW_UNENCRYPTED,
     CONF_BANDWIDTH_LIMIT,
+    CONF_FAILURES_BEFORE_REPAIR,
     DOMAIN,
     EVENT_FAILED,
     EVENT_SUCCEEDED,
@@ -219,6 +220,10 @@ async def test_revoked_token_fails_and_starts_reauth(
     assert len(failed) == 1
     flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
     assert [flow["context"]["source"] for flow in flows] == ["reauth"]
+    await _failing_backup(hass, loaded_entry)
+    issue = ir.async_get(hass).async_get_issue(DOMAIN, f"{ISSUE_BACKUP_FAILING}_{loaded_entry.entry_id}")
+    assert issue is not None, "two failures in a row"
+    assert issue.translation_placeholders["error"] == error  # type: ignore[index]
 
 
 async def test_over_quota(
@@ -230,12 +235,17 @@ async def test_over_quota(
 ) -> None:
     async with run_gateway(moto_server, moto_bucket, tmp_path / "gw", MAX_BACKUP_BYTES="2048") as gateway:
         entry = await set_up_entry(hass, gateway)
+        hass.config_entries.async_update_entry(entry, options={CONF_FAILURES_BEFORE_REPAIR: 1})
+        await hass.async_block_till_done()
         failed = async_capture_events(hass, EVENT_FAILED)
         error = await _failing_backup(hass, entry)
         assert "2048" in error or "quota" in error.lower() or "too large" in error.lower()
         assert state(hass, entry, "last_error") == error
         assert failed[0].data["error"] == error
         assert objects(moto_server, moto_bucket) == {}
+        issue = ir.async_get(hass).async_get_issue(DOMAIN, f"{ISSUE_BACKUP_FAILING}_{entry.entry_id}")
+        assert issue is not None, "the option says one failure is enough"
+        assert issue.translation_placeholders["error"] == error  # type: ignore[index]
         await hass.config_entries.async_unload(entry.entry_id)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from freezegun.api import FrozenDateTimeFactory
 from homeassistant.components.backup import CreateBackupEvent, CreateBackupState, IdleEvent
+from homeassistant.components.backup.const import DATA_MANAGER
 from homeassistant.core import Event, HomeAssistant
 from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import (
@@ -16,8 +17,9 @@ from pytest_homeassistant_custom_component.common import (
     async_fire_time_changed,
 )
 
-from custom_components.offsite_backup.const import CONF_WINDOW_END, CONF_WINDOW_START, EVENT_SUCCEEDED
-from tests.integration.common import state
+from custom_components.offsite_backup.const import CONF_WINDOW_END, CONF_WINDOW_START, DOMAIN, EVENT_SUCCEEDED
+from tests.helpers.servers import S3Server
+from tests.integration.common import objects, sha256, state
 
 PARIS = "Europe/Paris"
 
@@ -130,6 +132,31 @@ async def test_sixty_nights_in_paris_across_both_clock_changes(
     assert len({run.astimezone(tz).time().replace(microsecond=0) for run in runs}) >= 58, (
         "re-drawn each night"
     )
+
+
+async def test_a_scheduled_run_end_to_end(
+    hass: HomeAssistant,
+    june_in_paris: MockConfigEntry,
+    freezer: FrozenDateTimeFactory,
+    succeeded: list[Event],
+    moto_server: S3Server,
+    moto_bucket: str,
+) -> None:
+    """Tonight's timer → Home Assistant's backup manager → our agent → storage; a download is byte-identical."""
+    entry = june_in_paris
+    tonight = entry.runtime_data.scheduler.next_run
+    assert tonight is not None
+    await _advance(hass, freezer, tonight)
+    (event,) = succeeded
+    assert event.data["trigger"] == "schedule"
+    (stored,) = objects(moto_server, moto_bucket).values()
+    assert len(stored) == event.data["size"]
+    agent = hass.data[DATA_MANAGER].backup_agents[f"{DOMAIN}.{entry.unique_id}"]
+    downloaded = b"".join(
+        [chunk async for chunk in await agent.async_download_backup(event.data["backup_id"])]
+    )
+    assert sha256(downloaded) == sha256(stored)
+    assert (await agent.async_get_backup(event.data["backup_id"])).protected
 
 
 async def test_restart_inside_the_window_after_the_run_does_not_run_again(
