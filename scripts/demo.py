@@ -67,6 +67,7 @@ MARKER = ".offsite-backup-demo"  # only a directory holding this file is ever de
 # are removed after onboarding.
 ONBOARDING_REQUIREMENTS = ("gTTS", "PyMetno", "radios", "pycountry")
 ONBOARDING_DOMAINS = ("google_translate", "met", "radio_browser", "shopping_list")
+ONBOARDING_SIGNAL_DOMAIN = "shopping_list"  # no requirements: onboarding always adds it
 
 try:
     HA_START_TIMEOUT = float(os.environ.get("DEMO_HA_START_TIMEOUT") or "900")
@@ -724,18 +725,28 @@ logger:
     async def _remove_onboarding_entries(self, api: HomeAssistantApi) -> None:
         """Remove what onboarding added on its own (it needs the internet, and is beside the point here).
 
-        The core_config step starts those flows as tasks; with their requirements skipped, some fail at once
-        (Home Assistant logs the import errors) and the others have created their entries by now, or soon.
+        The core_config step starts those flows as tasks; with their requirements skipped, most fail at once (Home
+        Assistant logs the import errors). The shopping list needs nothing, so its entry always comes: once it is
+        there, onboarding's flows have run. Waits for that, not for a fixed time.
         """
-        removed: list[str] = []
-        for _ in range(2):
-            await asyncio.sleep(0.5)
-            for entry in await api.request("GET", "/api/config/config_entries/entry"):
-                if entry["domain"] in ONBOARDING_DOMAINS:
-                    await api.request("DELETE", f"/api/config/config_entries/entry/{entry['entry_id']}")
-                    removed.append(entry["domain"])
-        if removed:
-            say(f"removed what onboarding adds by itself and the demo does not need: {', '.join(removed)}")
+        deadline = time.monotonic() + 120
+        while True:
+            entries = await api.request("GET", "/api/config/config_entries/entry")
+            found = [entry for entry in entries if entry["domain"] in ONBOARDING_DOMAINS]
+            if any(entry["domain"] == ONBOARDING_SIGNAL_DOMAIN for entry in found):
+                break
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"onboarding did not add its {ONBOARDING_SIGNAL_DOMAIN} entry within 2 minutes",
+                    "See the Home Assistant log.",
+                )
+            await asyncio.sleep(0.2)
+        for entry in found:
+            await api.request("DELETE", f"/api/config/config_entries/entry/{entry['entry_id']}")
+        say(
+            "removed what onboarding adds by itself and the demo does not need: "
+            + ", ".join(sorted(entry["domain"] for entry in found))
+        )
 
     async def check_examples(self, api: HomeAssistantApi) -> None:
         """The automation and script examples loaded (Home Assistant validated them)."""
@@ -795,9 +806,14 @@ logger:
         say(
             f"integration added through the config flow: entry {result['result']['title']!r} ({self.entry_id})"
         )
-        agents = [agent["agent_id"] for agent in (await ws.call("backup/agents/info"))["agents"]]
-        if self.agent_id not in agents:
-            raise DemoError(f"backup location {self.agent_id} is not among Home Assistant's: {agents}")
+        # The backup manager registers the location in a task of its own once the entry is loaded: wait for it.
+        while True:
+            agents = [agent["agent_id"] for agent in (await ws.call("backup/agents/info"))["agents"]]
+            if self.agent_id in agents:
+                break
+            if time.monotonic() > deadline:
+                raise DemoError(f"backup location {self.agent_id} is not among Home Assistant's: {agents}")
+            await asyncio.sleep(0.2)
         say(f"backup location {self.agent_id} is registered")
 
     async def check_dashboard_entities(self, ws: Websocket) -> dict[str, str]:

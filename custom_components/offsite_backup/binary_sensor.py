@@ -77,8 +77,8 @@ class BackupStaleSensor(OffsiteBackupEntity, BinarySensorEntity):
         self.async_write_ha_state()
 
     @callback
-    def async_write_ha_state(self) -> None:
+    def _handle_update(self) -> None:
         """Write the state and re-arm the timer (the runner calls this after each job)."""
-        super().async_write_ha_state()
-        if self.hass is not None and self._unsub_timer is None and not self.is_on:
+        super()._handle_update()
+        if self._unsub_timer is None and not self.is_on:
             self._arm()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import voluptuous as vol
 from homeassistant.config_entries import (
     ConfigEntry,
+    ConfigEntryState,
     ConfigFlow,
     ConfigFlowResult,
     OptionsFlow,
@@ -27,6 +27,7 @@ from homeassistant.helpers.selector import (
 from yarl import URL
 
 from .api import GatewayAuthError, GatewayClient, GatewayError, InstanceInfo
+from .compat import vol
 from .const import (
     CONF_ALLOW_UNENCRYPTED,
     CONF_BANDWIDTH_LIMIT,
@@ -47,6 +48,8 @@ from .const import (
 from .models import Settings
 
 URL_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.URL))
+# hassfest refuses URLs in translations: the example address is a placeholder.
+URL_PLACEHOLDERS = {"example_url": "https://backup.example.com"}
 TOKEN_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.PASSWORD))
 
 
@@ -104,6 +107,7 @@ class OffsiteBackupConfigFlow(ConfigFlow, domain=DOMAIN):
                 vol.Schema({vol.Required(CONF_URL): URL_SELECTOR, vol.Required(CONF_TOKEN): TOKEN_SELECTOR}),
                 user_input,
             ),
+            description_placeholders=URL_PLACEHOLDERS,
             errors=errors,
         )
 
@@ -120,8 +124,8 @@ class OffsiteBackupConfigFlow(ConfigFlow, domain=DOMAIN):
             if info is not None:
                 await self.async_set_unique_id(info.id)
                 self._abort_if_unique_id_mismatch(reason="wrong_instance")
-                return self.async_update_reload_and_abort(
-                    entry, data_updates={CONF_TOKEN: user_input[CONF_TOKEN].strip()}
+                return self._update_and_finish(
+                    entry, {CONF_TOKEN: user_input[CONF_TOKEN].strip()}, "reauth_successful"
                 )
         return self.async_show_form(
             step_id="reauth_confirm",
@@ -139,12 +143,13 @@ class OffsiteBackupConfigFlow(ConfigFlow, domain=DOMAIN):
             if info is not None:
                 await self.async_set_unique_id(info.id)
                 self._abort_if_unique_id_mismatch(reason="wrong_instance")
-                return self.async_update_reload_and_abort(
+                return self._update_and_finish(
                     entry,
-                    data_updates={
+                    {
                         CONF_URL: _normalise_url(user_input[CONF_URL]),
                         CONF_TOKEN: user_input[CONF_TOKEN].strip(),
                     },
+                    "reconfigure_successful",
                 )
         return self.async_show_form(
             step_id="reconfigure",
@@ -152,8 +157,28 @@ class OffsiteBackupConfigFlow(ConfigFlow, domain=DOMAIN):
                 vol.Schema({vol.Required(CONF_URL): URL_SELECTOR, vol.Required(CONF_TOKEN): TOKEN_SELECTOR}),
                 user_input or {CONF_URL: entry.data[CONF_URL]},
             ),
+            description_placeholders=URL_PLACEHOLDERS,
             errors=errors,
         )
+
+    @callback
+    def _update_and_finish(
+        self, entry: ConfigEntry[Any], data_updates: dict[str, Any], reason: str
+    ) -> ConfigFlowResult:
+        """Save the new settings and finish; the entry reloads once.
+
+        A loaded entry reloads through its update listener, which first lets a backup in progress end. An entry that
+        is not loaded (the gateway refused the old token at setup) has no listener: its reload is scheduled here.
+        """
+        loaded = (
+            entry.state is ConfigEntryState.LOADED
+        )  # before the update: its listener may start a reload at once
+        changed = self.hass.config_entries.async_update_entry(entry, data={**entry.data, **data_updates})
+        if not loaded:
+            self.hass.config_entries.async_schedule_reload(entry.entry_id)
+        elif not changed:
+            LOGGER.debug("%s: the same settings were entered again; nothing to reload", entry.title)
+        return self.async_abort(reason=reason)
 
     @staticmethod
     @callback

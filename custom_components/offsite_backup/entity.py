@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from homeassistant.core import callback
 from homeassistant.helpers.device_registry import DeviceEntryType, DeviceInfo
 from homeassistant.helpers.entity import Entity, EntityDescription
 
@@ -43,6 +44,11 @@ class OffsiteBackupEntity(Entity):
     async def async_added_to_hass(self) -> None:
         """Follow the runner, the schedule and the gateway's reachability."""
         await super().async_added_to_hass()
-        self.async_on_remove(self._data.runner.async_add_listener(self.async_write_ha_state))
-        self.async_on_remove(self._data.scheduler.async_add_listener(self.async_write_ha_state))
-        self.async_on_remove(self._data.coordinator.async_add_listener(self.async_write_ha_state))
+        self.async_on_remove(self._data.runner.async_add_listener(self._handle_update))
+        self.async_on_remove(self._data.scheduler.async_add_listener(self._handle_update))
+        self.async_on_remove(self._data.coordinator.async_add_listener(self._handle_update))
+
+    @callback
+    def _handle_update(self) -> None:
+        """Something the entity shows changed: write its state."""
+        self.async_write_ha_state()

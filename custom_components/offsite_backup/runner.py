@@ -25,7 +25,6 @@ from homeassistant.components.backup import (
     BackupManagerError,
     BackupNotFound,
 )
-from homeassistant.components.backup.const import DATA_MANAGER
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
@@ -41,6 +40,7 @@ from .api import (
     GatewayNotFoundError,
     RemoteBackup,
 )
+from .compat import backup_manager
 from .const import (
     BUSY_RETRY_DELAY,
     DOMAIN,
@@ -348,7 +348,7 @@ class BackupRunner:
         return job
 
     async def _create_backup(self, job: Job, retry_until: datetime | None) -> None:
-        manager = self.hass.data[DATA_MANAGER]
+        manager = backup_manager(self.hass)
         while True:
             if job.cancel_requested:
                 self._settle(job, JobStatus.CANCELLED, None)
@@ -386,7 +386,7 @@ class BackupRunner:
 
     def _password(self) -> str | None:
         """Home Assistant's backup encryption key, unless this location is set to unencrypted."""
-        config = self.hass.data[DATA_MANAGER].config.data
+        config = backup_manager(self.hass).config.data
         agent_config = config.agents.get(self.options.agent_id)
         if agent_config is not None and not agent_config.protected:
             return None
@@ -635,7 +635,7 @@ class BackupRunner:
 
     async def _local_copy(self, backup: AgentBackup) -> Path | None:
         """The path of the same backup in a local backup location, if Home Assistant still has it."""
-        manager = self.hass.data[DATA_MANAGER]
+        manager = backup_manager(self.hass)
         for agent in manager.local_backup_agents.values():
             try:
                 local = await agent.async_get_backup(backup.backup_id)

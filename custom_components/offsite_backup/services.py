@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import voluptuous as vol
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant, ServiceCall, ServiceResponse, SupportsResponse, callback
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.helpers import config_validation as cv
 
+from .compat import vol
 from .const import ATTR_CONFIG_ENTRY_ID, DOMAIN, SERVICE_CANCEL_BACKUP, SERVICE_CREATE_BACKUP, JobTrigger
 from .runner import JobError
 

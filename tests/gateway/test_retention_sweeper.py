@@ -194,9 +194,6 @@ async def test_sweeper_aborts_uploads_the_database_does_not_know(
 async def test_sweeper_runs_on_its_interval(moto_server: S3Server, moto_bucket: str, tmp_path: Path) -> None:
     async with run_gateway(moto_server, moto_bucket, tmp_path, SWEEP_INTERVAL="1") as gateway:
         metrics = gateway.app[METRICS]
-        for _ in range(50):
-            if "offsite_gateway_sweeps_total 1.0" in metrics.render().decode():
-                break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail("the sweeper did not run within 5 s")
+        async with asyncio.timeout(30):  # a generous bound for a loaded machine: what counts is that it runs
+            while "offsite_gateway_sweeps_total 1.0" not in metrics.render().decode():
+                await asyncio.sleep(0.1)

@@ -25,9 +25,15 @@ def auto_enable_custom_integrations(enable_custom_integrations: None) -> None:
 
 @pytest.fixture(autouse=True)
 def backup_helper(hass: HomeAssistant) -> None:
-    """What Home Assistant's bootstrap does before any integration loads (2025.x; gone from 2026.3's helpers)."""
-    from homeassistant.helpers.backup import async_initialize_backup  # noqa: PLC0415
+    """What Home Assistant's bootstrap does before any integration loads, where it does it.
 
+    Up to 2026.2 the bootstrap calls ``homeassistant.helpers.backup.async_initialize_backup``; 2026.3 removed that
+    helper (the backup manager keeps its own subscriptions), so there is nothing to do there.
+    """
+    try:
+        from homeassistant.helpers.backup import async_initialize_backup  # noqa: PLC0415
+    except ImportError:
+        return
     async_initialize_backup(hass)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from unittest.mock import patch
 
 import pytest
@@ -10,6 +12,7 @@ from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
+import custom_components.offsite_backup as integration
 from custom_components.offsite_backup.const import (
     CONF_ALLOW_UNENCRYPTED,
     CONF_BANDWIDTH_LIMIT,
@@ -26,6 +29,23 @@ from custom_components.offsite_backup.const import (
 )
 from tests.helpers.gateway import RunningGateway
 from tests.helpers.servers import free_port
+
+
+@contextmanager
+def counting_setups() -> Iterator[list[str]]:
+    """The entry ids Home Assistant sets up meanwhile (one per load: a reload counts once)."""
+    setups: list[str] = []
+    original = integration.async_setup_entry
+
+    async def counted(hass: HomeAssistant, entry: MockConfigEntry) -> bool:
+        setups.append(entry.entry_id)
+        return await original(hass, entry)
+
+    with patch.object(integration, "async_setup_entry", counted):
+        yield setups
+
+
+DEPRECATED_RELOAD = "has an update listener and should use it"  # 2026.11: breaks in 2026.12
 
 
 async def _start(hass: HomeAssistant) -> str:
@@ -125,7 +145,10 @@ async def test_same_instance_cannot_be_added_twice(
 
 
 async def test_reauth_with_a_new_token(
-    hass: HomeAssistant, loaded_entry: MockConfigEntry, gateway: RunningGateway
+    hass: HomeAssistant,
+    loaded_entry: MockConfigEntry,
+    gateway: RunningGateway,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The operator rotates the instance's token (`offsite-gateway instance rotate home`): the old one is refused,
     # the next poll notices and starts the reauth flow.
@@ -138,13 +161,39 @@ async def test_reauth_with_a_new_token(
     result = await hass.config_entries.flow.async_configure(flow_id, {CONF_TOKEN: "wrong"})
     assert result["step_id"] == "reauth_confirm"
     assert result["errors"] == {"base": "invalid_auth"}
-    result = await hass.config_entries.flow.async_configure(flow_id, {CONF_TOKEN: new_token})
-    assert result["type"] is FlowResultType.ABORT
-    assert result["reason"] == "reauth_successful"
-    assert loaded_entry.data[CONF_TOKEN] == new_token
-    await hass.async_block_till_done()
+    with counting_setups() as setups:
+        result = await hass.config_entries.flow.async_configure(flow_id, {CONF_TOKEN: new_token})
+        assert result["type"] is FlowResultType.ABORT
+        assert result["reason"] == "reauth_successful"
+        assert loaded_entry.data[CONF_TOKEN] == new_token
+        await hass.async_block_till_done()
+    assert setups == [loaded_entry.entry_id], "reloaded once, by the update listener"
     assert loaded_entry.state is ConfigEntryState.LOADED
     assert loaded_entry.runtime_data.coordinator.last_update_success
+    assert DEPRECATED_RELOAD not in caplog.text
+
+
+async def test_reauth_of_an_entry_whose_setup_was_refused(
+    hass: HomeAssistant,
+    backup_manager: object,
+    config_entry: MockConfigEntry,
+    gateway: RunningGateway,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An entry the gateway refused at setup has no update listener: the flow reloads it itself, once."""
+    new_token = await gateway.rotate_token("home")
+    assert not await hass.config_entries.async_setup(config_entry.entry_id)
+    await hass.async_block_till_done()
+    assert config_entry.state is ConfigEntryState.SETUP_ERROR
+    flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert [flow["context"]["source"] for flow in flows] == ["reauth"]
+    with counting_setups() as setups:
+        result = await hass.config_entries.flow.async_configure(flows[0]["flow_id"], {CONF_TOKEN: new_token})
+        assert result["reason"] == "reauth_successful"
+        await hass.async_block_till_done()
+    assert setups == [config_entry.entry_id]
+    assert config_entry.state is ConfigEntryState.LOADED
+    assert DEPRECATED_RELOAD not in caplog.text
 
 
 async def test_reauth_with_another_instances_token_is_refused(
@@ -158,7 +207,11 @@ async def test_reauth_with_another_instances_token_is_refused(
 
 
 async def test_reconfigure(
-    hass: HomeAssistant, loaded_entry: MockConfigEntry, gateway: RunningGateway, instance: tuple[str, str]
+    hass: HomeAssistant,
+    loaded_entry: MockConfigEntry,
+    gateway: RunningGateway,
+    instance: tuple[str, str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     result = await loaded_entry.start_reconfigure_flow(hass)
     assert result["step_id"] == "reconfigure"
@@ -166,12 +219,34 @@ async def test_reconfigure(
         result["flow_id"], {CONF_URL: f"http://127.0.0.1:{free_port()}", CONF_TOKEN: instance[1]}
     )
     assert result["errors"] == {"base": "cannot_connect"}
-    result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], {CONF_URL: gateway.url + "/", CONF_TOKEN: instance[1]}
-    )
-    assert result["type"] is FlowResultType.ABORT
-    assert result["reason"] == "reconfigure_successful"
-    assert loaded_entry.data[CONF_URL] == gateway.url
+    new_token = await gateway.rotate_token("home")
+    with counting_setups() as setups:
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {CONF_URL: gateway.url + "/", CONF_TOKEN: new_token}
+        )
+        assert result["type"] is FlowResultType.ABORT
+        assert result["reason"] == "reconfigure_successful"
+        assert loaded_entry.data == {CONF_URL: gateway.url, CONF_TOKEN: new_token}
+        await hass.async_block_till_done()
+    assert setups == [loaded_entry.entry_id], "reloaded once, by the update listener"
+    assert loaded_entry.state is ConfigEntryState.LOADED
+    assert loaded_entry.runtime_data.coordinator.last_update_success  # the old token is refused now
+    assert DEPRECATED_RELOAD not in caplog.text
+
+
+async def test_reconfigure_with_the_same_settings_reloads_nothing(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry, gateway: RunningGateway, instance: tuple[str, str]
+) -> None:
+    result = await loaded_entry.start_reconfigure_flow(hass)
+    runtime = loaded_entry.runtime_data
+    with counting_setups() as setups:
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {CONF_URL: gateway.url, CONF_TOKEN: instance[1]}
+        )
+        assert result["reason"] == "reconfigure_successful"
+        await hass.async_block_till_done()
+    assert setups == []
+    assert loaded_entry.runtime_data is runtime
 
 
 async def test_reconfigure_to_another_instance_is_refused(

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from homeassistant.components.backup import CreateBackupEvent, CreateBackupState, IdleEvent
+from homeassistant.components.backup import manager as backup_manager_module
 from homeassistant.components.backup.const import DATA_MANAGER
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant
@@ -26,11 +27,20 @@ from custom_components.offsite_backup.const import (
     EVENT_SUCCEEDED,
     ISSUE_BACKUP_FAILING,
 )
+from custom_components.offsite_backup.models import agent_id_for
 from custom_components.offsite_backup.runner import UNENCRYPTED_REFUSED
 from custom_components.offsite_backup.uploader import UploadOptions
 from tests.helpers.gateway import RunningGateway, run_gateway
 from tests.helpers.servers import S3Server, free_port
-from tests.integration.common import multipart_uploads, objects, read_from_backup, set_up_entry, sha256, state
+from tests.integration.common import (
+    let_upload_progress_settle,
+    multipart_uploads,
+    objects,
+    read_from_backup,
+    set_up_entry,
+    sha256,
+    state,
+)
 from tests.integration.conftest import BACKUP_PASSWORD
 
 FAST = UploadOptions(retry_base=0.01, retry_cap=0.02, retry_after_cap=0.05)
@@ -280,6 +290,40 @@ async def test_busy_manager_fails_a_manual_backup_at_once(
     assert "busy" in error
 
 
+# Home Assistant 2026.4 added upload progress to its backup events (the Backups page shows it); before, none exists.
+UploadBackupEvent = getattr(backup_manager_module, "UploadBackupEvent", None)
+
+
+@pytest.mark.skipif(
+    UploadBackupEvent is None,
+    reason="this Home Assistant (before 2026.4) has no upload progress in its backup events (UploadBackupEvent)",
+)
+async def test_home_assistant_shows_our_upload_progress(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry, config_dir: Path
+) -> None:
+    """Settings > System > Backups shows the progress of the upload to our location, from our ``on_progress``."""
+    (config_dir / "big.bin").write_bytes(os.urandom(12 * 1024 * 1024))  # three 5 MiB parts
+    hass.config_entries.async_update_entry(loaded_entry, options={CONF_BANDWIDTH_LIMIT: 4096})  # about 3 s
+    await hass.async_block_till_done()
+    events: list[Any] = []
+    unsubscribe = hass.data[DATA_MANAGER].async_subscribe_events(events.append)
+    try:
+        response = await create_backup(hass, loaded_entry)
+    finally:
+        unsubscribe()
+    ours = [
+        event
+        for event in events
+        if isinstance(event, UploadBackupEvent) and event.agent_id == agent_id_for(loaded_entry)
+    ]
+    uploaded = [event.uploaded_bytes for event in ours]
+    assert {event.total_bytes for event in ours} == {response["size"]}
+    assert uploaded == sorted(uploaded)
+    assert uploaded[-1] == response["size"]
+    assert any(0 < value < response["size"] for value in uploaded), f"no progress along the way: {uploaded}"
+    assert {event.manager_state for event in ours} == {"create_backup"}
+
+
 async def test_cancel_during_upload_leaves_nothing_behind(
     hass: HomeAssistant,
     loaded_entry: MockConfigEntry,
@@ -303,7 +347,7 @@ async def test_cancel_during_upload_leaves_nothing_behind(
     )
     with pytest.raises(HomeAssistantError):
         await task
-    await hass.async_block_till_done()
+    await let_upload_progress_settle(hass)
     assert state(hass, loaded_entry, "status") == "cancelled"
     assert runner.history[0].status.value == "cancelled"
     assert failed == [], "a cancelled backup is not a failure"
@@ -347,7 +391,7 @@ async def test_cancel_while_the_gateway_creates_the_upload_leaves_nothing_behind
     )
     with pytest.raises(HomeAssistantError):
         await task
-    await hass.async_block_till_done()
+    await let_upload_progress_settle(hass)
     assert state(hass, loaded_entry, "status") == "cancelled"
     assert multipart_uploads(moto_server, moto_bucket) == []
     # And the next backup is not refused with 409 upload_in_progress.

@@ -12,7 +12,7 @@ from PIL import Image
 
 from custom_components.offsite_backup.binary_sensor import STALE
 from custom_components.offsite_backup.button import BACKUP_NOW
-from custom_components.offsite_backup.const import JobStatus
+from custom_components.offsite_backup.const import GATEWAY_POLL_INTERVAL, JobStatus
 from custom_components.offsite_backup.sensor import SENSORS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,10 @@ def test_manifest() -> None:
 
 def test_hacs_json() -> None:
     hacs = json.loads((ROOT / "hacs.json").read_text(encoding="utf-8"))
-    assert hacs == {"name": "Offsite Backup", "homeassistant": "2025.4.0"}
+    assert hacs == {"name": "Offsite Backup", "homeassistant": "2025.4.4"}
+    # The minimum HACS enforces is the version the oldest environment tests.
+    oldest = (ROOT / "requirements" / "oldest.lock").read_text(encoding="utf-8")
+    assert f"\nhomeassistant=={hacs['homeassistant']}\n" in oldest
     assert (ROOT / "LICENSE").read_text(encoding="utf-8").lstrip().startswith("Apache License")
 
 
@@ -60,6 +63,28 @@ def test_translations_are_whole_and_match() -> None:
     assert english == strings, "a custom integration ships strings.json in full as translations/en.json"
     assert keys(french) == keys(english)
     assert "[%key:" not in json.dumps(english)
+
+
+def strings_of(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Every translated string, by its dotted key."""
+    found: dict[str, str] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            found |= strings_of(value, f"{prefix}{key}.")
+        else:
+            found[prefix + key] = value
+    return found
+
+
+# hassfest's translation check (2026): an address in a string must be a description placeholder instead.
+URL_IN_TEXT = re.compile(r"(?i)\b(?:https?://[\w-]+(?:\.[\w-]+)*|www\.[\w-]+\.[a-z]{2,})")
+
+
+def test_no_address_in_any_translation() -> None:
+    for name in ("strings.json", "translations/en.json", "translations/fr.json"):
+        for key, text in strings_of(load(name)).items():
+            assert not URL_IN_TEXT.search(text), f"{name}: {key} holds an address: {text!r}"
+    assert URL_IN_TEXT.search("for example https://backup.example.com.")  # the check sees one
 
 
 def test_every_entity_has_a_name_and_an_icon() -> None:
@@ -105,6 +130,17 @@ def test_quality_scale_tracks_every_rule() -> None:
             assert status["comment"], rule
         else:
             assert status == "done", rule
+
+
+def test_quality_scale_documentation_claims_hold() -> None:
+    """The documentation rules marked done point at README sections that exist and say what the code does."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    headings = set(re.findall(r"^#+ (.+)$", readme, re.MULTILINE))
+    assert "Troubleshooting" in headings  # docs-troubleshooting
+    assert "How the data is kept up to date" in headings  # docs-data-update
+    assert "Known limitations" in headings  # docs-known-limitations
+    minutes = int(GATEWAY_POLL_INTERVAL.total_seconds() // 60)
+    assert f"every {minutes} minutes" in readme, "the README gives the gateway's polling interval"
 
 
 def test_brand_icon() -> None:
