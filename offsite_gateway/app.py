@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import re
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -21,6 +21,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from . import manifest
 from .auth import authenticate
 from .config import MIB, S3_MAX_PARTS, Settings
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -33,9 +34,10 @@ from .store import (
     Backup,
     Instance,
     RateLimited,
-    SQLiteStore,
     Store,
+    StoreUnavailable,
     UploadInProgress,
+    create_store,
 )
 from .sweeper import Sweeper
 
@@ -48,7 +50,6 @@ STORAGE = web.AppKey("storage", Storage)
 METRICS = web.AppKey("metrics", Metrics)
 SWEEPER = web.AppKey("sweeper", Sweeper)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
-LOCKS: web.AppKey[weakref.WeakValueDictionary[str, asyncio.Lock]] = web.AppKey("locks")
 
 INSTANCE = "offsite_gateway.instance"  # request key: the authenticated instance
 
@@ -274,6 +275,14 @@ async def errors_and_metrics(
         response = error_response(err.status, err.code, err.message, err.headers, err.details)
         if err.code == "body_too_large":
             response.force_close()  # rather than reading (lingering on) the rest of an oversized body
+    except StoreUnavailable as err:
+        _LOGGER.warning("Database unavailable on %s %s: %s", request.method, _route_name(request), err)
+        response = error_response(
+            503,
+            "unavailable",
+            "the gateway's database is unavailable; try again shortly",
+            {"Retry-After": "5"},
+        )
     except StorageError as err:
         metrics.storage_errors.labels(err.operation).inc()
         _LOGGER.warning("Storage error on %s %s: %s", request.method, _route_name(request), err)
@@ -353,12 +362,8 @@ async def _owned(request: web.Request, *, deleting: bool = False) -> Backup:
 
 @contextlib.asynccontextmanager
 async def _backup_lock(request: web.Request, backup_id: str) -> AsyncIterator[None]:
-    """Serialise complete/abort/delete of one backup within this process."""
-    locks = request.app[LOCKS]
-    lock = locks.get(backup_id)
-    if lock is None:
-        lock = locks[backup_id] = asyncio.Lock()
-    async with lock:
+    """Serialise complete/abort/delete of one backup across every node (the database's lock)."""
+    async with request.app[STORE].lock_backup(backup_id):
         yield
 
 
@@ -573,7 +578,17 @@ async def complete_backup(request: web.Request) -> web.Response:
             chosen = _check_parts(backup, declared, stored)
             await storage.complete_multipart_upload(backup.object_key, upload_id, chosen)
         now = app[CLOCK]()
+        # The manifest goes in before the database records the backup: no completed row lacks its manifest.
+        recorded = dataclasses.replace(
+            backup, status=COMPLETED, completed_at=now, sha256=sha256 or backup.sha256
+        )
+        await storage.put_object(
+            manifest.manifest_key(backup.object_key), manifest.build(recorded, _instance(request))
+        )
         if not await store.complete_backup(backup.id, sha256, now):
+            current = await store.get_backup(backup.id)
+            if current is not None and current.status == COMPLETED:
+                raise ApiError(409, "not_uploading", f"backup {backup.id} is completed already")
             # Aborted or swept while we completed: do not leave an object nobody knows.
             await delete_backups(store, storage, [backup], metrics)
             raise ApiError(409, "not_uploading", f"backup {backup.id} was aborted while completing")
@@ -603,7 +618,8 @@ async def _abort(request: web.Request, backup: Backup) -> None:
     aborts it on its next run.
     """
     store, storage = request.app[STORE], request.app[STORAGE]
-    await store.fail_backup(backup.id)
+    if not await store.fail_backup(backup.id):
+        raise ApiError(409, "not_uploading", f"backup {backup.id} is not uploading any more")
     if backup.upload_id is not None:
         try:
             await storage.abort_multipart_upload(backup.object_key, backup.upload_id)
@@ -729,11 +745,10 @@ def create_app(
     """The gateway application; its store, storage client and sweeper open on startup and close on cleanup."""
     app = web.Application(middlewares=[errors_and_metrics, bearer_auth], client_max_size=MAX_COMPLETE_BODY)
     app[SETTINGS] = settings
-    app[STORE] = store if store is not None else SQLiteStore(settings.db)
+    app[STORE] = store if store is not None else create_store(settings)
     app[STORAGE] = Storage(settings)
     app[METRICS] = Metrics()
     app[CLOCK] = clock
-    app[LOCKS] = weakref.WeakValueDictionary()
     app[SWEEPER] = Sweeper(settings, app[STORE], app[STORAGE], app[METRICS], clock)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)

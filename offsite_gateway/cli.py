@@ -1,4 +1,4 @@
-"""`offsite-gateway`: serve the API, manage instances and their tokens, create the bucket.
+"""`offsite-gateway`: serve the API, manage instances and their tokens, the database's schema, the bucket.
 
 Exit codes: 0 done, 1 failed (storage, database, unknown instance), 2 bad usage or configuration.
 """
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from . import auth
 from .config import ConfigError, Settings, load_settings
-from .store import DuplicateInstance, SQLiteStore, UnknownInstance
+from .store import DuplicateInstance, Store, UnknownInstance, create_store
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -67,6 +67,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("name")
 
+    database = commands.add_parser("db", parents=[common], help="the database's schema")
+    database_commands = database.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    database_commands.add_parser(
+        "upgrade", parents=[common], help="apply the pending schema migrations (serve also does, at start)"
+    )
+    database_commands.add_parser(
+        "status", parents=[common], help="show the schema's version and the migrations pending"
+    )
+    commands.add_parser(
+        "reindex",
+        parents=[common],
+        help="rebuild the database's instances and backups from the manifests in the bucket "
+        "(after the database is lost); then `instance rotate NAME` issues each instance's token",
+    )
+
     bucket = commands.add_parser("bucket", parents=[common], help="storage bucket (for local setups)")
     bucket_commands = bucket.add_subparsers(dest="bucket_command", required=True, metavar="ACTION")
     bucket_commands.add_parser("create", parents=[common], help="create the configured bucket")
@@ -91,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway CLI; return the exit code."""
     args = _parser().parse_args(argv)
     config_file: Path | None = getattr(args, "config", None)
-    needs_storage = args.command in ("serve", "bucket")
+    needs_storage = args.command in ("serve", "bucket", "reindex")
     try:
         settings = load_settings(os.environ, config_file, require_storage=needs_storage)
     except ConfigError as err:
@@ -103,6 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(serve(settings))
         if args.command == "bucket":
             return asyncio.run(_bucket_create(settings))
+        if args.command == "reindex":
+            return asyncio.run(_reindex(settings))
+        if args.command == "db":
+            return asyncio.run(
+                _db_upgrade(settings) if args.db_command == "upgrade" else _db_status(settings)
+            )
         if args.instance_command == "add":
             return asyncio.run(_instance_add(settings, args.name))
         if args.instance_command == "list":
@@ -118,9 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _open_store(settings: Settings) -> AsyncIterator[SQLiteStore]:
-    store = SQLiteStore(settings.db)
-    await store.open()
+async def _open_store(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Store]:
+    store = create_store(settings)
+    await store.open(migrate=migrate)
     try:
         yield store
     finally:
@@ -198,6 +219,72 @@ async def _instance_rotate(settings: Settings, name: str) -> int:
     print("The new token follows, shown this once: paste it into Home Assistant (reauthenticate).")
     print(token)
     return 0
+
+
+async def _db_status(settings: Settings) -> int:
+    async with _open_store(settings, migrate=False) as store:
+        status = await store.schema_status()
+        where = store.describe()
+    print(f"Database: {where}")
+    if not status.pending:
+        print(f"Schema version {status.current}: up to date.")
+        return 0
+    print(
+        f"Schema version {status.current} of {status.latest}: {len(status.pending)} migration(s) pending "
+        "(applied by `offsite-gateway db upgrade`, or when the gateway starts):"
+    )
+    for version, description in status.pending:
+        print(f"  {version}  {description}")
+    return 0
+
+
+async def _db_upgrade(settings: Settings) -> int:
+    async with _open_store(settings, migrate=False) as store:
+        applied = await store.migrate()
+        status = await store.schema_status()
+        where = store.describe()
+    for version, description in applied:
+        print(f"Applied migration {version}: {description}")
+    print(f"Database: {where}: schema version {status.current}, up to date.")
+    return 0
+
+
+async def _reindex(settings: Settings) -> int:
+    from .reindex import reindex  # noqa: PLC0415
+    from .storage import Storage  # noqa: PLC0415
+
+    storage = Storage(settings)
+    await storage.open()
+    try:
+        async with _open_store(settings) as store:
+            report = await reindex(store, storage, settings)
+    finally:
+        await storage.close()
+    print(
+        f"Read {report.manifests} manifest(s): {report.backups_added} backup(s) added, "
+        f"{report.backups_known} already known, {len(report.skipped)} skipped."
+    )
+    for key, why in sorted(report.skipped.items()):
+        print(f"  skipped {key}: {why}")
+    if report.manifests_written:
+        print(f"Wrote {report.manifests_written} missing manifest(s) of backups the database knew.")
+    if report.instances_revoked:
+        print(
+            f"{len(report.instances_revoked)} older instance(s) sharing a name with a newer one came back revoked: "
+            + ", ".join(report.instances_revoked)
+        )
+    if report.instances_added:
+        print(f"Re-created {len(report.instances_added)} instance(s), each without a usable token yet:")
+        for name in sorted(report.instances_added):
+            print(f"  offsite-gateway instance rotate {_quoted(name)}")
+        print("Run those, and give each token to its Home Assistant (it asks to reauthenticate).")
+    return 0
+
+
+def _quoted(name: str) -> str:
+    import shlex  # noqa: PLC0415
+
+    return shlex.quote(name)
 
 
 async def _bucket_create(settings: Settings) -> int:

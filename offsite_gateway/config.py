@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 PREFIX = "OFFSITE_GATEWAY_"
 
@@ -34,13 +34,37 @@ class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the variable."""
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+@dataclass(frozen=True)
+class PostgresDatabase:
+    """`OFFSITE_GATEWAY_DB` as a `postgresql://` URL: the gateway's state in PostgreSQL (several nodes)."""
+
+    url: str = field(repr=False)
+
+    @property
+    def redacted(self) -> str:
+        """The URL without its password (what logs and `repr` show)."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{host}"))
+
+    def __repr__(self) -> str:
+        return f"PostgresDatabase({self.redacted!r})"
+
+
 @dataclass(frozen=True)
 class Settings:
     """The gateway's parsed configuration."""
 
     listen_host: str = "127.0.0.1"
     listen_port: int = 8780
-    db: Path = Path("offsite-gateway.sqlite3")
+    db: Path | PostgresDatabase = Path("offsite-gateway.sqlite3")
+    db_pool_size: int = 10
+    db_timeout: int = 10
     s3_endpoint: str | None = None
     s3_public_endpoint: str | None = None
     s3_bucket: str = ""
@@ -120,6 +144,24 @@ def _url(text: str) -> str:
     return text.strip().rstrip("/")
 
 
+def _database(text: str) -> Path | PostgresDatabase:
+    """A SQLite file, or a `postgresql://user:password@host:port/database` URL."""
+    value = _non_empty(text)
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if not scheme:
+        return Path(value)
+    if scheme not in POSTGRES_SCHEMES:
+        raise ValueError("expected a SQLite file path or a postgresql:// URL")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError("expected postgresql://user:password@host:port/database") from None
+    if not parts.path.strip("/") and "dbname=" not in parts.query:
+        raise ValueError("the URL must name a database: postgresql://user:password@host:port/database")
+    return PostgresDatabase(value)
+
+
 def _non_empty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -179,7 +221,9 @@ def _listen(text: str) -> tuple[str, int]:
 # name → (parser, required for serving)
 _PARSERS: dict[str, tuple[Callable[[str], Any], bool]] = {
     "LISTEN": (_listen, False),
-    "DB": (lambda text: Path(_non_empty(text)), False),
+    "DB": (_database, False),
+    "DB_POOL_SIZE": (_int_in(1, 1000), False),
+    "DB_TIMEOUT": (_int_in(1, 3600), False),
     "S3_ENDPOINT": (_url, False),
     "S3_PUBLIC_ENDPOINT": (_url, False),
     "S3_BUCKET": (_bucket, True),
@@ -254,4 +298,6 @@ def load_settings(
 
 def _shown(name: str, raw: str) -> str:
     """Never echo a secret back in an error message."""
+    if name == "DB" and "://" in raw:
+        return "<a URL, hidden: it may hold a password>"
     return "<hidden>" if name in ("S3_SECRET_KEY", "S3_ACCESS_KEY") else repr(raw)

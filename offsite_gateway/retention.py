@@ -1,8 +1,9 @@
 """Retention: per instance, keep the newest N completed backups (and optionally one per month).
 
-Deleting is two steps that can fail separately, so it is ordered to never forget an object: the row is marked
-`deleting`, the object is deleted, and only then is the row removed. If storage refuses the delete, the row stays
-`deleting` and the sweeper retries it.
+Deleting is steps that can fail separately, so it is ordered to never forget an object: the row is marked
+`deleting`, the archive and then its manifest are deleted, and only then is the row removed. If storage refuses
+either delete, the row stays `deleting` and the sweeper retries it. Several nodes may delete the same backup at
+once (retention after two completes, the sweeper, a DELETE): every step is idempotent.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
+from .manifest import manifest_key
 from .metrics import Metrics
 from .storage import Storage, StorageError
 from .store import COMPLETED, Backup, Store
@@ -48,13 +50,14 @@ def select_expired(newest_first: Sequence[Backup], keep: int, monthly: int, now:
 async def delete_backups(
     store: Store, storage: Storage, backups: Iterable[Backup], metrics: Metrics | None = None
 ) -> list[Backup]:
-    """Delete each backup's object, then its row; return those whose object delete failed (left `deleting`)."""
+    """Delete each backup's archive and manifest, then its row; return those left `deleting` (storage refused)."""
     backups = list(backups)
     await store.mark_deleting([backup.id for backup in backups])
     failed: list[Backup] = []
     for backup in backups:
         try:
             await storage.delete_object(backup.object_key)
+            await storage.delete_object(manifest_key(backup.object_key))
         except StorageError as err:
             _LOGGER.warning(
                 "Could not delete backup %s (%s); the sweeper will retry: %s",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -49,6 +49,14 @@ class StoredPart:
 
     part_number: int
     etag: str
+    size: int
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object in the bucket, as a listing shows it."""
+
+    key: str
     size: int
 
 
@@ -267,6 +275,38 @@ class Storage:
         except StorageError as err:
             if err.code != "NoSuchKey":
                 raise
+
+    async def put_object(self, key: str, body: bytes, content_type: str = "application/json") -> None:
+        await self._call("put_object", Key=key, Body=body, ContentType=content_type)
+
+    async def get_object(self, key: str, max_size: int) -> bytes | None:
+        """A small object's bytes (at most `max_size`, else StorageError); None if there is no such object."""
+        try:
+            response = await self._call("get_object", Key=key)
+        except StorageError as err:
+            if err.code in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        async with response["Body"] as body:
+            if int(response.get("ContentLength") or 0) > max_size:
+                raise StorageError("get_object", f"{key} is larger than {max_size} bytes")
+            try:
+                data: bytes = await body.read()
+            except _STORAGE_EXCEPTIONS as err:
+                raise _error("get_object", err) from None
+        return data
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        """Every object under `prefix`, page by page, in key order."""
+        token: dict[str, str] = {}
+        while True:
+            response = await self._call("list_objects_v2", Prefix=prefix, MaxKeys=self.page_size, **token)
+            for item in response.get("Contents", []):
+                yield StoredObject(item["Key"], int(item["Size"]))
+            next_token = response.get("NextContinuationToken")
+            if not response.get("IsTruncated") or not next_token:
+                break
+            token = {"ContinuationToken": next_token}
 
     async def list_multipart_uploads(self, prefix: str) -> list[PendingUpload]:
         uploads: list[PendingUpload] = []

@@ -7,6 +7,10 @@ Each run, in this order:
    its row before it creates the upload, so an upload being started right now is never mistaken for an orphan;
 3. backups left `deleting` (their object delete failed earlier) are deleted again;
 4. init events older than the rate-limit window are pruned.
+
+Every node runs it: one at a time sweeps (the store's sweeper lock: an advisory lock on PostgreSQL), the others
+skip that run; and each backup it touches is held with the store's backup lock (skipped if a request holds it),
+so a sweep never races a complete, an abort or a delete of the same backup on another node.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class SweepReport:
     orphans_aborted: int = 0
     deletions_done: int = 0
     deletions_failed: int = 0
+    skipped: bool = False  # another node was sweeping
 
 
 class Sweeper:
@@ -77,7 +82,10 @@ class Sweeper:
 
     async def run_once(self, now: float | None = None) -> SweepReport:
         """One cleanup pass; `now` may be given to look into the future (tests)."""
-        async with self._lock:
+        async with self._lock, self.store.lock_sweeper() as mine:
+            if not mine:
+                _LOGGER.debug("Sweeper: another node is sweeping; skipped")
+                return SweepReport(skipped=True)
             report = await self._run(self.clock() if now is None else now)
         self.metrics.sweeps.inc()
         if report.stale_failed or report.orphans_aborted or report.deletions_done or report.deletions_failed:
@@ -90,19 +98,22 @@ class Sweeper:
 
         for backup in await store.stale_uploads(now - self.settings.stale_upload_after):
             # Marked failed first (only if still uploading, so a complete racing us wins), then aborted.
-            if not await store.fail_backup(backup.id):
-                continue
-            report.stale_failed += 1
-            _LOGGER.info(
-                "Sweeper: upload %s of instance %s was stale; marked failed", backup.id, backup.instance_id
-            )
-            if backup.upload_id is not None:
-                try:
-                    await storage.abort_multipart_upload(backup.object_key, backup.upload_id)
-                except StorageError as err:
-                    # Step 2 aborts the upload on a later run, once storage answers again.
-                    _LOGGER.warning("Sweeper: could not abort stale upload %s: %s", backup.id, err)
-                    self.metrics.storage_errors.labels(err.operation).inc()
+            async with store.lock_backup(backup.id, wait=False) as held:
+                if not held or not await store.fail_backup(backup.id):
+                    continue
+                report.stale_failed += 1
+                _LOGGER.info(
+                    "Sweeper: upload %s of instance %s was stale; marked failed",
+                    backup.id,
+                    backup.instance_id,
+                )
+                if backup.upload_id is not None:
+                    try:
+                        await storage.abort_multipart_upload(backup.object_key, backup.upload_id)
+                    except StorageError as err:
+                        # Step 2 aborts the upload on a later run, once storage answers again.
+                        _LOGGER.warning("Sweeper: could not abort stale upload %s: %s", backup.id, err)
+                        self.metrics.storage_errors.labels(err.operation).inc()
         self.metrics.swept.labels("stale").inc(report.stale_failed)
 
         try:
@@ -124,11 +135,14 @@ class Sweeper:
             _LOGGER.info("Sweeper: aborted an upload the database does not know: %s", upload.key)
         self.metrics.swept.labels("orphan").inc(report.orphans_aborted)
 
-        deleting = await store.deleting_backups()
-        if deleting:
-            failed = await delete_backups(store, storage, deleting, self.metrics)
-            report.deletions_failed = len(failed)
-            report.deletions_done = len(deleting) - len(failed)
+        for backup in await store.deleting_backups():
+            async with store.lock_backup(backup.id, wait=False) as held:
+                if not held:
+                    continue  # being deleted by a request right now
+                if await delete_backups(store, storage, [backup], self.metrics):
+                    report.deletions_failed += 1
+                else:
+                    report.deletions_done += 1
         self.metrics.swept.labels("deleted").inc(report.deletions_done)
 
         await store.prune_init_events(now - 3600)

@@ -1,13 +1,15 @@
-"""Fixtures shared by every test: loopback sockets and the local S3 servers."""
+"""Fixtures shared by every test: loopback sockets, the local S3 servers and a throwaway PostgreSQL cluster."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 import pytest_socket
 
+from tests.helpers.postgres import PostgresCluster, run_postgres
 from tests.helpers.servers import S3Server, run_localstack, run_moto
 
 
@@ -18,12 +20,17 @@ def _loopback_sockets(socket_enabled: None) -> None:
 
 @contextmanager
 def _sockets_for_session_setup() -> Iterator[None]:
-    """Session fixtures are set up before the per-test socket allowance: open sockets for the setup only."""
+    """Session fixtures are set up before the per-test socket allowance: open sockets for the setup only.
+
+    Afterwards sockets are as they were: blocked before a test's allowance, allowed for a test that starts a
+    session fixture on first use (the PostgreSQL cluster).
+    """
+    previous = socket.socket
     pytest_socket.enable_socket()
     try:
         yield
     finally:
-        pytest_socket.disable_socket(allow_unix_socket=True)
+        socket.socket = previous  # type: ignore[misc]
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +67,15 @@ def moto_bucket(moto_server: S3Server) -> str:
 def localstack_bucket(localstack_server: S3Server) -> str:
     """A fresh bucket on the session's LocalStack server."""
     return localstack_server.create_bucket()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster for the session, started on first use; tests isolate themselves with a database each."""
+    with _sockets_for_session_setup():
+        cluster_cm = run_postgres()
+        cluster = cluster_cm.__enter__()
+    try:
+        yield cluster
+    finally:
+        cluster_cm.__exit__(None, None, None)

@@ -151,7 +151,7 @@ async def test_rotated_token_replaces_the_old_one_at_once(
 
     # The gateway keeps only the hash: neither token is in the database.
     await gateway.app[STORE].ping()
-    stored = b"".join(path.read_bytes() for path in gateway.settings.db.parent.glob("gateway.sqlite3*"))
+    stored = gateway.database.contents()
     assert stored
     for token in (old_token, new_token, third_token):
         assert token.encode() not in stored

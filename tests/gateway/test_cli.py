@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from tests.gateway.api import Api
-from tests.helpers.gateway import run_gateway
+from tests.helpers.gateway import GatewayDatabase, run_gateway
 from tests.helpers.servers import S3Server, free_port
 
 COMMAND = [sys.executable, "-m", "offsite_gateway"]
@@ -44,8 +44,8 @@ def _s3_env(s3: S3Server, bucket: str, tmp_path: Path, **more: str) -> dict[str,
     return _env(**{**settings, "DB": str(tmp_path / "gw.sqlite3"), **more})
 
 
-def test_instance_commands(tmp_path: Path) -> None:
-    env = _env(DB=str(tmp_path / "gw.sqlite3"))  # no storage settings needed to manage instances
+def test_instance_commands(database: GatewayDatabase) -> None:
+    env = _env(DB=database.setting)  # no storage settings needed to manage instances
     added = run("instance", "add", "home", env=env)
     token = added.stdout.strip().splitlines()[-1]
     assert len(token) == 43
@@ -76,13 +76,18 @@ def test_instance_commands(tmp_path: Path) -> None:
 
 
 async def test_instance_rotate(
-    moto_server: S3Server, moto_bucket: str, tmp_path: Path, session: aiohttp.ClientSession
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
 ) -> None:
     """`instance rotate` from another process: the running gateway refuses the old token at once."""
-    db = tmp_path / "gw.sqlite3"
-    env = _env(DB=str(db))
-    old_token = run("instance", "add", "home", env=env).stdout.strip().splitlines()[-1]
-    async with run_gateway(moto_server, moto_bucket, tmp_path, DB=str(db)) as gateway:
+    env = _env(DB=database.setting)
+    old_token = (
+        (await asyncio.to_thread(run, "instance", "add", "home", env=env)).stdout.strip().splitlines()[-1]
+    )
+    async with run_gateway(moto_server, moto_bucket, tmp_path, database=database) as gateway:
         old = Api(session, gateway.url, old_token)
         instance = await old.ok("GET", "/v1/instance")
         backup = await old.upload(b"kept across the rotation")
@@ -104,28 +109,28 @@ async def test_instance_rotate(
         assert await new.ok("GET", "/v1/instance") == instance
         assert (await new.ok("GET", "/v1/backups"))["backups"] == [backup]
 
-    listed = run("instance", "list", env=env).stdout
+    listed = (await asyncio.to_thread(run, "instance", "list", env=env)).stdout
     assert listed.count("home") == 1  # the same instance, not a new one
     assert instance["id"] in listed
     assert new_token not in listed
     assert old_token not in listed
 
-    unknown = run("instance", "rotate", "nobody", env=env, check=False)
+    unknown = await asyncio.to_thread(run, "instance", "rotate", "nobody", env=env, check=False)
     assert unknown.returncode == 1
     assert unknown.stderr.strip() == "offsite-gateway: no active instance is named 'nobody'"
     assert unknown.stdout == ""
 
-    run("instance", "revoke", "home", env=env)
-    revoked = run("instance", "rotate", "home", env=env, check=False)
+    await asyncio.to_thread(run, "instance", "revoke", "home", env=env)
+    revoked = await asyncio.to_thread(run, "instance", "rotate", "home", env=env, check=False)
     assert revoked.returncode == 1
     assert "instance 'home' is revoked" in revoked.stderr
     assert "instance add 'home'" in revoked.stderr
     assert revoked.stdout == ""
-    assert "revoked 20" in run("instance", "list", env=env).stdout  # still revoked
+    assert "revoked 20" in (await asyncio.to_thread(run, "instance", "list", env=env)).stdout  # still revoked
 
 
-def test_empty_list(tmp_path: Path) -> None:
-    assert "No instances yet" in run("instance", "list", env=_env(DB=str(tmp_path / "gw.sqlite3"))).stdout
+def test_empty_list(database: GatewayDatabase) -> None:
+    assert "No instances yet" in run("instance", "list", env=_env(DB=database.setting)).stdout
 
 
 def test_bucket_create(moto_server: S3Server, tmp_path: Path) -> None:
@@ -183,9 +188,11 @@ def _request(url: str, method: str = "GET", token: str | None = None, body: Any 
         return err.code, json.loads(err.read() or b"null")
 
 
-def test_serve(moto_server: S3Server, moto_bucket: str, tmp_path: Path) -> None:
+def test_serve(moto_server: S3Server, moto_bucket: str, tmp_path: Path, database: GatewayDatabase) -> None:
     port = free_port()
-    env = _s3_env(moto_server, moto_bucket, tmp_path, LISTEN=f"127.0.0.1:{port}", LOG_LEVEL="DEBUG")
+    env = _s3_env(
+        moto_server, moto_bucket, tmp_path, LISTEN=f"127.0.0.1:{port}", LOG_LEVEL="DEBUG", DB=database.setting
+    )
     token = run("instance", "add", "home", env=env).stdout.strip().splitlines()[-1]
     log = tmp_path / "serve.log"
     with log.open("w") as stderr:
@@ -226,3 +233,6 @@ def test_serve(moto_server: S3Server, moto_bucket: str, tmp_path: Path) -> None:
     assert token not in output
     assert "X-Amz-Signature" not in output
     assert "Signature=" not in output
+    if database.store == "postgresql":
+        password = database.setting.split(":")[2].split("@")[0]
+        assert password not in output

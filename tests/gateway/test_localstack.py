@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.gateway.api import Api, put
-from tests.helpers.gateway import run_gateway
+from tests.helpers.gateway import GatewayDatabase, run_gateway
 from tests.helpers.servers import S3Server
 
 PART = 5 * 1024 * 1024
@@ -35,9 +35,15 @@ async def _put_status(session: aiohttp.ClientSession, url: str, data: bytes) -> 
 
 
 async def test_edited_urls_are_refused(
-    localstack: S3Server, localstack_bucket: str, tmp_path: Path, session: aiohttp.ClientSession
+    localstack: S3Server,
+    localstack_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
 ) -> None:
-    async with run_gateway(localstack, localstack_bucket, tmp_path, PART_SIZE=str(PART)) as gateway:
+    async with run_gateway(
+        localstack, localstack_bucket, tmp_path, database=database, PART_SIZE=str(PART)
+    ) as gateway:
         _, token = await gateway.add_instance("home")
         api = Api(session, gateway.url, token)
         data = os.urandom(PART + 1000)
@@ -79,9 +85,15 @@ async def test_edited_urls_are_refused(
 
 
 async def test_expired_urls_are_refused(
-    localstack: S3Server, localstack_bucket: str, tmp_path: Path, session: aiohttp.ClientSession
+    localstack: S3Server,
+    localstack_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
 ) -> None:
-    async with run_gateway(localstack, localstack_bucket, tmp_path, URL_TTL="1") as gateway:
+    async with run_gateway(
+        localstack, localstack_bucket, tmp_path, database=database, URL_TTL="1"
+    ) as gateway:
         _, token = await gateway.add_instance("home")
         api = Api(session, gateway.url, token)
         init = await api.init(1000)

@@ -1,18 +1,16 @@
-"""/healthz, /metrics, the access log, and the store's schema migrations."""
+"""/healthz, /metrics and the access log."""
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from offsite_gateway.app import STORE
-from offsite_gateway.store import SCHEMA_VERSION, SQLiteStore
 from tests.gateway.api import Api
-from tests.helpers.gateway import RunningGateway, run_gateway
+from tests.helpers.gateway import GatewayDatabase, RunningGateway, run_gateway
 from tests.helpers.servers import S3Server
 
 
@@ -23,10 +21,10 @@ async def test_healthz(gateway: RunningGateway, session: aiohttp.ClientSession) 
 
 
 async def test_healthz_reports_unreachable_storage(
-    moto_server: S3Server, tmp_path: Path, session: aiohttp.ClientSession
+    moto_server: S3Server, tmp_path: Path, session: aiohttp.ClientSession, database: GatewayDatabase
 ) -> None:
     async with (
-        run_gateway(moto_server, "no-such-bucket-here", tmp_path) as gateway,
+        run_gateway(moto_server, "no-such-bucket-here", tmp_path, database=database) as gateway,
         session.get(gateway.url + "/healthz") as resp,
     ):
         assert resp.status == 503
@@ -41,9 +39,7 @@ async def test_healthz_reports_a_broken_database(
     gateway: RunningGateway, session: aiohttp.ClientSession
 ) -> None:
     store = gateway.app[STORE]
-    assert isinstance(store, SQLiteStore)
-    conn = store.conn
-    conn.close()
+    await store.close()
     try:
         async with session.get(gateway.url + "/healthz") as resp:
             assert resp.status == 503
@@ -51,7 +47,7 @@ async def test_healthz_reports_a_broken_database(
         assert body["checks"]["database"] != "ok"
         assert body["checks"]["storage"] == "ok"
     finally:
-        store._conn = sqlite3.connect(store.path)
+        await store.open()
 
 
 async def test_metrics(gateway: RunningGateway, session: aiohttp.ClientSession) -> None:
@@ -94,20 +90,3 @@ async def test_logs_hold_no_token_and_no_signature(
     assert token not in logged
     assert "X-Amz-Signature" not in logged
     assert download["url"].split("?")[1] not in logged
-
-
-async def test_store_migrations(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "gateway.sqlite3"
-    store = SQLiteStore(path)
-    await store.open()
-    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    await store.close()
-    await store.open()  # again: nothing to migrate
-    await store.close()
-    with sqlite3.connect(path) as conn:
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(RuntimeError, match="newer than this gateway"):
-        await store.open()
-    with pytest.raises(RuntimeError, match="not open"):
-        await store.ping()

@@ -12,11 +12,12 @@ import aiohttp
 import pytest
 
 from offsite_gateway.app import METRICS, STORAGE, STORE
+from offsite_gateway.manifest import SUFFIX
 from offsite_gateway.retention import select_expired
 from offsite_gateway.storage import StorageError
 from offsite_gateway.store import COMPLETED, Backup
 from tests.gateway.api import Api
-from tests.helpers.gateway import RunningGateway, run_gateway
+from tests.helpers.gateway import GatewayDatabase, RunningGateway, run_gateway
 from tests.helpers.servers import S3Server
 
 
@@ -25,8 +26,16 @@ def _uploads(s3: S3Server, bucket: str) -> list[dict[str, Any]]:
     return uploads
 
 
-def _objects(s3: S3Server, bucket: str) -> list[str]:
+def _all_keys(s3: S3Server, bucket: str) -> list[str]:
     return sorted(o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def _objects(s3: S3Server, bucket: str) -> list[str]:
+    """The archives; each has its manifest beside it, and no manifest is left without its archive."""
+    keys = _all_keys(s3, bucket)
+    archives = [key for key in keys if not key.endswith(SUFFIX)]
+    assert sorted(key.removesuffix(SUFFIX) for key in keys if key.endswith(SUFFIX)) == archives
+    return archives
 
 
 def _backup(backup_id: str, completed: str) -> Backup:
@@ -70,9 +79,13 @@ def test_select_expired_monthly_keeps_the_first_of_each_month() -> None:
 
 
 async def test_retention_keeps_the_newest_n_per_instance(
-    moto_server: S3Server, moto_bucket: str, tmp_path: Path, session: aiohttp.ClientSession
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
 ) -> None:
-    async with run_gateway(moto_server, moto_bucket, tmp_path, RETENTION="2") as gateway:
+    async with run_gateway(moto_server, moto_bucket, tmp_path, database=database, RETENTION="2") as gateway:
         _, token = await gateway.add_instance("home")
         _, other_token = await gateway.add_instance("cottage")
         api, other = Api(session, gateway.url, token), Api(session, gateway.url, other_token)
@@ -105,8 +118,9 @@ async def test_failed_deletes_stay_deleting_and_the_sweeper_retries(
     tmp_path: Path,
     session: aiohttp.ClientSession,
     monkeypatch: pytest.MonkeyPatch,
+    database: GatewayDatabase,
 ) -> None:
-    async with run_gateway(moto_server, moto_bucket, tmp_path, RETENTION="1") as gateway:
+    async with run_gateway(moto_server, moto_bucket, tmp_path, database=database, RETENTION="1") as gateway:
         _, token = await gateway.add_instance("home")
         api = Api(session, gateway.url, token)
         first = await api.upload(b"first")
@@ -162,10 +176,16 @@ async def test_sweeper_fails_stale_uploads(
 
 
 async def test_sweeper_aborts_uploads_the_database_does_not_know(
-    moto_server: S3Server, moto_bucket: str, tmp_path: Path, session: aiohttp.ClientSession
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
 ) -> None:
     client = moto_server.client()
-    async with run_gateway(moto_server, moto_bucket, tmp_path, S3_PREFIX="offsite") as gateway:
+    async with run_gateway(
+        moto_server, moto_bucket, tmp_path, database=database, S3_PREFIX="offsite"
+    ) as gateway:
         _, token = await gateway.add_instance("home")
         api = Api(session, gateway.url, token)
         known = await api.init(10)
@@ -191,8 +211,12 @@ async def test_sweeper_aborts_uploads_the_database_does_not_know(
         )
 
 
-async def test_sweeper_runs_on_its_interval(moto_server: S3Server, moto_bucket: str, tmp_path: Path) -> None:
-    async with run_gateway(moto_server, moto_bucket, tmp_path, SWEEP_INTERVAL="1") as gateway:
+async def test_sweeper_runs_on_its_interval(
+    moto_server: S3Server, moto_bucket: str, tmp_path: Path, database: GatewayDatabase
+) -> None:
+    async with run_gateway(
+        moto_server, moto_bucket, tmp_path, database=database, SWEEP_INTERVAL="1"
+    ) as gateway:
         metrics = gateway.app[METRICS]
         async with asyncio.timeout(30):  # a generous bound for a loaded machine: what counts is that it runs
             while "offsite_gateway_sweeps_total 1.0" not in metrics.render().decode():

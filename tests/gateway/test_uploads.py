@@ -12,9 +12,10 @@ import pytest
 
 from offsite_gateway.app import STORAGE, STORE, plan_parts
 from offsite_gateway.config import GIB, MIB
+from offsite_gateway.manifest import SUFFIX
 from tests.gateway.api import Api, put
 from tests.gateway.conftest import PART
-from tests.helpers.gateway import RunningGateway, run_gateway
+from tests.helpers.gateway import GatewayDatabase, RunningGateway, run_gateway
 from tests.helpers.servers import S3Server
 
 
@@ -29,7 +30,11 @@ def _uploads(s3: S3Server, bucket: str) -> list[str]:
 
 
 def _objects(s3: S3Server, bucket: str) -> list[str]:
-    return [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
+    """The archives; each has its manifest beside it, and no manifest is left without its archive."""
+    keys = sorted(o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket).get("Contents", []))
+    archives = [key for key in keys if not key.endswith(SUFFIX)]
+    assert sorted(key.removesuffix(SUFFIX) for key in keys if key.endswith(SUFFIX)) == archives
+    return archives
 
 
 @pytest.mark.parametrize(
@@ -149,9 +154,13 @@ async def test_owner_recovers_from_a_lost_create_answer(
 
 
 async def test_init_rate_limit(
-    moto_server: S3Server, moto_bucket: str, tmp_path: Path, session: aiohttp.ClientSession
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
 ) -> None:
-    async with run_gateway(moto_server, moto_bucket, tmp_path, INIT_RATE="2") as gateway:
+    async with run_gateway(moto_server, moto_bucket, tmp_path, database=database, INIT_RATE="2") as gateway:
         _, token = await gateway.add_instance("home")
         api = Api(session, gateway.url, token)
         for _ in range(2):

@@ -14,7 +14,7 @@ from botocore.config import Config
 from offsite_gateway.config import load_settings
 from offsite_gateway.storage import Presigner
 from tests.gateway.api import Api
-from tests.helpers.gateway import run_gateway
+from tests.helpers.gateway import GatewayDatabase, run_gateway
 from tests.helpers.servers import S3Server
 
 
@@ -41,9 +41,15 @@ def assert_sigv4(url: str, ttl: int, method_params: dict[str, str]) -> None:
 
 
 async def test_part_and_download_urls(
-    moto_server: S3Server, moto_bucket: str, tmp_path: Path, session: aiohttp.ClientSession
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
 ) -> None:
-    async with run_gateway(moto_server, moto_bucket, tmp_path, URL_TTL="300", PART_SIZE="5MiB") as gateway:
+    async with run_gateway(
+        moto_server, moto_bucket, tmp_path, database=database, URL_TTL="300", PART_SIZE="5MiB"
+    ) as gateway:
         instance_id, token = await gateway.add_instance("home")
         api = Api(session, gateway.url, token)
         init = await api.init(3 * 5 * 1024 * 1024)
@@ -69,10 +75,18 @@ async def test_part_and_download_urls(
 
 
 async def test_public_endpoint_goes_into_urls(
-    moto_server: S3Server, moto_bucket: str, tmp_path: Path, session: aiohttp.ClientSession
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
 ) -> None:
     async with run_gateway(
-        moto_server, moto_bucket, tmp_path, S3_PUBLIC_ENDPOINT="https://backups.example.org/s3/"
+        moto_server,
+        moto_bucket,
+        tmp_path,
+        database=database,
+        S3_PUBLIC_ENDPOINT="https://backups.example.org/s3/",
     ) as gateway:
         _, token = await gateway.add_instance("home")
         api = Api(session, gateway.url, token)

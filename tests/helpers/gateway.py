@@ -6,13 +6,22 @@
         token = await gateway.rotate_token("home")  # same instance, new token (reauth); the old one gets 401
 
 Overrides are settings without the `OFFSITE_GATEWAY_` prefix: PART_SIZE, URL_TTL, RETENTION, INIT_RATE,
-S3_PUBLIC_ENDPOINT (where clients reach storage, e.g. a fault-injecting proxy), SWEEP_INTERVAL, DB, ...
-The database is `tmp_path / "gateway.sqlite3"` unless DB is given: a second `run_gateway` on the same tmp_path
-is the same gateway restarted. Everything (server, S3 client, sweeper task, database) is closed on exit.
+S3_PUBLIC_ENDPOINT (where clients reach storage, e.g. a fault-injecting proxy), SWEEP_INTERVAL, ...
+The database is `tmp_path / "gateway.sqlite3"` unless `database=` (a `GatewayDatabase`: SQLite or PostgreSQL, see
+tests/gateway/conftest.py's `database` fixture) or DB is given: a second `run_gateway` on the same database is the
+same gateway restarted. Everything (server, S3 client, sweeper task, database) is closed on exit.
+
+Losing the database and getting it back from the bucket (what an operator does after a disaster):
+
+    await gateway.lose_database()       # the gateway's database is now empty (schema only)
+    report = await gateway.reindex()    # `offsite-gateway reindex`: instances and backups from the manifests
+    token = await gateway.rotate_token("home")  # `offsite-gateway instance rotate home`: the token to reauth with
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,10 +31,60 @@ from pathlib import Path
 from aiohttp import web
 
 from offsite_gateway import auth
-from offsite_gateway.app import STORE, SWEEPER, create_app, make_runner
+from offsite_gateway.app import STORAGE, STORE, SWEEPER, create_app, make_runner
 from offsite_gateway.config import PREFIX, Settings, load_settings
+from offsite_gateway.reindex import ReindexReport, reindex
 from offsite_gateway.sweeper import SweepReport
+from tests.helpers.postgres import PostgresCluster
 from tests.helpers.servers import S3Server
+
+STORES = ("sqlite", "postgresql")
+
+
+def selected_stores() -> list[str]:
+    """The stores the gateway tests run on: OFFSITE_TEST_STORES (comma-separated), else both."""
+    raw = os.environ.get("OFFSITE_TEST_STORES", "").strip()
+    if not raw:
+        return list(STORES)
+    chosen = [name.strip().lower() for name in raw.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(STORES))
+    if unknown or not chosen:
+        raise ValueError(f"OFFSITE_TEST_STORES={raw!r}: expected some of {', '.join(STORES)}")
+    return [name for name in STORES if name in chosen]
+
+
+@dataclass
+class GatewayDatabase:
+    """A test's gateway database: a SQLite file, or a database of the session's PostgreSQL cluster."""
+
+    store: str  # "sqlite" or "postgresql"
+    setting: str  # OFFSITE_GATEWAY_DB
+    path: Path | None = None
+    cluster: PostgresCluster | None = None
+
+    @classmethod
+    def sqlite(cls, path: Path) -> GatewayDatabase:
+        return cls("sqlite", str(path), path=path)
+
+    @classmethod
+    def postgresql(cls, url: str, cluster: PostgresCluster) -> GatewayDatabase:
+        return cls("postgresql", url, cluster=cluster)
+
+    def wipe(self) -> None:
+        """Lose everything in it (the gateway must have closed it)."""
+        if self.path is not None:
+            for path in self.path.parent.glob(self.path.name + "*"):
+                path.unlink()
+        else:
+            assert self.cluster is not None
+            self.cluster.wipe(self.setting)
+
+    def contents(self) -> bytes:
+        """Everything it stores, as bytes (to check what is and is not in it)."""
+        if self.path is not None:
+            return b"".join(path.read_bytes() for path in self.path.parent.glob(self.path.name + "*"))
+        assert self.cluster is not None
+        return self.cluster.dump_text(self.setting).encode()
 
 
 @dataclass
@@ -35,6 +94,7 @@ class RunningGateway:
     url: str
     settings: Settings
     app: web.Application
+    database: GatewayDatabase
 
     async def add_instance(self, name: str) -> tuple[str, str]:
         """Create an instance as `offsite-gateway instance add` does; return (instance_id, token)."""
@@ -57,12 +117,25 @@ class RunningGateway:
         """One sweeper pass now (or as if the clock said `now`)."""
         return await self.app[SWEEPER].run_once(now)
 
+    async def lose_database(self) -> None:
+        """The database is lost while the gateway runs: it comes back empty, its schema migrated again."""
+        store = self.app[STORE]
+        await store.close()
+        await asyncio.to_thread(self.database.wipe)
+        await store.open()
 
-def gateway_settings(s3: S3Server, bucket: str, tmp_path: Path, **overrides: str) -> Settings:
+    async def reindex(self) -> ReindexReport:
+        """Rebuild the database from the bucket's manifests, as `offsite-gateway reindex` does."""
+        return await reindex(self.app[STORE], self.app[STORAGE], self.settings)
+
+
+def gateway_settings(
+    s3: S3Server, bucket: str, tmp_path: Path, database: GatewayDatabase | None = None, **overrides: str
+) -> Settings:
     """The settings `run_gateway` uses."""
     env = {
         **s3.gateway_env(bucket),
-        f"{PREFIX}DB": str(tmp_path / "gateway.sqlite3"),
+        f"{PREFIX}DB": database.setting if database is not None else str(tmp_path / "gateway.sqlite3"),
         f"{PREFIX}LISTEN": "127.0.0.1:0",
     }
     env.update({PREFIX + name.upper(): value for name, value in overrides.items()})
@@ -75,11 +148,17 @@ async def run_gateway(
     bucket: str,
     tmp_path: Path,
     *,
+    database: GatewayDatabase | None = None,
     clock: Callable[[], float] = time.time,
     **overrides: str,
 ) -> AsyncIterator[RunningGateway]:
     """Serve a gateway for the block (see the module's docstring)."""
-    settings = gateway_settings(s3, bucket, tmp_path, **overrides)
+    settings = gateway_settings(s3, bucket, tmp_path, database, **overrides)
+    if database is None:
+        db = settings.db
+        database = (
+            GatewayDatabase.sqlite(db) if isinstance(db, Path) else GatewayDatabase("postgresql", db.url)
+        )
     app = create_app(settings, clock=clock)
     runner = make_runner(app, shutdown_timeout=2.0)
     await runner.setup()
@@ -87,6 +166,6 @@ async def run_gateway(
         site = web.TCPSite(runner, "127.0.0.1", settings.listen_port)
         await site.start()
         host, port = runner.addresses[0][:2]
-        yield RunningGateway(url=f"http://{host}:{port}", settings=settings, app=app)
+        yield RunningGateway(url=f"http://{host}:{port}", settings=settings, app=app, database=database)
     finally:
         await runner.cleanup()

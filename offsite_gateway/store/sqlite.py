@@ -1,169 +1,30 @@
-"""Metadata store: instances, backups and init events.
+"""The `Store` on one SQLite file (WAL), for one gateway node.
 
-`Store` is the interface the gateway uses (async, so a PostgreSQL implementation can fill it later); `SQLiteStore`
-implements it with the standard library's `sqlite3` in WAL mode. Its queries are short and local, so they run
-synchronously on the event loop: no thread pool, nothing to clean up but the connection.
-
-Backup status: `uploading` → `completed` | `failed`; `completed` → `deleting` (retention or DELETE) → row removed
-once the object is gone from storage. A row stays `deleting` until its object delete succeeded: the sweeper
-retries it, so nothing is forgotten half-way.
+Its queries are short and local, so they run synchronously on the event loop: no thread pool, nothing to clean
+up but the connection. Rules across requests are kept by the database (the partial unique index on uploads in
+progress, `BEGIN IMMEDIATE` transactions, conditional updates); the one thing held in the process is the
+per-backup lock, which is enough because one SQLite file serves one node.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
 
-UPLOADING = "uploading"
-COMPLETED = "completed"
-FAILED = "failed"
-DELETING = "deleting"
-
-
-class StoreError(Exception):
-    """Base class of the store's expected refusals."""
-
-
-class UploadInProgress(StoreError):
-    """The instance already has an upload in progress: backup `backup_id`."""
-
-    def __init__(self, backup_id: str) -> None:
-        super().__init__(f"backup {backup_id} is uploading")
-        self.backup_id = backup_id
-
-
-class RateLimited(StoreError):
-    """The instance started too many uploads within the last hour."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"too many uploads started; retry in {retry_after} s")
-        self.retry_after = retry_after
-
-
-class DuplicateInstance(StoreError):
-    """An active instance already has this name."""
-
-
-class UnknownInstance(StoreError, LookupError):
-    """No active instance has this name (there is none, or it was revoked)."""
-
-
-@dataclass(frozen=True)
-class Instance:
-    """A Home Assistant installation allowed to back up through the gateway."""
-
-    id: str
-    name: str
-    created_at: float
-    revoked_at: float | None = None
-
-
-@dataclass
-class Backup:
-    """One backup: an upload in progress, a completed object, a failed attempt, or an object being deleted."""
-
-    id: str
-    instance_id: str
-    name: str
-    size: int
-    sha256: str | None
-    status: str
-    created_at: float
-    completed_at: float | None
-    part_size: int
-    part_count: int
-    object_key: str
-    upload_id: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-class Store(Protocol):
-    """What the gateway needs from its metadata database."""
-
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def ping(self) -> None: ...
-
-    async def create_instance(self, instance: Instance, token_hash: str) -> None: ...
-    async def list_instances(self) -> list[Instance]: ...
-    async def revoke_instance(self, name: str, now: float) -> bool: ...
-    async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
-        """Replace the token hash of the active instance with this name; None if there is none."""
-        ...
-
-    async def instance_by_token_hash(self, token_hash: str) -> Instance | None: ...
-
-    async def begin_backup(self, backup: Backup, now: float, init_rate: int) -> None:
-        """Insert an `uploading` backup; raise UploadInProgress (naming the upload) or RateLimited, atomically."""
-        ...
-
-    async def set_upload_id(self, backup_id: str, upload_id: str) -> bool:
-        """Record the storage upload of an `uploading` backup; False if it is not uploading any more."""
-        ...
-
-    async def get_backup(self, backup_id: str) -> Backup | None: ...
-    async def list_backups(self, instance_id: str, status: str) -> list[Backup]:
-        """Backups of one instance with one status, newest first (completion, then creation)."""
-        ...
-
-    async def complete_backup(self, backup_id: str, sha256: str | None, now: float) -> bool:
-        """`uploading` → `completed`; False if it was not uploading any more."""
-        ...
-
-    async def fail_backup(self, backup_id: str) -> bool:
-        """`uploading` → `failed`; False if it was not uploading any more."""
-        ...
-
-    async def mark_deleting(self, backup_ids: Sequence[str]) -> None: ...
-    async def delete_backup(self, backup_id: str) -> None: ...
-    async def stale_uploads(self, started_before: float) -> list[Backup]: ...
-    async def deleting_backups(self) -> list[Backup]: ...
-    async def count_uploading(self) -> int: ...
-    async def prune_init_events(self, before: float) -> None: ...
-
-
-# Each entry moves the schema from version i to i + 1 (PRAGMA user_version).
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE instances (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        token_hash TEXT NOT NULL UNIQUE,
-        created_at REAL NOT NULL,
-        revoked_at REAL
-    );
-    CREATE UNIQUE INDEX instances_active_name ON instances(name) WHERE revoked_at IS NULL;
-    CREATE TABLE backups (
-        id TEXT PRIMARY KEY,
-        instance_id TEXT NOT NULL REFERENCES instances(id),
-        name TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        sha256 TEXT,
-        status TEXT NOT NULL CHECK (status IN ('uploading', 'completed', 'failed', 'deleting')),
-        created_at REAL NOT NULL,
-        completed_at REAL,
-        part_size INTEGER NOT NULL,
-        part_count INTEGER NOT NULL,
-        object_key TEXT NOT NULL,
-        upload_id TEXT,
-        metadata TEXT NOT NULL
-    );
-    CREATE UNIQUE INDEX backups_one_upload ON backups(instance_id) WHERE status = 'uploading';
-    CREATE INDEX backups_by_instance ON backups(instance_id, status, completed_at);
-    CREATE INDEX backups_by_status ON backups(status, created_at);
-    CREATE TABLE init_events (
-        instance_id TEXT NOT NULL,
-        at REAL NOT NULL
-    );
-    CREATE INDEX init_events_by_instance ON init_events(instance_id, at);
-    """,
+from .base import (
+    Backup,
+    DuplicateInstance,
+    Instance,
+    RateLimited,
+    SchemaStatus,
+    SchemaTooNew,
+    UploadInProgress,
 )
-
-SCHEMA_VERSION = len(MIGRATIONS)
+from .locks import KeyedLocks
+from .migrations import MIGRATIONS, SCHEMA_VERSION, pending, statements, too_new_message
 
 # A constant: the f-strings below only splice it in, every value is a bound parameter.
 _BACKUP_COLUMNS = (
@@ -190,6 +51,24 @@ def _backup(row: sqlite3.Row) -> Backup:
     )
 
 
+def _backup_values(backup: Backup) -> tuple[object, ...]:
+    return (
+        backup.id,
+        backup.instance_id,
+        backup.name,
+        backup.size,
+        backup.sha256,
+        backup.status,
+        backup.created_at,
+        backup.completed_at,
+        backup.part_size,
+        backup.part_count,
+        backup.object_key,
+        backup.upload_id,
+        json.dumps(backup.metadata, separators=(",", ":")),
+    )
+
+
 def _instance(row: sqlite3.Row) -> Instance:
     return Instance(row["id"], row["name"], row["created_at"], row["revoked_at"])
 
@@ -197,9 +76,12 @@ def _instance(row: sqlite3.Row) -> Instance:
 class SQLiteStore:
     """The `Store` on one SQLite file (WAL)."""
 
+    kind = "sqlite"
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
+        self._locks = KeyedLocks()
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -207,11 +89,14 @@ class SQLiteStore:
             raise RuntimeError("the store is not open")
         return self._conn
 
-    async def open(self) -> None:
-        self.open_sync()
+    def describe(self) -> str:
+        return f"SQLite {self.path}"
 
-    def open_sync(self) -> None:
-        """Open the database and bring its schema up to date."""
+    async def open(self, *, migrate: bool = True) -> None:
+        self.open_sync(migrate=migrate)
+
+    def open_sync(self, *, migrate: bool = True) -> None:
+        """Open the database and (with `migrate`) bring its schema up to date."""
         if self.path.parent != Path():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
@@ -220,30 +105,48 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            self._migrate(conn)
+            version = self._version(conn)
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(too_new_message(version))  # noqa: TRY301 - the connection is closed below
+            if migrate:
+                self._migrate(conn)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
 
     @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
+    def _version(conn: sqlite3.Connection) -> int:
         version: int = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"the database schema is version {version}, newer than this gateway's {SCHEMA_VERSION}"
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[target - 1].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {target}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        return version
+
+    @classmethod
+    def _migrate(cls, conn: sqlite3.Connection) -> list[tuple[int, str]]:
+        """Every pending migration in one `BEGIN IMMEDIATE` transaction: the version is read under the write
+        lock, so two processes opening one new file migrate it once."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = cls._version(conn)
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(too_new_message(version))  # noqa: TRY301 - rolled back below
+            applied = []
+            for migration in MIGRATIONS[version:]:
+                for statement in statements(migration.sqlite):
+                    conn.execute(statement)
+                applied.append((migration.version, migration.description))
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return applied
+
+    async def schema_status(self) -> SchemaStatus:
+        current = self._version(self.conn)
+        return SchemaStatus(current, SCHEMA_VERSION, pending(current))
+
+    async def migrate(self) -> list[tuple[int, str]]:
+        return self._migrate(self.conn)
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -253,6 +156,16 @@ class SQLiteStore:
     async def ping(self) -> None:
         self.conn.execute("SELECT 1").fetchone()
 
+    @contextlib.asynccontextmanager
+    async def lock_backup(self, backup_id: str, *, wait: bool = True) -> AsyncIterator[bool]:
+        async with self._locks.hold(backup_id, wait=wait) as held:
+            yield held
+
+    @contextlib.asynccontextmanager
+    async def lock_sweeper(self) -> AsyncIterator[bool]:
+        async with self._locks.hold("\0sweeper", wait=False) as held:
+            yield held
+
     async def create_instance(self, instance: Instance, token_hash: str) -> None:
         try:
             self.conn.execute(
@@ -261,6 +174,14 @@ class SQLiteStore:
             )
         except sqlite3.IntegrityError as err:
             raise DuplicateInstance(instance.name) from err
+
+    async def restore_instance(self, instance: Instance, token_hash: str) -> bool:
+        cursor = self.conn.execute(
+            "INSERT INTO instances (id, name, token_hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO NOTHING",
+            (instance.id, instance.name, token_hash, instance.created_at, instance.revoked_at),
+        )
+        return cursor.rowcount > 0
 
     async def list_instances(self) -> list[Instance]:
         rows = self.conn.execute(
@@ -307,27 +228,21 @@ class SQLiteStore:
                 raise RateLimited(max(1, int(recent[1] - window_start) + 1))  # noqa: TRY301
             conn.execute(
                 f"INSERT INTO backups ({_BACKUP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                (
-                    backup.id,
-                    backup.instance_id,
-                    backup.name,
-                    backup.size,
-                    backup.sha256,
-                    backup.status,
-                    backup.created_at,
-                    backup.completed_at,
-                    backup.part_size,
-                    backup.part_count,
-                    backup.object_key,
-                    backup.upload_id,
-                    json.dumps(backup.metadata, separators=(",", ":")),
-                ),
+                _backup_values(backup),
             )
             conn.execute("INSERT INTO init_events (instance_id, at) VALUES (?, ?)", (backup.instance_id, now))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    async def restore_backup(self, backup: Backup) -> bool:
+        cursor = self.conn.execute(
+            f"INSERT INTO backups ({_BACKUP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
+            "ON CONFLICT (id) DO NOTHING",
+            _backup_values(backup),
+        )
+        return cursor.rowcount > 0
 
     async def set_upload_id(self, backup_id: str, upload_id: str) -> bool:
         cursor = self.conn.execute(
@@ -345,7 +260,7 @@ class SQLiteStore:
     async def list_backups(self, instance_id: str, status: str) -> list[Backup]:
         rows = self.conn.execute(
             f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE instance_id = ? AND status = ? "  # noqa: S608
-            "ORDER BY completed_at DESC, created_at DESC, rowid DESC",
+            "ORDER BY completed_at DESC, created_at DESC, id DESC",
             (instance_id, status),
         ).fetchall()
         return [_backup(row) for row in rows]
@@ -366,7 +281,8 @@ class SQLiteStore:
 
     async def mark_deleting(self, backup_ids: Sequence[str]) -> None:
         self.conn.executemany(
-            "UPDATE backups SET status = 'deleting' WHERE id = ?", [(backup_id,) for backup_id in backup_ids]
+            "UPDATE backups SET status = 'deleting' WHERE id = ? AND status <> 'uploading'",
+            [(backup_id,) for backup_id in backup_ids],
         )
 
     async def delete_backup(self, backup_id: str) -> None:
@@ -383,6 +299,14 @@ class SQLiteStore:
     async def deleting_backups(self) -> list[Backup]:
         rows = self.conn.execute(
             f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'deleting' ORDER BY created_at"  # noqa: S608
+        ).fetchall()
+        return [_backup(row) for row in rows]
+
+    async def completed_backups(self, after_id: str, limit: int) -> list[Backup]:
+        rows = self.conn.execute(
+            f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'completed' AND id > ? "  # noqa: S608
+            "ORDER BY id LIMIT ?",
+            (after_id, limit),
         ).fetchall()
         return [_backup(row) for row in rows]
 

@@ -1,0 +1,65 @@
+"""Metadata store: instances, backups and init events, on SQLite (one node) or PostgreSQL (several nodes).
+
+`create_store(settings)` picks the store from `OFFSITE_GATEWAY_DB`: a `postgresql://` URL is PostgreSQL, anything
+else a SQLite file. The interface and its rules are in `base.py`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import (
+    COMPLETED,
+    DELETING,
+    FAILED,
+    UPLOADING,
+    Backup,
+    DuplicateInstance,
+    Instance,
+    RateLimited,
+    SchemaStatus,
+    SchemaTooNew,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    UnknownInstance,
+    UploadInProgress,
+)
+from .migrations import MIGRATIONS, SCHEMA_VERSION
+from .sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+__all__ = [
+    "COMPLETED",
+    "DELETING",
+    "FAILED",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "UPLOADING",
+    "Backup",
+    "DuplicateInstance",
+    "Instance",
+    "RateLimited",
+    "SQLiteStore",
+    "SchemaStatus",
+    "SchemaTooNew",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "UnknownInstance",
+    "UploadInProgress",
+    "create_store",
+]
+
+
+def create_store(settings: Settings) -> Store:
+    """The store `settings.db` names: PostgreSQL for a `postgresql://` URL, else a SQLite file."""
+    from ..config import PostgresDatabase  # noqa: PLC0415 - config imports nothing of ours; avoid a cycle
+
+    if isinstance(settings.db, PostgresDatabase):
+        from .postgres import PostgresStore  # noqa: PLC0415 - asyncpg only when PostgreSQL is used
+
+        return PostgresStore(settings.db.url, pool_size=settings.db_pool_size, timeout=settings.db_timeout)
+    return SQLiteStore(settings.db)

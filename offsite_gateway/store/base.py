@@ -1,0 +1,188 @@
+"""The metadata store's interface: instances, backups and init events, and the rules they follow.
+
+`Store` is what the gateway uses; `SQLiteStore` (store/sqlite.py, one node) and `PostgresStore`
+(store/postgres.py, any number of nodes over one database) implement it. Every rule that must hold across
+requests is kept by the database, never in one process's memory:
+
+- one upload in progress per instance: a partial unique index on `backups(instance_id) WHERE status =
+  'uploading'`, and `begin_backup` checks it (and the init rate) in one transaction that holds the instance;
+- every state change is conditional (`... WHERE status = 'uploading'`), so two nodes racing on one backup
+  never both win;
+- `lock_backup` serialises what one backup's complete, abort and delete do between their storage calls and
+  their database writes: an advisory lock on PostgreSQL (released by the server if the node dies), a lock of the
+  process on SQLite (one node);
+- `lock_sweeper`: one node at a time runs the sweeper; the others skip that run.
+
+Backup status: `uploading` → `completed` | `failed`; `completed` → `deleting` (retention or DELETE) → row removed
+once the object is gone from storage. A row stays `deleting` until its object delete succeeded: the sweeper
+retries it, so nothing is forgotten half-way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+UPLOADING = "uploading"
+COMPLETED = "completed"
+FAILED = "failed"
+DELETING = "deleting"
+
+
+class StoreError(Exception):
+    """Base class of the store's expected refusals."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot answer now (unreachable, overloaded, a lock wait or a statement timed out)."""
+
+
+class UploadInProgress(StoreError):
+    """The instance already has an upload in progress: backup `backup_id`."""
+
+    def __init__(self, backup_id: str) -> None:
+        super().__init__(f"backup {backup_id} is uploading")
+        self.backup_id = backup_id
+
+
+class RateLimited(StoreError):
+    """The instance started too many uploads within the last hour."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many uploads started; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class DuplicateInstance(StoreError):
+    """An active instance already has this name."""
+
+
+class UnknownInstance(StoreError, LookupError):
+    """No active instance has this name (there is none, or it was revoked)."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A Home Assistant installation allowed to back up through the gateway."""
+
+    id: str
+    name: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass
+class Backup:
+    """One backup: an upload in progress, a completed object, a failed attempt, or an object being deleted."""
+
+    id: str
+    instance_id: str
+    name: str
+    size: int
+    sha256: str | None
+    status: str
+    created_at: float
+    completed_at: float | None
+    part_size: int
+    part_count: int
+    object_key: str
+    upload_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class SchemaTooNew(StoreError, RuntimeError):
+    """The database's schema is newer than this gateway's: a newer gateway migrated it."""
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where a database's schema stands: its version, this gateway's, and the migrations between them."""
+
+    current: int
+    latest: int
+    pending: tuple[tuple[int, str], ...]  # (version, description) not applied yet
+
+
+class Store(Protocol):
+    """What the gateway needs from its metadata database."""
+
+    kind: str  # "sqlite" or "postgresql"
+
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect; with `migrate`, bring the schema up to date first (under a lock, so nodes starting together
+        migrate once). Raise SchemaTooNew if a newer gateway migrated it."""
+        ...
+
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+    async def schema_status(self) -> SchemaStatus: ...
+    async def migrate(self) -> list[tuple[int, str]]:
+        """Apply the pending migrations, under a lock; return those this call applied."""
+        ...
+
+    def describe(self) -> str:
+        """Where the database is, for people (no password)."""
+        ...
+
+    def lock_backup(self, backup_id: str, *, wait: bool = True) -> AbstractAsyncContextManager[bool]:
+        """Hold one backup against every other node's complete, abort, delete, retention and sweeper.
+
+        Yields True once held; with `wait=False`, yields False at once if someone else holds it.
+        """
+        ...
+
+    def lock_sweeper(self) -> AbstractAsyncContextManager[bool]:
+        """Yields True if this node may sweep now, False if another node is sweeping."""
+        ...
+
+    async def create_instance(self, instance: Instance, token_hash: str) -> None: ...
+    async def list_instances(self) -> list[Instance]: ...
+    async def revoke_instance(self, name: str, now: float) -> bool: ...
+    async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
+        """Replace the token hash of the active instance with this name; None if there is none."""
+        ...
+
+    async def instance_by_token_hash(self, token_hash: str) -> Instance | None: ...
+    async def restore_instance(self, instance: Instance, token_hash: str) -> bool:
+        """Insert an instance with its own id (reindex); False if that id is already there."""
+        ...
+
+    async def restore_backup(self, backup: Backup) -> bool:
+        """Insert a completed backup as it was (reindex); False if that id is already there."""
+        ...
+
+    async def begin_backup(self, backup: Backup, now: float, init_rate: int) -> None:
+        """Insert an `uploading` backup; raise UploadInProgress (naming the upload) or RateLimited, atomically."""
+        ...
+
+    async def set_upload_id(self, backup_id: str, upload_id: str) -> bool:
+        """Record the storage upload of an `uploading` backup; False if it is not uploading any more."""
+        ...
+
+    async def get_backup(self, backup_id: str) -> Backup | None: ...
+    async def list_backups(self, instance_id: str, status: str) -> list[Backup]:
+        """Backups of one instance with one status, newest first (completion, then creation)."""
+        ...
+
+    async def complete_backup(self, backup_id: str, sha256: str | None, now: float) -> bool:
+        """`uploading` → `completed`; False if it was not uploading any more."""
+        ...
+
+    async def fail_backup(self, backup_id: str) -> bool:
+        """`uploading` → `failed`; False if it was not uploading any more."""
+        ...
+
+    async def mark_deleting(self, backup_ids: Sequence[str]) -> None:
+        """Completed (or failed) backups → `deleting`; an upload in progress is left alone."""
+        ...
+
+    async def delete_backup(self, backup_id: str) -> None: ...
+    async def stale_uploads(self, started_before: float) -> list[Backup]: ...
+    async def deleting_backups(self) -> list[Backup]: ...
+    async def count_uploading(self) -> int: ...
+    async def prune_init_events(self, before: float) -> None: ...
+    async def completed_backups(self, after_id: str, limit: int) -> list[Backup]:
+        """Completed backups of every instance by id, a page after `after_id` (reindex's backfill)."""
+        ...

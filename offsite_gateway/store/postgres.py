@@ -1,0 +1,475 @@
+"""The `Store` on PostgreSQL through asyncpg: any number of gateway nodes over one database.
+
+Every rule is the database's: the partial unique index `backups_one_upload` (one upload in progress per
+instance), `begin_backup`'s transaction (which holds the instance's row, so the init rate is counted by one node
+at a time), conditional updates for every state change, and advisory locks:
+
+- `lock_backup`: a session advisory lock on the backup (key: a 64-bit hash of its id), held on one pooled
+  connection, which the store's calls inside the block then use too (a context variable carries it), so a
+  request holding a lock never waits for a second connection. Requests of one node for one backup first queue
+  on a lock of the process, holding no connection. If the node dies, the server ends its session and its locks.
+- `lock_sweeper`: `pg_try_advisory_lock`: one node sweeps, the others skip that run.
+- migrations run under an advisory lock, each in its own transaction, recorded in `schema_migrations`.
+
+Every call has a deadline: connecting and acquiring a connection (`timeout`), each statement
+(`command_timeout`), and a lock wait (`lock_timeout`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from ..config import PostgresDatabase
+from .base import (
+    Backup,
+    DuplicateInstance,
+    Instance,
+    RateLimited,
+    SchemaStatus,
+    SchemaTooNew,
+    StoreUnavailable,
+    UploadInProgress,
+)
+from .locks import KeyedLocks
+from .migrations import MIGRATIONS, SCHEMA_VERSION, pending, statements, too_new_message
+
+# A constant: the f-strings below only splice it in, every value is a bound parameter.
+_BACKUP_COLUMNS = (
+    "id, instance_id, name, size, sha256, status, created_at, completed_at, part_size, part_count, "
+    "object_key, upload_id, metadata"
+)
+_BACKUP_PLACEHOLDERS = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13"
+_INSTANCE_COLUMNS = "id, name, created_at, revoked_at"
+
+_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    description text NOT NULL,
+    applied_at double precision NOT NULL
+)
+"""
+
+
+# The database cannot answer now (down, unreachable, overloaded, a lock or statement timed out): 503, not 500.
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.LockNotAvailableError,
+    asyncpg.QueryCanceledError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def lock_key(kind: str, name: str) -> int:
+    """A signed 64-bit advisory lock key for (kind, name); a collision only serialises more, never less."""
+    digest = hashlib.blake2b(f"offsite-gateway:{kind}:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+MIGRATION_LOCK = lock_key("migrations", "")
+SWEEPER_LOCK = lock_key("sweeper", "")
+
+
+def _backup(row: asyncpg.Record) -> Backup:
+    return Backup(
+        id=row["id"],
+        instance_id=row["instance_id"],
+        name=row["name"],
+        size=row["size"],
+        sha256=row["sha256"],
+        status=row["status"],
+        created_at=row["created_at"],
+        completed_at=row["completed_at"],
+        part_size=row["part_size"],
+        part_count=row["part_count"],
+        object_key=row["object_key"],
+        upload_id=row["upload_id"],
+        metadata=json.loads(row["metadata"]),
+    )
+
+
+def _backup_values(backup: Backup) -> tuple[Any, ...]:
+    return (
+        backup.id,
+        backup.instance_id,
+        backup.name,
+        backup.size,
+        backup.sha256,
+        backup.status,
+        backup.created_at,
+        backup.completed_at,
+        backup.part_size,
+        backup.part_count,
+        backup.object_key,
+        backup.upload_id,
+        json.dumps(backup.metadata, separators=(",", ":")),
+    )
+
+
+def _instance(row: asyncpg.Record) -> Instance:
+    return Instance(row["id"], row["name"], row["created_at"], row["revoked_at"])
+
+
+class PostgresStore:
+    """The `Store` on a PostgreSQL database (`postgresql://user:password@host:port/database`)."""
+
+    kind = "postgresql"
+
+    def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 10.0) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.timeout = timeout
+        self._pool: asyncpg.Pool | None = None
+        self._locks = KeyedLocks()
+        # The connection holding this task's advisory lock, used by every call inside `lock_backup`.
+        self._bound: contextvars.ContextVar[asyncpg.Connection | None] = contextvars.ContextVar(
+            f"offsite_gateway_pg_{id(self)}", default=None
+        )
+
+    def describe(self) -> str:
+        return f"PostgreSQL {PostgresDatabase(self.url).redacted}"
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the store is not open")
+        return self._pool
+
+    async def open(self, *, migrate: bool = True) -> None:
+        pool = await asyncpg.create_pool(
+            self.url,
+            min_size=1,
+            max_size=self.pool_size,
+            timeout=self.timeout,  # connecting
+            command_timeout=self.timeout,  # each statement
+            max_inactive_connection_lifetime=60,
+            server_settings={
+                "application_name": "offsite-gateway",
+                # A lock wait (row or advisory) longer than this fails rather than piling up requests.
+                "lock_timeout": str(int(self.timeout * 1000)),
+                "idle_in_transaction_session_timeout": str(int(self.timeout * 3000)),
+            },
+        )
+        try:
+            async with pool.acquire(timeout=self.timeout) as conn:
+                if migrate:
+                    await self._migrate(conn)
+                else:
+                    current = await self._version(conn)
+                    if current > SCHEMA_VERSION:
+                        raise SchemaTooNew(too_new_message(current))  # noqa: TRY301 - the pool is closed below
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await pool.close()
+            except TimeoutError:
+                pool.terminate()
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        """The connection this task holds a lock on, else one from the pool for the call."""
+        try:
+            bound = self._bound.get()
+            if bound is not None:
+                yield bound
+                return
+            async with self.pool.acquire(timeout=self.timeout) as conn:
+                yield conn
+        except _UNAVAILABLE as err:
+            raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
+
+    # --- schema ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _version(conn: asyncpg.Connection) -> int:
+        exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        if not exists:
+            return 0
+        version: int = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        return version
+
+    async def _migrate(self, conn: asyncpg.Connection) -> list[tuple[int, str]]:
+        """Under an advisory lock: nodes starting together wait for the first, then find nothing to do."""
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        try:
+            await conn.execute(_MIGRATIONS_TABLE)
+            current = await self._version(conn)
+            if current > SCHEMA_VERSION:
+                raise SchemaTooNew(too_new_message(current))
+            applied = []
+            for migration in MIGRATIONS[current:]:
+                async with conn.transaction():
+                    for statement in statements(migration.postgresql):
+                        await conn.execute(statement)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
+                        migration.version,
+                        migration.description,
+                        time.time(),
+                    )
+                applied.append((migration.version, migration.description))
+            return applied
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+    async def schema_status(self) -> SchemaStatus:
+        async with self._conn() as conn:
+            current = await self._version(conn)
+        return SchemaStatus(current, SCHEMA_VERSION, pending(current))
+
+    async def migrate(self) -> list[tuple[int, str]]:
+        async with self._conn() as conn:
+            return await self._migrate(conn)
+
+    async def ping(self) -> None:
+        async with self._conn() as conn:
+            await conn.fetchval("SELECT 1")
+
+    # --- locks ----------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _advisory(self, key: int, *, wait: bool) -> AsyncIterator[bool]:
+        """A session advisory lock on the task's bound connection, or on a pooled one bound for the block."""
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                bound = self._bound.get()
+                conn = (
+                    bound
+                    if bound is not None
+                    else await stack.enter_async_context(self.pool.acquire(timeout=self.timeout))
+                )
+                if wait:
+                    await conn.execute("SELECT pg_advisory_lock($1)", key)
+                elif not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                    yield False
+                    return
+            except _UNAVAILABLE as err:
+                raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
+            token = self._bound.set(conn)
+            try:
+                yield True
+            finally:
+                self._bound.reset(token)
+                # If this fails the connection is broken: the server ends its session, and its locks with it
+                # (and the pool's reset of a connection given back unlocks everything it held).
+                with contextlib.suppress(*_UNAVAILABLE):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+    @contextlib.asynccontextmanager
+    async def lock_backup(self, backup_id: str, *, wait: bool = True) -> AsyncIterator[bool]:
+        async with self._locks.hold(backup_id, wait=wait) as local:
+            if not local:
+                yield False
+                return
+            async with self._advisory(lock_key("backup", backup_id), wait=wait) as held:
+                yield held
+
+    @contextlib.asynccontextmanager
+    async def lock_sweeper(self) -> AsyncIterator[bool]:
+        async with self._locks.hold("\0sweeper", wait=False) as local:
+            if not local:
+                yield False
+                return
+            async with self._advisory(SWEEPER_LOCK, wait=False) as held:
+                yield held
+
+    # --- instances ------------------------------------------------------------------------------------
+
+    async def create_instance(self, instance: Instance, token_hash: str) -> None:
+        try:
+            async with self._conn() as conn:
+                await conn.execute(
+                    "INSERT INTO instances (id, name, token_hash, created_at) VALUES ($1, $2, $3, $4)",
+                    instance.id,
+                    instance.name,
+                    token_hash,
+                    instance.created_at,
+                )
+        except asyncpg.UniqueViolationError as err:
+            raise DuplicateInstance(instance.name) from err
+
+    async def restore_instance(self, instance: Instance, token_hash: str) -> bool:
+        async with self._conn() as conn:
+            status: str = await conn.execute(
+                "INSERT INTO instances (id, name, token_hash, created_at, revoked_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                instance.id,
+                instance.name,
+                token_hash,
+                instance.created_at,
+                instance.revoked_at,
+            )
+        return status.endswith(" 1")
+
+    async def list_instances(self) -> list[Instance]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(f"SELECT {_INSTANCE_COLUMNS} FROM instances ORDER BY created_at, name")  # noqa: S608
+        return [_instance(row) for row in rows]
+
+    async def revoke_instance(self, name: str, now: float) -> bool:
+        async with self._conn() as conn:
+            status: str = await conn.execute(
+                "UPDATE instances SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL", now, name
+            )
+        return status != "UPDATE 0"
+
+    async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "UPDATE instances SET token_hash = $1 WHERE name = $2 AND revoked_at IS NULL "  # noqa: S608
+                f"RETURNING {_INSTANCE_COLUMNS}",
+                token_hash,
+                name,
+            )
+        return None if row is None else _instance(row)
+
+    async def instance_by_token_hash(self, token_hash: str) -> Instance | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE token_hash = $1 AND revoked_at IS NULL",  # noqa: S608
+                token_hash,
+            )
+        return None if row is None else _instance(row)
+
+    # --- backups --------------------------------------------------------------------------------------
+
+    async def begin_backup(self, backup: Backup, now: float, init_rate: int) -> None:
+        window_start = now - 3600
+        async with self._conn() as conn, conn.transaction():
+            # Holding the instance's row: the creates of one instance are counted one at a time, on any node.
+            await conn.execute("SELECT 1 FROM instances WHERE id = $1 FOR UPDATE", backup.instance_id)
+            row = await conn.fetchrow(
+                "SELECT (SELECT id FROM backups WHERE instance_id = $1 AND status = 'uploading' LIMIT 1) AS busy, "
+                "count(*) AS recent, min(at) AS oldest FROM init_events WHERE instance_id = $1 AND at > $2",
+                backup.instance_id,
+                window_start,
+            )
+            assert row is not None
+            if row["busy"] is not None:
+                raise UploadInProgress(row["busy"])
+            if row["recent"] >= init_rate:
+                raise RateLimited(max(1, int(row["oldest"] - window_start) + 1))
+            await conn.execute(
+                f"WITH added AS (INSERT INTO backups ({_BACKUP_COLUMNS}) VALUES ({_BACKUP_PLACEHOLDERS})) "  # noqa: S608
+                "INSERT INTO init_events (instance_id, at) VALUES ($2, $14)",
+                *_backup_values(backup),
+                now,
+            )
+
+    async def restore_backup(self, backup: Backup) -> bool:
+        async with self._conn() as conn:
+            status: str = await conn.execute(
+                f"INSERT INTO backups ({_BACKUP_COLUMNS}) VALUES ({_BACKUP_PLACEHOLDERS}) "  # noqa: S608
+                "ON CONFLICT (id) DO NOTHING",
+                *_backup_values(backup),
+            )
+        return status.endswith(" 1")
+
+    async def set_upload_id(self, backup_id: str, upload_id: str) -> bool:
+        async with self._conn() as conn:
+            status: str = await conn.execute(
+                "UPDATE backups SET upload_id = $1 WHERE id = $2 AND status = 'uploading'",
+                upload_id,
+                backup_id,
+            )
+        return status != "UPDATE 0"
+
+    async def get_backup(self, backup_id: str) -> Backup | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE id = $1", backup_id)  # noqa: S608
+        return None if row is None else _backup(row)
+
+    async def list_backups(self, instance_id: str, status: str) -> list[Backup]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE instance_id = $1 AND status = $2 "  # noqa: S608
+                "ORDER BY completed_at DESC NULLS LAST, created_at DESC, id DESC",
+                instance_id,
+                status,
+            )
+        return [_backup(row) for row in rows]
+
+    async def complete_backup(self, backup_id: str, sha256: str | None, now: float) -> bool:
+        async with self._conn() as conn:
+            status: str = await conn.execute(
+                "UPDATE backups SET status = 'completed', completed_at = $1, sha256 = coalesce($2, sha256) "
+                "WHERE id = $3 AND status = 'uploading'",
+                now,
+                sha256,
+                backup_id,
+            )
+        return status != "UPDATE 0"
+
+    async def fail_backup(self, backup_id: str) -> bool:
+        async with self._conn() as conn:
+            status: str = await conn.execute(
+                "UPDATE backups SET status = 'failed' WHERE id = $1 AND status = 'uploading'", backup_id
+            )
+        return status != "UPDATE 0"
+
+    async def mark_deleting(self, backup_ids: Sequence[str]) -> None:
+        if not backup_ids:
+            return
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE backups SET status = 'deleting' WHERE id = ANY($1::text[]) AND status <> 'uploading'",
+                list(backup_ids),
+            )
+
+    async def delete_backup(self, backup_id: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute("DELETE FROM backups WHERE id = $1", backup_id)
+
+    async def stale_uploads(self, started_before: float) -> list[Backup]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'uploading' AND created_at < $1 "  # noqa: S608
+                "ORDER BY created_at",
+                started_before,
+            )
+        return [_backup(row) for row in rows]
+
+    async def deleting_backups(self) -> list[Backup]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'deleting' ORDER BY created_at"  # noqa: S608
+            )
+        return [_backup(row) for row in rows]
+
+    async def completed_backups(self, after_id: str, limit: int) -> list[Backup]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'completed' AND id > $1 "  # noqa: S608
+                "ORDER BY id LIMIT $2",
+                after_id,
+                limit,
+            )
+        return [_backup(row) for row in rows]
+
+    async def count_uploading(self) -> int:
+        async with self._conn() as conn:
+            count: int = await conn.fetchval("SELECT count(*) FROM backups WHERE status = 'uploading'")
+        return count
+
+    async def prune_init_events(self, before: float) -> None:
+        async with self._conn() as conn:
+            await conn.execute("DELETE FROM init_events WHERE at < $1", before)

@@ -1,0 +1,254 @@
+"""The stores: versioned migrations under a lock (and `db status` / `db upgrade`), rules the database itself keeps,
+and the locks that stand in for one process's memory across nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from offsite_gateway.config import load_settings
+from offsite_gateway.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    UPLOADING,
+    Backup,
+    Instance,
+    SchemaTooNew,
+    Store,
+    create_store,
+)
+from offsite_gateway.store.migrations import statements
+from tests.gateway.api import Api, put
+from tests.helpers.gateway import GatewayDatabase, run_gateway
+from tests.helpers.servers import S3Server
+
+COMMAND = [sys.executable, "-m", "offsite_gateway"]
+
+
+def _store(database: GatewayDatabase, **more: str) -> Store:
+    env = {"OFFSITE_GATEWAY_DB": database.setting, **{f"OFFSITE_GATEWAY_{k}": v for k, v in more.items()}}
+    return create_store(load_settings(env, require_storage=False))
+
+
+def _cli(database: GatewayDatabase, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "OFFSITE_GATEWAY_DB": database.setting}
+    return subprocess.run([*COMMAND, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+async def _make_version_1(database: GatewayDatabase) -> None:
+    """A database as the gateway before migration 2 left it."""
+    if database.path is not None:
+        with sqlite3.connect(database.path) as conn:
+            for statement in statements(MIGRATIONS[0].sqlite):
+                conn.execute(statement)
+            conn.execute("PRAGMA user_version = 1")
+        return
+    conn = await asyncpg.connect(database.setting)
+    try:
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, description text NOT NULL, "
+            "applied_at double precision NOT NULL)"
+        )
+        for statement in statements(MIGRATIONS[0].postgresql):
+            await conn.execute(statement)
+        await conn.execute(
+            "INSERT INTO schema_migrations VALUES (1, $1, $2)", MIGRATIONS[0].description, time.time()
+        )
+    finally:
+        await conn.close()
+
+
+async def _set_version(database: GatewayDatabase, version: int) -> None:
+    if database.path is not None:
+        with sqlite3.connect(database.path) as conn:
+            conn.execute(f"PRAGMA user_version = {version}")
+        return
+    conn = await asyncpg.connect(database.setting)
+    try:
+        await conn.execute("INSERT INTO schema_migrations VALUES ($1, 'from the future', 0)", version)
+    finally:
+        await conn.close()
+
+
+async def test_migrations_at_open(database: GatewayDatabase) -> None:
+    store = _store(database)
+    await store.open()
+    status = await store.schema_status()
+    assert (status.current, status.latest, status.pending) == (SCHEMA_VERSION, SCHEMA_VERSION, ())
+    assert await store.migrate() == []  # nothing left
+    await store.close()
+    await store.open()  # again: nothing to migrate
+    await store.close()
+
+    await _set_version(database, SCHEMA_VERSION + 1)
+    with pytest.raises(SchemaTooNew, match="newer than this gateway"):
+        await store.open()
+    with pytest.raises(SchemaTooNew):
+        await store.open(migrate=False)
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.ping()
+    refused = await asyncio.to_thread(_cli, database, "db", "status")
+    assert refused.returncode == 1
+    assert "newer than this gateway" in refused.stderr
+
+
+async def test_db_status_and_upgrade_from_version_1(database: GatewayDatabase) -> None:
+    await _make_version_1(database)
+    status = await asyncio.to_thread(_cli, database, "db", "status")
+    assert status.returncode == 0, status.stderr
+    assert f"Schema version 1 of {SCHEMA_VERSION}" in status.stdout
+    assert f"  2  {MIGRATIONS[1].description}" in status.stdout
+    if database.store == "postgresql":
+        assert "PostgreSQL postgresql://gateway:***@127.0.0.1" in status.stdout
+        assert database.setting.split(":")[2].split("@")[0] not in status.stdout + status.stderr
+
+    upgrade = await asyncio.to_thread(_cli, database, "db", "upgrade")
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert f"Applied migration 2: {MIGRATIONS[1].description}" in upgrade.stdout
+    assert f"schema version {SCHEMA_VERSION}, up to date" in upgrade.stdout
+    status = await asyncio.to_thread(_cli, database, "db", "status")
+    assert f"Schema version {SCHEMA_VERSION}: up to date." in status.stdout
+    again = await asyncio.to_thread(_cli, database, "db", "upgrade")
+    assert "Applied" not in again.stdout
+
+    store = _store(database)
+    await store.open(migrate=False)
+    try:
+        await store.create_instance(Instance("a" * 32, "home", 1.0), "h")  # the version 1 tables still work
+        assert [i.name for i in await store.list_instances()] == ["home"]
+    finally:
+        await store.close()
+
+
+async def test_nodes_starting_together_migrate_once(database: GatewayDatabase) -> None:
+    """Three `db upgrade` processes on one new database: one migrates, the others find it done."""
+    results = await asyncio.gather(*(asyncio.to_thread(_cli, database, "db", "upgrade") for _ in range(3)))
+    assert [result.returncode for result in results] == [0, 0, 0], [r.stderr for r in results]
+    applied = [
+        line for result in results for line in result.stdout.splitlines() if line.startswith("Applied")
+    ]
+    assert len(applied) == SCHEMA_VERSION  # each migration once, all told
+    if database.store == "postgresql":
+        conn = await asyncpg.connect(database.setting)
+        try:
+            versions = [
+                row[0] for row in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")
+            ]
+        finally:
+            await conn.close()
+        assert versions == list(range(1, SCHEMA_VERSION + 1))
+
+
+def _backup(instance_id: str, status: str = UPLOADING) -> Backup:
+    backup_id = uuid.uuid4().hex
+    return Backup(backup_id, instance_id, "n", 1, None, status, 1.0, None, 1, 1, f"{instance_id}/{backup_id}")
+
+
+async def test_the_database_refuses_a_second_upload_in_progress(database: GatewayDatabase) -> None:
+    """Not only `begin_backup`'s check: the partial unique index refuses it, whoever writes the row."""
+    store = _store(database)
+    await store.open()
+    try:
+        await store.create_instance(Instance("b" * 32, "home", 1.0), "hash")
+        assert await store.restore_backup(_backup("b" * 32))
+        with pytest.raises((sqlite3.IntegrityError, asyncpg.UniqueViolationError)):
+            await store.restore_backup(_backup("b" * 32))
+        assert await store.restore_backup(_backup("b" * 32, "failed"))  # any number of others
+    finally:
+        await store.close()
+
+
+async def test_backup_lock_is_held_across_nodes(database: GatewayDatabase) -> None:
+    """Two stores on one database are two nodes: one's lock on a backup holds the other off until released."""
+    if database.store == "sqlite":
+        pytest.skip(
+            "a SQLite file serves one node: its lock is the process's (the same store is tested below)"
+        )
+    node_a, node_b = _store(database), _store(database)
+    await node_a.open()
+    await node_b.open()
+    try:
+        released = asyncio.Event()
+        async with node_a.lock_backup("x"):
+            async with node_b.lock_backup("x", wait=False) as held:
+                assert held is False
+            async with node_b.lock_backup("y", wait=False) as held:
+                assert held is True  # another backup is free
+
+            async def wait_for_it() -> float:
+                async with node_b.lock_backup("x"):
+                    assert released.is_set()
+                    return time.monotonic()
+
+            waiter = asyncio.create_task(wait_for_it())
+            await asyncio.sleep(0.3)
+            assert not waiter.done()
+            released.set()
+        await asyncio.wait_for(waiter, 10)
+        # The sweeper: one node at a time.
+        async with node_a.lock_sweeper() as first:
+            assert first is True
+            async with node_b.lock_sweeper() as second:
+                assert second is False
+        async with node_b.lock_sweeper() as second:
+            assert second is True
+    finally:
+        await node_a.close()
+        await node_b.close()
+
+
+async def test_lock_of_one_store(database: GatewayDatabase) -> None:
+    store = _store(database)
+    await store.open()
+    try:
+        async with store.lock_backup("x"):
+            async with store.lock_backup("x", wait=False) as held:
+                assert held is False
+            await store.ping()  # the store's calls go on while it is held
+        async with store.lock_backup("x", wait=False) as held:
+            assert held is True
+        async with store.lock_sweeper() as first, store.lock_sweeper() as second:
+            assert (first, second) == (True, False)
+    finally:
+        await store.close()
+
+
+async def test_a_lock_wait_past_the_timeout_answers_503(
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
+) -> None:
+    """Another node holds the backup too long: the request gets a JSON 503 to retry, never a 500."""
+    if database.store == "sqlite":
+        pytest.skip("a lock wait on PostgreSQL (another node); SQLite's lock is the process's")
+    other_node = _store(database)
+    async with run_gateway(moto_server, moto_bucket, tmp_path, database=database, DB_TIMEOUT="1") as gateway:
+        await other_node.open()
+        try:
+            _, token = await gateway.add_instance("home")
+            api = Api(session, gateway.url, token)
+            init = await api.init(10)
+            etag = await put(session, (await api.sign(init["id"], [1]))[0]["url"], b"0123456789")
+            body = {"parts": [{"part_number": 1, "etag": etag}]}
+            async with other_node.lock_backup(init["id"]):
+                started = time.monotonic()
+                status, answer = await api.call("POST", f"/v1/backups/{init['id']}/complete", body)
+                assert (status, answer["error"]["code"]) == (503, "unavailable")
+                assert 0.8 < time.monotonic() - started < 8
+                status, answer = await api.call("DELETE", f"/v1/backups/{init['id']}/upload")
+                assert status == 503
+            # Released: it goes through.
+            await api.ok("POST", f"/v1/backups/{init['id']}/complete", body)
+        finally:
+            await other_node.close()
