@@ -618,8 +618,12 @@ async def _abort(request: web.Request, backup: Backup) -> None:
     aborts it on its next run.
     """
     store, storage = request.app[STORE], request.app[STORAGE]
-    if not await store.fail_backup(backup.id):
+    # The upload id as the database holds it when the backup fails: a create on another node may have recorded
+    # it since `backup` was read (if not, that create sees the backup failed and aborts what it made).
+    failed = await store.fail_backup(backup.id)
+    if failed is None:
         raise ApiError(409, "not_uploading", f"backup {backup.id} is not uploading any more")
+    backup = failed
     if backup.upload_id is not None:
         try:
             await storage.abort_multipart_upload(backup.object_key, backup.upload_id)

@@ -99,8 +99,10 @@ class Sweeper:
         for backup in await store.stale_uploads(now - self.settings.stale_upload_after):
             # Marked failed first (only if still uploading, so a complete racing us wins), then aborted.
             async with store.lock_backup(backup.id, wait=False) as held:
-                if not held or not await store.fail_backup(backup.id):
+                failed = await store.fail_backup(backup.id) if held else None
+                if failed is None:
                     continue
+                backup = failed  # noqa: PLW2901 - its upload id as it was when it failed
                 report.stale_failed += 1
                 _LOGGER.info(
                     "Sweeper: upload %s of instance %s was stale; marked failed",

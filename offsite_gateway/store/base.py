@@ -170,8 +170,9 @@ class Store(Protocol):
         """`uploading` → `completed`; False if it was not uploading any more."""
         ...
 
-    async def fail_backup(self, backup_id: str) -> bool:
-        """`uploading` → `failed`; False if it was not uploading any more."""
+    async def fail_backup(self, backup_id: str) -> Backup | None:
+        """`uploading` → `failed`, atomically; the backup as it then was (its storage upload id, if the create
+        had recorded one by then), or None if it was not uploading any more."""
         ...
 
     async def mark_deleting(self, backup_ids: Sequence[str]) -> None:

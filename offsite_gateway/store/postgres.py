@@ -419,12 +419,14 @@ class PostgresStore:
             )
         return status != "UPDATE 0"
 
-    async def fail_backup(self, backup_id: str) -> bool:
+    async def fail_backup(self, backup_id: str) -> Backup | None:
         async with self._conn() as conn:
-            status: str = await conn.execute(
-                "UPDATE backups SET status = 'failed' WHERE id = $1 AND status = 'uploading'", backup_id
+            row = await conn.fetchrow(
+                "UPDATE backups SET status = 'failed' WHERE id = $1 AND status = 'uploading' "  # noqa: S608
+                f"RETURNING {_BACKUP_COLUMNS}",
+                backup_id,
             )
-        return status != "UPDATE 0"
+        return None if row is None else _backup(row)
 
     async def mark_deleting(self, backup_ids: Sequence[str]) -> None:
         if not backup_ids:

@@ -273,11 +273,12 @@ class SQLiteStore:
         )
         return cursor.rowcount > 0
 
-    async def fail_backup(self, backup_id: str) -> bool:
-        cursor = self.conn.execute(
-            "UPDATE backups SET status = 'failed' WHERE id = ? AND status = 'uploading'", (backup_id,)
-        )
-        return cursor.rowcount > 0
+    async def fail_backup(self, backup_id: str) -> Backup | None:
+        row = self.conn.execute(
+            f"UPDATE backups SET status = 'failed' WHERE id = ? AND status = 'uploading' RETURNING {_BACKUP_COLUMNS}",  # noqa: S608
+            (backup_id,),
+        ).fetchone()
+        return None if row is None else _backup(row)
 
     async def mark_deleting(self, backup_ids: Sequence[str]) -> None:
         self.conn.executemany(

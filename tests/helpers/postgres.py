@@ -137,8 +137,12 @@ def _run(command: list[str], workdir: Path, **kwargs: Any) -> None:
 
 
 @contextlib.contextmanager
-def run_postgres() -> Iterator[PostgresCluster]:
-    """Start a throwaway cluster (see the module's docstring); stop and remove it at the end."""
+def run_postgres(*, durable: bool = False, max_connections: int = 300) -> Iterator[PostgresCluster]:
+    """Start a throwaway cluster (see the module's docstring); stop and remove it at the end.
+
+    `durable=True` keeps PostgreSQL's production defaults (fsync, synchronous commit, full page writes): what a
+    benchmark of its CPU per backup should measure.
+    """
     bindir = find_bindir()
     workdir = Path(tempfile.mkdtemp(prefix="offsite-pg-"))
     try:
@@ -175,10 +179,12 @@ def run_postgres() -> Iterator[PostgresCluster]:
                 "-c listen_addresses=127.0.0.1",
                 f"-c port={port}",
                 "-c unix_socket_directories=''",
-                "-c fsync=off",
-                "-c synchronous_commit=off",
-                "-c full_page_writes=off",
-                "-c max_connections=300",
+                *(
+                    ()
+                    if durable
+                    else ("-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off")
+                ),
+                f"-c max_connections={max_connections}",
                 "-c shared_buffers=64MB",
                 "-c log_min_messages=warning",
             ]
