@@ -542,7 +542,6 @@ def _check_parts(backup: Backup, declared: dict[int, str], stored: list[StoredPa
 async def complete_backup(request: web.Request) -> web.Response:
     app = request.app
     settings, store, storage, metrics = app[SETTINGS], app[STORE], app[STORAGE], app[METRICS]
-    backup = await _owned(request)
     body = await read_body(request, COMPLETE_SCHEMA, MAX_COMPLETE_BODY)
     declared: dict[int, str] = {}
     for part in body["parts"]:
@@ -550,8 +549,9 @@ async def complete_backup(request: web.Request) -> web.Response:
             raise ApiError(400, "invalid_request", f"parts: part {part['part_number']} is listed twice")
         declared[part["part_number"]] = part["etag"]
     sha256: str | None = body.get("sha256")
-    async with _backup_lock(request, backup.id):
-        backup = await _owned(request)  # again, under the lock
+    # Read under the lock (held by one complete, abort or delete of this backup at a time, on every node).
+    async with _backup_lock(request, request.match_info["id"]):
+        backup = await _owned(request)
         upload_id = _require_uploading(backup)
         expected = set(range(1, backup.part_count + 1))
         if set(declared) != expected:
@@ -607,8 +607,7 @@ async def complete_backup(request: web.Request) -> web.Response:
         )
     except Exception:
         _LOGGER.exception("Retention failed after backup %s; the sweeper finishes pending deletes", backup.id)
-    completed = await store.get_backup(backup.id)
-    return web.json_response({"backup": backup_json(completed or backup)})
+    return web.json_response({"backup": backup_json(recorded)})
 
 
 async def _abort(request: web.Request, backup: Backup) -> None:

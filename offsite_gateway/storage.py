@@ -1,33 +1,28 @@
-"""S3-compatible storage: multipart uploads through aiobotocore, URLs presigned locally by botocore.
+"""S3-compatible storage: multipart uploads through signed requests (s3.py), URLs presigned locally by botocore.
 
 Presigning needs no network: botocore's SigV4 query signer (`S3SigV4QueryAuth`) signs a request built once per URL.
 Going through the signer directly rather than `generate_presigned_url` skips botocore's whole request pipeline
-(parameter validation, serialisation, event hooks), about 2.3x faster, and yields the same URL (tested).
+(parameter validation, serialisation, event hooks), about 2.3x faster, and yields the same URL (tested). The calls
+to storage itself are header-signed by botocore's `S3SigV4Auth` and sent with aiohttp (s3.py says why).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape
 
-import aiohttp
-from aiobotocore.session import get_session  # type: ignore[import-untyped]
 from botocore.auth import S3SigV4QueryAuth  # type: ignore[import-untyped]
 from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
-from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.credentials import Credentials  # type: ignore[import-untyped]
-from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
 from .config import Settings
-
-if TYPE_CHECKING:
-    from types_aiobotocore_s3 import S3Client
+from .s3 import Answer, S3Client, S3Error, child_text, children
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -69,19 +64,13 @@ class PendingUpload:
     initiated: datetime | None
 
 
-def _error(operation: str, err: BaseException) -> StorageError:
-    if isinstance(err, ClientError):
-        error = err.response.get("Error", {})
-        code = str(error.get("Code", "")) or None
-        message = str(error.get("Message", "")) or "no message"
-        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return StorageError(operation, f"{code or 'error'} (HTTP {status}): {message}", code)
-    if isinstance(err, TimeoutError):
-        return StorageError(operation, "timed out")
-    return StorageError(operation, f"{type(err).__name__}: {err}")
+def _error(operation: str, err: S3Error) -> StorageError:
+    if err.status == 0:
+        return StorageError(operation, err.message, err.code)
+    return StorageError(operation, f"{err.code or 'error'} (HTTP {err.status}): {err.message}", err.code)
 
 
-_STORAGE_EXCEPTIONS = (ClientError, BotoCoreError, aiohttp.ClientError, TimeoutError, OSError)
+XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 
 
 def _is_ip(host: str) -> bool:
@@ -129,15 +118,14 @@ class Presigner:
 
 
 class Storage:
-    """The bucket the gateway manages, through one aiobotocore client."""
+    """The bucket the gateway manages, through `S3Client` (signed aiohttp requests; see s3.py)."""
 
-    page_size = 1000  # ListParts / ListMultipartUploads page (S3's maximum)
+    page_size = 1000  # ListParts / ListMultipartUploads / ListObjectsV2 page (S3's maximum)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bucket = settings.s3_bucket
         self.presigner = Presigner(settings)
-        self._stack: contextlib.AsyncExitStack | None = None
         self._client: S3Client | None = None
 
     @property
@@ -149,51 +137,40 @@ class Storage:
     async def open(self) -> None:
         """Create the S3 client (no request is made)."""
         settings = self.settings
-        config = Config(
-            signature_version="s3v4",
-            s3={"addressing_style": settings.s3_addressing},
-            connect_timeout=5,
-            read_timeout=60,
-            retries={"max_attempts": 3, "mode": "standard"},
-            max_pool_connections=MAX_POOL_CONNECTIONS,
-            # botocore >= 1.36 adds CRC checksums to every request and checks them on responses; several
-            # S3-compatible servers reject or lack them. Multipart integrity is the ETag/size check at complete.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            # Our own code builds every request: botocore's per-call parameter validation is pure overhead.
-            parameter_validation=False,
+        client = S3Client(
+            endpoint=settings.s3_endpoint,
+            bucket=settings.s3_bucket,
+            region=settings.s3_region,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            addressing=settings.s3_addressing,
+            pool_size=MAX_POOL_CONNECTIONS,
         )
-        stack = contextlib.AsyncExitStack()
-        session = get_session()
-        try:
-            self._client = await stack.enter_async_context(
-                session.create_client(
-                    "s3",
-                    endpoint_url=settings.s3_endpoint,
-                    region_name=settings.s3_region,
-                    aws_access_key_id=settings.s3_access_key,
-                    aws_secret_access_key=settings.s3_secret_key,
-                    config=config,
-                )
-            )
-        except BaseException:
-            await stack.aclose()
-            raise
-        self._stack = stack
+        await client.open()
+        self._client = client
 
     async def close(self) -> None:
-        if self._stack is not None:
-            stack, self._stack, self._client = self._stack, None, None
-            await stack.aclose()
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
 
-    async def _call(self, operation: str, **kwargs: Any) -> Any:
+    async def _call(
+        self,
+        operation: str,
+        method: str,
+        key: str | None = None,
+        *,
+        query: dict[str, str] | None = None,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+    ) -> Answer:
         try:
-            return await getattr(self.client, operation)(Bucket=self.bucket, **kwargs)
-        except _STORAGE_EXCEPTIONS as err:
+            return await self.client.request(method, key, query, body, headers)
+        except S3Error as err:
             raise _error(operation, err) from None
 
     async def head_bucket(self) -> None:
-        await self._call("head_bucket")
+        await self._call("head_bucket", "HEAD")
 
     async def create_bucket(self) -> bool:
         """Create the bucket; False if it already existed (and is ours)."""
@@ -204,11 +181,14 @@ class Storage:
                 raise
         else:
             return False
-        kwargs: dict[str, Any] = {}
+        body = b""
         if self.settings.s3_region != "us-east-1":
-            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.settings.s3_region}
+            body = (
+                f'<CreateBucketConfiguration xmlns="{XMLNS}"><LocationConstraint>{escape(self.settings.s3_region)}'
+                "</LocationConstraint></CreateBucketConfiguration>"
+            ).encode()
         try:
-            await self._call("create_bucket", **kwargs)
+            await self._call("create_bucket", "PUT", body=body)
         except StorageError as err:
             if err.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 return False
@@ -216,8 +196,10 @@ class Storage:
         return True
 
     async def create_multipart_upload(self, key: str) -> str:
-        response = await self._call("create_multipart_upload", Key=key)
-        upload_id: str = response["UploadId"]
+        answer = await self._call("create_multipart_upload", "POST", key, query={"uploads": ""})
+        upload_id = child_text(_xml("create_multipart_upload", answer), "UploadId")
+        if not upload_id:
+            raise StorageError("create_multipart_upload", "storage answered no UploadId")
         return upload_id
 
     async def list_parts(self, key: str, upload_id: str) -> list[StoredPart]:
@@ -225,34 +207,42 @@ class Storage:
         parts: list[StoredPart] = []
         marker = 0
         while True:
-            response = await self._call(
-                "list_parts", Key=key, UploadId=upload_id, MaxParts=self.page_size, PartNumberMarker=marker
-            )
-            for part in response.get("Parts", []):
-                parts.append(StoredPart(int(part["PartNumber"]), str(part["ETag"]), int(part["Size"])))
-            if not response.get("IsTruncated"):
-                break
-            next_marker = int(response.get("NextPartNumberMarker") or 0)
-            if next_marker <= marker:
+            query = {"uploadId": upload_id, "max-parts": str(self.page_size)}
+            if marker:
+                query["part-number-marker"] = str(marker)
+            root = _xml("list_parts", await self._call("list_parts", "GET", key, query=query))
+            try:
+                for part in children(root, "Part"):
+                    parts.append(
+                        StoredPart(
+                            int(child_text(part, "PartNumber")),
+                            child_text(part, "ETag"),
+                            int(child_text(part, "Size")),
+                        )
+                    )
+                next_marker = int(child_text(root, "NextPartNumberMarker") or 0)
+            except ValueError:
+                raise StorageError(
+                    "list_parts", "storage answered a part without its number or size"
+                ) from None
+            if child_text(root, "IsTruncated").lower() != "true" or next_marker <= marker:
                 break
             marker = next_marker
         parts.sort(key=lambda part: part.part_number)
         return parts
 
     async def complete_multipart_upload(self, key: str, upload_id: str, parts: Sequence[StoredPart]) -> None:
-        await self._call(
-            "complete_multipart_upload",
-            Key=key,
-            UploadId=upload_id,
-            MultipartUpload={
-                "Parts": [{"PartNumber": part.part_number, "ETag": part.etag} for part in parts]
-            },
+        listed = "".join(
+            f"<Part><PartNumber>{part.part_number}</PartNumber><ETag>{escape(part.etag)}</ETag></Part>"
+            for part in parts
         )
+        body = f'<CompleteMultipartUpload xmlns="{XMLNS}">{listed}</CompleteMultipartUpload>'.encode()
+        await self._call("complete_multipart_upload", "POST", key, query={"uploadId": upload_id}, body=body)
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
         """Abort; an upload storage no longer knows counts as aborted."""
         try:
-            await self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
+            await self._call("abort_multipart_upload", "DELETE", key, query={"uploadId": upload_id})
         except StorageError as err:
             if err.code != "NoSuchUpload":
                 raise
@@ -260,73 +250,98 @@ class Storage:
     async def object_size(self, key: str) -> int | None:
         """The object's size, or None if there is no such object."""
         try:
-            response = await self._call("head_object", Key=key)
+            answer = await self._call("head_object", "HEAD", key)
         except StorageError as err:
             if err.code in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
-        size: int = response["ContentLength"]
-        return size
+        try:
+            return int(answer.headers.get("Content-Length", ""))
+        except ValueError:
+            raise StorageError("head_object", "storage answered no Content-Length") from None
 
     async def delete_object(self, key: str) -> None:
         """Delete; an object already gone counts as deleted."""
         try:
-            await self._call("delete_object", Key=key)
+            await self._call("delete_object", "DELETE", key)
         except StorageError as err:
             if err.code != "NoSuchKey":
                 raise
 
     async def put_object(self, key: str, body: bytes, content_type: str = "application/json") -> None:
-        await self._call("put_object", Key=key, Body=body, ContentType=content_type)
+        await self._call("put_object", "PUT", key, body=body, headers={"Content-Type": content_type})
 
     async def get_object(self, key: str, max_size: int) -> bytes | None:
         """A small object's bytes (at most `max_size`, else StorageError); None if there is no such object."""
         try:
-            response = await self._call("get_object", Key=key)
+            answer = await self._call("get_object", "GET", key)
         except StorageError as err:
             if err.code in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
-        async with response["Body"] as body:
-            if int(response.get("ContentLength") or 0) > max_size:
-                raise StorageError("get_object", f"{key} is larger than {max_size} bytes")
-            try:
-                data: bytes = await body.read()
-            except _STORAGE_EXCEPTIONS as err:
-                raise _error("get_object", err) from None
-        return data
+        if len(answer.body) > max_size:
+            raise StorageError("get_object", f"{key} is larger than {max_size} bytes")
+        return answer.body
 
     async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
         """Every object under `prefix`, page by page, in key order."""
-        token: dict[str, str] = {}
+        token = ""
         while True:
-            response = await self._call("list_objects_v2", Prefix=prefix, MaxKeys=self.page_size, **token)
-            for item in response.get("Contents", []):
-                yield StoredObject(item["Key"], int(item["Size"]))
-            next_token = response.get("NextContinuationToken")
-            if not response.get("IsTruncated") or not next_token:
+            query = {"list-type": "2", "prefix": prefix, "max-keys": str(self.page_size)}
+            if token:
+                query["continuation-token"] = token
+            root = _xml("list_objects_v2", await self._call("list_objects_v2", "GET", query=query))
+            for item in children(root, "Contents"):
+                try:
+                    yield StoredObject(child_text(item, "Key"), int(child_text(item, "Size")))
+                except ValueError:
+                    raise StorageError(
+                        "list_objects_v2", "storage answered an object without its size"
+                    ) from None
+            token = child_text(root, "NextContinuationToken")
+            if child_text(root, "IsTruncated").lower() != "true" or not token:
                 break
-            token = {"ContinuationToken": next_token}
 
     async def list_multipart_uploads(self, prefix: str) -> list[PendingUpload]:
         uploads: list[PendingUpload] = []
         markers: dict[str, str] = {}
         while True:
-            response = await self._call(
-                "list_multipart_uploads", Prefix=prefix, MaxUploads=self.page_size, **markers
+            query = {"uploads": "", "prefix": prefix, "max-uploads": str(self.page_size), **markers}
+            root = _xml(
+                "list_multipart_uploads", await self._call("list_multipart_uploads", "GET", query=query)
             )
-            for upload in response.get("Uploads", []):
-                uploads.append(PendingUpload(upload["Key"], upload["UploadId"], upload.get("Initiated")))
-            if not response.get("IsTruncated"):
+            for upload in children(root, "Upload"):
+                uploads.append(
+                    PendingUpload(
+                        child_text(upload, "Key"),
+                        child_text(upload, "UploadId"),
+                        _when(child_text(upload, "Initiated")),
+                    )
+                )
+            if child_text(root, "IsTruncated").lower() != "true":
                 break
-            key_marker = response.get("NextKeyMarker")
-            upload_marker = response.get("NextUploadIdMarker")
+            key_marker = child_text(root, "NextKeyMarker")
+            upload_marker = child_text(root, "NextUploadIdMarker")
             if not key_marker:
                 break
-            new_markers = {"KeyMarker": key_marker}
+            new_markers = {"key-marker": key_marker}
             if upload_marker:
-                new_markers["UploadIdMarker"] = upload_marker
+                new_markers["upload-id-marker"] = upload_marker
             if new_markers == markers:
                 break
             markers = new_markers
         return uploads
+
+
+def _xml(operation: str, answer: Answer) -> ElementTree.Element:
+    try:
+        return answer.xml()
+    except S3Error as err:
+        raise _error(operation, err) from None
+
+
+def _when(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Migration:
-    """One step of the schema, in each store's dialect (statements separated by `;`)."""
+    """One step of the schema, in each store's dialect: statements separated by `;`, or a tuple of statements
+    (for a statement with `;` inside, such as a function's body)."""
 
     version: int
     description: str
-    sqlite: str
-    postgresql: str
+    sqlite: str | tuple[str, ...]
+    postgresql: str | tuple[str, ...]
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -102,6 +103,43 @@ MIGRATIONS: tuple[Migration, ...] = (
         sqlite="CREATE INDEX IF NOT EXISTS init_events_by_time ON init_events(at)",
         postgresql="CREATE INDEX IF NOT EXISTS init_events_by_time ON init_events(at)",
     ),
+    Migration(
+        3,
+        "begin_backup in one round trip on PostgreSQL (a function holding the instance's row)",
+        sqlite="SELECT 1",  # SQLite runs the same steps in a BEGIN IMMEDIATE transaction of its own process
+        postgresql=(
+            """
+            CREATE OR REPLACE FUNCTION offsite_begin_backup(
+                p_id text, p_instance_id text, p_name text, p_size bigint, p_sha256 text,
+                p_created_at double precision, p_part_size bigint, p_part_count integer, p_object_key text,
+                p_metadata text, p_now double precision, p_init_rate integer,
+                OUT busy text, OUT recent bigint, OUT oldest double precision, OUT began boolean)
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                began := false;
+                -- Holding the instance's row: its creates are counted one at a time, whichever node runs them.
+                PERFORM 1 FROM instances WHERE id = p_instance_id FOR UPDATE;
+                SELECT b.id INTO busy FROM backups b
+                    WHERE b.instance_id = p_instance_id AND b.status = 'uploading' LIMIT 1;
+                IF busy IS NOT NULL THEN
+                    RETURN;
+                END IF;
+                SELECT count(*), min(e.at) INTO recent, oldest FROM init_events e
+                    WHERE e.instance_id = p_instance_id AND e.at > p_now - 3600;
+                IF recent >= p_init_rate THEN
+                    RETURN;
+                END IF;
+                INSERT INTO backups (id, instance_id, name, size, sha256, status, created_at, completed_at,
+                                     part_size, part_count, object_key, upload_id, metadata)
+                    VALUES (p_id, p_instance_id, p_name, p_size, p_sha256, 'uploading', p_created_at, NULL,
+                            p_part_size, p_part_count, p_object_key, NULL, p_metadata);
+                INSERT INTO init_events (instance_id, at) VALUES (p_instance_id, p_now);
+                began := true;
+            END
+            $$
+            """,
+        ),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -113,8 +151,10 @@ def pending(current: int) -> tuple[tuple[int, str], ...]:
     return tuple((m.version, m.description) for m in MIGRATIONS if m.version > current)
 
 
-def statements(sql: str) -> list[str]:
-    """The statements of a migration (none of ours holds a `;` inside a literal)."""
+def statements(sql: str | tuple[str, ...]) -> list[str]:
+    """The statements of a migration: a tuple as it is, a string split at `;` (none holds one in a literal)."""
+    if isinstance(sql, tuple):
+        return [statement.strip() for statement in sql]
     return [statement.strip() for statement in sql.split(";") if statement.strip()]
 
 

@@ -155,6 +155,7 @@ class PostgresStore:
             timeout=self.timeout,  # connecting
             command_timeout=self.timeout,  # each statement
             max_inactive_connection_lifetime=60,
+            reset=self._reset,
             server_settings={
                 "application_name": "offsite-gateway",
                 # A lock wait (row or advisory) longer than this fails rather than piling up requests.
@@ -183,6 +184,15 @@ class PostgresStore:
                     await pool.close()
             except TimeoutError:
                 pool.terminate()
+
+    @staticmethod
+    async def _reset(conn: asyncpg.Connection) -> None:
+        """Nothing more than asyncpg's rollback of an open transaction, when a connection goes back to the pool.
+
+        Not asyncpg's default (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` after every call: a
+        second round trip each time): the store never sets, listens or keeps cursors, and `_advisory` unlocks
+        what it locked, or ends the connection (and so its locks) when it cannot be sure.
+        """
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
@@ -248,31 +258,47 @@ class PostgresStore:
 
     @contextlib.asynccontextmanager
     async def _advisory(self, key: int, *, wait: bool) -> AsyncIterator[bool]:
-        """A session advisory lock on the task's bound connection, or on a pooled one bound for the block."""
+        """A session advisory lock on the task's bound connection, or on a pooled one bound for the block.
+
+        A pooled connection whose lock state is uncertain (the wait was cancelled or failed, the unlock failed)
+        is ended rather than given back: the server then drops every lock its session held.
+        """
         async with contextlib.AsyncExitStack() as stack:
+            bound = self._bound.get()
+            conn: asyncpg.Connection | None = bound
             try:
-                bound = self._bound.get()
-                conn = (
-                    bound
-                    if bound is not None
-                    else await stack.enter_async_context(self.pool.acquire(timeout=self.timeout))
-                )
+                if conn is None:
+                    conn = await stack.enter_async_context(self.pool.acquire(timeout=self.timeout))
+                assert conn is not None
                 if wait:
                     await conn.execute("SELECT pg_advisory_lock($1)", key)
-                elif not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
-                    yield False
-                    return
-            except _UNAVAILABLE as err:
-                raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
+                    held = True
+                else:
+                    held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+            except BaseException as err:
+                if bound is None and conn is not None:
+                    conn.terminate()
+                if isinstance(err, _UNAVAILABLE):
+                    raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
+                raise
+            if not held:
+                yield False
+                return
             token = self._bound.set(conn)
             try:
                 yield True
             finally:
                 self._bound.reset(token)
-                # If this fails the connection is broken: the server ends its session, and its locks with it
-                # (and the pool's reset of a connection given back unlocks everything it held).
-                with contextlib.suppress(*_UNAVAILABLE):
+                try:
                     await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                except _UNAVAILABLE as err:
+                    if bound is not None:
+                        raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
+                    conn.terminate()  # the lock ends with the session; what the block did stands
+                except BaseException:
+                    if bound is None:
+                        conn.terminate()
+                    raise
 
     @contextlib.asynccontextmanager
     async def lock_backup(self, backup_id: str, *, wait: bool = True) -> AsyncIterator[bool]:
@@ -353,27 +379,31 @@ class PostgresStore:
     # --- backups --------------------------------------------------------------------------------------
 
     async def begin_backup(self, backup: Backup, now: float, init_rate: int) -> None:
-        window_start = now - 3600
-        async with self._conn() as conn, conn.transaction():
-            # Holding the instance's row: the creates of one instance are counted one at a time, on any node.
-            await conn.execute("SELECT 1 FROM instances WHERE id = $1 FOR UPDATE", backup.instance_id)
+        # One round trip: offsite_begin_backup (migration 3) holds the instance's row, checks the upload in
+        # progress and the init rate, and inserts, in the statement's own transaction.
+        async with self._conn() as conn:
             row = await conn.fetchrow(
-                "SELECT (SELECT id FROM backups WHERE instance_id = $1 AND status = 'uploading' LIMIT 1) AS busy, "
-                "count(*) AS recent, min(at) AS oldest FROM init_events WHERE instance_id = $1 AND at > $2",
+                "SELECT busy, recent, oldest, began FROM offsite_begin_backup("
+                "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                backup.id,
                 backup.instance_id,
-                window_start,
-            )
-            assert row is not None
-            if row["busy"] is not None:
-                raise UploadInProgress(row["busy"])
-            if row["recent"] >= init_rate:
-                raise RateLimited(max(1, int(row["oldest"] - window_start) + 1))
-            await conn.execute(
-                f"WITH added AS (INSERT INTO backups ({_BACKUP_COLUMNS}) VALUES ({_BACKUP_PLACEHOLDERS})) "  # noqa: S608
-                "INSERT INTO init_events (instance_id, at) VALUES ($2, $14)",
-                *_backup_values(backup),
+                backup.name,
+                backup.size,
+                backup.sha256,
+                backup.created_at,
+                backup.part_size,
+                backup.part_count,
+                backup.object_key,
+                json.dumps(backup.metadata, separators=(",", ":")),
                 now,
+                init_rate,
             )
+        assert row is not None
+        if row["busy"] is not None:
+            raise UploadInProgress(row["busy"])
+        if not row["began"]:
+            window_start = now - 3600
+            raise RateLimited(max(1, int(row["oldest"] - window_start) + 1))
 
     async def restore_backup(self, backup: Backup) -> bool:
         async with self._conn() as conn:

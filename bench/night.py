@@ -1,0 +1,452 @@
+"""Benchmark: a night of N homes (default 100,000) backing up through two gateway nodes on one PostgreSQL.
+
+    .venv/bin/python bench/night.py [--homes 100000] [--window 600] [--parts 1] [--batch 4] [--nodes 2]
+                                    [--profile DIR]
+
+Everything runs on this machine, on 127.0.0.1: a PostgreSQL cluster started for the run from the machine's binaries
+(tests/helpers/postgres.py, with PostgreSQL's durable defaults: fsync and synchronous commit on), `--nodes`
+`offsite-gateway serve` processes on it (access log on, as deployed), and bench/s3_sink.py as storage (bodies
+discarded, so the figures are the gateway's and the database's, not storage's). N instances are created in the
+database beforehand (COPY, untimed). Then each home runs what Home Assistant's upload engine does, once, at a
+uniformly random instant of a `--window`-second night (a 2-hour window compressed):
+
+    POST /v1/backups (name, size, SHA-256, Home Assistant's metadata, ~1 KB) → part URLs asked in batches of
+    `--batch` (POST /v1/backups/{id}/parts) → each part PUT to storage → POST /v1/backups/{id}/complete
+
+to a node chosen at random (a load balancer). A backup is `--parts` parts: one small part by default (what the
+per-backup cost is about; signing is ~0.1 ms per URL more, see bench/gateway_sign.py); with more, every part but the
+last is 5 MiB (storage checks sizes), so keep `--homes` small then.
+
+Printed: per call p50/p99 and errors; CPU per backup (milliseconds) of the gateway processes and of PostgreSQL (all
+its processes, exited backends included through the postmaster's children time), read from /proc over the night:
+that figure holds on any machine, the wall times here do not (2 cores shared by everything above); backups lost (a
+complete answered 200 that the database or storage does not hold); the nodes and database cores a night of
+1,000,000 homes in 2 hours needs at that CPU cost. The last line is one JSON object:
+`{"homes": N, "errors": 0, "lost": 0, "p99_ms": …, "gateway_cpu_ms_per_backup": …, "db_cpu_ms_per_backup": …, …}`
+(`p99_ms`: the worst of the three calls' p99).
+
+`--profile DIR` runs each node under cProfile (DIR/node0.prof, …), to see where the gateway's time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import math
+import os
+import random
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.gateway_sign import cpu_seconds, percentile, run_sink, wait_ready  # noqa: E402
+from offsite_gateway.auth import hash_token  # noqa: E402
+from offsite_gateway.config import load_settings  # noqa: E402
+from offsite_gateway.store import create_store  # noqa: E402
+from tests.helpers.postgres import PostgresCluster, run_postgres  # noqa: E402
+from tests.helpers.servers import free_port  # noqa: E402
+
+MIB = 1024 * 1024
+PART = 5 * MIB
+BUCKET = "night"
+CALLS = ("create", "sign", "complete")
+METADATA = {
+    "addons": [{"name": "Mosquitto broker", "slug": "core_mosquitto", "version": "6.4.1"}],
+    "backup_id": "",
+    "date": "2026-11-26T01:13:00.000000+01:00",
+    "database_included": True,
+    "extra_metadata": {
+        "instance_id": "",
+        "with_automatic_settings": True,
+        "supervisor.backup_request_date": "",
+    },
+    "folders": ["share", "media"],
+    "homeassistant_included": True,
+    "homeassistant_version": "2026.11.3",
+    "name": "Automatic backup 2026.11.3",
+    "protected": True,
+    "size": 0,
+}
+TARGET_HOMES = 1_000_000
+TARGET_WINDOW = 2 * 3600
+NODE_BUSY = 0.6  # a node is sized to run at most 60 % of its core at the night's rate, for latency headroom
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of a process and of its children it has reaped (utime, stime, cutime, cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu(cluster: PostgresCluster) -> float:
+    """CPU seconds of the whole cluster: the postmaster, its live children, and those that exited."""
+    postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+    total = process_cpu(postmaster)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == postmaster:  # ppid
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+@dataclass
+class Results:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {call: [] for call in CALLS})
+    errors: Counter[str] = field(default_factory=Counter)
+    completed: list[str] = field(default_factory=list)
+    first_errors: list[str] = field(default_factory=list)
+
+    def error(self, what: str, detail: str) -> None:
+        self.errors[what] += 1
+        if len(self.first_errors) < 10:
+            self.first_errors.append(f"{what}: {detail}")
+
+
+class Home:
+    """One Home Assistant: its token and the upload engine's sequence of calls."""
+
+    def __init__(self, token: str, parts: int, batch: int) -> None:
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.parts = parts
+        self.batch = batch
+
+    async def _call(
+        self, session: aiohttp.ClientSession, url: str, body: Any, results: Results, what: str, expect: int
+    ) -> Any:
+        started = time.perf_counter()
+        async with session.post(url, json=body, headers=self.headers) as resp:
+            data = await resp.read()
+            status = resp.status
+        results.latencies[what].append(time.perf_counter() - started)
+        if status != expect:
+            raise RuntimeError(f"{what}: HTTP {status} {data[:200]!r}")
+        return json.loads(data)
+
+    async def back_up(self, session: aiohttp.ClientSession, node: str, results: Results) -> None:
+        last = random.randint(1, 64 * 1024)
+        size = (self.parts - 1) * PART + last
+        bodies = {n: (b"x" * PART if n < self.parts else os.urandom(last)) for n in range(1, self.parts + 1)}
+        sha256 = hashlib.sha256(b"".join(bodies[n] for n in sorted(bodies))).hexdigest()
+        metadata = {**METADATA, "backup_id": uuid.uuid4().hex[:8], "size": size}
+        what = "create"
+        try:
+            init = await self._call(
+                session,
+                f"{node}/v1/backups",
+                {"name": metadata["name"], "size": size, "sha256": sha256, "metadata": metadata},
+                results,
+                "create",
+                201,
+            )
+            backup_id = init["id"]
+            completed: list[dict[str, Any]] = []
+            for start in range(1, init["part_count"] + 1, self.batch):
+                what = "sign"
+                numbers = list(range(start, min(init["part_count"], start + self.batch - 1) + 1))
+                signed = await self._call(
+                    session,
+                    f"{node}/v1/backups/{backup_id}/parts",
+                    {"part_numbers": numbers},
+                    results,
+                    "sign",
+                    200,
+                )
+                for part in signed["parts"]:
+                    what = "put"
+                    body = bodies[part["part_number"]]
+                    async with session.put(part["url"], data=body) as resp:
+                        await resp.read()
+                        if resp.status != 200:
+                            raise RuntimeError(f"PUT part {part['part_number']}: HTTP {resp.status}")  # noqa: TRY301
+                        completed.append({"part_number": part["part_number"], "etag": resp.headers["ETag"]})
+            what = "complete"
+            await self._call(
+                session,
+                f"{node}/v1/backups/{backup_id}/complete",
+                {"parts": completed, "sha256": sha256},
+                results,
+                "complete",
+                200,
+            )
+            results.completed.append(backup_id)
+        except (aiohttp.ClientError, TimeoutError, RuntimeError, KeyError, ValueError) as err:
+            results.error(what, f"{type(err).__name__}: {err}")
+
+
+async def create_instances(url: str, count: int) -> list[str]:
+    """N instances straight into the database (COPY): setup, not what is measured."""
+    settings = load_settings({"OFFSITE_GATEWAY_DB": url}, require_storage=False)
+    store = create_store(settings)
+    await store.open()  # the schema, through the gateway's own migrations
+    await store.close()
+    tokens = [secrets.token_urlsafe(32) for _ in range(count)]
+    now = time.time()
+    records = [(uuid.uuid4().hex, f"home-{n}", hash_token(token), now) for n, token in enumerate(tokens)]
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.copy_records_to_table(
+            "instances", records=records, columns=["id", "name", "token_hash", "created_at"]
+        )
+    finally:
+        await conn.close()
+    return tokens
+
+
+async def night(args: argparse.Namespace, nodes: list[str], tokens: list[str], results: Results) -> float:
+    """Every home at its instant of the window; the wall time it took."""
+    connector = aiohttp.TCPConnector(limit=args.connections, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=120, sock_connect=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        # Keep-alive connections to each node (a reverse proxy's upstream pool), opened before the night.
+        async def touch(node: str) -> None:
+            async with session.get(node + "/healthz") as resp:
+                await resp.read()
+
+        await asyncio.gather(*(touch(node) for node in nodes for _ in range(min(args.connections, 64))))
+        due = sorted(random.uniform(0, args.window) for _ in tokens)
+        homes = [Home(token, args.parts, args.batch) for token in tokens]
+        random.shuffle(homes)
+        began = time.perf_counter()
+        tasks: set[asyncio.Task[None]] = set()
+        reported = began
+        for at, home in zip(due, homes, strict=True):
+            if (wait := began + at - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            task = asyncio.create_task(home.back_up(session, random.choice(nodes), results))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            if time.perf_counter() - reported > 30:
+                reported = time.perf_counter()
+                print(
+                    f"  {reported - began:5.0f} s: {len(results.completed)} backups done, {len(tasks)} in flight, "
+                    f"{sum(results.errors.values())} errors",
+                    flush=True,
+                )
+        if tasks:
+            await asyncio.wait(tasks)
+        return time.perf_counter() - began
+
+
+async def check_lost(url: str, results: Results, sink: str) -> tuple[int, dict[str, Any]]:
+    """Backups answered 200 at complete that the database or storage does not hold."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT id FROM backups WHERE status = 'completed'")
+    finally:
+        await conn.close()
+    in_db = {row["id"] for row in rows}
+    async with aiohttp.ClientSession() as session, session.get(sink + "/stats") as resp:
+        stats: dict[str, Any] = await resp.json()
+    missing = len(set(results.completed) - in_db)
+    # Each completed backup is an archive and its manifest in the sink.
+    missing_objects = max(0, 2 * len(results.completed) - int(stats["objects"]))
+    return max(missing, missing_objects // 2), stats
+
+
+def gateway_command(profile: Path | None, number: int) -> list[str]:
+    if profile is not None:
+        return [
+            sys.executable,
+            "-m",
+            "cProfile",
+            "-o",
+            str(profile / f"node{number}.prof"),
+            "-m",
+            "offsite_gateway",
+            "serve",
+        ]
+    return [sys.executable, "-m", "offsite_gateway", "serve"]
+
+
+async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, workdir: Path) -> dict[str, Any]:
+    url = cluster.create_database()
+    print(f"creating {args.homes} instances ...", flush=True)
+    tokens = await create_instances(url, args.homes)
+    processes: list[subprocess.Popen[bytes]] = []
+    nodes: list[str] = []
+    logs = []
+    try:
+        for number in range(args.nodes):
+            port = free_port()
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("OFFSITE_GATEWAY_")},
+                "OFFSITE_GATEWAY_LISTEN": f"127.0.0.1:{port}",
+                "OFFSITE_GATEWAY_DB": url,
+                "OFFSITE_GATEWAY_S3_ENDPOINT": sink,
+                "OFFSITE_GATEWAY_S3_BUCKET": BUCKET,
+                "OFFSITE_GATEWAY_S3_ACCESS_KEY": "bench",
+                "OFFSITE_GATEWAY_S3_SECRET_KEY": "bench-secret",
+                "OFFSITE_GATEWAY_PART_SIZE": str(PART),
+            }
+            if number == 0:
+                bucket = subprocess.run(  # noqa: ASYNC221 - setup
+                    [sys.executable, "-m", "offsite_gateway", "bucket", "create"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if bucket.returncode != 0:
+                    raise RuntimeError(f"bucket create: {bucket.stderr}")
+            log = (workdir / f"node{number}.log").open("wb")
+            logs.append(log)
+            processes.append(
+                subprocess.Popen(gateway_command(args.profile, number), env=env, stdout=log, stderr=log)  # noqa: ASYNC220
+            )
+            nodes.append(f"http://127.0.0.1:{port}")
+        for node, process in zip(nodes, processes, strict=True):
+            await wait_ready(node, process)  # type: ignore[arg-type]
+        # Warm-up (untimed): a few hundred backups, so every node has loaded botocore and filled its pool.
+        warm = Results()
+        await night(
+            argparse.Namespace(**{**vars(args), "window": 2.0, "connections": args.connections}),
+            nodes,
+            tokens[: min(200, len(tokens))],
+            warm,
+        )
+        print(f"warm-up: {len(warm.completed)} backups, {sum(warm.errors.values())} errors", flush=True)
+
+        results = Results()
+        before_gw = [cpu_seconds(p.pid) for p in processes]
+        before_db = postgres_cpu(cluster)
+        before_client = cpu_seconds(os.getpid())
+        load_before = os.getloadavg()[0]
+        print(
+            f"night: {args.homes} homes over {args.window:.0f} s ({args.homes / args.window:.1f} backups/s)",
+            flush=True,
+        )
+        elapsed = await night(args, nodes, tokens, results)
+        gateway_cpu = sum(cpu_seconds(p.pid) for p in processes) - sum(before_gw)
+        db_cpu = postgres_cpu(cluster) - before_db
+        client_cpu = cpu_seconds(os.getpid()) - before_client
+        lost, stats = await check_lost(url, results, sink)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for log in logs:
+            log.close()
+
+    done = len(results.completed) or 1
+    per_call = {
+        call: {
+            "n": len(values),
+            "p50_ms": round(percentile(values, 50) * 1000, 1),
+            "p99_ms": round(percentile(values, 99) * 1000, 1),
+            "mean_ms": round(statistics.fmean(values) * 1000, 1) if values else None,
+        }
+        for call, values in results.latencies.items()
+    }
+    gateway_ms = gateway_cpu * 1000 / done
+    db_ms = db_cpu * 1000 / done
+    rate = TARGET_HOMES / TARGET_WINDOW
+    gateway_cores = rate * gateway_ms / 1000
+    db_cores = rate * db_ms / 1000
+    return {
+        "per_call": per_call,
+        "errors": dict(results.errors),
+        "first_errors": results.first_errors,
+        "completed": len(results.completed),
+        "lost": lost,
+        "elapsed_s": round(elapsed, 1),
+        "backups_per_s": round(len(results.completed) / elapsed, 1),
+        "gateway_cpu_ms_per_backup": round(gateway_ms, 2),
+        "db_cpu_ms_per_backup": round(db_ms, 2),
+        "client_cpu_ms_per_backup": round(client_cpu * 1000 / done, 2),
+        "sink_calls": stats["calls"],
+        "load_avg_before": round(load_before, 2),
+        "target_backups_per_s": round(rate, 1),
+        "target_gateway_cores": round(gateway_cores, 2),
+        "target_db_cores": round(db_cores, 2),
+        # At least two: no single point of failure.
+        "target_nodes": max(2, math.ceil(gateway_cores / NODE_BUSY)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--homes", type=int, default=100_000)
+    parser.add_argument("--window", type=float, default=600.0, help="seconds the night is compressed to")
+    parser.add_argument("--parts", type=int, default=1, help="parts per backup (all but the last 5 MiB)")
+    parser.add_argument("--batch", type=int, default=4, help="part URLs asked per call, as the engine does")
+    parser.add_argument("--nodes", type=int, default=2, help="gateway processes")
+    parser.add_argument(
+        "--connections", type=int, default=256, help="client keep-alive connections, all nodes"
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profile", type=Path, default=None, help="run the nodes under cProfile, dumps here")
+    args = parser.parse_args()
+    random.seed(args.seed)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        run_postgres(durable=True) as cluster,
+        run_sink(Path(tmp) / "sink.log") as sink,
+    ):
+        figures = asyncio.run(run(args, cluster, sink.endpoint, Path(tmp)))
+    print(f"{'call':10} {'n':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
+    for call, values in figures["per_call"].items():
+        print(
+            f"{call:10} {values['n']:>8} {values['p50_ms']:>8} {values['p99_ms']:>8} {values['mean_ms']:>8}"
+        )
+    print(f"errors: {figures['errors'] or 0}   lost: {figures['lost']}")
+    for line in figures["first_errors"]:
+        print(f"  {line}")
+    print(
+        f"{figures['completed']} backups in {figures['elapsed_s']} s ({figures['backups_per_s']}/s); CPU per backup: "
+        f"gateway {figures['gateway_cpu_ms_per_backup']} ms (all nodes), PostgreSQL {figures['db_cpu_ms_per_backup']} ms, "
+        f"this client {figures['client_cpu_ms_per_backup']} ms"
+    )
+    print(
+        f"1,000,000 homes in 2 hours = {figures['target_backups_per_s']} backups/s: "
+        f"{figures['target_gateway_cores']} gateway cores -> {figures['target_nodes']} nodes "
+        f"(each at most {NODE_BUSY:.0%} busy, never fewer than 2), {figures['target_db_cores']} PostgreSQL cores"
+    )
+    summary = {
+        "homes": args.homes,
+        "errors": sum(figures["errors"].values()),
+        "lost": figures["lost"],
+        "p99_ms": max(values["p99_ms"] for values in figures["per_call"].values()),
+        "gateway_cpu_ms_per_backup": figures["gateway_cpu_ms_per_backup"],
+        "db_cpu_ms_per_backup": figures["db_cpu_ms_per_backup"],
+        "window_s": args.window,
+        "backups_per_s": figures["backups_per_s"],
+        "nodes_for_1m_homes_in_2h": figures["target_nodes"],
+        "db_cores_for_1m_homes_in_2h": figures["target_db_cores"],
+        **{f"{call}_p99_ms": values["p99_ms"] for call, values in figures["per_call"].items()},
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
