@@ -256,7 +256,7 @@ class Storage:
                 return None
             raise
         try:
-            return int(answer.headers.get("Content-Length", ""))
+            return int(answer.headers.get("content-length", ""))
         except ValueError:
             raise StorageError("head_object", "storage answered no Content-Length") from None
 

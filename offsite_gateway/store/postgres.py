@@ -11,13 +11,13 @@ at a time), conditional updates for every state change, and advisory locks:
 - `lock_sweeper`: `pg_try_advisory_lock`: one node sweeps, the others skip that run.
 - migrations run under an advisory lock, each in its own transaction, recorded in `schema_migrations`.
 
-Every call has a deadline: connecting and acquiring a connection (`timeout`), each statement
-(`command_timeout`), and a lock wait (`lock_timeout`).
+Connections come from a small pool of our own (pgpool.py: asyncpg's cost more CPU than the queries). Every call
+has a deadline: connecting and waiting for a connection, each statement, and a lock wait (`lock_timeout`), all
+`OFFSITE_GATEWAY_DB_TIMEOUT` seconds.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import hashlib
@@ -41,6 +41,7 @@ from .base import (
 )
 from .locks import KeyedLocks
 from .migrations import MIGRATIONS, SCHEMA_VERSION, pending, statements, too_new_message
+from .pgpool import ConnectionPool
 
 # A constant: the f-strings below only splice it in, every value is a bound parameter.
 _BACKUP_COLUMNS = (
@@ -131,7 +132,7 @@ class PostgresStore:
         self.url = url
         self.pool_size = pool_size
         self.timeout = timeout
-        self._pool: asyncpg.Pool | None = None
+        self._pool: ConnectionPool | None = None
         self._locks = KeyedLocks()
         # The connection holding this task's advisory lock, used by every call inside `lock_backup`.
         self._bound: contextvars.ContextVar[asyncpg.Connection | None] = contextvars.ContextVar(
@@ -142,20 +143,16 @@ class PostgresStore:
         return f"PostgreSQL {PostgresDatabase(self.url).redacted}"
 
     @property
-    def pool(self) -> asyncpg.Pool:
+    def pool(self) -> ConnectionPool:
         if self._pool is None:
             raise RuntimeError("the store is not open")
         return self._pool
 
     async def open(self, *, migrate: bool = True) -> None:
-        pool = await asyncpg.create_pool(
+        pool = ConnectionPool(
             self.url,
-            min_size=1,
-            max_size=self.pool_size,
-            timeout=self.timeout,  # connecting
-            command_timeout=self.timeout,  # each statement
-            max_inactive_connection_lifetime=60,
-            reset=self._reset,
+            size=self.pool_size,
+            timeout=self.timeout,
             server_settings={
                 "application_name": "offsite-gateway",
                 # A lock wait (row or advisory) longer than this fails rather than piling up requests.
@@ -164,7 +161,7 @@ class PostgresStore:
             },
         )
         try:
-            async with pool.acquire(timeout=self.timeout) as conn:
+            async with pool.acquire() as conn:
                 if migrate:
                     await self._migrate(conn)
                 else:
@@ -179,20 +176,7 @@ class PostgresStore:
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await pool.close()
-            except TimeoutError:
-                pool.terminate()
-
-    @staticmethod
-    async def _reset(conn: asyncpg.Connection) -> None:
-        """Nothing more than asyncpg's rollback of an open transaction, when a connection goes back to the pool.
-
-        Not asyncpg's default (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` after every call: a
-        second round trip each time): the store never sets, listens or keeps cursors, and `_advisory` unlocks
-        what it locked, or ends the connection (and so its locks) when it cannot be sure.
-        """
+            await pool.close()
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
@@ -202,7 +186,7 @@ class PostgresStore:
             if bound is not None:
                 yield bound
                 return
-            async with self.pool.acquire(timeout=self.timeout) as conn:
+            async with self.pool.acquire() as conn:
                 yield conn
         except _UNAVAILABLE as err:
             raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
@@ -268,7 +252,7 @@ class PostgresStore:
             conn: asyncpg.Connection | None = bound
             try:
                 if conn is None:
-                    conn = await stack.enter_async_context(self.pool.acquire(timeout=self.timeout))
+                    conn = await stack.enter_async_context(self.pool.acquire())
                 assert conn is not None
                 if wait:
                     await conn.execute("SELECT pg_advisory_lock($1)", key)
