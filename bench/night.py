@@ -1,14 +1,17 @@
 """Benchmark: a night of N homes (default 100,000) backing up through two gateway nodes on one PostgreSQL.
 
-    .venv/bin/python bench/night.py [--homes 100000] [--window 600] [--parts 1] [--batch 4] [--nodes 2]
-                                    [--profile DIR]
+    .venv/bin/python bench/night.py [--homes 100000] [--window SECONDS] [--retained 7] [--parts 1] [--batch 4]
+                                    [--nodes 2] [--profile DIR]
 
 Everything runs on this machine, on 127.0.0.1: a PostgreSQL cluster started for the run from the machine's binaries
 (tests/helpers/postgres.py, with PostgreSQL's durable defaults: fsync and synchronous commit on), `--nodes`
 `offsite-gateway serve` processes on it (access log on, as deployed), and bench/s3_sink.py as storage (bodies
 discarded, so the figures are the gateway's and the database's, not storage's). N instances are created in the
-database beforehand (COPY, untimed). Then each home runs what Home Assistant's upload engine does, once, at a
-uniformly random instant of a `--window`-second night (a 2-hour window compressed):
+database beforehand (COPY, untimed), each with `--retained` completed backups of earlier nights (7 by default, the
+default retention: so each complete also deletes the oldest backup, archive and manifest, as on every night but
+the first; `--retained 0` measures a first night). Then each home runs what Home Assistant's upload engine does,
+once, at a uniformly random instant of a `--window`-second night (a 2-hour window compressed; by default
+homes / 80 seconds, the rate this 2-core VM sustains with everything on it):
 
     POST /v1/backups (name, size, SHA-256, Home Assistant's metadata, ~1 KB) → part URLs asked in batches of
     `--batch` (POST /v1/backups/{id}/parts) → each part PUT to storage → POST /v1/backups/{id}/complete
@@ -83,6 +86,21 @@ METADATA = {
     "protected": True,
     "size": 0,
 }
+BACKUP_COLUMNS = [
+    "id",
+    "instance_id",
+    "name",
+    "size",
+    "sha256",
+    "status",
+    "created_at",
+    "completed_at",
+    "part_size",
+    "part_count",
+    "object_key",
+    "upload_id",
+    "metadata",
+]
 TARGET_HOMES = 1_000_000
 TARGET_WINDOW = 2 * 3600
 NODE_BUSY = 0.6  # a node is sized to run at most 60 % of its core at the night's rate, for latency headroom
@@ -215,8 +233,9 @@ class Home:
             results.error(what, f"{type(err).__name__}: {err}")
 
 
-async def create_instances(url: str, count: int) -> list[str]:
-    """N instances straight into the database (COPY): setup, not what is measured."""
+async def create_instances(url: str, count: int, retained: int) -> list[str]:
+    """N instances straight into the database (COPY), each with `retained` completed backups of the nights
+    before (rows only: the sink answers a delete of any key): setup, not what is measured."""
     settings = load_settings({"OFFSITE_GATEWAY_DB": url}, require_storage=False)
     store = create_store(settings)
     await store.open()  # the schema, through the gateway's own migrations
@@ -224,11 +243,33 @@ async def create_instances(url: str, count: int) -> list[str]:
     tokens = [secrets.token_urlsafe(32) for _ in range(count)]
     now = time.time()
     records = [(uuid.uuid4().hex, f"home-{n}", hash_token(token), now) for n, token in enumerate(tokens)]
+    backups = [
+        (
+            backup_id := uuid.uuid4().hex,
+            instance_id,
+            f"Automatic backup, night -{night}",
+            123_456,
+            None,
+            "completed",
+            now - night * 86400 - 60,
+            now - night * 86400,
+            PART,
+            1,
+            f"{instance_id}/{backup_id}",
+            None,
+            "{}",
+        )
+        for instance_id, *_ in records
+        for night in range(1, retained + 1)
+    ]
     conn = await asyncpg.connect(url)
     try:
         await conn.copy_records_to_table(
             "instances", records=records, columns=["id", "name", "token_hash", "created_at"]
         )
+        if backups:
+            await conn.copy_records_to_table("backups", records=backups, columns=BACKUP_COLUMNS)
+        await conn.execute("ANALYZE")
     finally:
         await conn.close()
     return tokens
@@ -294,7 +335,7 @@ def gateway_command(profile: Path | None, number: int) -> list[str]:
 async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, workdir: Path) -> dict[str, Any]:
     url = cluster.create_database()
     print(f"creating {args.homes} instances ...", flush=True)
-    tokens = await create_instances(url, args.homes)
+    tokens = await create_instances(url, args.homes, args.retained)
     processes: list[subprocess.Popen[bytes]] = []
     nodes: list[str] = []
     logs = []
@@ -411,7 +452,19 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--homes", type=int, default=100_000)
-    parser.add_argument("--window", type=float, default=600.0, help="seconds the night is compressed to")
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=None,
+        help="seconds the night is compressed to (default: homes / 80, what this 2-core VM sustains)",
+    )
+    parser.add_argument(
+        "--retained",
+        type=int,
+        default=7,
+        help="completed backups each home already has (7, the default retention: each complete then deletes "
+        "the oldest, as on any night but the first; 0 for a first night)",
+    )
     parser.add_argument("--parts", type=int, default=1, help="parts per backup (all but the last 5 MiB)")
     parser.add_argument("--batch", type=int, default=4, help="part URLs asked per call, as the engine does")
     parser.add_argument("--nodes", type=int, default=2, help="gateway processes")
@@ -421,6 +474,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", type=Path, default=None, help="run the nodes under cProfile, dumps here")
     args = parser.parse_args()
+    if args.window is None:
+        args.window = args.homes / 80
     random.seed(args.seed)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -458,6 +513,7 @@ def main() -> None:
         "gateway_cpu_ms_per_backup": figures["gateway_cpu_ms_per_backup"],
         "db_cpu_ms_per_backup": figures["db_cpu_ms_per_backup"],
         "window_s": args.window,
+        "retained": args.retained,
         "backups_per_s": figures["backups_per_s"],
         "nodes_for_1m_homes_in_2h": figures["target_nodes"],
         "db_cores_for_1m_homes_in_2h": figures["target_db_cores"],

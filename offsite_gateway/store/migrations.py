@@ -142,6 +142,27 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        4,
+        "lock a backup and read it in one round trip on PostgreSQL",
+        sqlite="SELECT 1",  # SQLite's lock is the process's
+        postgresql=(
+            """
+            CREATE OR REPLACE FUNCTION offsite_lock_backup(p_key bigint, p_id text)
+            RETURNS SETOF backups
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_advisory_lock(p_key);
+                -- A statement of its own, so a snapshot taken once the lock is held: what the last holder wrote.
+                RETURN QUERY SELECT * FROM backups WHERE id = p_id;
+            END
+            $$
+            """,
+        ),
+    ),
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 assert all(migration.version == index + 1 for index, migration in enumerate(MIGRATIONS))
 

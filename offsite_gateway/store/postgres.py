@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -138,6 +138,11 @@ class PostgresStore:
         self._bound: contextvars.ContextVar[asyncpg.Connection | None] = contextvars.ContextVar(
             f"offsite_gateway_pg_{id(self)}", default=None
         )
+        # Read in the same round trip as something else, for this task's next call that asks for it (once):
+        # the backup `lock_backup` locked, and the completed backups of the instance `complete_backup` completed.
+        self._read_ahead: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.ContextVar(
+            f"offsite_gateway_pg_ahead_{id(self)}", default=None
+        )
 
     def describe(self) -> str:
         return f"PostgreSQL {PostgresDatabase(self.url).redacted}"
@@ -241,7 +246,7 @@ class PostgresStore:
     # --- locks ----------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _advisory(self, key: int, *, wait: bool) -> AsyncIterator[bool]:
+    async def _advisory(self, key: int, *, wait: bool, read_ahead: str | None = None) -> AsyncIterator[bool]:
         """A session advisory lock on the task's bound connection, or on a pooled one bound for the block.
 
         A pooled connection whose lock state is uncertain (the wait was cancelled or failed, the unlock failed)
@@ -254,7 +259,16 @@ class PostgresStore:
                 if conn is None:
                     conn = await stack.enter_async_context(self.pool.acquire())
                 assert conn is not None
-                if wait:
+                if read_ahead is not None:
+                    # Locked and read in one round trip (offsite_lock_backup, migration 4).
+                    rows = await conn.fetch(
+                        f"SELECT {_BACKUP_COLUMNS} FROM offsite_lock_backup($1, $2)",  # noqa: S608
+                        key,
+                        read_ahead,
+                    )
+                    self._read_ahead.set((f"backup:{read_ahead}", _backup(rows[0]) if rows else None))
+                    held = True
+                elif wait:
                     await conn.execute("SELECT pg_advisory_lock($1)", key)
                     held = True
                 else:
@@ -290,8 +304,28 @@ class PostgresStore:
             if not local:
                 yield False
                 return
-            async with self._advisory(lock_key("backup", backup_id), wait=wait) as held:
-                yield held
+            key = lock_key("backup", backup_id)
+            read_ahead = backup_id if wait and self._bound.get() is None else None
+            async with self._advisory(key, wait=wait, read_ahead=read_ahead) as held:
+                try:
+                    yield held
+                finally:
+                    ahead = self._read_ahead.get()
+                    if ahead is not None and ahead[0].startswith("backup:"):
+                        self._read_ahead.set(None)
+
+    def _ahead(self, kind: str, name: str) -> tuple[bool, Any]:
+        """What was read ahead for (kind, name), once: (True, it), else (False, None)."""
+        ahead = self._read_ahead.get()
+        if ahead is None or ahead[0] != f"{kind}:{name}":
+            return False, None
+        self._read_ahead.set(None)
+        return True, ahead[1]
+
+    def _forget_ahead(self) -> None:
+        """A write: nothing read before it may stand in for a read after it."""
+        if self._read_ahead.get() is not None:
+            self._read_ahead.set(None)
 
     @contextlib.asynccontextmanager
     async def lock_sweeper(self) -> AsyncIterator[bool]:
@@ -399,6 +433,7 @@ class PostgresStore:
         return status.endswith(" 1")
 
     async def set_upload_id(self, backup_id: str, upload_id: str) -> bool:
+        self._forget_ahead()
         async with self._conn() as conn:
             status: str = await conn.execute(
                 "UPDATE backups SET upload_id = $1 WHERE id = $2 AND status = 'uploading'",
@@ -408,11 +443,17 @@ class PostgresStore:
         return status != "UPDATE 0"
 
     async def get_backup(self, backup_id: str) -> Backup | None:
+        found, backup = self._ahead("backup", backup_id)
+        if found:
+            return cast("Backup | None", backup)
         async with self._conn() as conn:
             row = await conn.fetchrow(f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE id = $1", backup_id)  # noqa: S608
         return None if row is None else _backup(row)
 
     async def list_backups(self, instance_id: str, status: str) -> list[Backup]:
+        found, backups = self._ahead(f"list:{status}", instance_id)
+        if found:
+            return cast("list[Backup]", backups)
         async with self._conn() as conn:
             rows = await conn.fetch(
                 f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE instance_id = $1 AND status = $2 "  # noqa: S608
@@ -423,17 +464,33 @@ class PostgresStore:
         return [_backup(row) for row in rows]
 
     async def complete_backup(self, backup_id: str, sha256: str | None, now: float) -> bool:
+        """Also reads the instance's completed backups, for retention's next `list_backups` (read ahead)."""
+        self._forget_ahead()
         async with self._conn() as conn:
-            status: str = await conn.execute(
-                "UPDATE backups SET status = 'completed', completed_at = $1, sha256 = coalesce($2, sha256) "
-                "WHERE id = $3 AND status = 'uploading'",
+            rows = await conn.fetch(
+                "WITH done AS (UPDATE backups SET status = 'completed', completed_at = $1, "  # noqa: S608
+                "sha256 = coalesce($2, sha256) WHERE id = $3 AND status = 'uploading' "
+                f"RETURNING {_BACKUP_COLUMNS}) "
+                f"SELECT {_BACKUP_COLUMNS} FROM done UNION ALL "
+                f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'completed' "
+                "AND instance_id = (SELECT instance_id FROM done)",
                 now,
                 sha256,
                 backup_id,
             )
-        return status != "UPDATE 0"
+        if not rows:
+            return False
+        # The statement's snapshot saw this backup still uploading: it is in the list once, as completed.
+        completed = sorted(
+            (_backup(row) for row in rows),
+            key=lambda b: (b.completed_at or 0.0, b.created_at, b.id),
+            reverse=True,
+        )
+        self._read_ahead.set((f"list:completed:{completed[0].instance_id}", completed))
+        return True
 
     async def fail_backup(self, backup_id: str) -> Backup | None:
+        self._forget_ahead()
         async with self._conn() as conn:
             row = await conn.fetchrow(
                 "UPDATE backups SET status = 'failed' WHERE id = $1 AND status = 'uploading' "  # noqa: S608
@@ -443,6 +500,7 @@ class PostgresStore:
         return None if row is None else _backup(row)
 
     async def mark_deleting(self, backup_ids: Sequence[str]) -> None:
+        self._forget_ahead()
         if not backup_ids:
             return
         async with self._conn() as conn:
@@ -452,6 +510,7 @@ class PostgresStore:
             )
 
     async def delete_backup(self, backup_id: str) -> None:
+        self._forget_ahead()
         async with self._conn() as conn:
             await conn.execute("DELETE FROM backups WHERE id = $1", backup_id)
 
