@@ -132,6 +132,14 @@ finally:
 """
 
 
+def rss(pid: int) -> float:
+    """Resident memory of a process, MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def postgres_cpu(cluster: PostgresCluster) -> float:
     """CPU seconds of the whole cluster: the postmaster, its live children, and those that exited."""
     postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
@@ -381,6 +389,8 @@ async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, wor
         print(f"warm-up: {len(warm.completed)} backups, {sum(warm.errors.values())} errors", flush=True)
 
         results = Results()
+        async with aiohttp.ClientSession() as session, session.get(sink + "/stats") as resp:
+            calls_before = Counter((await resp.json())["calls"])
         before_gw = [cpu_seconds(p.pid) for p in processes]
         before_split = [user_system(p.pid) for p in processes]
         before_db = postgres_cpu(cluster)
@@ -398,6 +408,7 @@ async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, wor
         db_cpu = postgres_cpu(cluster) - before_db
         client_cpu = cpu_seconds(os.getpid()) - before_client
         lost, stats = await check_lost(url, results, sink)
+        rss_mb = max(rss(p.pid) for p in processes)
     finally:
         for process in processes:
             process.terminate()
@@ -437,7 +448,17 @@ async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, wor
         "gateway_system_ms_per_backup": round(gateway_system * 1000 / done, 2),
         "db_cpu_ms_per_backup": round(db_ms, 2),
         "client_cpu_ms_per_backup": round(client_cpu * 1000 / done, 2),
-        "sink_calls": stats["calls"],
+        "sink_calls": {call: n - calls_before[call] for call, n in stats["calls"].items()},
+        "storage_calls_per_backup": round(
+            sum(
+                n - calls_before[call]
+                for call, n in stats["calls"].items()
+                if call not in ("UploadPart", "HeadBucket", "CreateBucket")
+            )
+            / done,
+            2,
+        ),
+        "node_rss_mb": round(rss_mb),
         "load_avg_before": round(load_before, 2),
         "target_backups_per_s": round(rate, 1),
         "target_gateway_cores": round(gateway_cores, 2),
@@ -499,6 +520,10 @@ def main() -> None:
         f"gateway {figures['gateway_cpu_ms_per_backup']} ms (all nodes; user {figures['gateway_user_ms_per_backup']}, "
         f"system {figures['gateway_system_ms_per_backup']}), PostgreSQL {figures['db_cpu_ms_per_backup']} ms, "
         f"this client {figures['client_cpu_ms_per_backup']} ms"
+    )
+    print(
+        f"storage calls per backup (besides part uploads): {figures['storage_calls_per_backup']} "
+        f"{figures['sink_calls']}; largest node RSS {figures['node_rss_mb']} MB"
     )
     print(
         f"1,000,000 homes in 2 hours = {figures['target_backups_per_s']} backups/s: "
