@@ -265,7 +265,7 @@ async def _reindex(settings: Settings) -> int:
         f"{report.backups_known} already known, {len(report.skipped)} skipped."
     )
     for key, why in sorted(report.skipped.items()):
-        print(f"  skipped {key}: {why}")
+        print(f"  skipped {key if key.isprintable() else repr(key)}: {why}")
     if report.manifests_written:
         print(f"Wrote {report.manifests_written} missing manifest(s) of backups the database knew.")
     if report.instances_revoked:

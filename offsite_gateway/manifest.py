@@ -23,12 +23,14 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from .auth import validate_instance_name
 from .store import COMPLETED, Backup, Instance
 
 FORMAT = "offsite-backup-manifest"
 VERSION = 1
 SUFFIX = ".manifest.json"
 MAX_SIZE = 256 * 1024  # metadata is at most 64 KiB; names 200 characters
+MAX_BACKUP_NAME = 200
 
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -133,6 +135,12 @@ def parse(data: bytes, key: str) -> tuple[Instance, Backup]:
     name: str = _field(backup_data, "name", str, "backup")
     if not instance_name.strip() or not name:
         raise ManifestError("empty name")
+    try:  # the rules the gateway's own commands and API hold names to
+        instance_name = validate_instance_name(instance_name)
+    except ValueError as err:
+        raise ManifestError(f"instance.name: {err}") from None
+    if len(name) > MAX_BACKUP_NAME:
+        raise ManifestError(f"backup.name: longer than {MAX_BACKUP_NAME} characters")
     sha256 = backup_data.get("sha256")
     if sha256 is not None and (not isinstance(sha256, str) or not _SHA256_RE.match(sha256)):
         raise ManifestError("backup.sha256: expected 64 lower-case hexadecimal characters or null")
@@ -143,7 +151,7 @@ def parse(data: bytes, key: str) -> tuple[Instance, Backup]:
         raise ManifestError("backup.part_count does not match its size and part size")
     instance = Instance(
         id=instance_id,
-        name=instance_name.strip(),
+        name=instance_name,
         created_at=_timestamp(instance_data.get("created_at"), "instance.created_at"),
     )
     backup = Backup(

@@ -88,7 +88,7 @@ async def reindex(
     for key, result in zip(keys, await asyncio.gather(*(read(key) for key in keys)), strict=True):
         if isinstance(result, str):
             report.skipped[key] = result
-            _LOGGER.warning("Reindex: skipped %s: %s", key, result)
+            _LOGGER.warning("Reindex: skipped %r: %s", key, result)
         else:
             found.append(result)
 
