@@ -265,14 +265,18 @@ class Browser:
         for event in self.events:
             params = event.get("params", {})
             if event.get("method") == "Runtime.consoleAPICalled":
-                args = " ".join(str(arg.get("value", arg.get("description", ""))) for arg in params.get("args", []))
+                args = " ".join(
+                    str(arg.get("value", arg.get("description", ""))) for arg in params.get("args", [])
+                )
                 lines.append(f"console.{params.get('type')}: {args}")
             elif event.get("method") == "Log.entryAdded":
                 entry = params.get("entry", {})
                 lines.append(f"{entry.get('level')}: {entry.get('text')} {entry.get('url', '')}".strip())
             elif event.get("method") == "Runtime.exceptionThrown":
-                details = params.get('exceptionDetails', {})
-                lines.append(f"exception: {details.get('text')} {details.get('exception', {}).get('description', '')} {details.get('url', '')}:{details.get('lineNumber')}")
+                details = params.get("exceptionDetails", {})
+                lines.append(
+                    f"exception: {details.get('text')} {details.get('exception', {}).get('description', '')} {details.get('url', '')}:{details.get('lineNumber')}"
+                )
         return lines
 
     async def wait_for_text(self, texts: list[str], limit: float = 120) -> None:
