@@ -169,11 +169,35 @@ async def _instance_list(settings: Settings) -> int:
 async def _instance_revoke(settings: Settings, name: str) -> int:
     async with _open_store(settings) as store:
         revoked = await auth.revoke_instance(store, name)
-    if not revoked:
-        print(f"offsite-gateway: no active instance is named {name!r}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"Instance {name!r} revoked: its token is refused from now on.")
+        if revoked is None:
+            print(f"offsite-gateway: no active instance is named {name!r}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"Instance {name!r} revoked: its token is refused from now on.")
+        # Its part URLs signed already would work until they expire: its upload goes, now if storage is at hand.
+        later = "its upload in progress, if any, is marked failed; the gateway's sweeper aborts it in storage"
+        if not (settings.s3_bucket and settings.s3_access_key and settings.s3_secret_key):
+            print(f"Storage is not configured here: {later} on its next run.")
+            return 0
+        try:
+            aborted = await _abort_uploads(settings, store, revoked.id)
+        except Exception as err:  # the revocation stands; only the abort waits
+            print(f"Could not reach storage ({type(err).__name__}): {later} on its next run.")
+            return 0
+    if aborted:
+        print("Its upload in progress was aborted: its part URLs are refused from now on.")
     return 0
+
+
+async def _abort_uploads(settings: Settings, store: SQLiteStore, instance_id: str) -> int:
+    from .storage import Storage  # noqa: PLC0415
+    from .sweeper import abort_instance_uploads  # noqa: PLC0415
+
+    storage = Storage(settings)
+    await storage.open()
+    try:
+        return await abort_instance_uploads(store, storage, settings, instance_id)
+    finally:
+        await storage.close()
 
 
 async def _instance_rotate(settings: Settings, name: str) -> int:

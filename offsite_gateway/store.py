@@ -90,7 +90,11 @@ class Store(Protocol):
 
     async def create_instance(self, instance: Instance, token_hash: str) -> None: ...
     async def list_instances(self) -> list[Instance]: ...
-    async def revoke_instance(self, name: str, now: float) -> bool: ...
+    async def revoke_instance(self, name: str, now: float) -> Instance | None:
+        """Revoke the active instance with this name and, in the same transaction, mark its uploads in progress
+        failed (their storage uploads become orphans: see `sweeper`); None if there is none."""
+        ...
+
     async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
         """Replace the token hash of the active instance with this name; None if there is none."""
         ...
@@ -268,11 +272,25 @@ class SQLiteStore:
         ).fetchall()
         return [_instance(row) for row in rows]
 
-    async def revoke_instance(self, name: str, now: float) -> bool:
-        cursor = self.conn.execute(
-            "UPDATE instances SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name)
-        )
-        return cursor.rowcount > 0
+    async def revoke_instance(self, name: str, now: float) -> Instance | None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(
+                "UPDATE instances SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL "
+                "RETURNING id, name, created_at, revoked_at",
+                (now, name),
+            ).fetchall()
+            if rows:
+                conn.execute(
+                    "UPDATE backups SET status = 'failed' WHERE instance_id = ? AND status = 'uploading'",
+                    (rows[0]["id"],),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return _instance(rows[0]) if rows else None
 
     async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
         rows = self.conn.execute(

@@ -22,9 +22,9 @@ from pathlib import Path
 from aiohttp import web
 
 from offsite_gateway import auth
-from offsite_gateway.app import STORE, SWEEPER, create_app, make_runner
+from offsite_gateway.app import STORAGE, STORE, SWEEPER, create_app, make_runner
 from offsite_gateway.config import PREFIX, Settings, load_settings
-from offsite_gateway.sweeper import SweepReport
+from offsite_gateway.sweeper import SweepReport, abort_instance_uploads
 from tests.helpers.servers import S3Server
 
 
@@ -42,9 +42,12 @@ class RunningGateway:
         return instance.id, token
 
     async def revoke_instance(self, name: str) -> None:
-        """Revoke as `offsite-gateway instance revoke` does."""
-        if not await auth.revoke_instance(self.app[STORE], name):
+        """Revoke as `offsite-gateway instance revoke` does (with the storage settings at hand): the token is
+        refused, and the instance's upload in progress aborted."""
+        revoked = await auth.revoke_instance(self.app[STORE], name)
+        if revoked is None:
             raise LookupError(f"no active instance named {name!r}")
+        await abort_instance_uploads(self.app[STORE], self.app[STORAGE], self.settings, revoked.id)
 
     async def rotate_token(self, name: str) -> str:
         """A new token for the same instance, as `offsite-gateway instance rotate` does; the old one gets 401.
