@@ -11,7 +11,9 @@ retries it, so nothing is forgotten half-way.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -215,9 +217,15 @@ class SQLiteStore:
         self.open_sync()
 
     def open_sync(self) -> None:
-        """Open the database and bring its schema up to date."""
+        """Open the database and bring its schema up to date.
+
+        A new database file (and a folder made for it) is its owner's only: 0600 (0700), whatever the umask;
+        SQLite gives the WAL and its index the database file's mode.
+        """
         if self.path.parent != Path():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
         try:
             conn.row_factory = sqlite3.Row
