@@ -11,7 +11,9 @@ retries it, so nothing is forgotten half-way.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -90,7 +92,11 @@ class Store(Protocol):
 
     async def create_instance(self, instance: Instance, token_hash: str) -> None: ...
     async def list_instances(self) -> list[Instance]: ...
-    async def revoke_instance(self, name: str, now: float) -> bool: ...
+    async def revoke_instance(self, name: str, now: float) -> Instance | None:
+        """Revoke the active instance with this name and, in the same transaction, mark its uploads in progress
+        failed (their storage uploads become orphans: see `sweeper`); None if there is none."""
+        ...
+
     async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
         """Replace the token hash of the active instance with this name; None if there is none."""
         ...
@@ -211,9 +217,15 @@ class SQLiteStore:
         self.open_sync()
 
     def open_sync(self) -> None:
-        """Open the database and bring its schema up to date."""
+        """Open the database and bring its schema up to date.
+
+        A new database file (and a folder made for it) is its owner's only: 0600 (0700), whatever the umask;
+        SQLite gives the WAL and its index the database file's mode.
+        """
         if self.path.parent != Path():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
         try:
             conn.row_factory = sqlite3.Row
@@ -268,11 +280,25 @@ class SQLiteStore:
         ).fetchall()
         return [_instance(row) for row in rows]
 
-    async def revoke_instance(self, name: str, now: float) -> bool:
-        cursor = self.conn.execute(
-            "UPDATE instances SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name)
-        )
-        return cursor.rowcount > 0
+    async def revoke_instance(self, name: str, now: float) -> Instance | None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(
+                "UPDATE instances SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL "
+                "RETURNING id, name, created_at, revoked_at",
+                (now, name),
+            ).fetchall()
+            if rows:
+                conn.execute(
+                    "UPDATE backups SET status = 'failed' WHERE instance_id = ? AND status = 'uploading'",
+                    (rows[0]["id"],),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return _instance(rows[0]) if rows else None
 
     async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
         rows = self.conn.execute(
