@@ -199,7 +199,6 @@ async def test_sweeper_runs_on_its_interval(moto_server: S3Server, moto_bucket: 
                 await asyncio.sleep(0.1)
 
 
-
 async def test_the_sweeper_leaves_a_shared_buckets_other_uploads_alone(
     gateway: RunningGateway, session: aiohttp.ClientSession, moto_server: S3Server
 ) -> None:
