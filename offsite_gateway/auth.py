@@ -7,6 +7,7 @@ token is as safe and lets a request find its instance by an indexed lookup of th
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 import unicodedata
@@ -16,6 +17,7 @@ from .store import Instance, Store, UnknownInstance
 
 TOKEN_BYTES = 32
 MAX_NAME_LENGTH = 100
+TOKEN_RE = re.compile(r"[A-Za-z0-9_\-]{1,512}")  # what `new_token` makes, with room to spare
 
 
 def new_token() -> str:
@@ -48,8 +50,9 @@ async def add_instance(store: Store, name: str, now: float | None = None) -> tup
     return instance, token
 
 
-async def revoke_instance(store: Store, name: str, now: float | None = None) -> bool:
-    """Revoke the active instance with this name: its token gets 401 from now on. False if there is none."""
+async def revoke_instance(store: Store, name: str, now: float | None = None) -> Instance | None:
+    """Revoke the active instance with this name: its token gets 401 from now on, and its upload in progress is
+    marked failed (`sweeper.abort_instance_uploads` aborts it in storage). None if there is none."""
     return await store.revoke_instance(name.strip(), time.time() if now is None else now)
 
 
@@ -73,6 +76,8 @@ async def authenticate(store: Store, authorization: str | None) -> Instance | No
         return None
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > 512:
+    # Anything but a token's characters (a byte that is not UTF-8, a control character) is no token: refused
+    # before it is hashed, which could not encode it.
+    if scheme.lower() != "bearer" or not TOKEN_RE.fullmatch(token):
         return None
     return await store.instance_by_token_hash(hash_token(token))

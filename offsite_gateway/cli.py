@@ -99,9 +99,6 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("aiobotocore").setLevel(max(logging.INFO, getattr(logging, level)))
 
 
-LISTEN_BACKLOG = 1024
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway CLI; return the exit code."""
     args = _parser().parse_args(argv)
@@ -190,11 +187,35 @@ async def _instance_list(settings: Settings) -> int:
 async def _instance_revoke(settings: Settings, name: str) -> int:
     async with _open_store(settings) as store:
         revoked = await auth.revoke_instance(store, name)
-    if not revoked:
-        print(f"offsite-gateway: no active instance is named {name!r}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"Instance {name!r} revoked: its token is refused from now on.")
+        if revoked is None:
+            print(f"offsite-gateway: no active instance is named {name!r}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"Instance {name!r} revoked: its token is refused from now on.")
+        # Its part URLs signed already would work until they expire: its upload goes, now if storage is at hand.
+        later = "its upload in progress, if any, is marked failed; the gateway's sweeper aborts it in storage"
+        if not (settings.s3_bucket and settings.s3_access_key and settings.s3_secret_key):
+            print(f"Storage is not configured here: {later} on its next run.")
+            return 0
+        try:
+            aborted = await _abort_uploads(settings, store, revoked.id)
+        except Exception as err:  # the revocation stands; only the abort waits
+            print(f"Could not reach storage ({type(err).__name__}): {later} on its next run.")
+            return 0
+    if aborted:
+        print("Its upload in progress was aborted: its part URLs are refused from now on.")
     return 0
+
+
+async def _abort_uploads(settings: Settings, store: Store, instance_id: str) -> int:
+    from .storage import Storage  # noqa: PLC0415
+    from .sweeper import abort_instance_uploads  # noqa: PLC0415
+
+    storage = Storage(settings)
+    await storage.open()
+    try:
+        return await abort_instance_uploads(store, storage, settings, instance_id)
+    finally:
+        await storage.close()
 
 
 async def _instance_rotate(settings: Settings, name: str) -> int:
@@ -308,14 +329,30 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     from aiohttp import web  # noqa: PLC0415
 
     from .app import create_app, make_runner  # noqa: PLC0415
+    from .limits import (  # noqa: PLC0415
+        LISTEN_BACKLOG,
+        FileLimitTooLow,
+        connection_budget,
+        listening_socket,
+        open_files,
+        raise_file_limit,
+    )
+    from .server import AcceptErrorLog  # noqa: PLC0415
 
+    # Every connection holds a file descriptor: the limit raised as far as allowed, connections capped below it.
+    try:
+        budget = connection_budget(settings.max_connections, raise_file_limit(), open_files())
+    except FileLimitTooLow as err:
+        print(f"offsite-gateway: cannot start: {err}", file=sys.stderr)
+        return EXIT_FAILED
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    AcceptErrorLog().install(loop)
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     app = create_app(settings)
-    runner = make_runner(app)
+    runner = make_runner(app, max_connections=budget.max_connections)
     try:
         await runner.setup()
     except Exception as err:
@@ -323,18 +360,25 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         await runner.cleanup()
         return EXIT_FAILED
     try:
-        # A larger accept queue than aiohttp's 128: many instances connecting at once must not see SYNs dropped
-        # (their connection attempts would be retried only after 1, 3, 7 s).
-        site = web.TCPSite(
-            runner, settings.listen_host, settings.listen_port, reuse_address=True, backlog=LISTEN_BACKLOG
-        )
+        # A longer queue of connections waiting to be accepted than aiohttp's 128: many instances connecting at
+        # once must not see SYNs dropped (their connection attempts would be retried only after 1, 3, 7 s). But
+        # accepted a few at a time, each holding a file descriptor at once (see limits).
         try:
-            await site.start()
+            sock = listening_socket(settings.listen_host, settings.listen_port)
         except OSError as err:
-            print(f"offsite-gateway: cannot listen on {settings.listen}: {err.strerror}", file=sys.stderr)
+            reason = err.strerror or str(err)
+            print(f"offsite-gateway: cannot listen on {settings.listen}: {reason}", file=sys.stderr)
             return EXIT_FAILED
+        site = web.SockSite(runner, sock, backlog=budget.accept_batch)
+        await site.start()
+        sock.listen(LISTEN_BACKLOG)
         for address in runner.addresses:
             _LOGGER.info("Listening on http://%s:%s", *address[:2])
+        _LOGGER.info(
+            "Serving up to %d connections (open-file limit %d; over it, idle ones are closed)",
+            min(settings.max_connections, budget.max_connections),
+            budget.file_limit,
+        )
         await _warn_if_storage_unreachable(app)
         await stop.wait()
         _LOGGER.info("Stopping")
@@ -351,4 +395,4 @@ async def _warn_if_storage_unreachable(app: web.Application) -> None:
         async with asyncio.timeout(10):
             await app[STORAGE].head_bucket()
     except (StorageError, TimeoutError) as err:
-        _LOGGER.warning("Storage is not reachable yet (GET /healthz reports it): %s", err)
+        _LOGGER.warning("Storage is not reachable yet (GET /readyz reports it): %s", err)

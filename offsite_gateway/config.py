@@ -18,6 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 PREFIX = "OFFSITE_GATEWAY_"
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
@@ -82,6 +84,14 @@ class Settings:
     sweep_interval: int = 600
     init_rate: int = 60
     log_level: str = "INFO"
+    # Connections (offsite_gateway/server.py): what an idle, slow or crowded client may hold.
+    header_timeout: int = 10
+    body_timeout: int = 30
+    keepalive_timeout: int = 20
+    max_connections: int = 4096
+    # Wrong tokens per source address and minute before that address gets 429 (0: never).
+    auth_failures_per_minute: int = 100
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
     @property
     def listen(self) -> str:
@@ -218,6 +228,17 @@ def _listen(text: str) -> tuple[str, int]:
     return host, port
 
 
+def _networks(text: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for item in re.split(r"[\s,]+", text.strip()):
+        if item:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
+    return tuple(networks)
+
+
 # name → (parser, required for serving)
 _PARSERS: dict[str, tuple[Callable[[str], Any], bool]] = {
     "LISTEN": (_listen, False),
@@ -241,6 +262,12 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], bool]] = {
     "SWEEP_INTERVAL": (_int_in(0), False),
     "INIT_RATE": (_int_in(1), False),
     "LOG_LEVEL": (_log_level, False),
+    "HEADER_TIMEOUT": (_int_in(1, 3600), False),
+    "BODY_TIMEOUT": (_int_in(1, 3600), False),
+    "KEEPALIVE_TIMEOUT": (_int_in(1, 3600), False),
+    "MAX_CONNECTIONS": (_int_in(1, 1_000_000), False),
+    "AUTH_FAILURES_PER_MINUTE": (_int_in(0), False),
+    "TRUSTED_PROXIES": (_networks, False),
 }
 
 SETTING_NAMES = tuple(_PARSERS)
@@ -279,7 +306,7 @@ def load_settings(
     for name, (parser, required) in _PARSERS.items():
         variable = PREFIX + name
         raw = source.get(variable)
-        if raw is None or (raw.strip() == "" and name not in ("S3_PREFIX",)):
+        if raw is None or (raw.strip() == "" and name not in ("S3_PREFIX", "TRUSTED_PROXIES")):
             if required and require_storage:
                 raise ConfigError(f"{variable} is required but not set")
             continue

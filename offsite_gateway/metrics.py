@@ -51,6 +51,13 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "offsite_gateway_auth_failures",
+            "Requests to /v1 without a valid token, by source (an IPv4 address or an IPv6 /64; the first 100 "
+            'sources seen, then "other")',
+            ["source"],
+            registry=self.registry,
+        )
         self.retention_deleted = Counter(
             "offsite_gateway_retention_deleted", "Backups deleted by retention", registry=self.registry
         )

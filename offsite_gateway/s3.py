@@ -114,12 +114,14 @@ class S3Client:
         parts = urlsplit(endpoint)
         base_path = parts.path.rstrip("/")
         if addressing == "virtual" and not _is_ip(parts.hostname or ""):
-            self._bucket_url = f"{parts.scheme}://{bucket}.{parts.netloc}{base_path}/"
+            # The bucket is in the host name: connections go to it, and its Host header is what is signed.
+            self.origin = f"{parts.scheme}://{bucket}.{parts.netloc}"
+            self._bucket_url = f"{self.origin}{base_path}/"
             self._object_prefix = self._bucket_url
         else:
-            self._bucket_url = f"{parts.scheme}://{parts.netloc}{base_path}/{bucket}"
+            self.origin = f"{parts.scheme}://{parts.netloc}"
+            self._bucket_url = f"{self.origin}{base_path}/{bucket}"
             self._object_prefix = self._bucket_url + "/"
-        self._origin = f"{parts.scheme}://{parts.netloc}"
         self._credentials = Credentials(access_key, secret_key)
         self._region = region
         self._pool_size = pool_size
@@ -127,7 +129,7 @@ class S3Client:
 
     async def open(self) -> None:
         self._http = HttpClient(
-            self._origin,
+            self.origin,
             limit=self._pool_size,
             connect_timeout=CONNECT_TIMEOUT,
             timeout=TIMEOUT,

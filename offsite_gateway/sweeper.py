@@ -2,9 +2,12 @@
 
 Each run, in this order:
 1. uploads in progress for longer than `stale_upload_after` are aborted in storage and marked failed;
-2. multipart uploads under our prefix that the database does not know as in progress are aborted (left over by a
-   crash, a lost response, or a failed abort). Storage is listed *before* the database is read, and an init inserts
-   its row before it creates the upload, so an upload being started right now is never mistaken for an orphan;
+2. multipart uploads the gateway made that the database does not know as in progress are aborted (left over by a
+   crash, a lost response, a failed abort, a revoked instance). Storage is listed *before* the database is read,
+   and an init inserts its row before it creates the upload, so an upload being started right now is never
+   mistaken for an orphan. The bucket may be shared: only keys the gateway makes are touched, those under
+   `S3_PREFIX` if one is set, else those under the id of an instance the database knows (`<instance_id>/...`);
+   another application's uploads are left alone;
 3. backups left `deleting` (their object delete failed earlier) are deleted again;
 4. init events older than the rate-limit window are pruned.
 
@@ -19,13 +22,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .config import Settings
 from .metrics import Metrics
 from .retention import delete_backups
-from .storage import Storage, StorageError
+from .storage import PendingUpload, Storage, StorageError
 from .store import UPLOADING, Store
 
 _LOGGER = logging.getLogger(__name__)
@@ -118,23 +121,17 @@ class Sweeper:
                         self.metrics.storage_errors.labels(err.operation).inc()
         self.metrics.swept.labels("stale").inc(report.stale_failed)
 
+        prefix = self.settings.s3_prefix
         try:
-            pending = await storage.list_multipart_uploads(self.settings.s3_prefix)
+            pending = await storage.list_multipart_uploads(prefix)
         except StorageError as err:
             _LOGGER.warning("Sweeper: could not list multipart uploads: %s", err)
             self.metrics.storage_errors.labels(err.operation).inc()
             pending = []
-        for upload in pending:
-            if await self._known(upload.key, upload.upload_id):
-                continue
-            try:
-                await storage.abort_multipart_upload(upload.key, upload.upload_id)
-            except StorageError as err:
-                _LOGGER.warning("Sweeper: could not abort orphan upload of %s: %s", upload.key, err)
-                self.metrics.storage_errors.labels(err.operation).inc()
-                continue
-            report.orphans_aborted += 1
-            _LOGGER.info("Sweeper: aborted an upload the database does not know: %s", upload.key)
+        if not prefix and pending:  # a shared bucket's other uploads are not ours
+            instances = {instance.id for instance in await store.list_instances()}
+            pending = [upload for upload in pending if upload.key.partition("/")[0] in instances]
+        report.orphans_aborted = await abort_orphans(store, storage, pending, self.metrics)
         self.metrics.swept.labels("orphan").inc(report.orphans_aborted)
 
         for backup in await store.deleting_backups():
@@ -151,13 +148,43 @@ class Sweeper:
         self.metrics.uploads_in_progress.set(await store.count_uploading())
         return report
 
-    async def _known(self, key: str, upload_id: str) -> bool:
-        """Whether the database holds this upload as in progress (or is about to: its id not stored yet)."""
-        backup_id = key.rsplit("/", 1)[-1]
-        backup = await self.store.get_backup(backup_id)
-        return (
-            backup is not None
-            and backup.status == UPLOADING
-            and backup.object_key == key
-            and backup.upload_id in (None, upload_id)
-        )
+
+async def abort_orphans(
+    store: Store, storage: Storage, uploads: Iterable[PendingUpload], metrics: Metrics | None = None
+) -> int:
+    """Abort each of `uploads` that the database does not hold as in progress; return how many were aborted."""
+    aborted = 0
+    for upload in uploads:
+        if await _known(store, upload.key, upload.upload_id):
+            continue
+        try:
+            await storage.abort_multipart_upload(upload.key, upload.upload_id)
+        except StorageError as err:
+            _LOGGER.warning("Sweeper: could not abort orphan upload of %s: %s", upload.key, err)
+            if metrics is not None:
+                metrics.storage_errors.labels(err.operation).inc()
+            continue
+        aborted += 1
+        _LOGGER.info("Sweeper: aborted an upload the database does not know: %s", upload.key)
+    return aborted
+
+
+async def abort_instance_uploads(
+    store: Store, storage: Storage, settings: Settings, instance_id: str, metrics: Metrics | None = None
+) -> int:
+    """Abort the instance's storage uploads that the database does not hold as in progress (after a revocation,
+    all of them); return how many were aborted."""
+    uploads = await storage.list_multipart_uploads(f"{settings.s3_prefix}{instance_id}/")
+    return await abort_orphans(store, storage, uploads, metrics)
+
+
+async def _known(store: Store, key: str, upload_id: str) -> bool:
+    """Whether the database holds this upload as in progress (or is about to: its id not stored yet)."""
+    backup_id = key.rsplit("/", 1)[-1]
+    backup = await store.get_backup(backup_id)
+    return (
+        backup is not None
+        and backup.status == UPLOADING
+        and backup.object_key == key
+        and backup.upload_id in (None, upload_id)
+    )

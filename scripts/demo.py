@@ -63,9 +63,9 @@ PART_SIZE = 20 * 1024 * 1024
 MARKER = ".offsite-backup-demo"  # only a directory holding this file is ever deleted
 
 # Home Assistant's onboarding adds weather, radio, text-to-speech and shopping-list integrations on its own. Their
-# requirements are not installed (the demo needs nothing from the internet but the frontend) and their entries
-# are removed after onboarding.
-ONBOARDING_REQUIREMENTS = ("gTTS", "PyMetno", "radios", "pycountry")
+# requirements are not installed (the demo needs nothing from the internet) and their entries are removed after
+# onboarding. Text-to-speech pulls in the voice pipeline, whose packages (2026.x) would be built from source.
+ONBOARDING_REQUIREMENTS = ("gTTS", "PyMetno", "radios", "pycountry", "pymicro-vad", "pyspeex-noise")
 ONBOARDING_DOMAINS = ("google_translate", "met", "radio_browser", "shopping_list")
 ONBOARDING_SIGNAL_DOMAIN = "shopping_list"  # no requirements: onboarding always adds it
 
@@ -769,6 +769,23 @@ logger:
             not missing,
         )
 
+    async def confirm_http_config(self, ws: Websocket) -> None:
+        """Keep the demo's HTTP settings (127.0.0.1 and its port), as a person confirms them in the dialog.
+
+        Home Assistant 2026.x moves configuration.yaml's ``http:`` into its storage as a trial, which it undoes (and
+        restarts) five minutes later unless confirmed; earlier versions have no such command and read the YAML.
+        """
+        try:
+            config = await ws.call("http/config")
+        except DemoError as err:
+            if "unknown_command" in str(err):
+                return
+            raise
+        if config.get("pending") is None or config.get("revert_at") is None:
+            return
+        await ws.call("http/config/promote")
+        say("HTTP settings confirmed (http/config/promote): Home Assistant keeps serving on 127.0.0.1 only")
+
     async def set_backup_key(self, ws: Websocket) -> None:
         """Give Home Assistant a backup encryption key, as Settings > System > Backups does."""
         await ws.call("backup/config/update", create_backup={"password": self.backup_key})
@@ -1033,6 +1050,7 @@ logger:
             api = HomeAssistantApi(session, self.ha_url)
             await self.onboard(api)
             async with api.websocket() as ws:
+                await self.confirm_http_config(ws)
                 await self.set_backup_key(ws)
                 await self.add_integration(api, ws)
                 self.write_credentials(api)

@@ -34,6 +34,19 @@ PROGRESS = "sensor.home_progress"
 STATUS = "sensor.home_status"
 SLOW_KIB_S = 2048  # 64 MiB at 2 MiB/s: about half a minute of upload to catch
 WIDTH, HEIGHT = 1200, 640
+# The text a person sees, through the frontend's shadow roots.
+PAGE_TEXT = """(() => {
+  const parts = [];
+  const walk = (node) => {
+    if (node.shadowRoot) walk(node.shadowRoot);
+    for (const child of node.childNodes) {
+      if (child.nodeType === Node.TEXT_NODE) parts.push(child.textContent);
+      else walk(child);
+    }
+  };
+  walk(document.documentElement);
+  return parts.join(" ");
+})()"""
 
 
 def say(message: str) -> None:
@@ -246,6 +259,41 @@ class Browser:
                 return result
             self.events.append(message)
 
+    def console(self) -> list[str]:
+        """What the page logged (console and browser log entries) so far."""
+        lines = []
+        for event in self.events:
+            params = event.get("params", {})
+            if event.get("method") == "Runtime.consoleAPICalled":
+                args = " ".join(
+                    str(arg.get("value", arg.get("description", ""))) for arg in params.get("args", [])
+                )
+                lines.append(f"console.{params.get('type')}: {args}")
+            elif event.get("method") == "Log.entryAdded":
+                entry = params.get("entry", {})
+                lines.append(f"{entry.get('level')}: {entry.get('text')} {entry.get('url', '')}".strip())
+            elif event.get("method") == "Runtime.exceptionThrown":
+                details = params.get("exceptionDetails", {})
+                lines.append(
+                    f"exception: {details.get('text')} {details.get('exception', {}).get('description', '')} {details.get('url', '')}:{details.get('lineNumber')}"
+                )
+        return lines
+
+    async def wait_for_text(self, texts: list[str], limit: float = 120) -> None:
+        """Wait until the page shows every one of ``texts`` (searched through the frontend's shadow roots)."""
+        deadline = time.monotonic() + limit
+        while True:
+            found = await self.send("Runtime.evaluate", expression=PAGE_TEXT, returnByValue=True)
+            text = str(found.get("result", {}).get("value", ""))
+            if all(wanted in text for wanted in texts):
+                return
+            if time.monotonic() > deadline:
+                raise Failed(
+                    f"the dashboard did not show {texts} within {limit:.0f} s; the page said:\n"
+                    + "\n".join(self.console()[-15:])
+                )
+            await asyncio.sleep(0.25)
+
     async def close(self) -> None:
         """Stop Chromium and remove its profile."""
         if self.ws is not None:
@@ -286,6 +334,8 @@ async def take(demo_dir: Path, output: Path) -> None:
                 "clientId": f"{base}/",
             }
             await browser.send("Page.enable")
+            await browser.send("Runtime.enable")
+            await browser.send("Log.enable")
             await browser.send(
                 "Page.addScriptToEvaluateOnNewDocument",
                 source=f"localStorage.setItem('hassTokens', {json.dumps(json.dumps(stored))});",
@@ -298,7 +348,8 @@ async def take(demo_dir: Path, output: Path) -> None:
                 mobile=False,
             )
             await browser.send("Page.navigate", url=f"{base}{DASHBOARD_PATH}")
-            await asyncio.sleep(8)  # the frontend loads, connects its websocket and draws the cards
+            # The frontend loads, connects its websocket and draws the cards: wait until they show.
+            await browser.wait_for_text(["Upload progress", "Last success", "Back up now"])
             say("calling offsite_backup.create_backup")
             backup = asyncio.create_task(
                 rest.call(
@@ -320,7 +371,8 @@ async def take(demo_dir: Path, output: Path) -> None:
                         f"no progress to show after 5 minutes (status {status}, progress {progress})"
                     )
                 await asyncio.sleep(0.5)
-            await asyncio.sleep(1.5)  # the frontend draws the new state
+            await browser.wait_for_text(["Uploading"])  # the frontend draws the new state
+            await asyncio.sleep(0.5)  # the gauge's needle animates to it
             shot = await browser.send("Page.captureScreenshot", format="png")
             await asyncio.to_thread(output.write_bytes, base64.b64decode(shot["data"]))
             say(f"saved {output} (status {status}, progress {progress} %)")

@@ -369,12 +369,20 @@ class PostgresStore:
             rows = await conn.fetch(f"SELECT {_INSTANCE_COLUMNS} FROM instances ORDER BY created_at, name")  # noqa: S608
         return [_instance(row) for row in rows]
 
-    async def revoke_instance(self, name: str, now: float) -> bool:
-        async with self._conn() as conn:
-            status: str = await conn.execute(
-                "UPDATE instances SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL", now, name
+    async def revoke_instance(self, name: str, now: float) -> Instance | None:
+        async with self._conn() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE instances SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL "  # noqa: S608
+                f"RETURNING {_INSTANCE_COLUMNS}",
+                now,
+                name,
             )
-        return status != "UPDATE 0"
+            if row is not None:
+                await conn.execute(
+                    "UPDATE backups SET status = 'failed' WHERE instance_id = $1 AND status = 'uploading'",
+                    row["id"],
+                )
+        return None if row is None else _instance(row)
 
     async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
         async with self._conn() as conn:

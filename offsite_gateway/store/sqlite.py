@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -96,9 +97,15 @@ class SQLiteStore:
         self.open_sync(migrate=migrate)
 
     def open_sync(self, *, migrate: bool = True) -> None:
-        """Open the database and (with `migrate`) bring its schema up to date."""
+        """Open the database and (with `migrate`) bring its schema up to date.
+
+        A new database file (and a folder made for it) is its owner's only: 0600 (0700), whatever the umask;
+        SQLite gives the WAL and its index the database file's mode.
+        """
         if self.path.parent != Path():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
         try:
             conn.row_factory = sqlite3.Row
@@ -189,11 +196,25 @@ class SQLiteStore:
         ).fetchall()
         return [_instance(row) for row in rows]
 
-    async def revoke_instance(self, name: str, now: float) -> bool:
-        cursor = self.conn.execute(
-            "UPDATE instances SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name)
-        )
-        return cursor.rowcount > 0
+    async def revoke_instance(self, name: str, now: float) -> Instance | None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(
+                "UPDATE instances SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL "
+                "RETURNING id, name, created_at, revoked_at",
+                (now, name),
+            ).fetchall()
+            if rows:
+                conn.execute(
+                    "UPDATE backups SET status = 'failed' WHERE instance_id = ? AND status = 'uploading'",
+                    (rows[0]["id"],),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return _instance(rows[0]) if rows else None
 
     async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
         rows = self.conn.execute(

@@ -12,6 +12,7 @@ from offsite_gateway.auth import hash_token
 from offsite_gateway.store import UnknownInstance
 from tests.gateway.api import Api, put
 from tests.helpers.gateway import RunningGateway
+from tests.helpers.servers import S3Server
 
 V1_ROUTES = [(method, path) for method, path, _ in ROUTES if path.startswith("/v1")]
 ID_ROUTES = [(method, path) for method, path in V1_ROUTES if "{id}" in path]
@@ -176,3 +177,32 @@ async def test_rotate_refuses_unknown_and_revoked_names(
     assert (await Api(session, gateway.url, new_token).call("GET", "/v1/instance"))[0] == 401
     assert (await Api(session, gateway.url, rotated).ok("GET", "/v1/instance"))["id"] == new_id
     assert (await Api(session, gateway.url, token).call("GET", "/v1/instance"))[0] == 401
+
+
+async def test_revoking_aborts_the_upload_in_progress(
+    gateway: RunningGateway, session: aiohttp.ClientSession, moto_server: S3Server
+) -> None:
+    _, token = await gateway.add_instance("home")
+    _, other_token = await gateway.add_instance("cottage")
+    api, other = Api(session, gateway.url, token), Api(session, gateway.url, other_token)
+    init = await api.init(100)
+    url = (await api.sign(init["id"], [1]))[0]["url"]
+    others = await other.init(100)
+    other_url = (await other.sign(others["id"], [1]))[0]["url"]
+
+    await gateway.revoke_instance("home")
+    # A part URL signed before the revocation is refused by storage at once: its upload is gone.
+    async with session.put(url, data=b"x" * 100, headers={"Content-Length": "100"}) as resp:
+        assert resp.status >= 400, await resp.text()  # moto: 500, S3 and LocalStack: 404 NoSuchUpload
+    row = await gateway.app[STORE].get_backup(init["id"])
+    assert row is not None
+    assert row.status == "failed"
+    keys = [
+        u["Key"]
+        for u in moto_server.client()
+        .list_multipart_uploads(Bucket=gateway.settings.s3_bucket)
+        .get("Uploads", [])
+    ]
+    assert keys == [f"{(await other.ok('GET', '/v1/instance'))['id']}/{others['id']}"]
+    # The other instance's upload goes on.
+    await put(session, other_url, b"y" * 100)

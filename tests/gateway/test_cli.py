@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from offsite_gateway.app import STORE
 from tests.gateway.api import Api
 from tests.helpers.gateway import GatewayDatabase, run_gateway
 from tests.helpers.servers import S3Server, free_port
@@ -236,3 +237,46 @@ def test_serve(moto_server: S3Server, moto_bucket: str, tmp_path: Path, database
     if database.store == "postgresql":
         password = database.setting.split(":")[2].split("@")[0]
         assert password not in output
+
+
+def _uploads(s3: S3Server, bucket: str) -> list[str]:
+    return [u["Key"] for u in s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+async def test_instance_revoke_aborts_the_upload_in_progress(
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
+) -> None:
+    with_storage = _s3_env(moto_server, moto_bucket, tmp_path, DB=database.setting)
+    database_only = _env(DB=database.setting)
+    home = run("instance", "add", "home", env=database_only).stdout.strip().splitlines()[-1]
+    cottage = run("instance", "add", "cottage", env=database_only).stdout.strip().splitlines()[-1]
+    async with run_gateway(moto_server, moto_bucket, tmp_path, database=database) as gateway:
+        api = Api(session, gateway.url, home)
+        init = await api.init(100)
+        url = (await api.sign(init["id"], [1]))[0]["url"]
+
+        # With the storage settings at hand, revoke aborts the upload in storage at once.
+        revoked = await asyncio.to_thread(run, "instance", "revoke", "home", env=with_storage)
+        assert "upload in progress was aborted" in revoked.stdout
+        async with session.put(url, data=b"x" * 100, headers={"Content-Length": "100"}) as resp:
+            assert resp.status >= 400  # moto: 500, S3 and LocalStack: 404 NoSuchUpload
+        assert _uploads(moto_server, moto_bucket) == []
+        assert (await gateway.app[STORE].get_backup(init["id"])).status == "failed"  # type: ignore[union-attr]
+
+        # Without them, the upload is marked failed at once, and the gateway's sweeper aborts it.
+        api = Api(session, gateway.url, cottage)
+        init = await api.init(100)
+        url = (await api.sign(init["id"], [1]))[0]["url"]
+        revoked = await asyncio.to_thread(run, "instance", "revoke", "cottage", env=database_only)
+        assert "the gateway's sweeper aborts it in storage" in revoked.stdout
+        assert (await gateway.app[STORE].get_backup(init["id"])).status == "failed"  # type: ignore[union-attr]
+        assert len(_uploads(moto_server, moto_bucket)) == 1
+        report = await gateway.run_sweeper_once()
+        assert report.orphans_aborted == 1
+        async with session.put(url, data=b"x" * 100, headers={"Content-Length": "100"}) as resp:
+            assert resp.status >= 400  # moto: 500, S3 and LocalStack: 404 NoSuchUpload
+        assert _uploads(moto_server, moto_bucket) == []

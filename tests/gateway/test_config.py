@@ -93,6 +93,12 @@ def test_everything_set() -> None:
         ("SWEEP_INTERVAL", "-1"),
         ("INIT_RATE", "0"),
         ("LOG_LEVEL", "loud"),
+        ("HEADER_TIMEOUT", "0"),
+        ("BODY_TIMEOUT", "-1"),
+        ("KEEPALIVE_TIMEOUT", "forever"),
+        ("MAX_CONNECTIONS", "0"),
+        ("AUTH_FAILURES_PER_MINUTE", "-1"),
+        ("TRUSTED_PROXIES", "10.0.0.0/8, proxy.example"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:
@@ -153,3 +159,31 @@ def test_bad_toml_files(tmp_path: Path, content: str, message: str) -> None:
 def test_missing_toml_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the file"):
         load_settings({}, tmp_path / "nope.toml")
+
+
+def test_connection_and_client_settings() -> None:
+    settings = load_settings(REQUIRED)
+    assert (settings.header_timeout, settings.body_timeout, settings.keepalive_timeout) == (10, 30, 20)
+    assert (settings.max_connections, settings.auth_failures_per_minute, settings.trusted_proxies) == (
+        4096,
+        100,
+        (),
+    )
+    settings = load_settings(
+        {
+            **REQUIRED,
+            "OFFSITE_GATEWAY_HEADER_TIMEOUT": "5",
+            "OFFSITE_GATEWAY_BODY_TIMEOUT": "60",
+            "OFFSITE_GATEWAY_KEEPALIVE_TIMEOUT": "30",
+            "OFFSITE_GATEWAY_MAX_CONNECTIONS": "100",
+            "OFFSITE_GATEWAY_AUTH_FAILURES_PER_MINUTE": "0",
+            "OFFSITE_GATEWAY_TRUSTED_PROXIES": "127.0.0.1, 10.1.2.3/8 fd00::/8",
+        }
+    )
+    assert (settings.header_timeout, settings.body_timeout, settings.keepalive_timeout) == (5, 60, 30)
+    assert (settings.max_connections, settings.auth_failures_per_minute) == (100, 0)
+    assert [str(network) for network in settings.trusted_proxies] == [
+        "127.0.0.1/32",
+        "10.0.0.0/8",
+        "fd00::/8",
+    ]

@@ -1,17 +1,23 @@
-"""/healthz, /metrics and the access log."""
+"""/healthz, /readyz, /metrics, the access log, and the SQLite file's mode (migrations: test_store.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import os
+import stat
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from offsite_gateway.app import STORE
+from offsite_gateway.app import STORAGE, STORE
+from offsite_gateway.storage import StorageError
+from offsite_gateway.store import SQLiteStore
 from tests.gateway.api import Api
 from tests.helpers.gateway import GatewayDatabase, RunningGateway, run_gateway
-from tests.helpers.servers import S3Server
+from tests.helpers.servers import S3Server, free_port
 
 
 async def test_healthz(gateway: RunningGateway, session: aiohttp.ClientSession) -> None:
@@ -20,34 +26,134 @@ async def test_healthz(gateway: RunningGateway, session: aiohttp.ClientSession) 
         assert await resp.json() == {"status": "ok"}
 
 
-async def test_healthz_reports_unreachable_storage(
-    moto_server: S3Server, tmp_path: Path, session: aiohttp.ClientSession, database: GatewayDatabase
+async def test_healthz_is_liveness_and_reveals_nothing(
+    moto_server: S3Server,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
 ) -> None:
+    """Storage down: the process still lives; nobody is told where storage is."""
     async with (
         run_gateway(moto_server, "no-such-bucket-here", tmp_path, database=database) as gateway,
         session.get(gateway.url + "/healthz") as resp,
     ):
+        assert resp.status == 200
+        assert await resp.json() == {"status": "ok"}
+
+
+async def test_readyz_reports_unreachable_storage_without_internals(
+    moto_server: S3Server,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+    database: GatewayDatabase,
+) -> None:
+    async with (
+        run_gateway(moto_server, "no-such-bucket-here", tmp_path, database=database) as gateway,
+        session.get(gateway.url + "/readyz") as resp,
+    ):
         assert resp.status == 503
-        body = await resp.json()
-    assert body["status"] == "unavailable"
-    assert body["checks"]["database"] == "ok"
-    assert "head_bucket" in body["checks"]["storage"]
-    assert "testing" not in body["checks"]["storage"]  # no credential
+        text = await resp.text()
+    assert json.loads(text) == {
+        "status": "unavailable",
+        "checks": {"database": "ok", "storage": "unavailable"},
+    }
+    for internal in (
+        "no-such-bucket-here",
+        moto_server.endpoint,
+        "127.0.0.1",
+        "head_bucket",
+        "404",
+        "testing",
+    ):
+        assert internal not in text
+    # The operator finds the details in the log.
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("offsite_gateway"))
+    assert "head_bucket" in logged
+    assert "testing" not in logged  # no credential
 
 
-async def test_healthz_reports_a_broken_database(
+async def test_readyz_reports_a_broken_database(
     gateway: RunningGateway, session: aiohttp.ClientSession
 ) -> None:
     store = gateway.app[STORE]
     await store.close()
     try:
-        async with session.get(gateway.url + "/healthz") as resp:
+        async with session.get(gateway.url + "/readyz") as resp:
             assert resp.status == 503
             body = await resp.json()
-        assert body["checks"]["database"] != "ok"
-        assert body["checks"]["storage"] == "ok"
+        assert body == {"status": "unavailable", "checks": {"database": "unavailable", "storage": "ok"}}
     finally:
         await store.open()
+
+
+async def test_readyz_probes_storage_once_per_few_seconds(
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    database: GatewayDatabase,
+) -> None:
+    now = [1_800_000_000.0]
+    async with run_gateway(
+        moto_server, moto_bucket, tmp_path, database=database, clock=lambda: now[0]
+    ) as gateway:
+        storage = gateway.app[STORAGE]
+        real_head_bucket = storage.head_bucket
+        calls: list[float] = []
+
+        broken: list[bool] = []
+
+        async def counted() -> None:  # the real call, counted (or, once `broken`, storage refusing)
+            calls.append(now[0])
+            await asyncio.sleep(0.05)  # concurrent probes share the one in flight
+            if broken:
+                raise StorageError("head_bucket", "NoSuchBucket (HTTP 404): gone", "NoSuchBucket")
+            await real_head_bucket()
+
+        monkeypatch.setattr(storage, "head_bucket", counted)
+
+        async def ready() -> int:
+            async with session.get(gateway.url + "/readyz") as resp:
+                await resp.read()
+                return resp.status
+
+        statuses = await asyncio.gather(*(ready() for _ in range(300)))
+        statuses += [await ready() for _ in range(200)]
+        assert set(statuses) == {200}
+        assert len(calls) == 1
+        now[0] += 4
+        assert await ready() == 200
+        assert len(calls) == 1
+        now[0] += 2
+        assert await ready() == 200
+        assert len(calls) == 2
+        # A failure is cached the same way: a probe each few seconds, not one per caller.
+        broken.append(True)
+        now[0] += 6
+        assert [await ready() for _ in range(50)] == [503] * 50
+        assert len(calls) == 3
+
+
+async def test_authenticated_502s_do_not_echo_storage_internals(
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
+) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}/under/a/path"  # nothing listens there
+    async with run_gateway(
+        moto_server, moto_bucket, tmp_path, database=database, S3_ENDPOINT=endpoint
+    ) as gateway:
+        instance_id, token = await gateway.add_instance("home")
+        api = Api(session, gateway.url, token)
+        status, body = await api.call("POST", "/v1/backups", {"name": "n", "size": 10})
+    assert (status, body["error"]["code"]) == (502, "storage_error"), body
+    text = json.dumps(body)
+    for internal in (endpoint, "127.0.0.1", "/under/a/path", moto_bucket, instance_id, "Cannot connect"):
+        assert internal not in text, internal
 
 
 async def test_metrics(gateway: RunningGateway, session: aiohttp.ClientSession) -> None:
@@ -90,3 +196,25 @@ async def test_logs_hold_no_token_and_no_signature(
     assert token not in logged
     assert "X-Amz-Signature" not in logged
     assert download["url"].split("?")[1] not in logged
+
+
+async def test_the_database_is_private_to_its_owner(tmp_path: Path) -> None:
+    old_umask = os.umask(0o022)  # the usual one: files world-readable unless the program says otherwise
+    try:
+        path = tmp_path / "new" / "gateway.sqlite3"
+        store = SQLiteStore(path)
+        await store.open()
+        await store.ping()
+        store.conn.execute("CREATE TABLE scratch (x)")  # a write: the WAL and its index exist now
+        files = sorted(path.parent.glob("gateway.sqlite3*"))
+        assert [file.name for file in files] == [
+            "gateway.sqlite3",
+            "gateway.sqlite3-shm",
+            "gateway.sqlite3-wal",
+        ]
+        for file in files:
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        await store.close()
+    finally:
+        os.umask(old_umask)

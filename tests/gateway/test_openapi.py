@@ -107,5 +107,12 @@ async def test_answers_follow_the_document(
     await call("DELETE", "/v1/backups/{id}/upload", second["id"])
     api.token = "wrong"
     await call("GET", "/v1/backups")  # 401
-    status, health = await api.call("GET", "/healthz")
-    _check(spec, "GET", "/healthz", status, health)
+    for route in ("/healthz", "/readyz"):
+        status, health = await api.call("GET", route)
+        _check(spec, "GET", route, status, health)
+    for _ in range(200):  # wrong tokens, until this address is refused
+        status, answer = await api.call("GET", "/v1/instance")
+        if status == 429:
+            break
+    _check(spec, "GET", "/v1/instance", status, answer)
+    assert answer["error"]["code"] == "rate_limited"

@@ -221,3 +221,38 @@ async def test_sweeper_runs_on_its_interval(
         async with asyncio.timeout(30):  # a generous bound for a loaded machine: what counts is that it runs
             while "offsite_gateway_sweeps_total 1.0" not in metrics.render().decode():
                 await asyncio.sleep(0.1)
+
+
+async def test_the_sweeper_leaves_a_shared_buckets_other_uploads_alone(
+    gateway: RunningGateway, session: aiohttp.ClientSession, moto_server: S3Server
+) -> None:
+    """No S3_PREFIX: the sweeper only touches keys under the ids of instances it knows."""
+    bucket = gateway.settings.s3_bucket
+    client = moto_server.client()
+    instance_id, token = await gateway.add_instance("home")
+    revoked_id, _ = await gateway.add_instance("gone")
+    await gateway.revoke_instance("gone")
+    known = await Api(session, gateway.url, token).init(10)
+    foreign = [
+        client.create_multipart_upload(Bucket=bucket, Key=key)
+        for key in ("photos/2026/holiday.mov", "0123456789abcdef0123456789abcdef/not-ours", "loose-object")
+    ]
+    ours = [
+        client.create_multipart_upload(Bucket=bucket, Key=key)
+        for key in (f"{instance_id}/lost", f"{revoked_id}/left-behind")
+    ]
+    report = await gateway.run_sweeper_once()
+    assert report.orphans_aborted == 2
+    remaining = {(u["Key"], u["UploadId"]) for u in _uploads(moto_server, bucket)}
+    assert remaining == {(u["Key"], u["UploadId"]) for u in foreign} | {
+        (f"{instance_id}/{known['id']}", (await gateway.app[STORE].get_backup(known["id"])).upload_id)  # type: ignore[union-attr]
+    }
+    assert not {(u["Key"], u["UploadId"]) for u in ours} & remaining
+    # Stale uploads are aborted by their own key only: the foreign ones stay, even much later.
+    report = await gateway.run_sweeper_once(now=time.time() + 30 * 24 * 3600)
+    assert report.stale_failed == 1
+    assert {(u["Key"], u["UploadId"]) for u in _uploads(moto_server, bucket)} == {
+        (u["Key"], u["UploadId"]) for u in foreign
+    }
+    for upload in foreign:
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])

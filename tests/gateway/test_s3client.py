@@ -35,6 +35,12 @@ def test_addressing() -> None:
         _client("https://minio.example.org/s3/", "virtual").url("k") == "https://bkt.minio.example.org/s3/k"
     )
     assert _client("https://minio.example.org", "virtual").url(None) == "https://bkt.minio.example.org/"
+    # Connections go where the URL points (the signed Host header is the URL's).
+    assert (
+        _client("https://minio.example.org:9000/s3", "virtual").origin == "https://bkt.minio.example.org:9000"
+    )
+    assert _client("http://127.0.0.1:9000", "virtual").origin == "http://127.0.0.1:9000"
+    assert _client(None).origin == "https://s3.eu-west-3.amazonaws.com"
     assert _client(None).url(None, {"uploads": ""}) == "https://s3.eu-west-3.amazonaws.com/bkt?uploads="
     # Keys and query values are encoded as AWS canonicalises them: what is sent is what is signed.
     url = _client("http://h").url("a b/é+~", {"uploadId": "x+y/z=", "partNumber": "1"})

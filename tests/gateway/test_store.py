@@ -28,7 +28,7 @@ from offsite_gateway.store import (
 )
 from offsite_gateway.store.migrations import statements
 from tests.gateway.api import Api, put
-from tests.helpers.gateway import GatewayDatabase, run_gateway
+from tests.helpers.gateway import GatewayDatabase, RunningGateway, run_gateway
 from tests.helpers.servers import S3Server
 
 COMMAND = [sys.executable, "-m", "offsite_gateway"]
@@ -252,3 +252,18 @@ async def test_a_lock_wait_past_the_timeout_answers_503(
             await api.ok("POST", f"/v1/backups/{init['id']}/complete", body)
         finally:
             await other_node.close()
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "tab\there", "bell\x07", "line\nbreak"])
+async def test_names_the_database_could_not_hold_are_refused(
+    gateway: RunningGateway, session: aiohttp.ClientSession, name: str
+) -> None:
+    """A NUL cannot be stored in PostgreSQL's text: refused as invalid (400), like every control character."""
+    _, token = await gateway.add_instance("home")
+    api = Api(session, gateway.url, token)
+    status, body = await api.call("POST", "/v1/backups", {"name": name, "size": 10})
+    assert (status, body["error"]["code"]) == (400, "invalid_request")
+    assert "name" in body["error"]["message"]
+    # Control characters elsewhere in the request are stored escaped and given back as they were.
+    init = await api.init(10, "fine", metadata={"note": "a\x00b\n"})
+    assert (await api.ok("GET", f"/v1/backups/{init['id']}"))["backup"]["metadata"] == {"note": "a\x00b\n"}

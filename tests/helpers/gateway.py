@@ -16,15 +16,26 @@ Losing the database and getting it back from the bucket (what an operator does a
     await gateway.lose_database()       # the gateway's database is now empty (schema only)
     report = await gateway.reindex()    # `offsite-gateway reindex`: instances and backups from the manifests
     token = await gateway.rotate_token("home")  # `offsite-gateway instance rotate home`: the token to reauth with
+
+Where a test needs process-level behaviour (a low file limit, what `serve` logs), `serve_process` runs
+`python -m offsite_gateway serve` as a subprocess instead, with the same settings, `database=` and overrides:
+
+    with serve_process(moto_server, moto_bucket, tmp_path, nofile=(256, 256)) as process:
+        ...  # process.url, process.log() (its stderr so far), process.pid
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import resource
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +45,9 @@ from offsite_gateway import auth
 from offsite_gateway.app import STORAGE, STORE, SWEEPER, create_app, make_runner
 from offsite_gateway.config import PREFIX, Settings, load_settings
 from offsite_gateway.reindex import ReindexReport, reindex
-from offsite_gateway.sweeper import SweepReport
+from offsite_gateway.sweeper import SweepReport, abort_instance_uploads
 from tests.helpers.postgres import PostgresCluster
-from tests.helpers.servers import S3Server
+from tests.helpers.servers import S3Server, free_port
 
 STORES = ("sqlite", "postgresql")
 
@@ -102,9 +113,12 @@ class RunningGateway:
         return instance.id, token
 
     async def revoke_instance(self, name: str) -> None:
-        """Revoke as `offsite-gateway instance revoke` does."""
-        if not await auth.revoke_instance(self.app[STORE], name):
+        """Revoke as `offsite-gateway instance revoke` does (with the storage settings at hand): the token is
+        refused, and the instance's upload in progress aborted."""
+        revoked = await auth.revoke_instance(self.app[STORE], name)
+        if revoked is None:
             raise LookupError(f"no active instance named {name!r}")
+        await abort_instance_uploads(self.app[STORE], self.app[STORAGE], self.settings, revoked.id)
 
     async def rotate_token(self, name: str) -> str:
         """A new token for the same instance, as `offsite-gateway instance rotate` does; the old one gets 401.
@@ -169,3 +183,86 @@ async def run_gateway(
         yield RunningGateway(url=f"http://{host}:{port}", settings=settings, app=app, database=database)
     finally:
         await runner.cleanup()
+
+
+@dataclass
+class GatewayProcess:
+    """`offsite-gateway serve` running as a subprocess on `url`."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        """What it wrote to stderr so far (its log)."""
+        return self.log_path.read_text(errors="replace")
+
+
+def _gateway_env(
+    s3: S3Server, bucket: str, tmp_path: Path, port: int, database: GatewayDatabase | None, **overrides: str
+) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(PREFIX)}
+    env.update(s3.gateway_env(bucket))
+    env[f"{PREFIX}DB"] = database.setting if database is not None else str(tmp_path / "gateway.sqlite3")
+    env[f"{PREFIX}LISTEN"] = f"127.0.0.1:{port}"
+    env.update({PREFIX + name.upper(): value for name, value in overrides.items()})
+    return env
+
+
+@contextmanager
+def serve_process(
+    s3: S3Server,
+    bucket: str,
+    tmp_path: Path,
+    *,
+    database: GatewayDatabase | None = None,
+    nofile: tuple[int, int] | None = None,
+    **overrides: str,
+) -> Iterator[GatewayProcess]:
+    """Run `python -m offsite_gateway serve` until the block ends (SIGTERM, then SIGKILL after 20 s).
+
+    `nofile` is the (soft, hard) RLIMIT_NOFILE the process starts with. Ready once `GET /healthz` answers.
+    """
+    port = free_port()
+    env = _gateway_env(s3, bucket, tmp_path, port, database, **overrides)
+    log_path = tmp_path / f"gateway-{port}.log"
+
+    def limit_files() -> None:  # runs in the child, before exec
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "offsite_gateway", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            preexec_fn=limit_files,  # noqa: PLW1509 - only setrlimit, no threads in the test process here
+        )
+    running = GatewayProcess(f"http://127.0.0.1:{port}", process, log_path, env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the gateway exited with {process.returncode}:\n{running.log()}")
+            try:
+                with urllib.request.urlopen(running.url + "/healthz", timeout=2):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the gateway did not answer within 30 s:\n{running.log()}") from None
+                time.sleep(0.1)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)

@@ -16,7 +16,7 @@ from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import entity_registry as er
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 
-from custom_components.offsite_backup.const import CONF_STALE_AFTER, DOMAIN
+from custom_components.offsite_backup.const import CONF_NIGHTLY, CONF_STALE_AFTER, DOMAIN
 from tests.integration.common import entity_id, state
 
 
@@ -57,7 +57,8 @@ async def test_one_service_device_with_every_entity(
 async def test_stale_turns_on_after_the_threshold_and_off_after_a_success(
     hass: HomeAssistant, loaded_entry: MockConfigEntry, freezer: FrozenDateTimeFactory
 ) -> None:
-    hass.config_entries.async_update_entry(loaded_entry, options={CONF_STALE_AFTER: 10})
+    # Nightly backups off: the 10-hour jumps below would otherwise cross tonight's window, whose backup counts.
+    hass.config_entries.async_update_entry(loaded_entry, options={CONF_STALE_AFTER: 10, CONF_NIGHTLY: False})
     await hass.async_block_till_done()
     assert state(hass, loaded_entry, "stale") == "off"
     freezer.tick(timedelta(hours=9, minutes=59))
