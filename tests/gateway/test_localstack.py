@@ -92,14 +92,14 @@ async def test_expired_urls_are_refused(
     database: GatewayDatabase,
 ) -> None:
     async with run_gateway(
-        localstack, localstack_bucket, tmp_path, database=database, URL_TTL="1"
+        localstack, localstack_bucket, tmp_path, database=database, URL_TTL="2"
     ) as gateway:
         _, token = await gateway.add_instance("home")
         api = Api(session, gateway.url, token)
         init = await api.init(1000)
         url = (await api.sign(init["id"], [1]))[0]["url"]
-        assert "X-Amz-Expires=1&" in url
-        await asyncio.sleep(2.5)
+        assert "X-Amz-Expires=2&" in url
+        await asyncio.sleep(3.5)
         status, text = await _put_status(session, url, b"x" * 1000)
         assert status == 403, text[:300]
         assert (await api.ok("GET", f"/v1/backups/{init['id']}/parts"))["parts"] == []
