@@ -16,11 +16,13 @@ homes / 80 seconds, the rate this 2-core VM sustains with everything on it):
     POST /v1/backups (name, size, SHA-256, Home Assistant's metadata, ~1 KB) → part URLs asked in batches of
     `--batch` (POST /v1/backups/{id}/parts) → each part PUT to storage → POST /v1/backups/{id}/complete
 
-to a node chosen at random (a load balancer). A backup is `--parts` parts: one small part by default (what the
+to a node chosen at random (a load balancer), each gateway call retried as the engine retries it (429, 5xx or no
+answer: up to 6 tries, full-jitter backoff from 1 s; retries are counted, errors are calls that failed after the
+last try). A backup is `--parts` parts: one small part by default (what the
 per-backup cost is about; signing is ~0.1 ms per URL more, see bench/gateway_sign.py); with more, every part but the
 last is 5 MiB (storage checks sizes), so keep `--homes` small then.
 
-Printed: per call p50/p99 and errors; CPU per backup (milliseconds) of the gateway processes and of PostgreSQL (all
+Printed: per call p50/p99 (of every try), errors and retries; CPU per backup (milliseconds) of the gateway processes and of PostgreSQL (all
 its processes, exited backends included through the postmaster's children time), read from /proc over the night:
 that figure holds on any machine, the wall times here do not (2 cores shared by everything above); backups lost (a
 complete answered 200 that the database or storage does not hold); the nodes and database cores a night of
@@ -101,6 +103,8 @@ BACKUP_COLUMNS = [
     "upload_id",
     "metadata",
 ]
+MAX_TRIES = 6  # the upload engine's default (UploadOptions.max_tries)
+RETRIED = {0, 429, 500, 502, 503, 504}  # 0: no answer (connection error, timeout)
 TARGET_HOMES = 1_000_000
 TARGET_WINDOW = 2 * 3600
 NODE_BUSY = 0.6  # a node is sized to run at most 60 % of its core at the night's rate, for latency headroom
@@ -161,6 +165,7 @@ def postgres_cpu(cluster: PostgresCluster) -> float:
 class Results:
     latencies: dict[str, list[float]] = field(default_factory=lambda: {call: [] for call in CALLS})
     errors: Counter[str] = field(default_factory=Counter)
+    retries: Counter[str] = field(default_factory=Counter)  # "call status" -> tries that were retried
     completed: list[str] = field(default_factory=list)
     first_errors: list[str] = field(default_factory=list)
 
@@ -181,14 +186,28 @@ class Home:
     async def _call(
         self, session: aiohttp.ClientSession, url: str, body: Any, results: Results, what: str, expect: int
     ) -> Any:
-        started = time.perf_counter()
-        async with session.post(url, json=body, headers=self.headers) as resp:
-            data = await resp.read()
-            status = resp.status
-        results.latencies[what].append(time.perf_counter() - started)
-        if status != expect:
-            raise RuntimeError(f"{what}: HTTP {status} {data[:200]!r}")
-        return json.loads(data)
+        """One gateway call, retried as the upload engine retries it (uploader.gateway_call): on 429, 5xx and
+        connection errors, up to MAX_TRIES, full-jitter backoff from 1 s, `Retry-After` of a 429 honoured.
+        Every try's latency counts; a retry is counted, an error is what still failed after the last try."""
+        for tries in range(1, MAX_TRIES + 1):
+            started = time.perf_counter()
+            retry_after: float | None = None
+            try:
+                async with session.post(url, json=body, headers=self.headers) as resp:
+                    data = await resp.read()
+                    status = resp.status
+                    if status == 429 and resp.headers.get("Retry-After", "").isdigit():
+                        retry_after = float(resp.headers["Retry-After"])
+            except (aiohttp.ClientError, TimeoutError) as err:
+                status, data = 0, f"{type(err).__name__}: {err}".encode()
+            results.latencies[what].append(time.perf_counter() - started)
+            if status == expect:
+                return json.loads(data)
+            if status not in RETRIED or tries == MAX_TRIES:
+                raise RuntimeError(f"{what}: HTTP {status} {data[:200]!r} after {tries} tries")
+            results.retries[f"{what} {status}"] += 1
+            await asyncio.sleep(retry_after or random.uniform(0, min(60.0, 2.0 ** (tries - 1))))
+        raise AssertionError("unreachable")
 
     async def back_up(self, session: aiohttp.ClientSession, node: str, results: Results) -> None:
         last = random.randint(1, 64 * 1024)
@@ -438,6 +457,7 @@ async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, wor
     return {
         "per_call": per_call,
         "errors": dict(results.errors),
+        "retries": dict(results.retries),
         "first_errors": results.first_errors,
         "completed": len(results.completed),
         "lost": lost,
@@ -512,7 +532,7 @@ def main() -> None:
         print(
             f"{call:10} {values['n']:>8} {values['p50_ms']:>8} {values['p99_ms']:>8} {values['mean_ms']:>8}"
         )
-    print(f"errors: {figures['errors'] or 0}   lost: {figures['lost']}")
+    print(f"errors: {figures['errors'] or 0}   lost: {figures['lost']}   retried: {figures['retries'] or 0}")
     for line in figures["first_errors"]:
         print(f"  {line}")
     print(
@@ -534,6 +554,7 @@ def main() -> None:
         "homes": args.homes,
         "errors": sum(figures["errors"].values()),
         "lost": figures["lost"],
+        "retries": sum(figures["retries"].values()),
         "p99_ms": max(values["p99_ms"] for values in figures["per_call"].values()),
         "gateway_cpu_ms_per_backup": figures["gateway_cpu_ms_per_backup"],
         "db_cpu_ms_per_backup": figures["db_cpu_ms_per_backup"],
