@@ -33,6 +33,7 @@ from .const import (
     CONF_BANDWIDTH_LIMIT,
     CONF_FAILURES_BEFORE_REPAIR,
     CONF_INCLUDE_DATABASE,
+    CONF_KEEP_LOCAL,
     CONF_NIGHTLY,
     CONF_PARTS_IN_FLIGHT,
     CONF_STALE_AFTER,
@@ -42,7 +43,9 @@ from .const import (
     CONF_WINDOW_START,
     DOMAIN,
     LOGGER,
+    MAX_FAILURES_BEFORE_REPAIR,
     MAX_PARTS_IN_FLIGHT,
+    MAX_STALE_AFTER,
     MIN_PARTS_IN_FLIGHT,
 )
 from .models import Settings
@@ -203,14 +206,17 @@ def _options_schema() -> vol.Schema:
             ),
             vol.Required(CONF_INCLUDE_DATABASE): BooleanSelector(),
             vol.Required(CONF_FAILURES_BEFORE_REPAIR): NumberSelector(
-                NumberSelectorConfig(min=1, max=30, step=1, mode=NumberSelectorMode.BOX)
+                NumberSelectorConfig(
+                    min=1, max=MAX_FAILURES_BEFORE_REPAIR, step=1, mode=NumberSelectorMode.BOX
+                )
             ),
             vol.Required(CONF_STALE_AFTER): NumberSelector(
                 NumberSelectorConfig(
-                    min=1, max=24 * 31, step=1, unit_of_measurement="h", mode=NumberSelectorMode.BOX
+                    min=1, max=MAX_STALE_AFTER, step=1, unit_of_measurement="h", mode=NumberSelectorMode.BOX
                 )
             ),
             vol.Required(CONF_ALLOW_UNENCRYPTED): BooleanSelector(),
+            vol.Required(CONF_KEEP_LOCAL): BooleanSelector(),
         }
     )
 
@@ -227,6 +233,7 @@ def _current_options(options: Mapping[str, Any]) -> dict[str, Any]:
         CONF_FAILURES_BEFORE_REPAIR: settings.failures_before_repair,
         CONF_STALE_AFTER: int(settings.stale_after.total_seconds() // 3600),
         CONF_ALLOW_UNENCRYPTED: settings.allow_unencrypted,
+        CONF_KEEP_LOCAL: settings.keep_local,
     }
     if settings.bandwidth_limit:
         current[CONF_BANDWIDTH_LIMIT] = settings.bandwidth_limit // 1024

@@ -153,10 +153,17 @@ async def test_storage_failing_a_download_is_reported_as_unreachable(
         await agent.async_download_backup(backup.backup_id)
 
 
-async def test_our_own_job_suspended_by_an_unload_is_recorded_when_it_resumes(
-    hass: HomeAssistant, proxied: tuple[MockConfigEntry, FaultProxy], config_dir: Path
+async def test_our_own_backup_resumes_after_a_restart_from_its_local_copy(
+    hass: HomeAssistant,
+    proxied: tuple[MockConfigEntry, FaultProxy],
+    config_dir: Path,
+    moto_server: S3Server,
+    moto_bucket: str,
 ) -> None:
-    """The nightly job uploads; the entry unloads: the job is not recorded as failed, the next start decides."""
+    """The integration's own backups go to the local location too while they are sent, so a restart resumes them.
+
+    Once the upload has its outcome, that copy is removed: nothing stays on disk that the user did not ask for.
+    """
     entry, proxy = proxied
     (config_dir / "big.bin").write_bytes(os.urandom(12 * 1024 * 1024))
     proxy.fail(3, delay(60))
@@ -165,17 +172,28 @@ async def test_our_own_job_suspended_by_an_unload_is_recorded_when_it_resumes(
     async with asyncio.timeout(60):
         while not ((pending := runner.pending_summary()) and pending["parts_acknowledged"] == 2):
             await asyncio.sleep(0.05)
-    assert await hass.config_entries.async_unload(entry.entry_id)
-    with pytest.raises(JobError, match="Suspended"):
+    assert await hass.config_entries.async_unload(
+        entry.entry_id
+    )  # a restart of Home Assistant does this first
+    with pytest.raises(JobError, match="suspended"):
         await job
     assert runner.history == [], "not recorded yet: the next start resumes it or says why not"
     assert not runner.busy
+    manager: Any = hass.data[DATA_MANAGER]
+    (on_disk,) = await manager.backup_agents["backup.local"].async_list_backups()
+    archive = manager.local_backup_agents["backup.local"].get_backup_path(on_disk.backup_id).read_bytes()
+
     proxy.plan.clear()
     assert await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done(wait_background_tasks=True)
+
     history = entry.runtime_data.runner.history
-    assert [(j.trigger.value, j.status.value) for j in history] == [("manual", "failed")]
-    assert "no longer on disk" in (history[0].error or "")
+    assert [(j.trigger.value, j.status.value) for j in history] == [("manual", "succeeded")]
+    assert proxy.stored[1] == 1, "part 1 was not sent again"
+    assert proxy.stored[2] == 1, "part 2 was not sent again"
+    (stored,) = objects(moto_server, moto_bucket).values()
+    assert sha256(stored) == sha256(archive), "byte-identical to the copy the upload resumed from"
+    assert await manager.backup_agents["backup.local"].async_list_backups() == [], "the local copy is gone"
 
 
 async def test_one_job_at_a_time(hass: HomeAssistant, proxied: tuple[MockConfigEntry, FaultProxy]) -> None:
