@@ -195,20 +195,27 @@ class BackupRunner:
         Raises :class:`JobError` with the reason when no backup reached the gateway.
         """
         job = Job(id=uuid.uuid4().hex, trigger=trigger, started=dt_util.utcnow())
-        async with self._jobs.run(job):
-            try:
-                await self._create_backup(job, retry_until)
-            except (BackupManagerError, HomeAssistantError) as err:
-                self._jobs.settle(job, JobStatus.FAILED, f"Home Assistant could not create the backup: {err}")
-            finally:
-                if not job.suspended:
-                    await self._remove_local_copy(job)
-            if not job.done and not job.suspended:
-                self._jobs.settle(
-                    job,
-                    JobStatus.FAILED,
-                    "Home Assistant created the backup but did not hand it to Offsite Backup",
-                )
+        try:
+            async with self._jobs.run(job):
+                try:
+                    await self._create_backup(job, retry_until)
+                except (BackupManagerError, HomeAssistantError) as err:
+                    self._jobs.settle(
+                        job, JobStatus.FAILED, f"Home Assistant could not create the backup: {err}"
+                    )
+                finally:
+                    if not job.suspended:
+                        await self._remove_local_copy(job)
+                if not job.done and not job.suspended:
+                    self._jobs.settle(
+                        job,
+                        JobStatus.FAILED,
+                        "Home Assistant created the backup but did not hand it to Offsite Backup",
+                    )
+        except Exception as err:
+            if not job.done:  # another job runs
+                raise
+            raise JobError(job.error or job.status.value) from err  # recorded, with its message
         if job.suspended:
             raise JobError(SUSPENDED)
         if job.status is not JobStatus.SUCCEEDED:

@@ -267,9 +267,17 @@ async def test_unencrypted_backup_is_refused_unless_allowed(
     moto_bucket: str,
 ) -> None:
     backup_manager.config.data.create_backup.password = None  # no backup key: Home Assistant cannot encrypt
-    error = await _failing_backup(hass, loaded_entry)
+    events: list[Any] = []
+    unsubscribe = backup_manager.async_subscribe_events(events.append)
+    try:
+        error = await _failing_backup(hass, loaded_entry)
+    finally:
+        unsubscribe()
     assert error == UNENCRYPTED_REFUSED
     assert objects(moto_server, moto_bucket) == {}
+    # Refused before Home Assistant spent minutes building an archive it could not send.
+    assert not [event for event in events if isinstance(event, CreateBackupEvent)]
+    assert await backup_manager.backup_agents["backup.local"].async_list_backups() == []
 
     hass.config_entries.async_update_entry(loaded_entry, options={CONF_ALLOW_UNENCRYPTED: True})
     await hass.async_block_till_done()  # the entry reloads with the new option

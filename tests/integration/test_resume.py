@@ -11,14 +11,21 @@ from typing import Any
 import pytest
 from homeassistant.components.backup.const import DATA_MANAGER
 from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import HomeAssistantError
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events
 
-from custom_components.offsite_backup.const import DOMAIN, EVENT_FAILED, JobTrigger
+from custom_components.offsite_backup.const import CONF_KEEP_LOCAL, DOMAIN, EVENT_FAILED, JobTrigger
 from custom_components.offsite_backup.runner import JobError
-from tests.engine.proxy import FaultProxy, delay
+from tests.engine.proxy import FaultProxy, delay, status
 from tests.helpers.gateway import run_gateway
 from tests.helpers.servers import S3Server
-from tests.integration.common import multipart_uploads, objects, set_up_entry, sha256
+from tests.integration.common import (
+    let_upload_progress_settle,
+    multipart_uploads,
+    objects,
+    set_up_entry,
+    sha256,
+)
 from tests.integration.conftest import BACKUP_PASSWORD
 
 
@@ -208,3 +215,36 @@ async def test_one_job_at_a_time(hass: HomeAssistant, proxied: tuple[MockConfigE
         await runner.async_run(JobTrigger.SCHEDULE)
     assert err.value.translation_key == "already_running"
     await first
+
+
+async def test_the_local_copy_of_our_backups_is_removed_once_sent_unless_kept(
+    hass: HomeAssistant, proxied: tuple[MockConfigEntry, FaultProxy], backup_manager: Any
+) -> None:
+    entry, _ = proxied
+    local = backup_manager.backup_agents["backup.local"]
+    sent = await hass.services.async_call(
+        DOMAIN, "create_backup", {"config_entry_id": entry.entry_id}, blocking=True, return_response=True
+    )
+    assert isinstance(sent, dict)
+    assert await local.async_list_backups() == [], "removed once off-site"
+
+    hass.config_entries.async_update_entry(entry, options={CONF_KEEP_LOCAL: True})
+    await hass.async_block_till_done()
+    kept = await hass.services.async_call(
+        DOMAIN, "create_backup", {"config_entry_id": entry.entry_id}, blocking=True, return_response=True
+    )
+    assert isinstance(kept, dict)
+    assert [backup.backup_id for backup in await local.async_list_backups()] == [kept["backup_id"]]
+
+
+async def test_the_local_copy_of_a_failed_backup_is_removed_too(
+    hass: HomeAssistant, proxied: tuple[MockConfigEntry, FaultProxy], backup_manager: Any
+) -> None:
+    entry, proxy = proxied
+    proxy.fail(1, *[status(400, "InvalidArgument", "refused for the test")])
+    with pytest.raises(HomeAssistantError, match="refused for the test"):
+        await hass.services.async_call(
+            DOMAIN, "create_backup", {"config_entry_id": entry.entry_id}, blocking=True
+        )
+    await let_upload_progress_settle(hass)
+    assert await backup_manager.backup_agents["backup.local"].async_list_backups() == []
