@@ -41,7 +41,7 @@ _HOP = {
 class Fault:
     """What to do with one PUT of a part."""
 
-    kind: str  # reset | status | stall | delay | corrupt
+    kind: str  # reset | status | stall | delay | gate | corrupt
     status: int = 500
     code: str = "InternalError"
     message: str = "We encountered an internal error. Please try again."
@@ -78,6 +78,11 @@ def delay(seconds: float) -> Fault:
     return Fault("delay", seconds=seconds)
 
 
+def gate() -> Fault:
+    """Hold the request until the test calls ``proxy.open_gate()`` (then forward it, unless the client left)."""
+    return Fault("gate")
+
+
 def corrupt() -> Fault:
     """Flip one byte of the body before forwarding it (storage's ETag will not match the part's MD5)."""
     return Fault("corrupt")
@@ -104,6 +109,7 @@ class FaultProxy:
             asyncio.Event
         )  # set once upstream answered
         self.url = ""
+        self._gate = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -118,6 +124,14 @@ class FaultProxy:
     def answer_late(self, method: str, path: str, seconds: float) -> None:
         """Forward ``method path`` at once but hold upstream's answer ``seconds`` (a slow or lost answer)."""
         self.late_answers[(method, path)] = seconds
+
+    def open_gate(self) -> None:
+        """Let the requests held by ``gate()`` faults go on (and the next ones through at once)."""
+        self._gate.set()
+
+    def close_gate(self) -> None:
+        """Hold the requests of the next ``gate()`` faults again."""
+        self._gate.clear()
 
     def reset_counts(self) -> None:
         self.puts.clear()
@@ -176,6 +190,8 @@ class FaultProxy:
                 return web.Response(status=500)  # never delivered: the connection is gone
             if fault.kind == "delay":
                 await asyncio.sleep(fault.seconds)
+            if fault.kind == "gate":
+                await self._gate.wait()
         body = await request.read()
         if fault is not None:
             if fault.kind == "status":
