@@ -7,6 +7,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from homeassistant.components.backup import CreateBackupEvent, CreateBackupState, IdleEvent
@@ -267,16 +268,14 @@ async def test_unencrypted_backup_is_refused_unless_allowed(
     moto_bucket: str,
 ) -> None:
     backup_manager.config.data.create_backup.password = None  # no backup key: Home Assistant cannot encrypt
-    events: list[Any] = []
-    unsubscribe = backup_manager.async_subscribe_events(events.append)
-    try:
+    with patch.object(
+        backup_manager, "async_create_backup", wraps=backup_manager.async_create_backup
+    ) as create:
         error = await _failing_backup(hass, loaded_entry)
-    finally:
-        unsubscribe()
     assert error == UNENCRYPTED_REFUSED
     assert objects(moto_server, moto_bucket) == {}
     # Refused before Home Assistant spent minutes building an archive it could not send.
-    assert not [event for event in events if isinstance(event, CreateBackupEvent)]
+    assert create.call_count == 0
     assert await backup_manager.backup_agents["backup.local"].async_list_backups() == []
 
     hass.config_entries.async_update_entry(loaded_entry, options={CONF_ALLOW_UNENCRYPTED: True})
