@@ -58,7 +58,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry
         client,
         RunnerOptions(
             agent_id=agent_id_for(entry),
-            include_database=settings.include_database,
+            contents=settings.contents,
             allow_unencrypted=settings.allow_unencrypted,
             failures_before_repair=settings.failures_before_repair,
             upload=UploadOptions(parallel=settings.parts_in_flight, bandwidth_limit=settings.bandwidth_limit),

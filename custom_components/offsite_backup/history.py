@@ -132,11 +132,9 @@ class JobHistory:
 
     @property
     def last_error(self) -> str | None:
-        """The error of the last failed job, cleared by the next success."""
+        """The error of the last failed job, cleared by the next success (a partial one tells what it lacks)."""
         for job in self.jobs:
-            if job.status is JobStatus.SUCCEEDED:
-                return None
-            if job.status is JobStatus.FAILED:
+            if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
                 return job.error
         return None
 

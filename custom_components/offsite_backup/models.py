@@ -13,9 +13,12 @@ from homeassistant.util import slugify
 
 from .api import GatewayClient
 from .const import (
+    CONF_ADDONS,
     CONF_ALLOW_UNENCRYPTED,
     CONF_BANDWIDTH_LIMIT,
+    CONF_CONTENTS,
     CONF_FAILURES_BEFORE_REPAIR,
+    CONF_FOLDERS,
     CONF_INCLUDE_DATABASE,
     CONF_KEEP_LOCAL,
     CONF_NIGHTLY,
@@ -23,7 +26,9 @@ from .const import (
     CONF_STALE_AFTER,
     CONF_WINDOW_END,
     CONF_WINDOW_START,
+    CONTENTS_CHOICES,
     DEFAULT_ALLOW_UNENCRYPTED,
+    DEFAULT_CONTENTS,
     DEFAULT_FAILURES_BEFORE_REPAIR,
     DEFAULT_INCLUDE_DATABASE,
     DEFAULT_KEEP_LOCAL,
@@ -38,6 +43,7 @@ from .const import (
     MAX_STALE_AFTER,
     MIN_PARTS_IN_FLIGHT,
 )
+from .contents import ContentsChoice
 from .coordinator import GatewayCoordinator
 from .listing import BackupListing
 from .privacy import MetadataPrivacy
@@ -74,6 +80,18 @@ def _number(value: Any, default: int, low: int, high: int) -> int:
     return min(high, max(low, round(number)))
 
 
+def _choice(value: Any, choices: tuple[str, ...], default: str) -> str:
+    """One of ``choices``; ``default`` for anything else."""
+    return value if isinstance(value, str) and value in choices else default
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """A list of strings (anything else in it is dropped); ``()`` for anything that is not a list."""
+    if not isinstance(value, list | tuple):
+        return ()
+    return tuple(item for item in value if isinstance(item, str))
+
+
 def _time(value: Any, default: time) -> time:
     if isinstance(value, time):
         return value
@@ -95,6 +113,7 @@ class Settings:
     stale_after: timedelta
     allow_unencrypted: bool
     keep_local: bool
+    contents: ContentsChoice
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Settings:
@@ -126,6 +145,12 @@ class Settings:
             ),
             allow_unencrypted=bool(options.get(CONF_ALLOW_UNENCRYPTED, DEFAULT_ALLOW_UNENCRYPTED)),
             keep_local=bool(options.get(CONF_KEEP_LOCAL, DEFAULT_KEEP_LOCAL)),
+            contents=ContentsChoice(
+                contents=_choice(options.get(CONF_CONTENTS), CONTENTS_CHOICES, DEFAULT_CONTENTS),
+                include_database=bool(options.get(CONF_INCLUDE_DATABASE, DEFAULT_INCLUDE_DATABASE)),
+                addons=_strings(options.get(CONF_ADDONS)),
+                folders=_strings(options.get(CONF_FOLDERS)),
+            ),
         )
 
 

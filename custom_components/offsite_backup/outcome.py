@@ -40,7 +40,10 @@ class OutcomeReporter:
         if job.status is JobStatus.SUCCEEDED:
             ir.async_delete_issue(self._hass, DOMAIN, self.issue_id)
             LOGGER.info("Backup %s sent off-site (%s bytes in %s s)", job.backup_id, job.size, job.duration)
-            self._hass.bus.async_fire(EVENT_SUCCEEDED, data)
+            # A partial backup (add-ons or folders Home Assistant could not back up) says what it lacks.
+            self._hass.bus.async_fire(
+                EVENT_SUCCEEDED, data | {"partial": job.error is not None, "error": job.error}
+            )
         elif job.status is JobStatus.FAILED:
             LOGGER.error("Offsite backup failed: %s", job.error)
             self._hass.bus.async_fire(EVENT_FAILED, data | {"error": job.error})

@@ -24,6 +24,7 @@ from homeassistant.components.backup import AgentBackup, BackupAgentError, Backu
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers.hassio import is_hassio
 from homeassistant.util import dt as dt_util
 
 from .api import (
@@ -34,8 +35,9 @@ from .api import (
     GatewayNotFoundError,
     RemoteBackup,
 )
-from .compat import backup_manager
+from .compat import backup_manager, failed_parts
 from .const import BUSY_RETRY_DELAY, DOMAIN, LOGGER, JobStatus, JobTrigger
+from .contents import ContentsChoice, resolve_contents
 from .history import JobHistory
 from .jobs import Job, JobError, JobTracker, UploadSuspended
 from .listeners import Listeners
@@ -70,7 +72,7 @@ class RunnerOptions:
     """What the runner needs from the entry's options."""
 
     agent_id: str
-    include_database: bool
+    contents: ContentsChoice
     allow_unencrypted: bool
     failures_before_repair: int
     upload: UploadOptions
@@ -252,19 +254,36 @@ class BackupRunner:
                 except TimeoutError:
                     pass
                 continue
+            contents = resolve_contents(
+                self.options.contents,
+                supervised=is_hassio(self.hass),
+                automatic=manager.config.data.create_backup,
+            )
             job.local_copy = self._local.location()
             agent_ids = [self.options.agent_id, *([job.local_copy] if job.local_copy else [])]
             await manager.async_create_backup(
                 agent_ids=agent_ids,
-                include_addons=None,
-                include_all_addons=False,
-                include_database=self.options.include_database,
-                include_folders=None,
-                include_homeassistant=True,
                 name=f"Offsite backup {dt_util.now().strftime('%Y-%m-%d %H:%M')}",
                 password=password,
+                # The nightly backups are Home Assistant's automatic ones (its "last automatic backup", its
+                # retention of automatic backups); a backup made by hand is not.
+                with_automatic_settings=job.trigger is JobTrigger.SCHEDULE,
+                **contents.as_kwargs(),
             )
+            self._note_partial(job)
             return
+
+    @callback
+    def _note_partial(self, job: Job) -> None:
+        """A backup that landed without some add-ons or folders says which, as Home Assistant marks it partial."""
+        if job.status is not JobStatus.SUCCEEDED or job.backup_id is None:
+            return
+        addons, folders = failed_parts(backup_manager(self.hass), job.backup_id)
+        if not addons and not folders:
+            return
+        missing = [f"add-on {name}" for name in addons] + [f"folder {folder}" for folder in folders]
+        job.error = f"Partial backup: Home Assistant could not back up {', '.join(missing)}"
+        LOGGER.warning("Backup %s is partial: %s", job.backup_id, job.error)
 
     def _password(self) -> str | None:
         """Home Assistant's backup encryption key, unless this location is set to unencrypted."""
@@ -440,8 +459,8 @@ class BackupRunner:
         state = UploadState.from_dict(pending["state"]) if pending["state"] else None
         async with self._jobs.run(job):
             try:
-                path = await self._local.find(backup)
-                if path is None:
+                open_stream = await self._local.find(backup)
+                if open_stream is None:
                     self._history.clear_pending()
                     await self._abort_left_behind(state)
                     self._jobs.settle(
@@ -453,7 +472,7 @@ class BackupRunner:
                     return
                 LOGGER.info("Resuming the upload of backup %s interrupted by a restart", backup.backup_id)
                 try:
-                    await self._upload(job, backup, self._local.opener(path), None, state=state)
+                    await self._upload(job, backup, open_stream, None, state=state)
                 except UploadSuspended:
                     return
             finally:
