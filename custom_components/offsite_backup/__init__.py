@@ -12,6 +12,7 @@ from datetime import datetime
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP, Platform
 from homeassistant.core import Event, HomeAssistant, callback
 from homeassistant.helpers import config_validation as cv
+from homeassistant.helpers import instance_id
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.start import async_at_started
 from homeassistant.helpers.storage import Store
@@ -19,9 +20,10 @@ from homeassistant.helpers.typing import ConfigType
 from homeassistant.util.hass_dict import HassKey
 
 from .api import GatewayClient
-from .const import CONF_TOKEN, CONF_URL, DOMAIN, LOGGER, JobTrigger
+from .const import CONF_TOKEN, CONF_URL, DOMAIN, LOGGER, STORES, JobTrigger, store_key
 from .coordinator import GatewayCoordinator
 from .models import OffsiteBackupConfigEntry, OffsiteBackupData, Settings, agent_id_for
+from .privacy import MetadataPrivacy
 from .runner import BackupRunner, JobError, RunnerOptions
 from .scheduler import NightlyScheduler
 from .services import async_setup_services
@@ -48,17 +50,21 @@ async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry
     await coordinator.async_config_entry_first_refresh()
 
     settings = Settings.from_options(dict(entry.options))
+    assert entry.unique_id is not None
+    privacy = MetadataPrivacy(await instance_id.async_get(hass), entry.unique_id)
     runner = BackupRunner(
         hass,
         entry,
         client,
         RunnerOptions(
             agent_id=agent_id_for(entry),
-            include_database=settings.include_database,
+            contents=settings.contents,
             allow_unencrypted=settings.allow_unencrypted,
             failures_before_repair=settings.failures_before_repair,
             upload=UploadOptions(parallel=settings.parts_in_flight, bandwidth_limit=settings.bandwidth_limit),
+            keep_local=settings.keep_local,
         ),
+        privacy,
     )
     await runner.async_load()
 
@@ -77,7 +83,12 @@ async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry
         start_job=start_nightly_job,
     )
     entry.runtime_data = OffsiteBackupData(
-        client=client, coordinator=coordinator, runner=runner, scheduler=scheduler, settings=settings
+        client=client,
+        coordinator=coordinator,
+        runner=runner,
+        scheduler=scheduler,
+        settings=settings,
+        privacy=privacy,
     )
 
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
@@ -134,5 +145,5 @@ async def _async_reload(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) ->
 
 async def async_remove_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) -> None:
     """Forget the entry's stored history and schedule."""
-    for suffix in ("jobs", "schedule"):
-        await Store[dict[str, object]](hass, 1, f"{DOMAIN}.{entry.entry_id}.{suffix}").async_remove()
+    for name in STORES:
+        await Store[dict[str, object]](hass, 1, store_key(entry.entry_id, name)).async_remove()

@@ -21,9 +21,12 @@ The token is never part of an exception message or of ``repr()``.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
+import math
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,6 +39,7 @@ __all__ = [
     "BackupInit",
     "CompletedPart",
     "DownloadLink",
+    "DownloadStream",
     "GatewayAuthError",
     "GatewayClient",
     "GatewayConflictError",
@@ -49,6 +53,8 @@ __all__ = [
     "PartUrl",
     "RemoteBackup",
     "StoredPart",
+    "parse_retry_after",
+    "redact_urls",
 ]
 
 DEFAULT_TIMEOUT = 30.0
@@ -268,13 +274,64 @@ def _backup(value: Any) -> RemoteBackup:
     )
 
 
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP date; ``None`` when absent or junk."""
+    if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        return None
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _instance(data: dict[str, Any]) -> InstanceInfo:
+    limits = _obj(data["limits"])
+    return InstanceInfo(
+        id=_str(data, "id"),
+        name=_str(data, "name"),
+        limits=Limits(
+            max_backup_bytes=_int(limits, "max_backup_bytes"),
+            part_size=_int(limits, "part_size"),
+            retention=limits.get("retention"),
+            url_ttl=_int(limits, "url_ttl"),
+        ),
+    )
+
+
+def _init(data: dict[str, Any]) -> BackupInit:
+    return BackupInit(
+        id=_str(data, "id"),
+        part_size=_int(data, "part_size"),
+        part_count=_int(data, "part_count"),
+        url_ttl=_int(data, "url_ttl"),
+    )
+
+
+def _part_urls(data: dict[str, Any]) -> list[PartUrl]:
+    return [
+        PartUrl(
+            part_number=_int(item, "part_number"), url=_str(item, "url"), expires_at=_time(item["expires_at"])
+        )
+        for item in map(_obj, _list(data, "parts"))
+    ]
+
+
+def _stored_parts(data: dict[str, Any]) -> list[StoredPart]:
+    return [
+        StoredPart(part_number=_int(item, "part_number"), etag=_str(item, "etag"), size=_int(item, "size"))
+        for item in map(_obj, _list(data, "parts"))
+    ]
+
+
+def _download_link(data: dict[str, Any]) -> DownloadLink:
+    return DownloadLink(url=_str(data, "url"), expires_at=_time(data["expires_at"]))
 
 
 _URL_IN_TEXT = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*")
@@ -377,7 +434,7 @@ class GatewayClient:
         text = f"Gateway refused {what}: {message}" if code else f"Gateway answered {what} with {message}"
         if status == 429:
             raise GatewayRateLimitedError(
-                text, code=code, status=status, details=details, retry_after=_retry_after(retry_after)
+                text, code=code, status=status, details=details, retry_after=parse_retry_after(retry_after)
             )
         if status >= 500 or code is None:
             # 5xx, or not the gateway's JSON error (a reverse proxy's page, a wrong URL…)
@@ -390,29 +447,29 @@ class GatewayClient:
             raise GatewayUnavailableError(f"The gateway answered {method} {path} with an unexpected body")
         return data
 
-    @staticmethod
-    def _bad(method: str, path: str) -> GatewayUnavailableError:
-        return GatewayUnavailableError(f"The gateway answered {method} {path} with an unexpected body")
+    async def _parsed[T](
+        self,
+        method: str,
+        path: str,
+        read: Callable[[dict[str, Any]], T],
+        *,
+        body: Any = None,
+        expect: int = 200,
+    ) -> T:
+        """Call the gateway and read its answer with ``read``; an answer of another shape is the gateway failing."""
+        data = await self._call(method, path, body=body, expect=expect)
+        try:
+            return read(data)
+        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
+            raise GatewayUnavailableError(
+                f"The gateway answered {method} {path} with an unexpected body"
+            ) from err
 
     # -------------------------------------------------------------------------------------------- routes
 
     async def get_instance(self) -> InstanceInfo:
         """``GET /v1/instance``: validate the token and read the limits."""
-        data = await self._call("GET", "/v1/instance")
-        try:
-            limits = _obj(data["limits"])
-            return InstanceInfo(
-                id=_str(data, "id"),
-                name=_str(data, "name"),
-                limits=Limits(
-                    max_backup_bytes=_int(limits, "max_backup_bytes"),
-                    part_size=_int(limits, "part_size"),
-                    retention=limits.get("retention"),
-                    url_ttl=_int(limits, "url_ttl"),
-                ),
-            )
-        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
-            raise self._bad("GET", "/v1/instance") from err
+        return await self._parsed("GET", "/v1/instance", _instance)
 
     async def create_backup(
         self,
@@ -428,48 +485,16 @@ class GatewayClient:
             body["metadata"] = dict(metadata)
         if sha256 is not None:
             body["sha256"] = sha256
-        data = await self._call("POST", "/v1/backups", body=body, expect=201)
-        try:
-            return BackupInit(
-                id=_str(data, "id"),
-                part_size=_int(data, "part_size"),
-                part_count=_int(data, "part_count"),
-                url_ttl=_int(data, "url_ttl"),
-            )
-        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
-            raise self._bad("POST", "/v1/backups") from err
+        return await self._parsed("POST", "/v1/backups", _init, body=body, expect=201)
 
     async def sign_parts(self, backup_id: str, part_numbers: Iterable[int]) -> list[PartUrl]:
         """``POST /v1/backups/{id}/parts``: presigned PUT URLs for up to 100 parts."""
         path = f"/v1/backups/{_seg(backup_id)}/parts"
-        data = await self._call("POST", path, body={"part_numbers": list(part_numbers)})
-        try:
-            return [
-                PartUrl(
-                    part_number=_int(item, "part_number"),
-                    url=_str(item, "url"),
-                    expires_at=_time(item["expires_at"]),
-                )
-                for item in map(_obj, _list(data, "parts"))
-            ]
-        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
-            raise self._bad("POST", path) from err
+        return await self._parsed("POST", path, _part_urls, body={"part_numbers": list(part_numbers)})
 
     async def list_parts(self, backup_id: str) -> list[StoredPart]:
         """``GET /v1/backups/{id}/parts``: the parts storage already holds (to resume)."""
-        path = f"/v1/backups/{_seg(backup_id)}/parts"
-        data = await self._call("GET", path)
-        try:
-            return [
-                StoredPart(
-                    part_number=_int(item, "part_number"),
-                    etag=_str(item, "etag"),
-                    size=_int(item, "size"),
-                )
-                for item in map(_obj, _list(data, "parts"))
-            ]
-        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
-            raise self._bad("GET", path) from err
+        return await self._parsed("GET", f"/v1/backups/{_seg(backup_id)}/parts", _stored_parts)
 
     async def complete_backup(
         self,
@@ -479,17 +504,13 @@ class GatewayClient:
         sha256: str | None = None,
     ) -> RemoteBackup:
         """``POST /v1/backups/{id}/complete``: assemble the parts (every part number exactly once)."""
-        path = f"/v1/backups/{_seg(backup_id)}/complete"
         body: dict[str, Any] = {
             "parts": [{"part_number": part.part_number, "etag": part.etag} for part in parts]
         }
         if sha256 is not None:
             body["sha256"] = sha256
-        data = await self._call("POST", path, body=body)
-        try:
-            return _backup(data["backup"])
-        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
-            raise self._bad("POST", path) from err
+        path = f"/v1/backups/{_seg(backup_id)}/complete"
+        return await self._parsed("POST", path, lambda data: _backup(data["backup"]), body=body)
 
     async def abort_upload(self, backup_id: str) -> None:
         """``DELETE /v1/backups/{id}/upload``: abort the multipart upload (the backup becomes ``failed``)."""
@@ -497,20 +518,15 @@ class GatewayClient:
 
     async def list_backups(self) -> list[RemoteBackup]:
         """``GET /v1/backups``: completed backups, newest first."""
-        data = await self._call("GET", "/v1/backups")
-        try:
-            return [_backup(item) for item in _list(data, "backups")]
-        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
-            raise self._bad("GET", "/v1/backups") from err
+        return await self._parsed(
+            "GET", "/v1/backups", lambda data: [_backup(item) for item in _list(data, "backups")]
+        )
 
     async def get_backup(self, backup_id: str) -> RemoteBackup:
         """``GET /v1/backups/{id}``: one backup, whatever its status."""
-        path = f"/v1/backups/{_seg(backup_id)}"
-        data = await self._call("GET", path)
-        try:
-            return _backup(data["backup"])
-        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
-            raise self._bad("GET", path) from err
+        return await self._parsed(
+            "GET", f"/v1/backups/{_seg(backup_id)}", lambda data: _backup(data["backup"])
+        )
 
     async def delete_backup(self, backup_id: str) -> None:
         """``DELETE /v1/backups/{id}``: delete the object (or abort the upload)."""
@@ -518,41 +534,18 @@ class GatewayClient:
 
     async def download_url(self, backup_id: str) -> DownloadLink:
         """``POST /v1/backups/{id}/download``: a presigned GET URL of a completed backup."""
-        path = f"/v1/backups/{_seg(backup_id)}/download"
-        data = await self._call("POST", path)
-        try:
-            return DownloadLink(url=_str(data, "url"), expires_at=_time(data["expires_at"]))
-        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
-            raise self._bad("POST", path) from err
-
-    async def health(self) -> dict[str, Any]:
-        """``GET /healthz`` (no token): ``{"status": "ok"}``; raises ``GatewayUnavailableError`` on 503."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                async with self._session.get(self._url + "/healthz") as resp:
-                    raw = await resp.read()
-                    status = resp.status
-        except (TimeoutError, aiohttp.ClientError) as err:
-            raise GatewayUnavailableError(f"Cannot reach the gateway at {self._url}") from err
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            data = None
-        if status != 200 or not isinstance(data, dict):
-            raise GatewayUnavailableError(
-                f"The gateway at {self._url} is not healthy (HTTP {status})", status=status
-            )
-        return data
+        return await self._parsed("POST", f"/v1/backups/{_seg(backup_id)}/download", _download_link)
 
     async def download(
         self, backup_id: str, *, chunk_size: int = DOWNLOAD_CHUNK, read_timeout: float = 120.0
-    ) -> AsyncIterator[bytes]:
+    ) -> DownloadStream:
         """Open a completed backup for reading: ``async for chunk in await client.download(id)``.
 
         The presigned URL is asked for and the GET is started before this returns, so a missing backup raises
         here (``GatewayNotFoundError``) rather than in the middle of the stream. Chunks of at most ``chunk_size``
-        bytes are streamed, never the whole object; iterate to the end or ``aclose()`` the iterator. Errors while
-        streaming raise ``GatewayUnavailableError``.
+        bytes are streamed, never the whole object. The connection is released at the end of the stream, on an
+        error, or by ``aclose()`` (even before the first chunk). Errors while streaming raise
+        ``GatewayUnavailableError``.
         """
         link = await self.download_url(backup_id)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout, sock_read=read_timeout)
@@ -571,18 +564,45 @@ class GatewayClient:
             raise GatewayUnavailableError(
                 f"Storage answered HTTP {status} to the download of backup {backup_id}", status=status
             )
-        return _stream(resp, chunk_size, backup_id)
+        return DownloadStream(resp, chunk_size, backup_id)
 
 
-async def _stream(resp: aiohttp.ClientResponse, chunk_size: int, backup_id: str) -> AsyncGenerator[bytes]:
-    try:
-        async for chunk in resp.content.iter_chunked(chunk_size):
-            yield chunk
-    except (TimeoutError, aiohttp.ClientError) as err:
-        detail = redact_urls(str(err)) or type(err).__name__
-        raise GatewayUnavailableError(f"Download of backup {backup_id} broke off: {detail}") from err
-    finally:
-        resp.release()
+class DownloadStream:
+    """A backup being downloaded: an async iterator of chunks that owns the storage connection.
+
+    Unlike an async generator, closing it releases the connection even when iteration never started.
+    """
+
+    def __init__(self, resp: aiohttp.ClientResponse, chunk_size: int, backup_id: str) -> None:
+        """Stream ``resp``'s body in chunks of at most ``chunk_size`` bytes."""
+        self._resp = resp
+        self._chunks = resp.content.iter_chunked(chunk_size)
+        self._backup_id = backup_id
+
+    def __aiter__(self) -> DownloadStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await anext(self._chunks)
+        except StopAsyncIteration:
+            self._resp.release()
+            raise
+        except (TimeoutError, aiohttp.ClientError) as err:
+            self._resp.release()
+            detail = redact_urls(str(err)) or type(err).__name__
+            raise GatewayUnavailableError(
+                f"Download of backup {self._backup_id} broke off: {detail}"
+            ) from err
+
+    async def aclose(self) -> None:
+        """Release the connection (at once, whether the stream was read or not)."""
+        self._resp.release()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is released."""
+        return self._resp.closed
 
 
 def _seg(value: str) -> str:

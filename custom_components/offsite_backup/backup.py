@@ -1,11 +1,13 @@
 """The backup location ("backup agent"): Settings > System > Backups can back up here and restore from here.
 
-Each backup is stored by the gateway with Home Assistant's own description (``AgentBackup.as_dict()``) as its
-metadata, so the list comes back whole from the gateway alone.
+Each backup is stored by the gateway with Home Assistant's own description (``AgentBackup.as_dict()``, less what
+``privacy.py`` keeps in the house) as its metadata, so the list comes back whole from the gateway alone. The list is
+kept for a short while (Home Assistant asks for it several times per page), and forgotten on every upload and delete.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -21,6 +23,7 @@ from homeassistant.core import HomeAssistant, callback
 from . import DATA_BACKUP_AGENT_LISTENERS
 from .api import GatewayError, GatewayNotFoundError, GatewayUnavailableError, RemoteBackup
 from .const import DOMAIN, LOGGER
+from .listing import Listing
 from .models import OffsiteBackupConfigEntry, agent_unique_id
 
 
@@ -54,10 +57,26 @@ class GatewayUnreachableError(BackupAgentUnreachableError):
         return str(self.args[0]) if self.args else super().__str__()
 
 
-def _agent_error(action: str, err: GatewayError) -> BackupAgentError:
-    if isinstance(err, GatewayUnavailableError):
-        return GatewayUnreachableError(f"Failed to {action}: {err}")
-    return BackupAgentError(f"Failed to {action}: {err}")
+def handle_gateway_errors[T](
+    action: str,
+) -> Callable[[Callable[..., Coroutine[Any, Any, T]]], Callable[..., Coroutine[Any, Any, T]]]:
+    """Map the gateway client's errors to the backup manager's: not found, unreachable, or failed to ``action``."""
+
+    def decorator(func: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., Coroutine[Any, Any, T]]:
+        @functools.wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> T:
+            try:
+                return await func(*args, **kwargs)
+            except GatewayNotFoundError as err:
+                raise BackupNotFound(f"Backup not found: {err}") from err
+            except GatewayUnavailableError as err:
+                raise GatewayUnreachableError(f"Failed to {action}: {err}") from err
+            except GatewayError as err:
+                raise BackupAgentError(f"Failed to {action}: {err}") from err
+
+        return wrapper
+
+    return decorator
 
 
 class OffsiteBackupAgent(BackupAgent):
@@ -80,58 +99,64 @@ class OffsiteBackupAgent(BackupAgent):
         **kwargs: Any,
     ) -> None:
         """Send a backup through the upload engine; progress goes to our sensors and to ``on_progress`` (2026.4+)."""
-        await self._data.runner.async_upload(backup, open_stream, kwargs.get("on_progress"))
+        try:
+            await self._data.runner.async_upload(backup, open_stream, kwargs.get("on_progress"))
+        finally:
+            self._data.listing.forget()
 
+    @handle_gateway_errors("list backups")
     async def async_list_backups(self, **kwargs: Any) -> list[AgentBackup]:
-        """The backups the gateway holds for this instance, newest first."""
-        return [backup for _, backup in await self._backups()]
+        """The backups the gateway holds for this instance, newest first (one per backup id)."""
+        return [copies[0][1] for copies in (await self._backups()).values()]
 
+    @handle_gateway_errors("read the backup")
     async def async_get_backup(self, backup_id: str, **kwargs: Any) -> AgentBackup:
         """One backup; ``BackupNotFound`` when the gateway does not hold it."""
-        return (await self._find(backup_id))[1]
+        return (await self._copies(backup_id))[0][1]
 
+    @handle_gateway_errors("download the backup")
     async def async_download_backup(self, backup_id: str, **kwargs: Any) -> AsyncIterator[bytes]:
-        """Stream a backup from storage (presigned GET), never held whole in memory."""
-        remote, _ = await self._find(backup_id)
-        try:
-            return await self._data.client.download(remote.id)
-        except GatewayNotFoundError as err:
-            raise BackupNotFound(f"Backup {backup_id} not found") from err
-        except GatewayError as err:
-            raise _agent_error("download the backup", err) from err
+        """Stream a backup from storage (presigned GET), never held whole in memory.
 
+        The stream owns its connection: closed before it is read, it still releases it.
+        """
+        remote, _ = (await self._copies(backup_id))[0]
+        return await self._data.client.download(remote.id)
+
+    @handle_gateway_errors("delete the backup")
     async def async_delete_backup(self, backup_id: str, **kwargs: Any) -> None:
-        """Delete a backup from the gateway."""
-        remote, _ = await self._find(backup_id)
+        """Delete a backup from the gateway: every copy of it, when it was sent more than once."""
         try:
-            await self._data.client.delete_backup(remote.id)
-        except GatewayNotFoundError as err:
-            raise BackupNotFound(f"Backup {backup_id} not found") from err
-        except GatewayError as err:
-            raise _agent_error("delete the backup", err) from err
+            for remote, _ in await self._copies(backup_id):
+                try:
+                    await self._data.client.delete_backup(remote.id)
+                except GatewayNotFoundError:
+                    continue  # already gone
+        finally:
+            self._data.listing.forget()
 
-    async def _backups(self) -> list[tuple[RemoteBackup, AgentBackup]]:
-        try:
-            remote_backups = await self._data.client.list_backups()
-        except GatewayError as err:
-            raise _agent_error("list backups", err) from err
-        found = []
-        for remote in remote_backups:
+    async def _backups(self) -> Listing:
+        """Home Assistant's backups on the gateway by backup id, each with its copies, newest first."""
+        return await self._data.listing.get(self._read_backups)
+
+    async def _read_backups(self) -> Listing:
+        found: Listing = {}
+        for remote in await self._data.client.list_backups():
             try:
-                backup = AgentBackup.from_dict(remote.metadata)
+                backup = AgentBackup.from_dict(self._data.privacy.incoming(remote.metadata))
             except (KeyError, TypeError, ValueError):
                 LOGGER.debug(
                     "Skipping gateway backup %s: its metadata is not a Home Assistant backup", remote.id
                 )
                 continue
-            found.append((remote, _with_size(backup, remote.size)))
+            found.setdefault(backup.backup_id, []).append((remote, _with_size(backup, remote.size)))
         return found
 
-    async def _find(self, backup_id: str) -> tuple[RemoteBackup, AgentBackup]:
-        for remote, backup in await self._backups():
-            if backup.backup_id == backup_id:
-                return remote, backup
-        raise BackupNotFound(f"Backup {backup_id} not found")
+    async def _copies(self, backup_id: str) -> list[tuple[RemoteBackup, AgentBackup]]:
+        copies = (await self._backups()).get(backup_id)
+        if not copies:
+            raise BackupNotFound(f"Backup {backup_id} not found")
+        return copies
 
 
 def _with_size(backup: AgentBackup, size: int) -> AgentBackup:

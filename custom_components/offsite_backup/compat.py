@@ -17,7 +17,7 @@ else:
     except ImportError:  # earlier versions: voluptuous itself
         import voluptuous as vol
 
-__all__ = ["backup_manager", "vol"]
+__all__ = ["backup_manager", "failed_parts", "vol"]
 
 
 def backup_manager(hass: HomeAssistant) -> BackupManager:
@@ -27,3 +27,11 @@ def backup_manager(hass: HomeAssistant) -> BackupManager:
         manager: BackupManager = get_manager(hass)
         return manager
     return hass.data[DATA_MANAGER]
+
+
+def failed_parts(manager: BackupManager, backup_id: str) -> tuple[list[str], list[str]]:
+    """The add-ons (names) and folders Home Assistant could not put in a backup it made (2025.5+ records them)."""
+    known = manager.known_backups.get(backup_id)
+    addons = getattr(known, "failed_addons", None) or []
+    folders = getattr(known, "failed_folders", None) or []
+    return [addon.name or addon.slug for addon in addons], [str(folder) for folder in folders]

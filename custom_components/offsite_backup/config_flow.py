@@ -12,13 +12,18 @@ from homeassistant.config_entries import (
     ConfigFlowResult,
     OptionsFlow,
 )
-from homeassistant.core import callback
+from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.helpers.hassio import is_hassio
 from homeassistant.helpers.selector import (
     BooleanSelector,
     NumberSelector,
     NumberSelectorConfig,
     NumberSelectorMode,
+    SelectOptionDict,
+    SelectSelector,
+    SelectSelectorConfig,
+    SelectSelectorMode,
     TextSelector,
     TextSelectorConfig,
     TextSelectorType,
@@ -29,10 +34,14 @@ from yarl import URL
 from .api import GatewayAuthError, GatewayClient, GatewayError, InstanceInfo
 from .compat import vol
 from .const import (
+    CONF_ADDONS,
     CONF_ALLOW_UNENCRYPTED,
     CONF_BANDWIDTH_LIMIT,
+    CONF_CONTENTS,
     CONF_FAILURES_BEFORE_REPAIR,
+    CONF_FOLDERS,
     CONF_INCLUDE_DATABASE,
+    CONF_KEEP_LOCAL,
     CONF_NIGHTLY,
     CONF_PARTS_IN_FLIGHT,
     CONF_STALE_AFTER,
@@ -40,11 +49,17 @@ from .const import (
     CONF_URL,
     CONF_WINDOW_END,
     CONF_WINDOW_START,
+    CONTENTS_AUTOMATIC,
+    CONTENTS_CUSTOM,
+    CONTENTS_FULL,
     DOMAIN,
     LOGGER,
+    MAX_FAILURES_BEFORE_REPAIR,
     MAX_PARTS_IN_FLIGHT,
+    MAX_STALE_AFTER,
     MIN_PARTS_IN_FLIGHT,
 )
+from .contents import FOLDERS
 from .models import Settings
 
 URL_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.URL))
@@ -187,10 +202,16 @@ class OffsiteBackupConfigFlow(ConfigFlow, domain=DOMAIN):
         return OffsiteBackupOptionsFlow()
 
 
-def _options_schema() -> vol.Schema:
+def _options_schema(supervised: bool) -> vol.Schema:
+    contents = [CONTENTS_FULL, CONTENTS_AUTOMATIC, *([CONTENTS_CUSTOM] if supervised else [])]
     return vol.Schema(
         {
             vol.Required(CONF_NIGHTLY): BooleanSelector(),
+            vol.Required(CONF_CONTENTS): SelectSelector(
+                SelectSelectorConfig(
+                    options=contents, translation_key=CONF_CONTENTS, mode=SelectSelectorMode.LIST
+                )
+            ),
             vol.Required(CONF_WINDOW_START): TimeSelector(),
             vol.Required(CONF_WINDOW_END): TimeSelector(),
             vol.Required(CONF_PARTS_IN_FLIGHT): NumberSelector(
@@ -203,14 +224,17 @@ def _options_schema() -> vol.Schema:
             ),
             vol.Required(CONF_INCLUDE_DATABASE): BooleanSelector(),
             vol.Required(CONF_FAILURES_BEFORE_REPAIR): NumberSelector(
-                NumberSelectorConfig(min=1, max=30, step=1, mode=NumberSelectorMode.BOX)
+                NumberSelectorConfig(
+                    min=1, max=MAX_FAILURES_BEFORE_REPAIR, step=1, mode=NumberSelectorMode.BOX
+                )
             ),
             vol.Required(CONF_STALE_AFTER): NumberSelector(
                 NumberSelectorConfig(
-                    min=1, max=24 * 31, step=1, unit_of_measurement="h", mode=NumberSelectorMode.BOX
+                    min=1, max=MAX_STALE_AFTER, step=1, unit_of_measurement="h", mode=NumberSelectorMode.BOX
                 )
             ),
             vol.Required(CONF_ALLOW_UNENCRYPTED): BooleanSelector(),
+            vol.Required(CONF_KEEP_LOCAL): BooleanSelector(),
         }
     )
 
@@ -227,6 +251,10 @@ def _current_options(options: Mapping[str, Any]) -> dict[str, Any]:
         CONF_FAILURES_BEFORE_REPAIR: settings.failures_before_repair,
         CONF_STALE_AFTER: int(settings.stale_after.total_seconds() // 3600),
         CONF_ALLOW_UNENCRYPTED: settings.allow_unencrypted,
+        CONF_KEEP_LOCAL: settings.keep_local,
+        CONF_CONTENTS: settings.contents.contents,
+        CONF_ADDONS: list(settings.contents.addons),
+        CONF_FOLDERS: list(settings.contents.folders),
     }
     if settings.bandwidth_limit:
         current[CONF_BANDWIDTH_LIMIT] = settings.bandwidth_limit // 1024
@@ -234,16 +262,22 @@ def _current_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class OffsiteBackupOptionsFlow(OptionsFlow):
-    """Nightly schedule, upload tuning and alerting."""
+    """Nightly schedule, what a backup holds, upload tuning and alerting."""
+
+    def __init__(self) -> None:
+        """Start with nothing chosen."""
+        self._chosen: dict[str, Any] = {}
 
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Show and check the options."""
         errors: dict[str, str] = {}
+        supervised = is_hassio(self.hass)
+        current = _current_options(self.config_entry.options)
         if user_input is not None:
             if user_input[CONF_WINDOW_START] == user_input[CONF_WINDOW_END]:
                 errors[CONF_WINDOW_END] = "empty_window"
             else:
-                data = dict(user_input)
+                data = {CONF_ADDONS: current[CONF_ADDONS], CONF_FOLDERS: current[CONF_FOLDERS], **user_input}
                 for key in (
                     CONF_PARTS_IN_FLIGHT,
                     CONF_FAILURES_BEFORE_REPAIR,
@@ -254,11 +288,69 @@ class OffsiteBackupOptionsFlow(OptionsFlow):
                         data[key] = int(data[key])
                 if not data.get(CONF_BANDWIDTH_LIMIT):
                     data.pop(CONF_BANDWIDTH_LIMIT, None)
+                if supervised and data[CONF_CONTENTS] == CONTENTS_CUSTOM:
+                    self._chosen = data
+                    return await self.async_step_contents()
                 return self.async_create_entry(data=data)
         return self.async_show_form(
             step_id="init",
             data_schema=self.add_suggested_values_to_schema(
-                _options_schema(), user_input or _current_options(self.config_entry.options)
+                _options_schema(supervised), user_input or current
             ),
             errors=errors,
         )
+
+    async def async_step_contents(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """On a Supervisor install: the add-ons and folders a backup holds."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            return self.async_create_entry(
+                data=self._chosen
+                | {
+                    CONF_ADDONS: list(user_input.get(CONF_ADDONS, [])),
+                    CONF_FOLDERS: list(user_input.get(CONF_FOLDERS, [])),
+                }
+            )
+        try:
+            addons = await installed_addons(self.hass)
+        except Exception as err:
+            LOGGER.warning("Cannot list the installed add-ons: %s", err)
+            addons = {}
+            errors["base"] = "supervisor_unavailable"
+        chosen = [slug for slug in self._chosen[CONF_ADDONS] if slug in addons]
+        return self.async_show_form(
+            step_id="contents",
+            data_schema=self.add_suggested_values_to_schema(
+                vol.Schema(
+                    {
+                        vol.Optional(CONF_ADDONS): SelectSelector(
+                            SelectSelectorConfig(
+                                options=[
+                                    SelectOptionDict(value=slug, label=name) for slug, name in addons.items()
+                                ],
+                                multiple=True,
+                                mode=SelectSelectorMode.LIST,
+                            )
+                        ),
+                        vol.Optional(CONF_FOLDERS): SelectSelector(
+                            SelectSelectorConfig(
+                                options=list(FOLDERS),
+                                multiple=True,
+                                translation_key=CONF_FOLDERS,
+                                mode=SelectSelectorMode.LIST,
+                            )
+                        ),
+                    }
+                ),
+                {CONF_ADDONS: chosen, CONF_FOLDERS: self._chosen[CONF_FOLDERS]},
+            ),
+            errors=errors,
+        )
+
+
+async def installed_addons(hass: HomeAssistant) -> dict[str, str]:
+    """The Supervisor's installed add-ons: slug → name, by name."""
+    from homeassistant.components.hassio import get_supervisor_client  # noqa: PLC0415 - Supervisor installs only
+
+    addons = await get_supervisor_client(hass).addons.list()
+    return {addon.slug: addon.name for addon in sorted(addons, key=lambda addon: addon.name.casefold())}

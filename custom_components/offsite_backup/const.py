@@ -23,6 +23,18 @@ CONF_INCLUDE_DATABASE: Final = "include_database"
 CONF_FAILURES_BEFORE_REPAIR: Final = "failures_before_repair"
 CONF_STALE_AFTER: Final = "stale_after"  # hours
 CONF_ALLOW_UNENCRYPTED: Final = "allow_unencrypted"
+CONF_KEEP_LOCAL: Final = "keep_local"
+CONF_CONTENTS: Final = "contents"  # what a backup holds: one of CONTENTS_CHOICES
+CONF_ADDONS: Final = "addons"  # with contents "custom" (Supervisor only): the add-ons' slugs
+CONF_FOLDERS: Final = "folders"  # with contents "custom" (Supervisor only): share, ssl, media, addons/local
+CONTENTS_FULL: Final = (
+    "full"  # Home Assistant, its database (option), and on a Supervisor every add-on and folder
+)
+CONTENTS_AUTOMATIC: Final = (
+    "automatic"  # what Home Assistant's automatic backups hold (Settings > System > Backups)
+)
+CONTENTS_CUSTOM: Final = "custom"  # Home Assistant, its database (option), the add-ons and folders chosen
+CONTENTS_CHOICES: Final = (CONTENTS_FULL, CONTENTS_AUTOMATIC, CONTENTS_CUSTOM)
 
 DEFAULT_NIGHTLY: Final = True
 DEFAULT_WINDOW_START: Final = time(0, 0)
@@ -34,10 +46,25 @@ DEFAULT_INCLUDE_DATABASE: Final = True
 DEFAULT_FAILURES_BEFORE_REPAIR: Final = 2
 DEFAULT_STALE_AFTER: Final = 36
 DEFAULT_ALLOW_UNENCRYPTED: Final = False
+DEFAULT_KEEP_LOCAL: Final = False
+DEFAULT_CONTENTS: Final = CONTENTS_FULL
+MAX_FAILURES_BEFORE_REPAIR: Final = 30
+MAX_STALE_AFTER: Final = 24 * 31  # hours
 
 GATEWAY_POLL_INTERVAL: Final = timedelta(minutes=5)
 BUSY_RETRY_DELAY: Final = timedelta(minutes=10)
 HISTORY_SIZE: Final = 30
+
+# The entry's stores in Home Assistant's .storage: offsite_backup.<entry id>.<name>.
+STORE_JOBS: Final = "jobs"
+STORE_SCHEDULE: Final = "schedule"
+STORES: Final = (STORE_JOBS, STORE_SCHEDULE)
+
+
+def store_key(entry_id: str, name: str) -> str:
+    """The key of one of an entry's stores."""
+    return f"{DOMAIN}.{entry_id}.{name}"
+
 
 EVENT_SUCCEEDED: Final = "offsite_backup_succeeded"
 EVENT_FAILED: Final = "offsite_backup_failed"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from datetime import time, timedelta
 from typing import Any
 
@@ -12,26 +13,40 @@ from homeassistant.util import slugify
 
 from .api import GatewayClient
 from .const import (
+    CONF_ADDONS,
     CONF_ALLOW_UNENCRYPTED,
     CONF_BANDWIDTH_LIMIT,
+    CONF_CONTENTS,
     CONF_FAILURES_BEFORE_REPAIR,
+    CONF_FOLDERS,
     CONF_INCLUDE_DATABASE,
+    CONF_KEEP_LOCAL,
     CONF_NIGHTLY,
     CONF_PARTS_IN_FLIGHT,
     CONF_STALE_AFTER,
     CONF_WINDOW_END,
     CONF_WINDOW_START,
+    CONTENTS_CHOICES,
     DEFAULT_ALLOW_UNENCRYPTED,
+    DEFAULT_CONTENTS,
     DEFAULT_FAILURES_BEFORE_REPAIR,
     DEFAULT_INCLUDE_DATABASE,
+    DEFAULT_KEEP_LOCAL,
     DEFAULT_NIGHTLY,
     DEFAULT_PARTS_IN_FLIGHT,
     DEFAULT_STALE_AFTER,
     DEFAULT_WINDOW_END,
     DEFAULT_WINDOW_START,
     DOMAIN,
+    MAX_FAILURES_BEFORE_REPAIR,
+    MAX_PARTS_IN_FLIGHT,
+    MAX_STALE_AFTER,
+    MIN_PARTS_IN_FLIGHT,
 )
+from .contents import ContentsChoice
 from .coordinator import GatewayCoordinator
+from .listing import BackupListing
+from .privacy import MetadataPrivacy
 from .runner import BackupRunner
 from .schedule import Window
 from .scheduler import NightlyScheduler
@@ -48,6 +63,33 @@ class OffsiteBackupData:
     runner: BackupRunner
     scheduler: NightlyScheduler
     settings: Settings
+    privacy: MetadataPrivacy
+    listing: BackupListing = field(default_factory=BackupListing)
+
+
+def _number(value: Any, default: int, low: int, high: int) -> int:
+    """A whole number between ``low`` and ``high``; ``default`` for anything else (stored data may be odd)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        return default
+    if not math.isfinite(number):
+        return default
+    return min(high, max(low, round(number)))
+
+
+def _choice(value: Any, choices: tuple[str, ...], default: str) -> str:
+    """One of ``choices``; ``default`` for anything else."""
+    return value if isinstance(value, str) and value in choices else default
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """A list of strings (anything else in it is dropped); ``()`` for anything that is not a list."""
+    if not isinstance(value, list | tuple):
+        return ()
+    return tuple(item for item in value if isinstance(item, str))
 
 
 def _time(value: Any, default: time) -> time:
@@ -70,6 +112,8 @@ class Settings:
     failures_before_repair: int
     stale_after: timedelta
     allow_unencrypted: bool
+    keep_local: bool
+    contents: ContentsChoice
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Settings:
@@ -78,18 +122,35 @@ class Settings:
         end = _time(options.get(CONF_WINDOW_END), DEFAULT_WINDOW_END)
         if start == end:  # refused by the options flow; never let stored data break setup
             start, end = DEFAULT_WINDOW_START, DEFAULT_WINDOW_END
-        kib = options.get(CONF_BANDWIDTH_LIMIT)
+        kib = _number(options.get(CONF_BANDWIDTH_LIMIT), 0, 0, 1 << 30)
         return cls(
             nightly=bool(options.get(CONF_NIGHTLY, DEFAULT_NIGHTLY)),
             window=Window(start, end),
-            parts_in_flight=int(options.get(CONF_PARTS_IN_FLIGHT, DEFAULT_PARTS_IN_FLIGHT)),
-            bandwidth_limit=int(kib) * 1024 if kib else None,
-            include_database=bool(options.get(CONF_INCLUDE_DATABASE, DEFAULT_INCLUDE_DATABASE)),
-            failures_before_repair=int(
-                options.get(CONF_FAILURES_BEFORE_REPAIR, DEFAULT_FAILURES_BEFORE_REPAIR)
+            parts_in_flight=_number(
+                options.get(CONF_PARTS_IN_FLIGHT),
+                DEFAULT_PARTS_IN_FLIGHT,
+                MIN_PARTS_IN_FLIGHT,
+                MAX_PARTS_IN_FLIGHT,
             ),
-            stale_after=timedelta(hours=float(options.get(CONF_STALE_AFTER, DEFAULT_STALE_AFTER))),
+            bandwidth_limit=kib * 1024 if kib else None,
+            include_database=bool(options.get(CONF_INCLUDE_DATABASE, DEFAULT_INCLUDE_DATABASE)),
+            failures_before_repair=_number(
+                options.get(CONF_FAILURES_BEFORE_REPAIR),
+                DEFAULT_FAILURES_BEFORE_REPAIR,
+                1,
+                MAX_FAILURES_BEFORE_REPAIR,
+            ),
+            stale_after=timedelta(
+                hours=_number(options.get(CONF_STALE_AFTER), DEFAULT_STALE_AFTER, 1, MAX_STALE_AFTER)
+            ),
             allow_unencrypted=bool(options.get(CONF_ALLOW_UNENCRYPTED, DEFAULT_ALLOW_UNENCRYPTED)),
+            keep_local=bool(options.get(CONF_KEEP_LOCAL, DEFAULT_KEEP_LOCAL)),
+            contents=ContentsChoice(
+                contents=_choice(options.get(CONF_CONTENTS), CONTENTS_CHOICES, DEFAULT_CONTENTS),
+                include_database=bool(options.get(CONF_INCLUDE_DATABASE, DEFAULT_INCLUDE_DATABASE)),
+                addons=_strings(options.get(CONF_ADDONS)),
+                folders=_strings(options.get(CONF_FOLDERS)),
+            ),
         )
 
 

@@ -1,12 +1,14 @@
-"""One backup job at a time: its state machine, progress, history, events and Repairs issue.
+"""Backup jobs of one entry: asking Home Assistant for a backup, sending it, carrying it on after a restart.
 
-A job asks Home Assistant's backup manager for a backup *for this integration's backup agent*; the manager writes
-the archive (encrypted with Home Assistant's backup key) and hands its stream to the agent, which hands it here:
-:meth:`BackupRunner.async_upload` sends it with the upload engine. Backups made from Settings > System > Backups to
-this location arrive the same way and are tracked as jobs of their own.
+A job asks Home Assistant's backup manager for a backup *for this integration's backup location* (and, while it is
+sent, the local one: see ``local_copy.py``); the manager writes the archive, encrypted with Home Assistant's backup
+key, and hands its stream to the location, which hands it here: :meth:`BackupRunner.async_upload` sends it with the
+upload engine. Backups made from Settings > System > Backups to this location arrive the same way and are jobs of
+their own.
 
-The upload's resume state is persisted as parts are acknowledged, so an upload interrupted by a restart carries on
-where it stopped when the same backup is still on disk (:meth:`BackupRunner.async_resume_interrupted`).
+The pieces: ``jobs.py`` owns the running job (whatever way it ends, it is recorded and the runner is idle),
+``history.py`` remembers (and persists the upload's state as parts are acknowledged), ``outcome.py`` tells (log,
+events, Repairs), ``local_copy.py`` keeps what a restart resumes from.
 """
 
 from __future__ import annotations
@@ -14,22 +16,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
-from homeassistant.components.backup import (
-    AgentBackup,
-    BackupAgentError,
-    BackupManagerError,
-    BackupNotFound,
-)
+from homeassistant.components.backup import AgentBackup, BackupAgentError, BackupManagerError
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
-from homeassistant.helpers import issue_registry as ir
-from homeassistant.helpers.storage import Store
+from homeassistant.helpers.hassio import is_hassio
 from homeassistant.util import dt as dt_util
 
 from .api import (
@@ -40,31 +35,35 @@ from .api import (
     GatewayNotFoundError,
     RemoteBackup,
 )
-from .compat import backup_manager
-from .const import (
-    BUSY_RETRY_DELAY,
-    DOMAIN,
-    EVENT_FAILED,
-    EVENT_SUCCEEDED,
-    HISTORY_SIZE,
-    ISSUE_BACKUP_FAILING,
-    LOGGER,
-    JobStatus,
-    JobTrigger,
-)
+from .compat import backup_manager, failed_parts
+from .const import BUSY_RETRY_DELAY, DOMAIN, LOGGER, JobStatus, JobTrigger
+from .contents import ContentsChoice, resolve_contents
+from .history import JobHistory
+from .jobs import Job, JobError, JobTracker, UploadSuspended
 from .listeners import Listeners
-from .uploader import SUSPEND, UploadError, UploadOptions, UploadState, upload
-
-STORAGE_VERSION = 1
-READ_CHUNK = 1 << 20
+from .local_copy import LocalCopies
+from .outcome import OutcomeReporter
+from .privacy import MetadataPrivacy
+from .upload_errors import UploadError, describe
+from .uploader import SUSPEND, UploadOptions, UploadState, upload
 
 type OpenStream = Callable[[], Coroutine[Any, Any, AsyncIterator[bytes]]]
 type ProgressCallback = Callable[..., None]
+
+__all__ = ["UNENCRYPTED_REFUSED", "BackupRunner", "Job", "JobError", "RunnerOptions"]
 
 UNENCRYPTED_REFUSED = (
     "Refusing to send an unencrypted backup off-site. Set this location to encrypted in Settings > System > "
     "Backups (Home Assistant then encrypts it with its backup key), or allow unencrypted backups in the "
     "integration's options"
+)
+STOPPED = "Stopped: Home Assistant stopped or reloaded the integration"
+CALLER_STOPPED = (
+    "Cancelled: the action, script or automation that asked for this backup was stopped before it was sent"
+)
+SUSPENDED = (
+    "Upload suspended while Home Assistant stops or reloads the integration; it resumes at the next start if the "
+    "backup is still on disk"
 )
 
 
@@ -73,95 +72,11 @@ class RunnerOptions:
     """What the runner needs from the entry's options."""
 
     agent_id: str
-    include_database: bool
+    contents: ContentsChoice
     allow_unencrypted: bool
     failures_before_repair: int
     upload: UploadOptions
-
-
-@dataclass(slots=True)
-class Job:
-    """One backup job, from request to outcome; the last ones are kept as history."""
-
-    id: str
-    trigger: JobTrigger
-    started: datetime
-    status: JobStatus = JobStatus.CREATING
-    ended: datetime | None = None
-    backup_id: str | None = None  # Home Assistant's backup id
-    remote_id: str | None = None  # the gateway's id
-    size: int | None = None
-    error: str | None = None
-    progress: float = 0.0
-    cancel_requested: bool = field(default=False, repr=False)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set on cancel and on outcome
-
-    @property
-    def duration(self) -> float | None:
-        """Seconds from start to end, once ended."""
-        return None if self.ended is None else round((self.ended - self.started).total_seconds(), 3)
-
-    @property
-    def done(self) -> bool:
-        """Whether the job has an outcome."""
-        return self.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Serialise for the store and diagnostics."""
-        return {
-            "id": self.id,
-            "trigger": self.trigger.value,
-            "started": self.started.isoformat(),
-            "ended": self.ended.isoformat() if self.ended else None,
-            "status": self.status.value,
-            "backup_id": self.backup_id,
-            "remote_id": self.remote_id,
-            "size": self.size,
-            "duration": self.duration,
-            "error": self.error,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Job:
-        """Read back what ``as_dict`` stored."""
-        ended = data.get("ended")
-        return cls(
-            id=data["id"],
-            trigger=JobTrigger(data["trigger"]),
-            started=datetime.fromisoformat(data["started"]),
-            ended=datetime.fromisoformat(ended) if ended else None,
-            status=JobStatus(data["status"]),
-            backup_id=data.get("backup_id"),
-            remote_id=data.get("remote_id"),
-            size=data.get("size"),
-            error=data.get("error"),
-        )
-
-
-class PendingUpload(TypedDict):
-    """What is persisted while an upload runs, to resume it after a restart."""
-
-    job: dict[str, Any]
-    backup: dict[str, Any]
-    state: dict[str, Any] | None
-
-
-class StoredRunner(TypedDict):
-    """The runner's store."""
-
-    history: list[dict[str, Any]]
-    last_success: str | None
-    failures_in_row: int
-    since: str
-    pending: PendingUpload | None
-
-
-class JobError(HomeAssistantError):
-    """A job ended without a backup off-site; the message is the reason."""
-
-
-class UploadSuspended(Exception):
-    """The upload was stopped to be resumed later (Home Assistant stops, the entry unloads)."""
+    keep_local: bool = False
 
 
 class BackupRunner:
@@ -173,134 +88,107 @@ class BackupRunner:
         entry: ConfigEntry[Any],
         client: GatewayClient,
         options: RunnerOptions,
+        privacy: MetadataPrivacy,
     ) -> None:
         """Set up the runner; call :meth:`async_load` before use."""
         self.hass = hass
         self.entry = entry
         self.client = client
         self.options = options
-        self._store: Store[StoredRunner] = Store(hass, STORAGE_VERSION, f"{DOMAIN}.{entry.entry_id}.jobs")
-        self.history: list[Job] = []
-        self._current: Job | None = None
-        self.last_success: datetime | None = None
-        self.failures_in_row = 0
-        self.since: datetime = dt_util.utcnow()
-        self._pending: PendingUpload | None = None
+        self._privacy = privacy
+        self._history = JobHistory(hass, entry.entry_id)
+        self._outcome = OutcomeReporter(hass, entry, options.failures_before_repair)
+        self._local = LocalCopies(hass)
+        self._listeners = Listeners()
+        self._jobs = JobTracker(
+            record=self._record, changed=self._listeners.notify, cancel_reason=self._why_stopped
+        )
         self._upload_task: asyncio.Task[RemoteBackup] | None = None
         self._suspending = False
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._listeners = Listeners()
-
-    # ------------------------------------------------------------------------------------------- state
 
     async def async_load(self) -> None:
         """Read the history and any interrupted upload from the store."""
-        data = await self._store.async_load()
-        if not data:
-            self._save()
-            return
-        self.history = [Job.from_dict(item) for item in data.get("history", [])]
-        last_success = data.get("last_success")
-        self.last_success = datetime.fromisoformat(last_success) if last_success else None
-        self.failures_in_row = int(data.get("failures_in_row", 0))
-        self.since = datetime.fromisoformat(data["since"]) if data.get("since") else self.since
-        self._pending = data.get("pending")
-
-    def _data_to_save(self) -> StoredRunner:
-        return {
-            "history": [job.as_dict() for job in self.history],
-            "last_success": self.last_success.isoformat() if self.last_success else None,
-            "failures_in_row": self.failures_in_row,
-            "since": self.since.isoformat(),
-            "pending": self._pending,
-        }
-
-    @callback
-    def _save(self) -> None:
-        self._store.async_delay_save(self._data_to_save, 1)
-
-    @property
-    def last_job(self) -> Job | None:
-        """The newest finished job."""
-        return self.history[0] if self.history else None
-
-    @property
-    def status(self) -> JobStatus:
-        """The running job's status, else how the last one ended, else idle."""
-        if self.current is not None:
-            return self.current.status
-        return self.last_job.status if self.last_job else JobStatus.IDLE
-
-    @property
-    def progress(self) -> float:
-        """Upload progress of the running job in %, else 100 after a success and 0 otherwise."""
-        if self.current is not None:
-            return round(self.current.progress, 1)
-        return 100.0 if self.status is JobStatus.SUCCEEDED else 0.0
-
-    @property
-    def last_error(self) -> str | None:
-        """The error of the last failed job, cleared by the next success."""
-        for job in self.history:
-            if job.status is JobStatus.SUCCEEDED:
-                return None
-            if job.status is JobStatus.FAILED:
-                return job.error
-        return None
-
-    @property
-    def last_size(self) -> int | None:
-        """Size in bytes of the last backup sent."""
-        for job in self.history:
-            if job.status is JobStatus.SUCCEEDED:
-                return job.size
-        return None
-
-    def pending_summary(self) -> dict[str, Any] | None:
-        """The upload waiting to be resumed, without anything secret (no URLs are ever stored)."""
-        if self._pending is None:
-            return None
-        state = self._pending["state"] or {}
-        return {
-            "job_id": self._pending["job"].get("id"),
-            "backup_id": self._pending["backup"].get("backup_id"),
-            "remote_id": state.get("backup_id"),
-            "parts_acknowledged": len(state.get("parts", {}) or {}),
-        }
-
-    @property
-    def busy(self) -> bool:
-        """Whether a job is running."""
-        return self.current is not None
+        await self._history.async_load()
 
     @callback
     def async_add_listener(self, listener: CALLBACK_TYPE) -> CALLBACK_TYPE:
         """Call ``listener`` whenever the state changes; returns the function that stops it."""
         return self._listeners.add(listener)
 
+    # ------------------------------------------------------------------------------------------- state
+
     @property
     def current(self) -> Job | None:
         """The job running now."""
-        return self._current
+        return self._jobs.current
 
-    @current.setter
-    def current(self, job: Job | None) -> None:
-        self._current = job
-        if job is None:
-            self._idle.set()
-        else:
-            self._idle.clear()
+    @property
+    def busy(self) -> bool:
+        """Whether a job is running."""
+        return self._jobs.current is not None
 
-    @callback
-    def _notify(self) -> None:
-        self._listeners.notify()
+    @property
+    def history(self) -> list[Job]:
+        """The recent ended jobs, newest first."""
+        return self._history.jobs
+
+    @property
+    def last_success(self) -> datetime | None:
+        """When the last backup reached storage."""
+        return self._history.last_success
+
+    @property
+    def since(self) -> datetime:
+        """When the history began (the entry's first setup)."""
+        return self._history.since
+
+    @property
+    def failures_in_row(self) -> int:
+        """Failed jobs since the last success."""
+        return self._history.failures_in_row
+
+    @property
+    def last_error(self) -> str | None:
+        """The error of the last failed job, cleared by the next success."""
+        return self._history.last_error
+
+    @property
+    def last_size(self) -> int | None:
+        """Size in bytes of the last backup sent."""
+        return self._history.last_size
+
+    @property
+    def status(self) -> JobStatus:
+        """The running job's status, else how the last one ended, else idle."""
+        if (job := self.current) is not None:
+            return job.status
+        last = self._history.last_job
+        return last.status if last else JobStatus.IDLE
+
+    @property
+    def progress(self) -> float:
+        """Upload progress of the running job in %, else 100 after a success and 0 otherwise."""
+        if (job := self.current) is not None:
+            return round(job.progress, 1)
+        return 100.0 if self.status is JobStatus.SUCCEEDED else 0.0
+
+    def pending_summary(self) -> dict[str, Any] | None:
+        """The upload waiting to be resumed, without anything secret."""
+        return self._history.pending_summary()
 
     async def async_wait_idle(self) -> None:
         """Return once no job runs (at once when none does)."""
-        await self._idle.wait()
+        await self._jobs.wait_idle()
 
-    # -------------------------------------------------------------------------------------------- jobs
+    @callback
+    def _record(self, job: Job) -> None:
+        self._history.record(job)
+        self._outcome.report(job, self._history.failures_in_row)
+
+    def _why_stopped(self) -> str:
+        return STOPPED if self._suspending else CALLER_STOPPED
+
+    # ------------------------------------------------------------------------------------------- jobs
 
     async def async_run(self, trigger: JobTrigger, *, retry_until: datetime | None = None) -> Job:
         """Make a backup for this location and send it; returns the finished job.
@@ -308,55 +196,49 @@ class BackupRunner:
         While Home Assistant's backup manager is busy, tries again every 10 minutes until ``retry_until``.
         Raises :class:`JobError` with the reason when no backup reached the gateway.
         """
-        if self.current is not None:
-            raise JobError(
-                translation_domain=DOMAIN,
-                translation_key="already_running",
-            )
         job = Job(id=uuid.uuid4().hex, trigger=trigger, started=dt_util.utcnow())
-        self.current = job
-        self._notify()
         try:
-            await self._create_backup(job, retry_until)
-        except asyncio.CancelledError:
-            # Home Assistant stops or the entry unloads. A suspended upload is carried on at the next start
-            # (async_resume_interrupted records it then); anything else ends here.
-            if self._pending is None:
-                self._settle(
-                    job, JobStatus.CANCELLED, "Stopped: Home Assistant stopped or reloaded the integration"
-                )
-                self._finish(job)
-            elif self.current is job:
-                self.current = None
-            raise
-        except (BackupManagerError, HomeAssistantError) as err:
-            self._settle(job, JobStatus.FAILED, f"Home Assistant could not create the backup: {err}")
-        if not job.done and self._suspending:
-            # The upload stopped to resume at the next start, which records the job then.
-            if self.current is job:
-                self.current = None
-            raise JobError("Suspended: Home Assistant stopped or reloaded the integration during the upload")
-        if not job.done:
-            self._settle(
-                job,
-                JobStatus.FAILED,
-                "Home Assistant created the backup but did not hand it to Offsite Backup",
-            )
-        self._finish(job)
+            async with self._jobs.run(job):
+                try:
+                    await self._create_backup(job, retry_until)
+                except (BackupManagerError, HomeAssistantError) as err:
+                    self._jobs.settle(
+                        job, JobStatus.FAILED, f"Home Assistant could not create the backup: {err}"
+                    )
+                finally:
+                    if not job.suspended:
+                        await self._remove_local_copy(job)
+                if not job.done and not job.suspended:
+                    self._jobs.settle(
+                        job,
+                        JobStatus.FAILED,
+                        "Home Assistant created the backup but did not hand it to Offsite Backup",
+                    )
+        except Exception as err:
+            if not job.done:  # another job runs
+                raise
+            raise JobError(job.error or job.status.value) from err  # recorded, with its message
+        if job.suspended:
+            raise JobError(SUSPENDED)
         if job.status is not JobStatus.SUCCEEDED:
             raise JobError(job.error or job.status.value)
         return job
 
     async def _create_backup(self, job: Job, retry_until: datetime | None) -> None:
         manager = backup_manager(self.hass)
+        password = self._password()
+        if password is None and not self.options.allow_unencrypted:
+            # Refused before Home Assistant spends minutes on an archive that could not be sent.
+            self._jobs.settle(job, JobStatus.FAILED, UNENCRYPTED_REFUSED)
+            return
         while True:
             if job.cancel_requested:
-                self._settle(job, JobStatus.CANCELLED, None)
-            if job.done:  # cancelled, or a backup made meanwhile from Settings was taken as this job's
+                self._jobs.settle(job, JobStatus.CANCELLED, None)
+            if job.done:
                 return
             if manager.state != "idle":
                 if retry_until is None or dt_util.utcnow() + BUSY_RETRY_DELAY >= retry_until:
-                    self._settle(
+                    self._jobs.settle(
                         job,
                         JobStatus.FAILED,
                         f"Home Assistant's backup manager is busy ({manager.state}) with another backup"
@@ -372,17 +254,36 @@ class BackupRunner:
                 except TimeoutError:
                     pass
                 continue
-            await manager.async_create_backup(
-                agent_ids=[self.options.agent_id],
-                include_addons=None,
-                include_all_addons=False,
-                include_database=self.options.include_database,
-                include_folders=None,
-                include_homeassistant=True,
-                name=f"Offsite backup {dt_util.now().strftime('%Y-%m-%d %H:%M')}",
-                password=self._password(),
+            contents = resolve_contents(
+                self.options.contents,
+                supervised=is_hassio(self.hass),
+                automatic=manager.config.data.create_backup,
             )
+            job.local_copy = self._local.location()
+            agent_ids = [self.options.agent_id, *([job.local_copy] if job.local_copy else [])]
+            await manager.async_create_backup(
+                agent_ids=agent_ids,
+                name=f"Offsite backup {dt_util.now().strftime('%Y-%m-%d %H:%M')}",
+                password=password,
+                # The nightly backups are Home Assistant's automatic ones (its "last automatic backup", its
+                # retention of automatic backups); a backup made by hand is not.
+                with_automatic_settings=job.trigger is JobTrigger.SCHEDULE,
+                **contents.as_kwargs(),
+            )
+            self._note_partial(job)
             return
+
+    @callback
+    def _note_partial(self, job: Job) -> None:
+        """A backup that landed without some add-ons or folders says which, as Home Assistant marks it partial."""
+        if job.status is not JobStatus.SUCCEEDED or job.backup_id is None:
+            return
+        addons, folders = failed_parts(backup_manager(self.hass), job.backup_id)
+        if not addons and not folders:
+            return
+        missing = [f"add-on {name}" for name in addons] + [f"folder {folder}" for folder in folders]
+        job.error = f"Partial backup: Home Assistant could not back up {', '.join(missing)}"
+        LOGGER.warning("Backup %s is partial: %s", job.backup_id, job.error)
 
     def _password(self) -> str | None:
         """Home Assistant's backup encryption key, unless this location is set to unencrypted."""
@@ -392,6 +293,11 @@ class BackupRunner:
             return None
         password: str | None = config.create_backup.password
         return password
+
+    async def _remove_local_copy(self, job: Job) -> None:
+        """The local copy only served to resume: remove it once the job has an outcome (unless kept)."""
+        if job.local_copy and job.backup_id and not self.options.keep_local:
+            await self._local.remove(job.backup_id, job.local_copy)
 
     async def async_cancel(self) -> bool:
         """Cancel the running job; returns whether there was one."""
@@ -415,20 +321,21 @@ class BackupRunner:
         Settings > System > Backups) it is a job of its own.
         """
         job = self.current
-        if job is None or job.status is not JobStatus.CREATING:
-            if job is not None:
-                raise BackupAgentError("Another upload to this location is in progress")
-            job = Job(id=uuid.uuid4().hex, trigger=JobTrigger.HOME_ASSISTANT, started=dt_util.utcnow())
-            self.current = job
-        own = job.trigger is not JobTrigger.HOME_ASSISTANT
         try:
-            await self._upload(job, backup, open_stream, on_progress, state=None)
+            if (
+                job is not None
+                and job.status is JobStatus.CREATING
+                and job.trigger is not JobTrigger.HOME_ASSISTANT
+            ):
+                await self._upload(job, backup, open_stream, on_progress, state=None)
+            elif job is not None:
+                raise BackupAgentError("Another upload to this location is in progress")
+            else:
+                job = Job(id=uuid.uuid4().hex, trigger=JobTrigger.HOME_ASSISTANT, started=dt_util.utcnow())
+                async with self._jobs.run(job):
+                    await self._upload(job, backup, open_stream, on_progress, state=None)
         except UploadSuspended as err:
-            if not own and self.current is job:
-                self.current = None
             raise BackupAgentError(str(err)) from err
-        if not own:
-            self._finish(job)
         if job.status is not JobStatus.SUCCEEDED:
             raise BackupAgentError(job.error or "Upload cancelled")
 
@@ -442,33 +349,33 @@ class BackupRunner:
     ) -> None:
         """Run the upload engine for ``job`` and settle the job.
 
-        Raises :class:`UploadSuspended` (job not settled, resume state kept) when :meth:`async_shutdown` stops it,
-        and ``CancelledError`` when the caller is cancelled (also suspended: Home Assistant is stopping).
+        When :meth:`async_shutdown` stops it, the job is marked suspended (no outcome; the resume state is kept) and
+        :class:`UploadSuspended` is raised. When the caller is cancelled otherwise, the upload is aborted, the job
+        settled as cancelled, and ``CancelledError`` goes on.
         """
         job.backup_id = backup.backup_id
         job.size = backup.size
         if job.cancel_requested:
-            self._settle(job, JobStatus.CANCELLED, None)
+            self._jobs.settle(job, JobStatus.CANCELLED, None)
             return
         if not backup.protected and not self.options.allow_unencrypted:
-            self._settle(job, JobStatus.FAILED, UNENCRYPTED_REFUSED)
+            self._jobs.settle(job, JobStatus.FAILED, UNENCRYPTED_REFUSED)
             return
         job.status = JobStatus.UPLOADING
         job.progress = 0.0
-        self._pending = {"job": job.as_dict(), "backup": backup.as_dict(), "state": None}
-        self._save()
-        self._notify()
+        self._history.set_pending(job, backup.as_dict())
+        self._listeners.notify()
 
         def progress(done: int, total: int) -> None:
             job.progress = 100.0 * done / total if total else 100.0
             if on_progress is not None:
                 on_progress(bytes_uploaded=done)
-            self._notify()
+            self._listeners.notify()
 
         def persist(upload_state: UploadState) -> None:
-            if self._pending is not None:
-                self._pending["state"] = upload_state.to_dict()
-                self._save()
+            self._history.update_pending(upload_state.to_dict())
+
+        metadata = self._privacy.outgoing(backup.as_dict())
 
         async def send() -> RemoteBackup:
             def attempt() -> Coroutine[Any, Any, RemoteBackup]:
@@ -477,7 +384,7 @@ class BackupRunner:
                     open_stream=open_stream,
                     size=backup.size,
                     name=backup.name,
-                    metadata=backup.as_dict(),
+                    metadata=metadata,
                     options=self.options.upload,
                     progress=progress,
                     state=state,
@@ -502,151 +409,85 @@ class BackupRunner:
         try:
             remote = await asyncio.shield(task)
         except asyncio.CancelledError:
-            if not task.done():
-                # We are being cancelled (Home Assistant stops): stop the engine without aborting, to resume.
-                task.cancel(SUSPEND)
+            if not task.done():  # our caller was cancelled
+                if self._suspending:  # Home Assistant stops: stop without aborting, to resume
+                    task.cancel(SUSPEND)
+                    await asyncio.gather(task, return_exceptions=True)
+                    job.suspended = True
+                    raise
+                task.cancel()  # the engine aborts the upload on the gateway
                 await asyncio.gather(task, return_exceptions=True)
+                self._history.clear_pending()
+                self._jobs.settle(job, JobStatus.CANCELLED, CALLER_STOPPED)
                 raise
             if self._suspending:
-                raise UploadSuspended(
-                    "Upload suspended while Home Assistant stops or reloads the integration; it resumes at the "
-                    "next start if the backup is still on disk"
-                ) from None
+                job.suspended = True
+                raise UploadSuspended(SUSPENDED) from None
             # Cancelled by cancel_backup: the engine aborted the upload on the gateway.
-            self._pending = None
-            self._settle(job, JobStatus.CANCELLED, None)
+            self._history.clear_pending()
+            self._jobs.settle(job, JobStatus.CANCELLED, None)
         except GatewayAuthError as err:
-            self._pending = None
+            self._history.clear_pending()
             self.entry.async_start_reauth(self.hass)
-            self._settle(job, JobStatus.FAILED, f"The gateway refused the token: {err}")
+            self._jobs.settle(job, JobStatus.FAILED, f"The gateway refused the token: {err}")
         except (UploadError, GatewayError) as err:
-            self._pending = None
-            self._settle(job, JobStatus.FAILED, str(err))
+            self._history.clear_pending()
+            self._jobs.settle(job, JobStatus.FAILED, str(err))
+        except Exception as err:  # a bug: still an outcome, with its message
+            LOGGER.exception("Unexpected error uploading backup %s", backup.backup_id)
+            self._history.clear_pending()
+            self._jobs.settle(job, JobStatus.FAILED, f"Unexpected error: {describe(err)}")
         else:
-            self._pending = None
+            self._history.clear_pending()
             job.remote_id = remote.id
             job.size = remote.size
             job.progress = 100.0
-            self._settle(job, JobStatus.SUCCEEDED, None)
+            self._jobs.settle(job, JobStatus.SUCCEEDED, None)
         finally:
             self._upload_task = None
-            self._save()
-
-    @callback
-    def _settle(self, job: Job, status: JobStatus, error: str | None) -> None:
-        """Give the job its outcome (once)."""
-        if job.done:
-            return
-        job.status = status
-        job.error = error
-        job.ended = dt_util.utcnow()
-        job.wakeup.set()
-        self._notify()
-
-    @callback
-    def _finish(self, job: Job) -> None:
-        """Record a settled job: history, counters, events, the Repairs issue."""
-        if self.current is job:
-            self.current = None
-        self.history.insert(0, job)
-        del self.history[HISTORY_SIZE:]
-        data = {
-            "config_entry_id": self.entry.entry_id,
-            "job_id": job.id,
-            "trigger": job.trigger.value,
-            "backup_id": job.backup_id,
-            "size": job.size,
-            "duration": job.duration,
-        }
-        if job.status is JobStatus.SUCCEEDED:
-            self.last_success = job.ended
-            self.failures_in_row = 0
-            ir.async_delete_issue(self.hass, DOMAIN, self._issue_id)
-            LOGGER.info("Backup %s sent off-site (%s bytes in %s s)", job.backup_id, job.size, job.duration)
-            self.hass.bus.async_fire(EVENT_SUCCEEDED, data)
-        elif job.status is JobStatus.FAILED:
-            self.failures_in_row += 1
-            LOGGER.error("Offsite backup failed: %s", job.error)
-            self.hass.bus.async_fire(EVENT_FAILED, data | {"error": job.error})
-            if self.failures_in_row >= self.options.failures_before_repair:
-                ir.async_create_issue(
-                    self.hass,
-                    DOMAIN,
-                    self._issue_id,
-                    is_fixable=False,
-                    is_persistent=False,
-                    severity=ir.IssueSeverity.ERROR,
-                    translation_key=ISSUE_BACKUP_FAILING,
-                    translation_placeholders={
-                        "title": self.entry.title,
-                        "failures": str(self.failures_in_row),
-                        "error": job.error or "",
-                    },
-                )
-        else:
-            LOGGER.info("Offsite backup cancelled")
-        self._save()
-        self._notify()
-
-    @property
-    def _issue_id(self) -> str:
-        return f"{ISSUE_BACKUP_FAILING}_{self.entry.entry_id}"
 
     # ------------------------------------------------------------------------------------------ resume
 
     async def async_resume_interrupted(self) -> None:
         """Carry on an upload a restart interrupted, when the same backup is still on disk; else record why not."""
-        pending = self._pending
-        if pending is None or self.current is not None:
+        pending = self._history.pending
+        if pending is None or self.busy:
             return
         job = Job.from_dict(pending["job"])
         job.status = JobStatus.UPLOADING
         backup = AgentBackup.from_dict(pending["backup"])
         state = UploadState.from_dict(pending["state"]) if pending["state"] else None
-        path = await self._local_copy(backup)
-        if path is None:
-            self._pending = None
-            if state is not None:
-                try:
-                    await self.client.abort_upload(state.backup_id)
-                except GatewayNotFoundError:
-                    pass
-                except GatewayError as err:
-                    LOGGER.warning(
-                        "Could not abort the interrupted upload (the gateway's sweeper will): %s", err
-                    )
-            self._settle(
-                job,
-                JobStatus.FAILED,
-                "The upload was interrupted by a restart of Home Assistant, and the backup is no longer on "
-                "disk to finish it",
-            )
-            self._finish(job)
-            return
-        LOGGER.info("Resuming the upload of backup %s interrupted by a restart", backup.backup_id)
-        self.current = job
-        self._notify()
-        try:
-            await self._upload(job, backup, _file_opener(self.hass, path), None, state=state)
-        except UploadSuspended:
-            self.current = None
-            return
-        self._finish(job)
-
-    async def _local_copy(self, backup: AgentBackup) -> Path | None:
-        """The path of the same backup in a local backup location, if Home Assistant still has it."""
-        manager = backup_manager(self.hass)
-        for agent in manager.local_backup_agents.values():
+        async with self._jobs.run(job):
             try:
-                local = await agent.async_get_backup(backup.backup_id)
-                path: Path = agent.get_backup_path(backup.backup_id)
-            except BackupNotFound:
-                continue
-            if local is None or local.protected != backup.protected:
-                continue
-            if await self.hass.async_add_executor_job(path.is_file):
-                return path
-        return None
+                open_stream = await self._local.find(backup)
+                if open_stream is None:
+                    self._history.clear_pending()
+                    await self._abort_left_behind(state)
+                    self._jobs.settle(
+                        job,
+                        JobStatus.FAILED,
+                        "The upload was interrupted by a restart of Home Assistant, and the backup is no longer "
+                        "on disk to finish it",
+                    )
+                    return
+                LOGGER.info("Resuming the upload of backup %s interrupted by a restart", backup.backup_id)
+                try:
+                    await self._upload(job, backup, open_stream, None, state=state)
+                except UploadSuspended:
+                    return
+            finally:
+                if not job.suspended:
+                    await self._remove_local_copy(job)
+
+    async def _abort_left_behind(self, state: UploadState | None) -> None:
+        if state is None:
+            return
+        try:
+            await self.client.abort_upload(state.backup_id)
+        except GatewayNotFoundError:
+            pass
+        except GatewayError as err:
+            LOGGER.warning("Could not abort the interrupted upload (the gateway's sweeper will): %s", err)
 
     async def async_shutdown(self) -> None:
         """Stop an upload in progress without aborting it, so it resumes at the next start."""
@@ -655,22 +496,4 @@ class BackupRunner:
         if task is not None and not task.done():
             task.cancel(SUSPEND)
             await asyncio.gather(task, return_exceptions=True)
-        # Written now, not after the save delay: the next setup (a reload) reads it at once.
-        await self._store.async_save(self._data_to_save())
-
-
-def _file_opener(hass: HomeAssistant, path: Path) -> OpenStream:
-    """An ``open_stream`` reading a backup file in the executor, like Home Assistant's own."""
-
-    async def read() -> AsyncIterator[bytes]:
-        handle = await hass.async_add_executor_job(path.open, "rb")
-        try:
-            while chunk := await hass.async_add_executor_job(handle.read, READ_CHUNK):
-                yield chunk
-        finally:
-            await hass.async_add_executor_job(handle.close)
-
-    async def open_stream() -> AsyncIterator[bytes]:
-        return read()
-
-    return open_stream
+        await self._history.async_flush()

@@ -13,7 +13,9 @@ Rules that keep "exactly one backup per night":
 
 Time is real elapsed time: the window's ends are resolved to UTC instants first, so on the nights the clocks
 change the window simply lasts an hour more or less. A local time that does not exist (spring forward) resolves to
-the instant just after the gap; a local time that happens twice (fall back) to its first occurrence.
+the end of the gap, the instant the clocks jump (02:30 in Paris on the last Sunday of March is 03:00): a window of
+02:30-03:10 lasts 03:00-03:10 that night. A window lying wholly inside the gap (02:10-02:50) lasts one minute from
+03:00, so no night is skipped. A local time that happens twice (fall back) resolves to its first occurrence.
 """
 
 from __future__ import annotations
@@ -30,12 +32,23 @@ MIN_WINDOW = timedelta(minutes=1)
 
 
 def _instant(day: date, at: time, tz: tzinfo) -> datetime:
-    """The UTC instant of a local wall-clock time, resolving DST gaps and repeats (see module docstring).
-
-    With fold=0, a repeated time is its first occurrence, and a time inside a gap takes the offset in force before
-    the change, which lands just after the gap.
-    """
-    return datetime.combine(day, at, tzinfo=tz).astimezone(UTC)
+    """The UTC instant of a local wall-clock time, resolving DST gaps and repeats (see module docstring)."""
+    local = datetime.combine(day, at, tzinfo=tz)
+    instant = local.astimezone(UTC)  # fold=0: a repeated time's first occurrence
+    if instant.astimezone(tz).replace(tzinfo=None) == local.replace(tzinfo=None):
+        return instant
+    # Inside a gap: fold=0 and fold=1 read the time with the offsets before and after it, two instants on either
+    # side of the jump. The jump is the first instant in between with the later offset.
+    other = local.replace(fold=1).astimezone(UTC)
+    low, high = sorted((int(instant.timestamp()), int(other.timestamp())))
+    after = datetime.fromtimestamp(high, UTC).astimezone(tz).utcoffset()
+    while high - low > 1:  # whole seconds: clocks jump on a second
+        middle = (low + high) // 2
+        if datetime.fromtimestamp(middle, UTC).astimezone(tz).utcoffset() == after:
+            high = middle
+        else:
+            low = middle
+    return datetime.fromtimestamp(high, UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +71,8 @@ class Window:
     def bounds(self, day: date, tz: tzinfo) -> tuple[datetime, datetime]:
         """The UTC instants ``[start, end)`` of the window that starts on local ``day``.
 
-        A window that lies entirely inside a DST gap still lasts a minute, just after the gap: no night is skipped.
+        A window that lies entirely inside a DST gap still lasts a minute from the end of the gap: no night is
+        skipped.
         """
         start = _instant(day, self.start, tz)
         end = _instant(day + ONE_DAY if self.crosses_midnight else day, self.end, tz)

@@ -13,7 +13,7 @@ from homeassistant.helpers.event import async_track_point_in_utc_time
 from homeassistant.helpers.storage import Store
 from homeassistant.util import dt as dt_util
 
-from .const import DOMAIN, LOGGER
+from .const import LOGGER, STORE_SCHEDULE, store_key
 from .listeners import Listeners
 from .schedule import Plan, Window, next_plan
 
@@ -40,7 +40,7 @@ class NightlyScheduler:
         self.plan: Plan | None = None
         self._is_busy = is_busy
         self._start_job = start_job
-        self._store: Store[dict[str, Any]] = Store(hass, STORAGE_VERSION, f"{DOMAIN}.{entry_id}.schedule")
+        self._store: Store[dict[str, Any]] = Store(hass, STORAGE_VERSION, store_key(entry_id, STORE_SCHEDULE))
         self._rng = random.SystemRandom()
         self._unsub_timer: CALLBACK_TYPE | None = None
         self._unsub_config: CALLBACK_TYPE | None = None

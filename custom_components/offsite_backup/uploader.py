@@ -24,10 +24,15 @@ How it works:
 - URLs are asked for in small batches just ahead of use (``url_batch``), re-asked before use once older than
   ``url_refresh`` of their lifetime, and again whenever storage answers 403 (expired).
 - Each part is one ``PUT`` with ``Content-Length`` and a timeout of ``timeout_base + part / timeout_min_rate``
-  seconds; connection errors, timeouts, 5xx and 429 (``Retry-After`` honoured) are retried with exponential backoff
-  and full jitter (``max_tries`` tries, delays capped at ``retry_cap``); any other 4xx fails at once.
+  seconds; connection errors, timeouts, 5xx, 429, 408 and S3's ``400 RequestTimeout`` (``Retry-After`` honoured)
+  are retried with exponential backoff and full jitter (``max_tries`` tries, delays capped at ``retry_cap``); any
+  other 4xx fails at once. Creating the upload and every other gateway call are retried the same way while the
+  gateway is unavailable.
 - The MD5 of each part is compared with storage's ETag (when the ETag is an MD5); the SHA-256 of the whole stream is
   sent on complete. Hashing runs in the loop's default executor, in parallel with the PUTs.
+
+The pieces: ``upload_model`` (options, the persisted state), ``upload_reader`` (reading and hashing),
+``upload_sender`` (sending a part), ``upload_errors`` (wording a failure); this module drives them.
 - Resume: ``on_state`` gets an :class:`UploadState` after the upload is created and after each acknowledged part.
   Persist ``state.to_dict()`` (any later snapshot is valid too: it only grows). Give it back as
   ``state=UploadState.from_dict(...)`` after a restart: the gateway is asked which parts storage holds, the reopened
@@ -51,22 +56,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import inspect
 import logging
 import math
-import random
-import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.payload import Payload
-from yarl import URL
 
 from .api import (
     BackupInit,
@@ -78,8 +77,11 @@ from .api import (
     GatewayRateLimitedError,
     GatewayUnavailableError,
     RemoteBackup,
-    redact_urls,
 )
+from .upload_errors import UploadError, UploadStreamError, describe
+from .upload_model import MAX_PARTS, MIN_PART_SIZE, SUSPEND, UploadOptions, UploadState
+from .upload_reader import Body, BufferPool, StreamHasher, etag_md5, read_parts
+from .upload_sender import PartSender, UrlBook
 
 __all__ = [
     "MAX_PARTS",
@@ -93,169 +95,6 @@ __all__ = [
 ]
 
 _LOGGER = logging.getLogger(__name__)
-
-MIN_PART_SIZE = 5 * 1024 * 1024
-"""S3's minimum size of every part but the last."""
-MAX_PARTS = 10_000
-"""S3's maximum number of parts."""
-SUSPEND = "offsite_backup.suspend"
-"""Cancel message (``task.cancel(SUSPEND)``) that stops an upload without aborting it, to resume it later."""
-
-_INLINE_HASH = 256 * 1024  # smaller parts are hashed in the loop, larger ones in the executor
-_LIMITED_SLICE = 64 * 1024  # with a bandwidth limit, bodies are sent in slices of this size
-_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
-_S3_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
-_S3_MESSAGE = re.compile(rb"<Message>([^<]{1,300})</Message>")
-_RANDOM = random.Random()  # noqa: S311 - backoff jitter, not cryptography
-
-
-# ------------------------------------------------------------------------------------------------ public
-
-
-@dataclass(frozen=True, slots=True)
-class UploadOptions:
-    """Tuning of one upload. The defaults suit a home uplink."""
-
-    parallel: int = 2
-    """Parts in flight at once."""
-    max_tries: int = 6
-    """Tries per part (and per gateway call) before giving up."""
-    retry_base: float = 1.0
-    """First backoff ceiling in seconds; doubles with each try (full jitter: a uniform draw below it)."""
-    retry_cap: float = 60.0
-    """Longest backoff delay between two tries, in seconds."""
-    retry_after_cap: float = 60.0
-    """Longest ``Retry-After`` honoured, in seconds (storage's 429/503 and the gateway's 429)."""
-    url_batch: int = 0
-    """Part URLs asked for at once; 0 = ``2 * parallel`` (at least 2, at most 100)."""
-    url_refresh: float = 0.5
-    """A URL older than this fraction of its lifetime is signed again before use."""
-    timeout_base: float = 60.0
-    """Per-attempt timeout of a part: this many seconds…"""
-    timeout_min_rate: float = 32 * 1024
-    """…plus the part's size divided by this rate (bytes per second) — the slowest upload we accept."""
-    bandwidth_limit: int | None = None
-    """Bytes per second for all parts together; ``None`` = unlimited."""
-    progress_interval: float = 1.0
-    """Seconds between two progress reports…"""
-    progress_step: float = 0.01
-    """…unless at least this fraction of the total was acknowledged since the last one."""
-    abort_timeout: float = 15.0
-    """Seconds allowed for the abort call after a failure or a cancel."""
-
-    def __post_init__(self) -> None:
-        if self.parallel < 1 or self.max_tries < 1:
-            raise ValueError("parallel and max_tries must be at least 1")
-        if self.bandwidth_limit is not None and self.bandwidth_limit <= 0:
-            raise ValueError("bandwidth_limit must be positive (or None)")
-        if self.timeout_min_rate <= 0 or self.timeout_base <= 0:
-            raise ValueError("timeouts must be positive")
-
-    @property
-    def batch(self) -> int:
-        """Part URLs asked for at once."""
-        return max(1, min(100, self.url_batch or max(2, 2 * self.parallel)))
-
-    def part_timeout(self, nbytes: int) -> float:
-        """Per-attempt timeout of a part of ``nbytes``."""
-        rate = self.timeout_min_rate
-        if self.bandwidth_limit is not None:
-            rate = min(rate, self.bandwidth_limit / self.parallel)
-        return self.timeout_base + nbytes / rate
-
-    def backoff(self, tries: int) -> float:
-        """Delay before try ``tries + 1``: full jitter below ``retry_base * 2^(tries-1)``, capped."""
-        ceiling = min(self.retry_cap, self.retry_base * 2 ** min(tries - 1, 30))
-        return _RANDOM.uniform(0, ceiling)
-
-
-@dataclass(slots=True)
-class UploadState:
-    """What to persist to resume an upload: ``to_dict()`` is JSON-serialisable, ``from_dict()`` reads it back."""
-
-    backup_id: str
-    size: int
-    part_size: int
-    part_count: int
-    url_ttl: int
-    parts: dict[int, str] = field(default_factory=dict)
-    """Acknowledged part number → ETag as storage returned it."""
-
-    VERSION = 1
-
-    def expected_size(self, part_number: int) -> int:
-        """Size of part ``part_number``."""
-        if part_number < self.part_count:
-            return self.part_size
-        return self.size - self.part_size * (self.part_count - 1)
-
-    @property
-    def acknowledged_bytes(self) -> int:
-        """Bytes storage has acknowledged."""
-        return sum(self.expected_size(number) for number in self.parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable snapshot."""
-        return {
-            "version": self.VERSION,
-            "backup_id": self.backup_id,
-            "size": self.size,
-            "part_size": self.part_size,
-            "part_count": self.part_count,
-            "url_ttl": self.url_ttl,
-            "parts": [[number, self.parts[number]] for number in sorted(self.parts)],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UploadState:
-        """Read a snapshot back; raises ``ValueError`` when it is not one."""
-        try:
-            if data.get("version") != cls.VERSION:
-                raise ValueError(f"unsupported upload state version {data.get('version')!r}")
-            state = cls(
-                backup_id=str(data["backup_id"]),
-                size=int(data["size"]),
-                part_size=int(data["part_size"]),
-                part_count=int(data["part_count"]),
-                url_ttl=int(data["url_ttl"]),
-                parts={int(number): str(etag) for number, etag in data["parts"]},
-            )
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"not an upload state: {err}") from err
-        if (
-            state.size < 1
-            or state.part_size < 1
-            or state.part_count != math.ceil(state.size / state.part_size)
-            or any(not 1 <= number <= state.part_count for number in state.parts)
-        ):
-            raise ValueError("inconsistent upload state")
-        return state
-
-
-class UploadError(Exception):
-    """The upload failed (and was aborted). The message says what to do; the attributes say what happened."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        backup_id: str | None = None,
-        part_number: int | None = None,
-        status: int | None = None,
-        storage_code: str | None = None,
-        tries: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.backup_id = backup_id
-        self.part_number = part_number
-        self.status = status
-        self.storage_code = storage_code
-        self.tries = tries
-
-
-class UploadStreamError(UploadError):
-    """The backup stream failed, ended before ``size`` bytes or yielded more."""
 
 
 async def upload(
@@ -288,127 +127,6 @@ async def upload(
     return await job.run(state)
 
 
-# ----------------------------------------------------------------------------------------------- helpers
-
-
-@dataclass(slots=True)
-class _Outcome:
-    """The result of one PUT attempt."""
-
-    etag: str | None = None
-    kind: str = "ok"  # ok | retry | resign | fatal
-    status: int | None = None
-    code: str | None = None
-    detail: str = ""
-    retry_after: float | None = None
-
-
-class _RateLimiter:
-    """A shared pacing clock: ``take(n)`` waits until ``n`` more bytes fit in the rate."""
-
-    def __init__(self, rate: float) -> None:
-        self._rate = rate
-        self._next = time.monotonic()
-
-    async def take(self, nbytes: int) -> None:
-        now = time.monotonic()
-        start = max(self._next, now)
-        self._next = start + nbytes / self._rate
-        if start > now:
-            await asyncio.sleep(start - now)
-
-
-class _Body:
-    """A part's bytes, in a buffer of the pool.
-
-    Parts are copied into whole buffers (rather than kept as views of the stream's chunks) so that each is hashed
-    in one call: a thread hashing many pieces must take the GIL back after each one, and those hand-offs made
-    hashing several times slower while the loop was busy sending (measured).
-    """
-
-    __slots__ = ("buffer", "pieces", "size")
-
-    def __init__(self, buffer: bytearray, size: int) -> None:
-        self.buffer = buffer
-        self.size = size
-        self.pieces = [memoryview(buffer)[:size]]
-
-
-class _BufferPool:
-    """Part buffers, reused: a fresh 20 MiB buffer costs zeroing and page faults on every part."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._free: list[bytearray] = []
-
-    def take(self) -> bytearray:
-        return self._free.pop() if self._free else bytearray(self._size)
-
-    def give(self, body: _Body) -> None:
-        body.pieces.clear()  # release the view, or the buffer stays exported
-        self._free.append(body.buffer)
-
-
-class _PartPayload(Payload):
-    """A part as a request body, written piece by piece without copying (paced when a limiter is given)."""
-
-    def __init__(self, body: _Body, limiter: _RateLimiter | None) -> None:
-        super().__init__(body, content_type="application/octet-stream")
-        self._body = body
-        self._limiter = limiter
-        self._size = body.size
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return b"".join(self._body.pieces).decode(encoding, errors)
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        limiter = self._limiter
-        for piece in self._body.pieces:
-            if limiter is None:
-                await writer.write(piece)
-                continue
-            for offset in range(0, piece.nbytes, _LIMITED_SLICE):
-                chunk = piece[offset : offset + _LIMITED_SLICE]
-                await limiter.take(chunk.nbytes)
-                await writer.write(chunk)
-
-
-def _hash_part(sha256: Any, body: _Body) -> str:
-    """Add the part to the stream's SHA-256; return the part's MD5."""
-    md5 = hashlib.md5(usedforsecurity=False)
-    for piece in body.pieces:
-        sha256.update(piece)
-        md5.update(piece)
-    return md5.hexdigest()
-
-
-def _etag_md5(etag: str) -> str | None:
-    """The MD5 an ETag stands for, or None when it is not a plain MD5 (multipart, SSE-KMS…)."""
-    match = _MD5_ETAG.match(etag.strip())
-    return match.group(1).lower() if match else None
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        from email.utils import parsedate_to_datetime  # noqa: PLC0415 - rare path
-
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def _describe(err: BaseException) -> str:
-    text = redact_urls(str(err)).strip()
-    name = type(err).__name__
-    return f"{name}: {text}" if text else name
-
-
 def _is_suspend(err: BaseException) -> bool:
     return bool(err.args) and err.args[0] == SUSPEND
 
@@ -423,50 +141,18 @@ def _flatten(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return found
 
 
-# ----------------------------------------------------------------------------------------------- the job
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """What the parts of one transfer share: buffers, URLs, the sender, the slots of parts in flight."""
 
-
-class _UrlBook:
-    """Presigned part URLs, asked for in small batches just ahead of use."""
-
-    def __init__(self, job: _Upload) -> None:
-        self._job = job
-        self._urls: dict[int, tuple[str, float]] = {}
-        self._lock = asyncio.Lock()
-
-    def _fresh(self, part_number: int, now: float) -> bool:
-        entry = self._urls.get(part_number)
-        return entry is not None and now - entry[1] < self._job.url_max_age
-
-    async def get(self, part_number: int) -> str:
-        async with self._lock:
-            now = time.monotonic()
-            if not self._fresh(part_number, now):
-                job = self._job
-                numbers = [part_number]
-                candidate = part_number + 1
-                while len(numbers) < job.options.batch and candidate <= job.state.part_count:
-                    if (
-                        candidate not in job.state.parts
-                        and candidate not in job.held
-                        and not self._fresh(candidate, now)
-                    ):
-                        numbers.append(candidate)
-                    candidate += 1
-                signed = await job.gateway_call(job.client.sign_parts, job.state.backup_id, numbers)
-                fetched = time.monotonic()
-                for part in signed:
-                    self._urls[part.part_number] = (part.url, fetched)
-                if part_number not in self._urls:
-                    raise GatewayUnavailableError(f"The gateway did not sign part {part_number}")
-            return self._urls[part_number][0]
-
-    def forget(self, part_number: int) -> None:
-        self._urls.pop(part_number, None)
+    pool: BufferPool
+    urls: UrlBook
+    sender: PartSender
+    slots: asyncio.Semaphore
 
 
 class _Upload:
-    """One upload (a new one, or the resumption of a saved state)."""
+    """One upload (a new one, or the resumption of a saved state): creating, reading, completing, bookkeeping."""
 
     def __init__(
         self,
@@ -492,19 +178,9 @@ class _Upload:
         self.on_state = on_state
         self.state = UploadState(backup_id="", size=size, part_size=size, part_count=1, url_ttl=0)
         self.held: dict[int, str] = {}  # parts storage already holds (resume): number → ETag
-        self.urls = _UrlBook(self)
-        self.pool = _BufferPool(0)
-        self.limiter = _RateLimiter(options.bandwidth_limit) if options.bandwidth_limit else None
-        self.sha = hashlib.sha256()
         self.acked = 0
         self._reported = -1
         self._reported_at = 0.0
-        self._loop = asyncio.get_running_loop()
-
-    @property
-    def url_max_age(self) -> float:
-        ttl = self.state.url_ttl or 900
-        return max(1.0, ttl * self.options.url_refresh)
 
     # ------------------------------------------------------------------------------------------- driving
 
@@ -519,7 +195,7 @@ class _Upload:
                 await self._abort("cancelled")
             raise
         except Exception as err:
-            await self._abort(_describe(err))
+            await self._abort(describe(err))
             raise
 
     async def _start(self, state: UploadState | None) -> None:
@@ -576,17 +252,16 @@ class _Upload:
 
     async def _transfer(self) -> RemoteBackup:
         self._report(force=True)
-        self.pool = _BufferPool(min(self.state.part_size, self.size))
         try:
             stream = await self.open_stream()
         except Exception as err:
             raise UploadStreamError(
-                f"Opening the backup failed: {_describe(err)}", backup_id=self.state.backup_id
+                f"Opening the backup failed: {describe(err)}", backup_id=self.state.backup_id
             ) from err
         try:
             try:
                 async with asyncio.TaskGroup() as group:
-                    await self._read_and_dispatch(stream, group)
+                    sha256 = await self._read_and_dispatch(stream, group)
             except BaseExceptionGroup as group_error:
                 errors = _flatten(group_error)
                 for kind in (UploadError, GatewayError, Exception):
@@ -601,15 +276,14 @@ class _Upload:
                     await aclose()
                 except Exception:  # closing is best effort
                     _LOGGER.debug("Closing the backup stream failed", exc_info=True)
-        return await self._complete()
+        return await self._complete(sha256)
 
-    async def _complete(self) -> RemoteBackup:
+    async def _complete(self, sha256: str) -> RemoteBackup:
         state = self.state
         missing = [n for n in range(1, state.part_count + 1) if n not in state.parts]
         if missing:  # pragma: no cover - the reader guarantees every part
             raise UploadError(f"Parts {missing[:5]} were never acknowledged", backup_id=state.backup_id)
         parts = [CompletedPart(n, state.parts[n]) for n in range(1, state.part_count + 1)]
-        sha256 = self.sha.hexdigest()
         try:
             backup = await self.gateway_call(
                 self.client.complete_backup, state.backup_id, parts, sha256=sha256
@@ -624,246 +298,54 @@ class _Upload:
         self._report()  # the total, unless already reported
         return backup
 
-    # ------------------------------------------------------------------------------------------- reading
+    # --------------------------------------------------------------------------------------- the parts
 
-    async def _parts(self, stream: AsyncIterator[bytes]) -> AsyncGenerator[tuple[int, _Body]]:
-        """Re-chunk the stream into the gateway's parts (a buffer is only taken when its first bytes arrive)."""
-        state = self.state
-        number = 1
-        want = state.expected_size(1)
-        buf: bytearray | None = None
-        pos = 0
-        read = 0
-        iterator = aiter(stream)
-        while True:
-            try:
-                chunk = await anext(iterator)
-            except StopAsyncIteration:
-                break
-            except Exception as err:
-                raise UploadStreamError(
-                    f"Reading the backup failed after {read} of {self.size} bytes: {_describe(err)}",
-                    backup_id=state.backup_id,
-                ) from err
-            if not chunk:
-                continue
-            view = memoryview(chunk).cast("B")
-            offset = 0
-            length = view.nbytes
-            read += length
-            while offset < length:
-                if number > state.part_count:
-                    raise UploadStreamError(
-                        f"The backup stream yielded more than the {self.size} bytes announced: the backup "
-                        "changed while it was read; try again",
-                        backup_id=state.backup_id,
-                    )
-                if buf is None:
-                    buf = self.pool.take()
-                    pos = 0
-                take = min(want - pos, length - offset)
-                buf[pos : pos + take] = view[offset : offset + take]
-                pos += take
-                offset += take
-                if pos == want:
-                    part = _Body(buf, want)
-                    buf = None
-                    yield number, part
-                    del part  # the consumer owns it now: keep memory at (parallel + 1) parts
-                    number += 1
-                    if number <= state.part_count:
-                        want = state.expected_size(number)
-        if number <= state.part_count:
-            raise UploadStreamError(
-                f"The backup stream ended after {read} of the {self.size} bytes announced: the backup file may "
-                "be truncated or was changed while it was read; try again",
-                backup_id=state.backup_id,
-            )
-
-    async def _read_and_dispatch(self, stream: AsyncIterator[bytes], group: asyncio.TaskGroup) -> None:
-        slots = asyncio.Semaphore(self.options.parallel)
-        previous: asyncio.Task[str] | None = None
-        async with aclosing(self._parts(stream)) as parts:
-            async for number, body in parts:
-                hashed = group.create_task(self._hash(previous, body))
-                previous = hashed
-                await slots.acquire()
-                group.create_task(self._part(number, body, hashed, slots))
+    async def _read_and_dispatch(self, stream: AsyncIterator[bytes], group: asyncio.TaskGroup) -> str:
+        """Read the parts and hand each to a task of its own; returns the stream's SHA-256."""
+        urls = UrlBook(
+            lambda numbers: self.gateway_call(self.client.sign_parts, self.state.backup_id, numbers),
+            self.options,
+            self.state,
+            skip=lambda number: number in self.state.parts or number in self.held,
+        )
+        parts = _Parts(
+            pool=BufferPool(min(self.state.part_size, self.size)),
+            urls=urls,
+            sender=PartSender(self.session, urls, self.options, self.state),
+            slots=asyncio.Semaphore(self.options.parallel),
+        )
+        hasher = StreamHasher()
+        async with aclosing(read_parts(stream, self.state, parts.pool)) as reader:
+            async for number, body in reader:
+                md5 = hasher.add(group, body)
+                await parts.slots.acquire()
+                group.create_task(self._part(number, body, md5, parts))
                 del body  # only the part's task holds it now
                 await asyncio.sleep(0)  # let the part's PUT start before the next part is copied
-        if previous is not None:
-            await previous
+        return await hasher.sha256()
 
-    async def _hash(self, previous: asyncio.Task[str] | None, body: _Body) -> str:
-        """MD5 of the part, after adding it to the stream's SHA-256; parts are hashed one after the other.
-
-        One hashing thread at a time (not one per part in flight): on a small machine, parallel hashing threads
-        take the CPU from the connection sending the parts, and the upload got slower, not faster (measured).
-        """
-        if previous is not None:
-            await previous
-        if body.size <= _INLINE_HASH:
-            return _hash_part(self.sha, body)
-        return await self._loop.run_in_executor(None, _hash_part, self.sha, body)
-
-    # ------------------------------------------------------------------------------------------- sending
-
-    async def _part(
-        self,
-        number: int,
-        body: _Body,
-        md5: asyncio.Task[str],
-        slots: asyncio.Semaphore,
-    ) -> None:
+    async def _part(self, number: int, body: Body, md5: asyncio.Task[str], parts: _Parts) -> None:
+        """Make sure storage holds part ``number``: it may already (resume), else send it."""
         try:
-            held = self.held.get(number)
-            if held is not None:
-                stored_md5 = _etag_md5(held)
-                if stored_md5 is None or stored_md5 == await md5:
-                    await self._ack(number, held)
-                    self.pool.give(body)
-                    return
-                _LOGGER.info("Part %d held by storage differs from the backup; sending it again", number)
-                self.held.pop(number, None)
-            etag = await self._send(number, body, md5)
+            held = self.held.pop(number, None)
+            stored_md5 = etag_md5(held) if held is not None else None
+            if held is not None and (stored_md5 is None or stored_md5 == await md5):
+                etag = held  # storage holds it already (an ETag that is no MD5 cannot be checked: trusted)
+            else:
+                if held is not None:
+                    _LOGGER.info("Part %d held by storage differs from the backup; sending it again", number)
+                etag = await parts.sender.send(number, body, md5)
+            parts.urls.forget(number)
             await self._ack(number, etag)
-            await md5  # the part stays referenced until the SHA-256 has seen it
-            self.pool.give(body)
+            await md5  # the buffer is reused once given back: the hashes must have read it
+            parts.pool.give(body)
         finally:
-            slots.release()
-
-    async def _send(self, number: int, body: _Body, md5: asyncio.Future[str]) -> str:
-        """PUT one part until storage acknowledges it; returns its ETag."""
-        options = self.options
-        tries = 0
-        while True:
-            tries += 1
-            url = await self.urls.get(number)
-            outcome = await self._attempt(number, body, url)
-            if outcome.kind == "ok" and outcome.etag is not None:
-                expected = _etag_md5(outcome.etag)
-                if expected is None or expected == await md5:
-                    return outcome.etag
-                outcome = _Outcome(
-                    kind="retry",
-                    status=outcome.status,
-                    code="BadDigest",
-                    detail=f"storage's ETag {expected} is not the part's MD5 {await md5}",
-                )
-            if outcome.kind == "resign":
-                self.urls.forget(number)
-            if outcome.kind == "fatal" or tries >= options.max_tries:
-                raise self._part_error(number, outcome, tries)
-            if outcome.kind == "resign":
-                delay = 0.0
-            elif outcome.retry_after is not None:
-                delay = min(options.retry_after_cap, outcome.retry_after)
-            else:
-                delay = options.backoff(tries)
-            _LOGGER.debug(
-                "Part %d try %d/%d: %s; retrying in %.2f s",
-                number,
-                tries,
-                options.max_tries,
-                self._summary(outcome),
-                delay,
-            )
-            if delay > 0:
-                await asyncio.sleep(delay)
-
-    async def _attempt(self, number: int, body: _Body, url: str) -> _Outcome:
-        timeout = self.options.part_timeout(body.size)
-        try:
-            async with asyncio.timeout(timeout):
-                async with self.session.put(
-                    URL(url, encoded=True),
-                    data=_PartPayload(body, self.limiter),
-                    headers={"Content-Length": str(body.size)},
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(timeout, 30.0)),
-                    allow_redirects=False,
-                ) as resp:
-                    status = resp.status
-                    if 200 <= status < 300:
-                        etag = resp.headers.get("ETag")
-                        await resp.read()
-                        if not etag:
-                            return _Outcome(
-                                kind="retry", status=status, detail="storage answered without an ETag"
-                            )
-                        return _Outcome(etag=etag, status=status)
-                    answer = await resp.content.read(16384)
-                    retry_after = _retry_after(resp.headers.get("Retry-After"))
-        except TimeoutError:
-            return _Outcome(kind="retry", detail=f"no answer from storage within {timeout:.0f} s")
-        except (aiohttp.ClientError, OSError) as err:
-            return _Outcome(kind="retry", detail=_describe(err))
-        code_match = _S3_CODE.search(answer)
-        message_match = _S3_MESSAGE.search(answer)
-        code = code_match.group(1).decode(errors="replace") if code_match else None
-        message = message_match.group(1).decode(errors="replace") if message_match else ""
-        if status == 403:
-            kind = "resign"
-        elif status == 429 or status >= 500 or status == 408:
-            kind = "retry"
-        else:
-            kind = "fatal"
-        return _Outcome(kind=kind, status=status, code=code, detail=message, retry_after=retry_after)
-
-    @staticmethod
-    def _summary(outcome: _Outcome) -> str:
-        if outcome.status is None:
-            return outcome.detail
-        text = f"HTTP {outcome.status}"
-        if outcome.code:
-            text += f" {outcome.code}"
-        if outcome.detail:
-            text += f" ({outcome.detail})"
-        return text
-
-    def _part_error(self, number: int, outcome: _Outcome, tries: int) -> UploadError:
-        state = self.state
-        where = f"part {number} of {state.part_count} of backup {state.backup_id}"
-        tried = f"{tries} {'try' if tries == 1 else 'tries'}"
-        summary = self._summary(outcome)
-        if outcome.status is None:
-            if "no answer" in outcome.detail:
-                hint = "the connection to storage is too slow or stalled; check it, or lower the parallel uploads"
-            else:
-                hint = "storage could not be reached; check the network connection and the storage endpoint"
-            message = f"Upload of {where} failed after {tried}: {summary}. {hint}"
-        elif outcome.code == "BadDigest":
-            message = (
-                f"Upload of {where} failed after {tried}: {summary}. The data was corrupted on the way; "
-                "check the network path (proxies) to storage"
-            )
-        elif outcome.status == 403:
-            message = (
-                f"Storage refused the signed URL of {where} after {tried}: {summary}. Check the gateway's "
-                "storage credentials and both clocks"
-            )
-        elif outcome.status == 404:
-            message = (
-                f"Storage no longer knows the upload of {where}: {summary}. It was aborted (by the gateway's "
-                "sweeper?); start a new backup"
-            )
-        elif outcome.kind == "fatal":
-            message = f"Storage rejected {where}: {summary}. This will not pass by retrying"
-        else:
-            message = f"Upload of {where} failed after {tried}: storage answered {summary}. Try again later"
-        return UploadError(
-            message,
-            backup_id=state.backup_id,
-            part_number=number,
-            status=outcome.status,
-            storage_code=outcome.code,
-            tries=tries,
-        )
+            parts.slots.release()
 
     # --------------------------------------------------------------------------------------- bookkeeping
 
     async def _ack(self, number: int, etag: str) -> None:
         self.state.parts[number] = etag
-        self.urls.forget(number)
         self.acked += self.state.expected_size(number)
         self._report()
         await self._emit_state()
@@ -895,6 +377,8 @@ class _Upload:
         except Exception:
             _LOGGER.exception("Upload progress callback failed")
 
+    # ------------------------------------------------------------------------------------------ gateway
+
     async def gateway_call[**P, T](
         self, func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
     ) -> T:
@@ -915,11 +399,15 @@ class _Upload:
                 await asyncio.sleep(delay)
 
     async def _create(self) -> BackupInit:
-        """``POST /v1/backups``; cancelled meanwhile, still learn the new upload's id (briefly) so it is aborted.
+        """``POST /v1/backups``, retried while the gateway is unavailable.
 
-        Without this, a cancel that lands while the gateway creates the upload leaves it behind, unknown to us,
-        and the instance's next upload gets 409 ``upload_in_progress`` until the gateway's sweeper clears it.
+        Cancelled meanwhile, it still learns the new upload's id (briefly) so that it is aborted: without this, a
+        cancel that lands while the gateway creates the upload leaves it behind, unknown to us, and the instance's
+        next upload gets 409 ``upload_in_progress`` until the gateway's sweeper clears it.
         """
+        return await self.gateway_call(self._create_once)
+
+    async def _create_once(self) -> BackupInit:
         create = asyncio.ensure_future(
             self.client.create_backup(name=self.name, size=self.size, metadata=self.metadata)
         )

@@ -9,6 +9,7 @@ counted and time-stamped per part number.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import struct
 import time
@@ -19,6 +20,10 @@ from types import TracebackType
 import aiohttp
 from aiohttp import web
 from yarl import URL
+
+# A plain MD5 ETag (quoted, or quoted as XML does) and its opaque form: the same with "-kms" appended.
+_MD5_ETAG = re.compile(rb'("|&quot;|&#34;)([0-9a-f]{32})("|&quot;|&#34;)')
+_OPAQUE_ETAG = re.compile(rb'("|&quot;|&#34;)([0-9a-f]{32})-kms("|&quot;|&#34;)')
 
 _HOP = {
     "connection",
@@ -36,7 +41,7 @@ _HOP = {
 class Fault:
     """What to do with one PUT of a part."""
 
-    kind: str  # reset | status | stall | delay | corrupt
+    kind: str  # reset | status | stall | delay | gate | corrupt
     status: int = 500
     code: str = "InternalError"
     message: str = "We encountered an internal error. Please try again."
@@ -73,6 +78,11 @@ def delay(seconds: float) -> Fault:
     return Fault("delay", seconds=seconds)
 
 
+def gate() -> Fault:
+    """Hold the request until the test calls ``proxy.open_gate()`` (then forward it, unless the client left)."""
+    return Fault("gate")
+
+
 def corrupt() -> Fault:
     """Flip one byte of the body before forwarding it (storage's ETag will not match the part's MD5)."""
     return Fault("corrupt")
@@ -81,8 +91,11 @@ def corrupt() -> Fault:
 class FaultProxy:
     """Forward to ``upstream``, applying ``plan`` to part PUTs; see the module docstring."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, opaque_etags: bool = False) -> None:
+        """``opaque_etags``: storage appears to give ETags that are not MD5s (as with SSE-KMS), both to the
+        uploader and to a gateway whose S3 endpoint is this proxy; they are mapped back on the way in."""
         self.upstream = upstream.rstrip("/")
+        self.opaque_etags = opaque_etags
         self.plan: dict[int, list[Fault]] = defaultdict(list)
         self.puts: Counter[int] = Counter()  # PUTs received per part number
         self.stored: Counter[int] = Counter()  # PUTs storage acknowledged (2xx) per part number
@@ -96,6 +109,7 @@ class FaultProxy:
             asyncio.Event
         )  # set once upstream answered
         self.url = ""
+        self._gate = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -110,6 +124,14 @@ class FaultProxy:
     def answer_late(self, method: str, path: str, seconds: float) -> None:
         """Forward ``method path`` at once but hold upstream's answer ``seconds`` (a slow or lost answer)."""
         self.late_answers[(method, path)] = seconds
+
+    def open_gate(self) -> None:
+        """Let the requests held by ``gate()`` faults go on (and the next ones through at once)."""
+        self._gate.set()
+
+    def close_gate(self) -> None:
+        """Hold the requests of the next ``gate()`` faults again."""
+        self._gate.clear()
 
     def reset_counts(self) -> None:
         self.puts.clear()
@@ -168,6 +190,8 @@ class FaultProxy:
                 return web.Response(status=500)  # never delivered: the connection is gone
             if fault.kind == "delay":
                 await asyncio.sleep(fault.seconds)
+            if fault.kind == "gate":
+                await self._gate.wait()
         body = await request.read()
         if fault is not None:
             if fault.kind == "status":
@@ -194,6 +218,8 @@ class FaultProxy:
     async def _forward(self, request: web.Request, body: bytes, part: int | None) -> web.Response:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        if self.opaque_etags and body:
+            body = _OPAQUE_ETAG.sub(rb"\1\2\3", body)
         async with self._session.request(
             request.method,
             URL(self.upstream + request.raw_path, encoded=True),
@@ -203,6 +229,12 @@ class FaultProxy:
         ) as resp:
             payload = await resp.read()
             answer_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP}
+            if self.opaque_etags:
+                payload = _MD5_ETAG.sub(rb"\1\2-kms\3", payload)
+                for name in [name for name in answer_headers if name.lower() == "etag"]:
+                    answer_headers[name] = _MD5_ETAG.sub(
+                        rb"\1\2-kms\3", answer_headers[name].encode()
+                    ).decode()
             if part is not None:
                 self.upstream_status[part].append(resp.status)
                 if 200 <= resp.status < 300:

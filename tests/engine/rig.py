@@ -65,17 +65,26 @@ class Rig:
 
 @asynccontextmanager
 async def make_rig(
-    s3: S3Server, bucket: str, tmp_path: Path, http: aiohttp.ClientSession, **overrides: str
+    s3: S3Server,
+    bucket: str,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    *,
+    opaque_etags: bool = False,
+    **overrides: str,
 ) -> AsyncIterator[Rig]:
-    """A gateway whose presigned URLs point at a fault proxy in front of ``s3``."""
+    """A gateway whose presigned URLs point at a fault proxy in front of ``s3``.
+
+    With ``opaque_etags``, the gateway reaches storage through the proxy too, and storage's ETags are not MD5s.
+    """
     settings = {"PART_SIZE": str(PART), **overrides}
-    async with (
-        FaultProxy(s3.endpoint) as proxy,
-        run_gateway(s3, bucket, tmp_path, S3_PUBLIC_ENDPOINT=proxy.url, **settings) as gateway,
-    ):
-        _, token = await gateway.add_instance("home")
-        client = CountingClient(http, gateway.url, token)
-        yield Rig(s3, bucket, gateway, proxy, client, http, token)
+    async with FaultProxy(s3.endpoint, opaque_etags=opaque_etags) as proxy:
+        if opaque_etags:
+            settings["S3_ENDPOINT"] = proxy.url
+        async with run_gateway(s3, bucket, tmp_path, S3_PUBLIC_ENDPOINT=proxy.url, **settings) as gateway:
+            _, token = await gateway.add_instance("home")
+            client = CountingClient(http, gateway.url, token)
+            yield Rig(s3, bucket, gateway, proxy, client, http, token)
 
 
 def make_data(size: int, seed: int = 1) -> bytes:

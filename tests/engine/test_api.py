@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -76,7 +77,19 @@ async def test_every_route(rig: Rig) -> None:
     with pytest.raises(GatewayNotFoundError):
         await client.get_backup(first)
     assert [b.id for b in await client.list_backups()] == [second]
-    assert (await client.health())["status"] == "ok"
+
+
+async def test_a_download_closed_before_its_first_read_frees_its_connection(rig: Rig) -> None:
+    """Home Assistant may give up on a download before reading it: the storage connection must come back."""
+    backup_id, source = await _upload(rig, PART + 123, seed=4)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as one_connection:
+        client = GatewayClient(one_connection, rig.gateway.url, rig.token)
+        stream = await client.download(backup_id)
+        await stream.aclose()  # never read
+        assert stream.closed
+        async with asyncio.timeout(10):  # with the connection still held, this would wait for ever
+            again = b"".join([chunk async for chunk in await client.download(backup_id)])
+    assert hashlib.sha256(again).hexdigest() == source.sha256
 
 
 async def test_download_streams_in_chunks(rig: Rig) -> None:

@@ -6,8 +6,10 @@ A misbehaving server is the one thing that cannot be had from the real gateway, 
 
 from __future__ import annotations
 
+import email.utils
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -19,6 +21,7 @@ from custom_components.offsite_backup.api import (
     GatewayClient,
     GatewayError,
     GatewayUnavailableError,
+    parse_retry_after,
 )
 
 CALLS: list[tuple[str, Callable[[GatewayClient], Awaitable[Any]]]] = [
@@ -111,27 +114,6 @@ async def test_an_unexpected_success_status(
         await GatewayClient(http, url, "t").get_instance()
 
 
-async def test_health(server: tuple[Misbehaving, str], http: aiohttp.ClientSession) -> None:
-    fake, url = server
-    fake.body = {"status": "ok"}
-    assert await GatewayClient(http, url, "t").health() == {"status": "ok"}
-    fake.status = 503
-    fake.body = {"status": "unavailable"}
-    with pytest.raises(GatewayUnavailableError, match="not healthy"):
-        await GatewayClient(http, url, "t").health()
-    fake.status = 200
-    fake.body = b"not json"
-    with pytest.raises(GatewayUnavailableError, match="not healthy"):
-        await GatewayClient(http, url, "t").health()
-
-
-async def test_health_of_nothing(http: aiohttp.ClientSession) -> None:
-    from tests.helpers.servers import free_port  # noqa: PLC0415
-
-    with pytest.raises(GatewayUnavailableError, match="Cannot reach"):
-        await GatewayClient(http, f"http://127.0.0.1:{free_port()}", "t").health()
-
-
 async def test_download_from_storage_that_fails(
     server: tuple[Misbehaving, str], http: aiohttp.ClientSession
 ) -> None:
@@ -152,3 +134,15 @@ async def test_download_from_storage_that_fails(
     with pytest.raises(GatewayUnavailableError, match="Cannot reach storage") as err:
         await client.download("b")
     assert "secret" not in str(err.value)
+
+
+def test_one_retry_after_parser_for_the_gateway_and_storage() -> None:
+    """Delay-seconds or an HTTP date (RFC 9110); junk, negatives and infinities are no delay to honour."""
+    in_a_minute = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after("-3") == 0.0
+    assert 55 <= (parse_retry_after(in_a_minute) or 0) <= 60
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: at once
+    for junk in (None, "", "soon", "inf", "nan", "Wed, 21 Oct 2015 07:28:00"):
+        assert parse_retry_after(junk) is None, junk

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from custom_components.offsite_backup.api import GatewayClient
 from custom_components.offsite_backup.uploader import UploadError, UploadOptions, upload
-from tests.engine.proxy import corrupt, expired, reset, stall, status
+from tests.engine.proxy import FaultProxy, corrupt, expired, reset, stall, status
 from tests.engine.rig import MIB, PART, Rig, Source, make_data
 
 # tiny backoff delays; a per-attempt timeout of about 2 s (5 MiB parts go through in well under that)
@@ -110,3 +111,36 @@ async def test_timeouts_until_the_last_try_fail_with_a_timeout_message(rig: Rig)
     assert (err.part_number, err.status, err.tries) == (1, None, 3)
     assert "no answer from storage within 1 s" in err.message
     assert rig.multipart_uploads() == []
+
+
+async def test_s3_request_timeout_is_retried(rig: Rig) -> None:
+    """S3's 400 RequestTimeout ("your socket connection was not read from in time") passes by trying again."""
+    size = PART + 10
+    rig.proxy.fail(1, status(400, "RequestTimeout", "Your socket connection to the server was not read from"))
+    source = Source(make_data(size, seed=24))
+    backup = await upload(
+        client=rig.client, open_stream=source.open, size=size, name="b", metadata={}, options=FAULTY
+    )
+    assert backup.sha256 == source.sha256
+    assert rig.proxy.puts[1] == 2
+    assert rig.proxy.faults_met == {"status:400": 1}
+
+
+async def test_a_gateway_failing_to_create_the_upload_is_asked_again(rig: Rig) -> None:
+    """One 502 from the gateway (a restarting node behind its proxy) must not lose the night's backup."""
+    size = PART + 10
+    async with FaultProxy(rig.gateway.url) as front:  # between the client and the gateway
+        front.fail_other("POST", 502)  # the first two POSTs: both tries of POST /v1/backups
+        front.fail_other("POST", 503)
+        client = GatewayClient(rig.http, front.url, rig.token)
+        backup = await upload(
+            client=client,
+            open_stream=Source(make_data(size, seed=25)).open,
+            size=size,
+            name="b",
+            metadata={},
+            options=FAULTY,
+        )
+        assert front.other_faults == {"POST": []}
+    assert backup.status == "completed"
+    assert [b.id for b in await rig.client.list_backups()] == [backup.id]

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from custom_components.offsite_backup.uploader import SUSPEND, UploadOptions, UploadState, upload
 from tests.engine.proxy import stall
-from tests.engine.rig import MIB, PART, Progress, Rig, Source, make_data
+from tests.engine.rig import MIB, PART, Progress, Rig, Source, make_data, make_rig
+from tests.helpers.servers import S3Server
 
 OPTIONS = UploadOptions(parallel=2, retry_base=0.01, retry_cap=0.05, timeout_base=20)
 SIZE = 4 * PART + MIB  # 5 parts
@@ -141,3 +144,34 @@ def test_state_round_trips_and_rejects_garbage() -> None:
         UploadState.from_dict({**state.to_dict(), "part_count": 7})
     with pytest.raises(ValueError, match="not an upload state"):
         UploadState.from_dict({"version": 1})
+
+
+async def test_resume_against_storage_whose_etags_are_not_md5s(
+    moto_server: S3Server, moto_bucket: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """SSE-KMS, SSE-C and several S3-compatible servers give ETags that are not the part's MD5.
+
+    Storage's held parts are then trusted as they are; the SHA-256 recorded must still be the whole stream's.
+    """
+    async with make_rig(moto_server, moto_bucket, tmp_path, http, opaque_etags=True) as rig:
+        data = make_data(SIZE, seed=34)
+        snapshots = await _crash_half_way(rig, Source(data))
+        assert all(etag.endswith('-kms"') for _, etag in snapshots[-1]["parts"])
+        rig.proxy.reset_counts()
+        rig.proxy.plan.clear()
+        source = Source(data, seed=98)
+
+        backup = await upload(
+            client=rig.client,
+            open_stream=source.open,
+            size=SIZE,
+            name="b",
+            metadata={},
+            options=OPTIONS,
+            state=UploadState.from_dict(snapshots[-1]),
+        )
+
+        assert dict(rig.proxy.puts) == {4: 1}  # the held parts were trusted, not sent again
+        assert backup.sha256 == source.sha256, "the SHA-256 covers every byte, held parts included"
+        assert await rig.downloaded_sha256(backup.id) == source.sha256
+        assert rig.multipart_uploads() == []

@@ -171,3 +171,29 @@ def test_window_validation() -> None:
         Window(time(1, 0), time(1, 0))
     with pytest.raises(ValueError, match="aware"):
         next_plan(datetime(2026, 1, 1), Window(time(0), time(2)), PARIS, None, random.Random())
+
+
+@pytest.mark.parametrize(
+    ("zone", "day", "window", "local_bounds"),
+    [
+        # Paris jumps from 02:00 to 03:00 on 29 March 2026.
+        ("Europe/Paris", date(2026, 3, 29), Window(time(2, 30), time(3, 10)), ("03:00", "03:10")),
+        ("Europe/Paris", date(2026, 3, 29), Window(time(2, 10), time(2, 50)), ("03:00", "03:01")),
+        ("Europe/Paris", date(2026, 3, 28), Window(time(23, 30), time(2, 30)), ("23:30", "03:00")),
+        ("Europe/Paris", date(2026, 3, 29), Window(time(1, 30), time(2, 30)), ("01:30", "03:00")),
+        # New York jumps from 02:00 to 03:00 on 8 March 2026; Lord Howe Island by half an hour, 02:00 to 02:30.
+        ("America/New_York", date(2026, 3, 8), Window(time(2, 30), time(3, 10)), ("03:00", "03:10")),
+        ("Australia/Lord_Howe", date(2026, 10, 4), Window(time(2, 10), time(2, 50)), ("02:30", "02:50")),
+    ],
+)
+def test_a_window_end_in_the_spring_forward_gap_moves_to_the_end_of_the_gap(
+    zone: str, day: date, window: Window, local_bounds: tuple[str, str]
+) -> None:
+    """A local time the clocks skip is read as the instant they jump: the window keeps what exists of it."""
+    tz = ZoneInfo(zone)
+    start, end = window.bounds(day, tz)
+    assert (start.astimezone(tz).strftime("%H:%M"), end.astimezone(tz).strftime("%H:%M")) == local_bounds
+    assert start < end
+    # Never after the window's own end on the wall clock (the old reading put 02:30 at 03:30, past 03:10).
+    if not window.crosses_midnight and window.end > time(3, 0):
+        assert end.astimezone(tz).time() <= window.end

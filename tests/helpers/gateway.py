@@ -222,13 +222,15 @@ def serve_process(
     *,
     database: GatewayDatabase | None = None,
     nofile: tuple[int, int] | None = None,
+    port: int | None = None,
     **overrides: str,
 ) -> Iterator[GatewayProcess]:
     """Run `python -m offsite_gateway serve` until the block ends (SIGTERM, then SIGKILL after 20 s).
 
-    `nofile` is the (soft, hard) RLIMIT_NOFILE the process starts with. Ready once `GET /healthz` answers.
+    `nofile` is the (soft, hard) RLIMIT_NOFILE the process starts with; `port` a port to listen on (the same one
+    restarts the same gateway: the database is in `tmp_path`). Ready once `GET /healthz` answers.
     """
-    port = free_port()
+    port = port or free_port()
     env = _gateway_env(s3, bucket, tmp_path, port, database, **overrides)
     log_path = tmp_path / f"gateway-{port}.log"
 
@@ -236,7 +238,7 @@ def serve_process(
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "offsite_gateway", "serve"],
             env=env,

@@ -40,10 +40,12 @@ async def let_upload_progress_settle(hass: HomeAssistant) -> None:
     """Let the timer of Home Assistant's upload progress run out, as it does in a running Home Assistant.
 
     From 2026.4 the backup manager debounces a location's ``on_progress`` calls (1 s) and does not cancel that timer
-    when the upload fails or is cancelled; the harness would count it as left behind.
+    when the upload fails or is cancelled; the harness would count it as left behind. A call held back by the timer
+    runs when it fires and arms it once more: hence two cooldowns.
     """
-    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=2))
-    await hass.async_block_till_done()
+    for seconds in (2, 4):
+        async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=seconds))
+        await hass.async_block_till_done()
 
 
 def entity_id(hass: HomeAssistant, entry: MockConfigEntry, key: str) -> str:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
+from freezegun.api import FrozenDateTimeFactory
 from homeassistant.backup_restore import restore_backup
 from homeassistant.components.backup import AgentBackup, BackupAgentError, BackupNotFound
 from homeassistant.components.backup.agent import BackupAgent, BackupAgentUnreachableError
 from homeassistant.components.backup.const import DATA_MANAGER
 from homeassistant.core import HomeAssistant
+from homeassistant.helpers import instance_id
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_mock_service
 
 from custom_components.offsite_backup.backup import async_register_backup_agents_listener
@@ -201,3 +206,58 @@ async def test_restore_from_the_offsite_location(
     assert await hass.async_add_executor_job(restore_backup, str(config_dir))
     assert (config_dir / "marker.bin").read_bytes() == marker
     assert not (config_dir / "after.txt").exists()
+
+
+async def test_a_backup_sent_twice_is_listed_once_and_deleted_whole(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry
+) -> None:
+    data = os.urandom(10_000)
+    agent = agent_of(hass, loaded_entry)
+    for _ in range(2):  # e.g. the same backup sent again from Settings > System > Backups
+        await agent.async_upload_backup(open_stream=opener(data), backup=agent_backup(data, protected=True))
+    client = loaded_entry.runtime_data.client
+    assert len(await client.list_backups()) == 2
+    assert [backup.backup_id for backup in await agent.async_list_backups()] == ["abc123"]
+    await agent.async_delete_backup("abc123")
+    assert await client.list_backups() == [], "both copies deleted"
+    with pytest.raises(BackupNotFound):
+        await agent.async_get_backup("abc123")
+
+
+async def test_the_listing_is_read_once_a_minute_and_again_after_a_change(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry, freezer: FrozenDateTimeFactory
+) -> None:
+    """Home Assistant asks for the list several times per page: one gateway call serves them for a minute."""
+    client = loaded_entry.runtime_data.client
+    agent = agent_of(hass, loaded_entry)
+    with patch.object(client, "list_backups", wraps=client.list_backups) as listing:
+        await agent.async_list_backups()
+        await agent.async_list_backups()
+        assert listing.call_count == 1
+        data = b"x" * 1000
+        await agent.async_upload_backup(open_stream=opener(data), backup=agent_backup(data, protected=True))
+        assert [backup.backup_id for backup in await agent.async_list_backups()] == ["abc123"]
+        assert listing.call_count == 2, "an upload makes the list read again"
+        await agent.async_delete_backup("abc123")
+        assert await agent.async_list_backups() == []
+        assert listing.call_count == 3, "so does a delete"
+        freezer.tick(timedelta(seconds=61))
+        await agent.async_list_backups()
+        assert listing.call_count == 4, "and its age"
+
+
+async def test_the_gateway_never_sees_the_installation_uuid(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry
+) -> None:
+    """Home Assistant writes its installation's UUID into each backup's description; it stays in the house."""
+    uuid = await instance_id.async_get(hass)
+    backup_id = await backup_now(hass, loaded_entry)
+    (remote,) = await loaded_entry.runtime_data.client.list_backups()
+    assert uuid not in json.dumps(remote.metadata)
+    assert remote.metadata["extra_metadata"]["instance_id"].startswith("offsite-backup:")
+    # Read back by this installation, the description is Home Assistant's own again...
+    (listed,) = await agent_of(hass, loaded_entry).async_list_backups()
+    assert listed.extra_metadata["instance_id"] == uuid
+    # ...so Home Assistant knows the backup for one of its own (None would mean "another installation's").
+    backups, _ = await hass.data[DATA_MANAGER].async_get_backups()
+    assert backups[backup_id].with_automatic_settings is False

@@ -16,8 +16,10 @@ import custom_components.offsite_backup as integration
 from custom_components.offsite_backup.const import (
     CONF_ALLOW_UNENCRYPTED,
     CONF_BANDWIDTH_LIMIT,
+    CONF_CONTENTS,
     CONF_FAILURES_BEFORE_REPAIR,
     CONF_INCLUDE_DATABASE,
+    CONF_KEEP_LOCAL,
     CONF_NIGHTLY,
     CONF_PARTS_IN_FLIGHT,
     CONF_STALE_AFTER,
@@ -274,6 +276,8 @@ async def test_options_flow(hass: HomeAssistant, loaded_entry: MockConfigEntry) 
         CONF_FAILURES_BEFORE_REPAIR: 3.0,
         CONF_STALE_AFTER: 48.0,
         CONF_ALLOW_UNENCRYPTED: False,
+        CONF_KEEP_LOCAL: True,
+        CONF_CONTENTS: "automatic",
     }
     result = await hass.config_entries.options.async_configure(result["flow_id"], answer)
     assert result["type"] is FlowResultType.FORM
@@ -292,6 +296,8 @@ async def test_options_flow(hass: HomeAssistant, loaded_entry: MockConfigEntry) 
     assert settings.window.start.hour == 3
     assert settings.include_database is False
     assert loaded_entry.runtime_data.runner.options.upload.parallel == 4
+    assert loaded_entry.runtime_data.runner.options.keep_local is True
+    assert settings.contents.contents == "automatic"
     next_run = loaded_entry.runtime_data.scheduler.next_run
     assert next_run is not None
     # A bandwidth limit of 0 means none.

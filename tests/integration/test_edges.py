@@ -39,7 +39,7 @@ from custom_components.offsite_backup.const import (
     EVENT_FAILED,
     JobTrigger,
 )
-from custom_components.offsite_backup.runner import UNENCRYPTED_REFUSED
+from custom_components.offsite_backup.runner import CALLER_STOPPED, UNENCRYPTED_REFUSED
 from custom_components.offsite_backup.schedule import Plan
 from custom_components.offsite_backup.uploader import upload
 from tests.helpers.gateway import RunningGateway
@@ -208,17 +208,25 @@ async def test_one_upload_at_a_time_through_the_agent(
     await first
 
 
-async def test_home_assistant_cancelling_the_upload_suspends_it(
+async def test_a_cancelled_caller_aborts_the_upload_and_leaves_the_runner_idle(
     hass: HomeAssistant, loaded_entry: MockConfigEntry, moto_server: S3Server, moto_bucket: str
 ) -> None:
-    """Home Assistant cancels its tasks when it stops for good: the upload is kept, to resume."""
+    """Cancelled while Home Assistant is not stopping: Home Assistant drops its archive, nothing can resume it.
+
+    (Stopping, Home Assistant fires its stop event first, which suspends the upload instead: the next test.)
+    """
     task = await _slow_upload_under_way(hass, loaded_entry)  # reloads the entry: a new runner
     runner = loaded_entry.runtime_data.runner
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert runner.pending_summary() is not None, "kept to resume"
-    assert len(multipart_uploads(moto_server, moto_bucket)) == 1, "not aborted"
+    assert not runner.busy
+    assert runner.pending_summary() is None
+    assert [(job.trigger.value, job.status.value) for job in runner.history] == [
+        ("home_assistant", "cancelled")
+    ]
+    assert runner.history[0].error == CALLER_STOPPED
+    assert multipart_uploads(moto_server, moto_bucket) == [], "aborted"
 
 
 async def test_home_assistant_stopping_suspends_the_upload(

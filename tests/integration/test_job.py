@@ -7,6 +7,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from homeassistant.components.backup import CreateBackupEvent, CreateBackupState, IdleEvent
@@ -21,11 +22,13 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry, async_
 from custom_components.offsite_backup.const import (
     CONF_ALLOW_UNENCRYPTED,
     CONF_BANDWIDTH_LIMIT,
+    CONF_CONTENTS,
     CONF_FAILURES_BEFORE_REPAIR,
     DOMAIN,
     EVENT_FAILED,
     EVENT_SUCCEEDED,
     ISSUE_BACKUP_FAILING,
+    JobTrigger,
 )
 from custom_components.offsite_backup.models import agent_id_for
 from custom_components.offsite_backup.runner import UNENCRYPTED_REFUSED
@@ -267,9 +270,15 @@ async def test_unencrypted_backup_is_refused_unless_allowed(
     moto_bucket: str,
 ) -> None:
     backup_manager.config.data.create_backup.password = None  # no backup key: Home Assistant cannot encrypt
-    error = await _failing_backup(hass, loaded_entry)
+    with patch.object(
+        backup_manager, "async_create_backup", wraps=backup_manager.async_create_backup
+    ) as create:
+        error = await _failing_backup(hass, loaded_entry)
     assert error == UNENCRYPTED_REFUSED
     assert objects(moto_server, moto_bucket) == {}
+    # Refused before Home Assistant spent minutes building an archive it could not send.
+    assert create.call_count == 0
+    assert await backup_manager.backup_agents["backup.local"].async_list_backups() == []
 
     hass.config_entries.async_update_entry(loaded_entry, options={CONF_ALLOW_UNENCRYPTED: True})
     await hass.async_block_till_done()  # the entry reloads with the new option
@@ -411,3 +420,34 @@ async def test_an_upload_left_behind_on_the_gateway_is_aborted_and_the_backup_ma
     assert multipart_uploads(moto_server, moto_bucket) == []
     (stored,) = objects(moto_server, moto_bucket).values()
     assert len(stored) == response["size"]
+
+
+async def test_the_nightly_backup_is_one_of_home_assistants_automatic_backups(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry, backup_manager: Any
+) -> None:
+    """Settings > System > Backups counts the nightly backups as automatic; one made by hand stays manual."""
+    assert backup_manager.config.data.last_completed_automatic_backup is None
+    nightly = await loaded_entry.runtime_data.runner.async_run(JobTrigger.SCHEDULE)
+    manual = await create_backup(hass, loaded_entry)
+    backups, _ = await backup_manager.async_get_backups()
+    assert backups[nightly.backup_id].with_automatic_settings is True
+    assert backups[manual["backup_id"]].with_automatic_settings is False
+    assert backup_manager.config.data.last_completed_automatic_backup is not None
+
+
+async def test_backup_contents_on_core(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry, backup_manager: Any
+) -> None:
+    """Without a Supervisor: everything is Home Assistant and its database; "automatic" follows Home Assistant's."""
+    everything = await create_backup(hass, loaded_entry)
+    backup_manager.config.data.create_backup.include_database = False
+    hass.config_entries.async_update_entry(loaded_entry, options={CONF_CONTENTS: "automatic"})
+    await hass.async_block_till_done()
+    automatic = await create_backup(hass, loaded_entry)
+    agent = backup_manager.backup_agents[agent_id_for(loaded_entry)]
+    listed = {backup.backup_id: backup for backup in await agent.async_list_backups()}
+    assert listed[everything["backup_id"]].database_included is True
+    assert listed[automatic["backup_id"]].database_included is False
+    for backup in listed.values():
+        assert backup.homeassistant_included is True
+        assert (backup.addons, backup.folders) == ([], [])

@@ -11,14 +11,21 @@ from typing import Any
 import pytest
 from homeassistant.components.backup.const import DATA_MANAGER
 from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import HomeAssistantError
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events
 
-from custom_components.offsite_backup.const import DOMAIN, EVENT_FAILED, JobTrigger
+from custom_components.offsite_backup.const import CONF_KEEP_LOCAL, DOMAIN, EVENT_FAILED, JobTrigger
 from custom_components.offsite_backup.runner import JobError
-from tests.engine.proxy import FaultProxy, delay
+from tests.engine.proxy import FaultProxy, delay, status
 from tests.helpers.gateway import run_gateway
 from tests.helpers.servers import S3Server
-from tests.integration.common import multipart_uploads, objects, set_up_entry, sha256
+from tests.integration.common import (
+    let_upload_progress_settle,
+    multipart_uploads,
+    objects,
+    set_up_entry,
+    sha256,
+)
 from tests.integration.conftest import BACKUP_PASSWORD
 
 
@@ -153,10 +160,17 @@ async def test_storage_failing_a_download_is_reported_as_unreachable(
         await agent.async_download_backup(backup.backup_id)
 
 
-async def test_our_own_job_suspended_by_an_unload_is_recorded_when_it_resumes(
-    hass: HomeAssistant, proxied: tuple[MockConfigEntry, FaultProxy], config_dir: Path
+async def test_our_own_backup_resumes_after_a_restart_from_its_local_copy(
+    hass: HomeAssistant,
+    proxied: tuple[MockConfigEntry, FaultProxy],
+    config_dir: Path,
+    moto_server: S3Server,
+    moto_bucket: str,
 ) -> None:
-    """The nightly job uploads; the entry unloads: the job is not recorded as failed, the next start decides."""
+    """The integration's own backups go to the local location too while they are sent, so a restart resumes them.
+
+    Once the upload has its outcome, that copy is removed: nothing stays on disk that the user did not ask for.
+    """
     entry, proxy = proxied
     (config_dir / "big.bin").write_bytes(os.urandom(12 * 1024 * 1024))
     proxy.fail(3, delay(60))
@@ -165,17 +179,28 @@ async def test_our_own_job_suspended_by_an_unload_is_recorded_when_it_resumes(
     async with asyncio.timeout(60):
         while not ((pending := runner.pending_summary()) and pending["parts_acknowledged"] == 2):
             await asyncio.sleep(0.05)
-    assert await hass.config_entries.async_unload(entry.entry_id)
-    with pytest.raises(JobError, match="Suspended"):
+    assert await hass.config_entries.async_unload(
+        entry.entry_id
+    )  # a restart of Home Assistant does this first
+    with pytest.raises(JobError, match="suspended"):
         await job
     assert runner.history == [], "not recorded yet: the next start resumes it or says why not"
     assert not runner.busy
+    manager: Any = hass.data[DATA_MANAGER]
+    (on_disk,) = await manager.backup_agents["backup.local"].async_list_backups()
+    archive = manager.local_backup_agents["backup.local"].get_backup_path(on_disk.backup_id).read_bytes()
+
     proxy.plan.clear()
     assert await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done(wait_background_tasks=True)
+
     history = entry.runtime_data.runner.history
-    assert [(j.trigger.value, j.status.value) for j in history] == [("manual", "failed")]
-    assert "no longer on disk" in (history[0].error or "")
+    assert [(j.trigger.value, j.status.value) for j in history] == [("manual", "succeeded")]
+    assert proxy.stored[1] == 1, "part 1 was not sent again"
+    assert proxy.stored[2] == 1, "part 2 was not sent again"
+    (stored,) = objects(moto_server, moto_bucket).values()
+    assert sha256(stored) == sha256(archive), "byte-identical to the copy the upload resumed from"
+    assert await manager.backup_agents["backup.local"].async_list_backups() == [], "the local copy is gone"
 
 
 async def test_one_job_at_a_time(hass: HomeAssistant, proxied: tuple[MockConfigEntry, FaultProxy]) -> None:
@@ -190,3 +215,36 @@ async def test_one_job_at_a_time(hass: HomeAssistant, proxied: tuple[MockConfigE
         await runner.async_run(JobTrigger.SCHEDULE)
     assert err.value.translation_key == "already_running"
     await first
+
+
+async def test_the_local_copy_of_our_backups_is_removed_once_sent_unless_kept(
+    hass: HomeAssistant, proxied: tuple[MockConfigEntry, FaultProxy], backup_manager: Any
+) -> None:
+    entry, _ = proxied
+    local = backup_manager.backup_agents["backup.local"]
+    sent = await hass.services.async_call(
+        DOMAIN, "create_backup", {"config_entry_id": entry.entry_id}, blocking=True, return_response=True
+    )
+    assert isinstance(sent, dict)
+    assert await local.async_list_backups() == [], "removed once off-site"
+
+    hass.config_entries.async_update_entry(entry, options={CONF_KEEP_LOCAL: True})
+    await hass.async_block_till_done()
+    kept = await hass.services.async_call(
+        DOMAIN, "create_backup", {"config_entry_id": entry.entry_id}, blocking=True, return_response=True
+    )
+    assert isinstance(kept, dict)
+    assert [backup.backup_id for backup in await local.async_list_backups()] == [kept["backup_id"]]
+
+
+async def test_the_local_copy_of_a_failed_backup_is_removed_too(
+    hass: HomeAssistant, proxied: tuple[MockConfigEntry, FaultProxy], backup_manager: Any
+) -> None:
+    entry, proxy = proxied
+    proxy.fail(1, *[status(400, "InvalidArgument", "refused for the test")])
+    with pytest.raises(HomeAssistantError, match="refused for the test"):
+        await hass.services.async_call(
+            DOMAIN, "create_backup", {"config_entry_id": entry.entry_id}, blocking=True
+        )
+    await let_upload_progress_settle(hass)
+    assert await backup_manager.backup_agents["backup.local"].async_list_backups() == []

@@ -35,6 +35,30 @@ def test_settings_defaults_and_bad_stored_values() -> None:
     )
     assert given.window.crosses_midnight
     assert given.bandwidth_limit == 64 * 1024
+    # Numbers out of range are clamped, junk takes the default: none of them may break setup.
+    numbers = Settings.from_options(
+        {"parts_in_flight": 0, "failures_before_repair": "x", "stale_after": -5, "bandwidth_limit": "junk"}
+    )
+    assert numbers.parts_in_flight == 1
+    assert numbers.failures_before_repair == default.failures_before_repair
+    assert numbers.stale_after == timedelta(hours=1)
+    assert numbers.bandwidth_limit is None
+    assert Settings.from_options({"parts_in_flight": 99.0}).parts_in_flight == 8
+    assert Settings.from_options({"parts_in_flight": float("nan")}).parts_in_flight == 2
+    assert Settings.from_options({"parts_in_flight": True}).parts_in_flight == 2
+
+
+async def test_odd_stored_options_do_not_break_setup(
+    hass: HomeAssistant, backup_manager: object, config_entry: MockConfigEntry
+) -> None:
+    """Options edited by hand in .storage, or written by a future version, still let the entry load."""
+    hass.config_entries.async_update_entry(
+        config_entry, options={"parts_in_flight": 0, "bandwidth_limit": -3, "stale_after": "soon"}
+    )
+    assert await hass.config_entries.async_setup(config_entry.entry_id)
+    await hass.async_block_till_done()
+    assert config_entry.runtime_data.runner.options.upload.parallel == 1
+    assert config_entry.runtime_data.settings.bandwidth_limit is None
 
 
 def test_state_text_is_cut_to_what_a_state_holds() -> None:

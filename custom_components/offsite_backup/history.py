@@ -1,0 +1,147 @@
+"""What the runner remembers across restarts: recent jobs, the last success, failures in a row, the upload to resume."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypedDict
+
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers.storage import Store
+from homeassistant.util import dt as dt_util
+
+from .const import HISTORY_SIZE, STORE_JOBS, JobStatus, store_key
+from .jobs import Job
+
+STORAGE_VERSION = 1
+
+
+class PendingUpload(TypedDict):
+    """What is persisted while an upload runs, to resume it after a restart."""
+
+    job: dict[str, Any]
+    backup: dict[str, Any]
+    state: dict[str, Any] | None
+
+
+class StoredHistory(TypedDict):
+    """The history's store."""
+
+    history: list[dict[str, Any]]
+    last_success: str | None
+    failures_in_row: int
+    since: str
+    pending: PendingUpload | None
+
+
+class JobHistory:
+    """The recent jobs (newest first) and what follows from them, kept in Home Assistant's store."""
+
+    def __init__(self, hass: HomeAssistant, entry_id: str) -> None:
+        """Empty until :meth:`async_load`."""
+        self._store: Store[StoredHistory] = Store(hass, STORAGE_VERSION, store_key(entry_id, STORE_JOBS))
+        self.jobs: list[Job] = []
+        self.last_success: datetime | None = None
+        self.failures_in_row = 0
+        self.since: datetime = (
+            dt_util.utcnow()
+        )  # the first setup: "Backup stale" counts from it before any success
+        self.pending: PendingUpload | None = None
+
+    async def async_load(self) -> None:
+        """Read what was stored (nothing on a new entry)."""
+        data = await self._store.async_load()
+        if not data:
+            self.save()
+            return
+        self.jobs = [Job.from_dict(item) for item in data.get("history", [])]
+        last_success = data.get("last_success")
+        self.last_success = datetime.fromisoformat(last_success) if last_success else None
+        self.failures_in_row = int(data.get("failures_in_row", 0))
+        self.since = datetime.fromisoformat(data["since"]) if data.get("since") else self.since
+        self.pending = data.get("pending")
+
+    def _data_to_save(self) -> StoredHistory:
+        return {
+            "history": [job.as_dict() for job in self.jobs],
+            "last_success": self.last_success.isoformat() if self.last_success else None,
+            "failures_in_row": self.failures_in_row,
+            "since": self.since.isoformat(),
+            "pending": self.pending,
+        }
+
+    @callback
+    def save(self) -> None:
+        """Save soon (many changes within a second are one write)."""
+        self._store.async_delay_save(self._data_to_save, 1)
+
+    async def async_flush(self) -> None:
+        """Save now: the next setup (a reload) reads it at once."""
+        await self._store.async_save(self._data_to_save())
+
+    @callback
+    def record(self, job: Job) -> None:
+        """Add an ended job; count a success or a failure."""
+        self.jobs.insert(0, job)
+        del self.jobs[HISTORY_SIZE:]
+        if job.status is JobStatus.SUCCEEDED:
+            self.last_success = job.ended
+            self.failures_in_row = 0
+        elif job.status is JobStatus.FAILED:
+            self.failures_in_row += 1
+        self.save()
+
+    # ------------------------------------------------------------------------------------ the upload to resume
+
+    @callback
+    def set_pending(self, job: Job, backup: dict[str, Any]) -> None:
+        """An upload starts: what a restart needs to carry it on."""
+        self.pending = {"job": job.as_dict(), "backup": backup, "state": None}
+        self.save()
+
+    @callback
+    def update_pending(self, state: dict[str, Any]) -> None:
+        """The upload's state moved on (a part was acknowledged)."""
+        if self.pending is not None:
+            self.pending["state"] = state
+            self.save()
+
+    @callback
+    def clear_pending(self) -> None:
+        """The upload ended: nothing to resume."""
+        self.pending = None
+        self.save()
+
+    def pending_summary(self) -> dict[str, Any] | None:
+        """The upload waiting to be resumed, without anything secret (no URLs are ever stored)."""
+        if self.pending is None:
+            return None
+        state = self.pending["state"] or {}
+        return {
+            "job_id": self.pending["job"].get("id"),
+            "backup_id": self.pending["backup"].get("backup_id"),
+            "remote_id": state.get("backup_id"),
+            "parts_acknowledged": len(state.get("parts", {}) or {}),
+        }
+
+    # -------------------------------------------------------------------------------------------- reading
+
+    @property
+    def last_job(self) -> Job | None:
+        """The newest ended job."""
+        return self.jobs[0] if self.jobs else None
+
+    @property
+    def last_error(self) -> str | None:
+        """The error of the last failed job, cleared by the next success (a partial one tells what it lacks)."""
+        for job in self.jobs:
+            if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+                return job.error
+        return None
+
+    @property
+    def last_size(self) -> int | None:
+        """Size in bytes of the last backup sent."""
+        for job in self.jobs:
+            if job.status is JobStatus.SUCCEEDED:
+                return job.size
+        return None

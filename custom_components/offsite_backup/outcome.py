@@ -1,0 +1,66 @@
+"""How a job ended, told to the people and automations that care: the log, an event, a Repairs issue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeassistant.config_entries import ConfigEntry
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers import issue_registry as ir
+
+from .const import DOMAIN, EVENT_FAILED, EVENT_SUCCEEDED, ISSUE_BACKUP_FAILING, LOGGER, JobStatus
+from .jobs import Job
+
+
+class OutcomeReporter:
+    """Logs each ended job, fires ``offsite_backup_succeeded``/``_failed``, and raises or clears the Repairs issue."""
+
+    def __init__(self, hass: HomeAssistant, entry: ConfigEntry[Any], failures_before_repair: int) -> None:
+        """Report for ``entry``; the issue appears after ``failures_before_repair`` failures in a row."""
+        self._hass = hass
+        self._entry = entry
+        self._failures_before_repair = failures_before_repair
+
+    @property
+    def issue_id(self) -> str:
+        """The entry's Repairs issue."""
+        return f"{ISSUE_BACKUP_FAILING}_{self._entry.entry_id}"
+
+    @callback
+    def report(self, job: Job, failures_in_row: int) -> None:
+        """Tell how ``job`` ended (``failures_in_row`` counts it already)."""
+        data = {
+            "config_entry_id": self._entry.entry_id,
+            "job_id": job.id,
+            "trigger": job.trigger.value,
+            "backup_id": job.backup_id,
+            "size": job.size,
+            "duration": job.duration,
+        }
+        if job.status is JobStatus.SUCCEEDED:
+            ir.async_delete_issue(self._hass, DOMAIN, self.issue_id)
+            LOGGER.info("Backup %s sent off-site (%s bytes in %s s)", job.backup_id, job.size, job.duration)
+            # A partial backup (add-ons or folders Home Assistant could not back up) says what it lacks.
+            self._hass.bus.async_fire(
+                EVENT_SUCCEEDED, data | {"partial": job.error is not None, "error": job.error}
+            )
+        elif job.status is JobStatus.FAILED:
+            LOGGER.error("Offsite backup failed: %s", job.error)
+            self._hass.bus.async_fire(EVENT_FAILED, data | {"error": job.error})
+            if failures_in_row >= self._failures_before_repair:
+                ir.async_create_issue(
+                    self._hass,
+                    DOMAIN,
+                    self.issue_id,
+                    is_fixable=False,
+                    is_persistent=False,
+                    severity=ir.IssueSeverity.ERROR,
+                    translation_key=ISSUE_BACKUP_FAILING,
+                    translation_placeholders={
+                        "title": self._entry.title,
+                        "failures": str(failures_in_row),
+                        "error": job.error or "",
+                    },
+                )
+        else:
+            LOGGER.info("Offsite backup cancelled%s", f": {job.error}" if job.error else "")
