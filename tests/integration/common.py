@@ -64,9 +64,13 @@ def state(hass: HomeAssistant, entry: MockConfigEntry, key: str) -> str:
 
 
 def objects(s3: S3Server, bucket: str) -> dict[str, bytes]:
-    """Every object in the bucket, read whole (test objects are small)."""
+    """Every backup archive in the bucket, read whole (test objects are small); not the manifests beside them."""
     client = s3.client()
-    keys = [item["Key"] for item in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    keys = [
+        item["Key"]
+        for item in client.list_objects_v2(Bucket=bucket).get("Contents", [])
+        if not item["Key"].endswith(".manifest.json")
+    ]
     return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
 
 
