@@ -132,6 +132,7 @@ class OffsiteBackupAgent(BackupAgent):
                     await self._data.client.delete_backup(remote.id)
                 except GatewayNotFoundError:
                     continue  # already gone
+            self._data.drill.forget(backup_id)
         finally:
             self._data.listing.forget()
 

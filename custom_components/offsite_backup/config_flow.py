@@ -19,6 +19,9 @@ from homeassistant.helpers.selector import (
     NumberSelector,
     NumberSelectorConfig,
     NumberSelectorMode,
+    SelectSelector,
+    SelectSelectorConfig,
+    SelectSelectorMode,
     TextSelector,
     TextSelectorConfig,
     TextSelectorType,
@@ -36,6 +39,7 @@ from .const import (
     CONF_KEEP_LOCAL,
     CONF_NIGHTLY,
     CONF_PARTS_IN_FLIGHT,
+    CONF_RESTORE_DRILL,
     CONF_STALE_AFTER,
     CONF_TOKEN,
     CONF_URL,
@@ -47,6 +51,7 @@ from .const import (
     MAX_PARTS_IN_FLIGHT,
     MAX_STALE_AFTER,
     MIN_PARTS_IN_FLIGHT,
+    DrillSchedule,
 )
 from .models import Settings
 
@@ -217,6 +222,13 @@ def _options_schema() -> vol.Schema:
             ),
             vol.Required(CONF_ALLOW_UNENCRYPTED): BooleanSelector(),
             vol.Required(CONF_KEEP_LOCAL): BooleanSelector(),
+            vol.Required(CONF_RESTORE_DRILL): SelectSelector(
+                SelectSelectorConfig(
+                    options=[schedule.value for schedule in DrillSchedule],
+                    translation_key=CONF_RESTORE_DRILL,
+                    mode=SelectSelectorMode.DROPDOWN,
+                )
+            ),
         }
     )
 
@@ -234,6 +246,7 @@ def _current_options(options: Mapping[str, Any]) -> dict[str, Any]:
         CONF_STALE_AFTER: int(settings.stale_after.total_seconds() // 3600),
         CONF_ALLOW_UNENCRYPTED: settings.allow_unencrypted,
         CONF_KEEP_LOCAL: settings.keep_local,
+        CONF_RESTORE_DRILL: settings.restore_drill.value,
     }
     if settings.bandwidth_limit:
         current[CONF_BANDWIDTH_LIMIT] = settings.bandwidth_limit // 1024

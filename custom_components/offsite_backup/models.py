@@ -20,6 +20,7 @@ from .const import (
     CONF_KEEP_LOCAL,
     CONF_NIGHTLY,
     CONF_PARTS_IN_FLIGHT,
+    CONF_RESTORE_DRILL,
     CONF_STALE_AFTER,
     CONF_WINDOW_END,
     CONF_WINDOW_START,
@@ -29,6 +30,7 @@ from .const import (
     DEFAULT_KEEP_LOCAL,
     DEFAULT_NIGHTLY,
     DEFAULT_PARTS_IN_FLIGHT,
+    DEFAULT_RESTORE_DRILL,
     DEFAULT_STALE_AFTER,
     DEFAULT_WINDOW_END,
     DEFAULT_WINDOW_START,
@@ -37,8 +39,10 @@ from .const import (
     MAX_PARTS_IN_FLIGHT,
     MAX_STALE_AFTER,
     MIN_PARTS_IN_FLIGHT,
+    DrillSchedule,
 )
 from .coordinator import GatewayCoordinator
+from .drill_runner import RestoreDrill
 from .listing import BackupListing
 from .privacy import MetadataPrivacy
 from .runner import BackupRunner
@@ -58,6 +62,7 @@ class OffsiteBackupData:
     scheduler: NightlyScheduler
     settings: Settings
     privacy: MetadataPrivacy
+    drill: RestoreDrill
     listing: BackupListing = field(default_factory=BackupListing)
 
 
@@ -72,6 +77,14 @@ def _number(value: Any, default: int, low: int, high: int) -> int:
     if not math.isfinite(number):
         return default
     return min(high, max(low, round(number)))
+
+
+def _drill_schedule(value: Any) -> DrillSchedule:
+    """The "Restore drill" option; the default for anything else (stored data may be odd)."""
+    try:
+        return DrillSchedule(value)
+    except ValueError:
+        return DEFAULT_RESTORE_DRILL
 
 
 def _time(value: Any, default: time) -> time:
@@ -95,6 +108,7 @@ class Settings:
     stale_after: timedelta
     allow_unencrypted: bool
     keep_local: bool
+    restore_drill: DrillSchedule = DEFAULT_RESTORE_DRILL
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Settings:
@@ -126,6 +140,7 @@ class Settings:
             ),
             allow_unencrypted=bool(options.get(CONF_ALLOW_UNENCRYPTED, DEFAULT_ALLOW_UNENCRYPTED)),
             keep_local=bool(options.get(CONF_KEEP_LOCAL, DEFAULT_KEEP_LOCAL)),
+            restore_drill=_drill_schedule(options.get(CONF_RESTORE_DRILL)),
         )
 
 
