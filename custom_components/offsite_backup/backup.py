@@ -128,11 +128,11 @@ class OffsiteBackupAgent(BackupAgent):
         """Delete a backup from the gateway: every copy of it, when it was sent more than once."""
         try:
             for remote, _ in await self._copies(backup_id):
+                self._data.drill.forget(remote.id)
                 try:
                     await self._data.client.delete_backup(remote.id)
                 except GatewayNotFoundError:
                     continue  # already gone
-            self._data.drill.forget(backup_id)
         finally:
             self._data.listing.forget()
 

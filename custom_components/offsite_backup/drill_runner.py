@@ -227,7 +227,7 @@ class RestoreDrill:
         self._progress = 0.0
         self.last: DrillResult | None = None
         self.last_verified: DrillResult | None = None
-        self._deleted: list[str] = []
+        self._deleted: list[str] = []  # the gateway's ids of copies deleted through the location
 
     async def async_load(self) -> None:
         """Read the last results from the store."""
@@ -277,10 +277,10 @@ class RestoreDrill:
         return f"{ISSUE_DRILL_FAILED}_{self._entry.entry_id}"
 
     @callback
-    def forget(self, backup_id: str) -> None:
-        """A backup was deleted through the location: its record is gone on purpose, not lost."""
-        if backup_id not in self._deleted:
-            self._deleted = [*self._deleted, backup_id][-HISTORY_SIZE:]
+    def forget(self, remote_id: str) -> None:
+        """A copy on the gateway is deleted through the location: its record goes on purpose, it is not lost."""
+        if remote_id not in self._deleted:
+            self._deleted = [*self._deleted, remote_id][-HISTORY_SIZE:]
             self._store.async_delay_save(self._data_to_save, 1)
 
     # ------------------------------------------------------------------------------------------- running
@@ -416,7 +416,7 @@ class RestoreDrill:
         """
         for job in self._runner.history:
             if job.status is JobStatus.SUCCEEDED and job.backup_id and job.remote_id:
-                if job.backup_id in self._deleted:
+                if job.remote_id in self._deleted:
                     return None
                 return by_remote.get(job.remote_id) or _Target(job.backup_id, job.name)
         return None
