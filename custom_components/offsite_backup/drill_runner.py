@@ -564,8 +564,11 @@ class RestoreDrill:
             await _aclose(download)
         if problem := compare_with_record(target.name, target.backup_id, stream, remote.size, remote.sha256):
             raise DrillFailure(problem)
-        if decrypt_error is not None:
-            raise DrillFailure(f"Home Assistant could not decrypt backup {which}: {describe(decrypt_error)}")
+        if decrypt_error is not None:  # the key opens it, and storage holds what was uploaded
+            raise DrillFailure(
+                f"Home Assistant could not decrypt backup {which} to its end: the archive was damaged before it was "
+                f"uploaded ({type(decrypt_error).__name__}: {describe(decrypt_error)})"
+            )
         if archive_problem is not None:
             raise DrillFailure(f"Backup {which} is not a whole Home Assistant backup: {archive_problem}")
 

@@ -7,128 +7,42 @@ object stays in the bucket. Each shows on the status sensor, in an event and in 
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 from homeassistant.components.backup.const import DATA_MANAGER
-from homeassistant.core import Event, HomeAssistant
+from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ServiceValidationError
-from homeassistant.helpers import issue_registry as ir
 from homeassistant.util import dt as dt_util
-from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events
+from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from custom_components.offsite_backup.const import (
-    DOMAIN,
-    EVENT_DRILL_FAILED,
-    EVENT_DRILL_SUCCEEDED,
-    ISSUE_DRILL_FAILED,
-)
+from custom_components.offsite_backup.const import DOMAIN
 from offsite_gateway.app import STORE
 from tests.helpers.gateway import RunningGateway
 from tests.helpers.servers import S3Server
-from tests.integration.common import entity_id, objects, state
-
-ANOTHER_KEY = "a key this Home Assistant never had"
-
-
-async def backup_now(hass: HomeAssistant, entry: MockConfigEntry) -> str:
-    response = await hass.services.async_call(
-        DOMAIN, "create_backup", {"config_entry_id": entry.entry_id}, blocking=True, return_response=True
-    )
-    assert isinstance(response, dict)
-    return str(response["backup_id"])
-
-
-async def verify(hass: HomeAssistant, entry: MockConfigEntry, **data: Any) -> dict[str, Any]:
-    response = await hass.services.async_call(
-        DOMAIN,
-        "verify_backup",
-        {"config_entry_id": entry.entry_id, **data},
-        blocking=True,
-        return_response=True,
-    )
-    await hass.async_block_till_done()
-    assert isinstance(response, dict)
-    return response
-
-
-async def name_of(hass: HomeAssistant, entry: MockConfigEntry, backup_id: str) -> str:
-    agent = hass.data[DATA_MANAGER].backup_agents[f"{DOMAIN}.{entry.unique_id}"]
-    return str((await agent.async_get_backup(backup_id)).name)
-
-
-def the_object(s3: S3Server, bucket: str) -> tuple[str, bytes]:
-    (key, data), *others = objects(s3, bucket).items()
-    assert not others
-    return key, data
-
-
-def put_object(s3: S3Server, bucket: str, key: str, data: bytes) -> None:
-    s3.client().put_object(Bucket=bucket, Key=key, Body=data)
-
-
-@pytest.fixture
-def drill_events(hass: HomeAssistant) -> tuple[list[Event], list[Event]]:
-    return async_capture_events(hass, EVENT_DRILL_SUCCEEDED), async_capture_events(hass, EVENT_DRILL_FAILED)
-
-
-@pytest.fixture
-def with_data(config_dir: Path) -> bytes:
-    """3 MiB of random data in the configuration (it does not compress: the backup is about as large)."""
-    data = os.urandom(3 * 1024 * 1024)
-    (config_dir / "marker.bin").write_bytes(data)
-    return data
-
-
-def issue(hass: HomeAssistant, entry: MockConfigEntry) -> ir.IssueEntry | None:
-    return ir.async_get(hass).async_get_issue(DOMAIN, f"{ISSUE_DRILL_FAILED}_{entry.entry_id}")
-
-
-def assert_failed(
-    hass: HomeAssistant,
-    entry: MockConfigEntry,
-    response: dict[str, Any],
-    failed: list[Event],
-    *,
-    backup_id: str,
-    name: str,
-    says: str,
-) -> str:
-    """The drill failed for the reason ``says``, naming the backup: response, sensor, event, Repairs."""
-    error = response["error"]
-    assert response["ok"] is False
-    assert response["backup_id"] == backup_id
-    assert isinstance(error, str)
-    assert says in error, error
-    assert f"{name} ({backup_id})" in error, "the message names the backup"
-    assert state(hass, entry, "status") == "verify_failed"
-    assert failed[-1].data["backup_id"] == backup_id
-    assert failed[-1].data["backup_name"] == name
-    assert failed[-1].data["error"] == error
-    assert failed[-1].data["config_entry_id"] == entry.entry_id
-    found = issue(hass, entry)
-    assert found is not None
-    assert found.severity is ir.IssueSeverity.ERROR
-    assert found.translation_key == ISSUE_DRILL_FAILED
-    assert found.translation_placeholders == {
-        "title": entry.title,
-        "backup_name": name,
-        "backup_id": backup_id,
-        "error": error,
-    }
-    return error
+from tests.integration.common import entity_id, state
+from tests.integration.drill_helpers import (
+    ANOTHER_KEY,
+    assert_failed,
+    backup_now,
+    drill_events,
+    issue,
+    name_of,
+    put_object,
+    the_object,
+    verify,
+    with_data,
+)
 
 
 async def test_a_good_backup_passes(
     hass: HomeAssistant,
     loaded_entry: MockConfigEntry,
-    with_data: bytes,
-    drill_events: tuple[list[Event], list[Event]],
+    config_dir: Path,
 ) -> None:
-    succeeded, failed = drill_events
+    succeeded, failed = drill_events(hass)
+    with_data(config_dir)
     backup_id = await backup_now(hass, loaded_entry)
     assert state(hass, loaded_entry, "last_verified") == "unknown"
     before = dt_util.utcnow()
@@ -158,12 +72,12 @@ async def test_a_good_backup_passes(
 async def test_bytes_changed_in_storage_after_upload_fail_and_the_next_good_drill_clears_it(
     hass: HomeAssistant,
     loaded_entry: MockConfigEntry,
-    with_data: bytes,
+    config_dir: Path,
     moto_server: S3Server,
     moto_bucket: str,
-    drill_events: tuple[list[Event], list[Event]],
 ) -> None:
-    _, failed = drill_events
+    _, failed = drill_events(hass)
+    with_data(config_dir)
     backup_id = await backup_now(hass, loaded_entry)
     name = await name_of(hass, loaded_entry, backup_id)
     assert (await verify(hass, loaded_entry))["ok"] is True
@@ -199,12 +113,12 @@ async def test_bytes_changed_in_storage_after_upload_fail_and_the_next_good_dril
 async def test_a_truncated_object_fails(
     hass: HomeAssistant,
     loaded_entry: MockConfigEntry,
-    with_data: bytes,
+    config_dir: Path,
     moto_server: S3Server,
     moto_bucket: str,
-    drill_events: tuple[list[Event], list[Event]],
 ) -> None:
-    _, failed = drill_events
+    _, failed = drill_events(hass)
+    with_data(config_dir)
     backup_id = await backup_now(hass, loaded_entry)
     name = await name_of(hass, loaded_entry, backup_id)
     key, original = the_object(moto_server, moto_bucket)
@@ -221,11 +135,11 @@ async def test_a_truncated_object_fails(
 async def test_a_backup_encrypted_with_another_key_fails_saying_so(
     hass: HomeAssistant,
     loaded_entry: MockConfigEntry,
-    with_data: bytes,
-    drill_events: tuple[list[Event], list[Event]],
+    config_dir: Path,
 ) -> None:
     """A backup made by Home Assistant's manager to our location with another password than the backup key."""
-    _, failed = drill_events
+    _, failed = drill_events(hass)
+    with_data(config_dir)
     manager = hass.data[DATA_MANAGER]
     await manager.async_create_backup(
         agent_ids=[f"{DOMAIN}.{loaded_entry.unique_id}"],
@@ -262,10 +176,9 @@ async def test_a_gateway_that_lost_the_record_fails_saying_so(
     gateway: RunningGateway,
     moto_server: S3Server,
     moto_bucket: str,
-    drill_events: tuple[list[Event], list[Event]],
 ) -> None:
     """The gateway's database lost the backup's row (restored from an old copy, say); the object is still there."""
-    _, failed = drill_events
+    _, failed = drill_events(hass)
     backup_id = await backup_now(hass, loaded_entry)
     name = await name_of(hass, loaded_entry, backup_id)
     (remote,) = await loaded_entry.runtime_data.client.list_backups()
@@ -294,9 +207,8 @@ async def test_a_record_without_sha256_fails(
     hass: HomeAssistant,
     loaded_entry: MockConfigEntry,
     gateway: RunningGateway,
-    drill_events: tuple[list[Event], list[Event]],
 ) -> None:
-    _, failed = drill_events
+    _, failed = drill_events(hass)
     backup_id = await backup_now(hass, loaded_entry)
     name = await name_of(hass, loaded_entry, backup_id)
     with sqlite3.connect(gateway.settings.db) as db:
