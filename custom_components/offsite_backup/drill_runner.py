@@ -455,12 +455,9 @@ class RestoreDrill:
 
     def _on_bytes(self, size: int) -> Callable[[int], None]:
         def on_bytes(done: int) -> None:
-            progress = min(100.0, 100.0 * done / size) if size else 100.0
-            if int(progress) != int(self._progress):
-                self._progress = progress
+            previous, self._progress = self._progress, min(100.0, 100.0 * done / size) if size else 100.0
+            if int(self._progress) != int(previous):  # each whole percent
                 self._listeners.notify()
-            else:
-                self._progress = progress
 
         return on_bytes
 

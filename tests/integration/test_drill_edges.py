@@ -10,6 +10,7 @@ import json
 import tarfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -20,6 +21,7 @@ from homeassistant.components.backup.const import DATA_MANAGER
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.setup import async_setup_component
+from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.components.diagnostics import get_diagnostics_for_config_entry
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
@@ -27,6 +29,7 @@ from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 from custom_components.offsite_backup.api import GatewayUnavailableError
 from custom_components.offsite_backup.backup import OffsiteBackupAgent
 from custom_components.offsite_backup.const import CONF_ALLOW_UNENCRYPTED, DOMAIN, STORE_DRILL, store_key
+from custom_components.offsite_backup.uploader import upload
 from tests.helpers.gateway import run_gateway
 from tests.helpers.servers import S3Server
 from tests.integration.common import entity_id, set_up_entry, state
@@ -369,6 +372,9 @@ async def test_one_drill_at_a_time_never_during_a_backup_and_a_backup_may_start_
         with pytest.raises(ServiceValidationError) as err:
             await verify(hass, loaded_entry)
         assert err.value.translation_key == "drill_running"
+        # Tonight's backup ended during a drill started by hand: no second drill.
+        window_end = dt_util.utcnow() + timedelta(hours=1)
+        assert await drill.async_after_nightly_backup(window_end) is None
 
         # A backup may start while a drill runs; the status shows the backup while it runs.
         second = hass.async_create_task(backup_now(hass, loaded_entry))
@@ -476,6 +482,8 @@ async def test_a_backup_deleted_on_purpose_is_not_a_lost_record(
     hass: HomeAssistant, loaded_entry: MockConfigEntry
 ) -> None:
     """Deleted from Settings > System > Backups: the drill tests what is left, and never says the record is lost."""
+    client = loaded_entry.runtime_data.client
+    await upload(client=client, open_stream=opener(b"x" * 1000), size=1000, name="foreign", metadata={"a": 1})
     older = await backup_now(hass, loaded_entry)
     newest = await backup_now(hass, loaded_entry)
     await hass.data[DATA_MANAGER].async_delete_backup(
