@@ -493,8 +493,12 @@ class RestoreDrill:
             await _aclose(download)
         if problem is None:
             return
+        assert remote.sha256 is not None  # checked first
         if stream.error is not None:  # the download broke off: that is the problem, not the key
-            raise DrillFailure(compare_with_record(target.name, target.backup_id, stream, remote.size, ""))
+            raise DrillFailure(
+                compare_with_record(target.name, target.backup_id, stream, remote.size, remote.sha256)
+                or problem
+            )
         # Damaged bytes read like a wrong key: a pass over the whole object tells them apart.
         raise DrillFailure(await self._hash_only(target, remote) or problem)
 
