@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from homeassistant.components.backup.const import DATA_MANAGER
 from homeassistant.core import Event, HomeAssistant
 from homeassistant.helpers import issue_registry as ir
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events
 
+from custom_components.offsite_backup.backup import OffsiteBackupAgent
 from custom_components.offsite_backup.const import (
     DOMAIN,
     EVENT_DRILL_FAILED,
@@ -108,3 +113,41 @@ def assert_failed(
         "error": error,
     }
     return error
+
+
+class Held:
+    """A download whose first chunk passes and the rest waits for ``release`` (or raises ``error`` at once)."""
+
+    def __init__(self, stream: Any, release: asyncio.Event, error: Exception | None) -> None:
+        self._stream = stream
+        self._release = release
+        self._error = error
+        self._first = True
+
+    def __aiter__(self) -> Held:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._error is not None:
+            raise self._error
+        chunk: bytes = await anext(self._stream)
+        if not self._first:
+            await self._release.wait()
+        self._first = False
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+@contextmanager
+def held_downloads(error: Exception | None = None) -> Iterator[asyncio.Event]:
+    """Downloads through the location stop after their first chunk until the event is set."""
+    release = asyncio.Event()
+    original = OffsiteBackupAgent.async_download_backup
+
+    async def download(self: OffsiteBackupAgent, backup_id: str, **kwargs: Any) -> Held:
+        return Held(await original(self, backup_id, **kwargs), release, error)
+
+    with patch.object(OffsiteBackupAgent, "async_download_backup", download):
+        yield release

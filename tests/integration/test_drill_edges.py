@@ -8,8 +8,7 @@ import asyncio
 import io
 import json
 import tarfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from pytest_homeassistant_custom_component.components.diagnostics import get_dia
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
 from custom_components.offsite_backup.api import GatewayUnavailableError
-from custom_components.offsite_backup.backup import OffsiteBackupAgent
 from custom_components.offsite_backup.const import CONF_ALLOW_UNENCRYPTED, DOMAIN, STORE_DRILL, store_key
 from custom_components.offsite_backup.uploader import upload
 from tests.helpers.gateway import run_gateway
@@ -35,8 +33,10 @@ from tests.helpers.servers import S3Server
 from tests.integration.common import entity_id, set_up_entry, state
 from tests.integration.conftest import BACKUP_PASSWORD
 from tests.integration.drill_helpers import (
+    Held,
     backup_now,
     drill_events,
+    held_downloads,
     issue,
     name_of,
     the_object,
@@ -95,44 +95,6 @@ async def send(hass: HomeAssistant, entry: MockConfigEntry, data: bytes, backup:
 
 async def download(hass: HomeAssistant, entry: MockConfigEntry, backup_id: str) -> bytes:
     return b"".join([chunk async for chunk in await agent_of(hass, entry).async_download_backup(backup_id)])
-
-
-class Held:
-    """A download whose first chunk passes and the rest waits for ``release`` (or raises ``error`` at once)."""
-
-    def __init__(self, stream: Any, release: asyncio.Event, error: Exception | None) -> None:
-        self._stream = stream
-        self._release = release
-        self._error = error
-        self._first = True
-
-    def __aiter__(self) -> Held:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._error is not None:
-            raise self._error
-        chunk: bytes = await anext(self._stream)
-        if not self._first:
-            await self._release.wait()
-        self._first = False
-        return chunk
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-@contextmanager
-def held_downloads(error: Exception | None = None) -> Iterator[asyncio.Event]:
-    """Downloads through the location stop after their first chunk until the event is set."""
-    release = asyncio.Event()
-    original = OffsiteBackupAgent.async_download_backup
-
-    async def download(self: OffsiteBackupAgent, backup_id: str, **kwargs: Any) -> Held:
-        return Held(await original(self, backup_id, **kwargs), release, error)
-
-    with patch.object(OffsiteBackupAgent, "async_download_backup", download):
-        yield release
 
 
 async def wait_for(condition: Any) -> None:

@@ -6,7 +6,9 @@ upload to the real gateway and moto, then the drill, as in a running Home Assist
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date, datetime, timedelta
+from unittest.mock import patch
 
 import pytest
 from freezegun.api import FrozenDateTimeFactory
@@ -28,9 +30,12 @@ from custom_components.offsite_backup.const import (
     ISSUE_DRILL_FAILED,
     DrillSchedule,
 )
+from custom_components.offsite_backup.drill_runner import RestoreDrill
 from custom_components.offsite_backup.models import Settings
+from custom_components.offsite_backup.runner import BackupRunner
 from tests.helpers.servers import S3Server
 from tests.integration.common import objects, state
+from tests.integration.drill_helpers import held_downloads
 
 PARIS = "Europe/Paris"
 
@@ -200,3 +205,46 @@ def test_the_option_is_read_robustly() -> None:
     )
     for junk in ("daily", None, 3, ["weekly"], {"a": 1}):
         assert Settings.from_options({CONF_RESTORE_DRILL: junk}).restore_drill is DrillSchedule.WEEKLY
+
+
+async def test_a_nightly_drill_stopped_halfway_by_a_restart(
+    hass: HomeAssistant,
+    backup_manager: object,
+    config_entry: MockConfigEntry,
+    freezer: FrozenDateTimeFactory,
+    backups: list[Event],
+    drills: list[Event],
+) -> None:
+    await start(hass, config_entry, freezer, "after_every_backup")
+    drill = config_entry.runtime_data.drill
+    run_at = config_entry.runtime_data.scheduler.next_run
+    assert run_at is not None
+    with held_downloads():
+        freezer.move_to(run_at)
+        async_fire_time_changed(hass, run_at)
+        for _ in range(1_000_000):  # the clock is frozen: turn the loop until the drill is under way
+            if drill.current is not None:
+                break
+            await asyncio.sleep(0)
+        assert drill.current is not None
+        assert await hass.config_entries.async_unload(config_entry.entry_id)
+        await hass.async_block_till_done()
+    assert len(backups) == 1
+    assert drills == [], "no outcome"
+    assert drill.last is None
+
+
+async def test_unexpected_errors_at_night_are_logged(
+    hass: HomeAssistant,
+    backup_manager: object,
+    config_entry: MockConfigEntry,
+    freezer: FrozenDateTimeFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await start(hass, config_entry, freezer, "after_every_backup")
+    with patch.object(RestoreDrill, "async_after_nightly_backup", side_effect=RuntimeError("drill bug")):
+        await night(hass, config_entry, freezer)
+    assert "Unexpected error in the restore drill" in caplog.text
+    with patch.object(BackupRunner, "async_run", side_effect=RuntimeError("job bug")):
+        await night(hass, config_entry, freezer)
+    assert "Unexpected error in the nightly backup" in caplog.text
