@@ -32,6 +32,8 @@ from datetime import date, timedelta
 from pathlib import PurePath
 from typing import IO, Protocol, cast
 
+from .api import redact_urls
+
 __all__ = [
     "ArchiveError",
     "ArchiveReport",
@@ -80,8 +82,8 @@ def label(name: str | None, backup_id: str) -> str:
 
 
 def describe(err: BaseException) -> str:
-    """An exception's message, or its type when it has none."""
-    return str(err) or type(err).__name__
+    """An exception's message (without the signature of any URL in it), or its type when it has none."""
+    return redact_urls(str(err)).strip() or type(err).__name__
 
 
 # ----------------------------------------------------------------------------------------------- the record

@@ -338,7 +338,7 @@ class RestoreDrill:
         try:
             return await self.async_verify(trigger=JobTrigger.SCHEDULE, pick=pick)
         except DrillRefused as err:
-            LOGGER.info("No restore drill tonight: %s", err)
+            LOGGER.info("No restore drill tonight (%s)", err.translation_key)
             return None
 
     async def async_stop(self) -> None:

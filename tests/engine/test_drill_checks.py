@@ -21,6 +21,7 @@ from custom_components.offsite_backup.drill import (
     ExpectedContents,
     check_record,
     compare_with_record,
+    describe,
     label,
     pick_backup,
     validate_archive,
@@ -169,6 +170,9 @@ def test_the_record() -> None:
         check_record(None, "abc", None, recorded=True)
     assert label(None, "abc") == "abc"
     assert label("Nightly", "abc") == "Nightly (abc)"
+    signed = "GET https://s3.example.com/bucket/key?X-Amz-Signature=secret failed"
+    assert describe(RuntimeError(signed)) == "GET https://s3.example.com/bucket/key?… failed"
+    assert describe(RuntimeError()) == "RuntimeError"
 
 
 async def chunks(*parts: bytes | Exception) -> AsyncIterator[bytes]:
