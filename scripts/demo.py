@@ -181,10 +181,11 @@ class Processes:
     async def stop_all(self) -> None:
         """Stop every server, newest first: SIGTERM to its group, SIGKILL after a while."""
         for child in reversed(self.children):
-            await self._stop(child)
+            await self.stop(child)
         self.children.clear()
 
-    async def _stop(self, child: Child) -> None:
+    async def stop(self, child: Child) -> None:
+        """Stop one server: SIGTERM to its group, SIGKILL after a while."""
         if child.running:
             say(f"stopping {child.name} (pid {child.process.pid})")
             _killpg(child.process.pid, signal.SIGTERM)
@@ -498,10 +499,10 @@ class Result:
 class Demo:
     """The demo's steps, and the state they share."""
 
-    def __init__(self, demo_dir: Path, ports: Ports, sample_mib: int) -> None:
-        """Nothing started yet."""
+    def __init__(self, demo_dir: Path, ports: Ports, sample_mib: int, ha_dir: Path | None = None) -> None:
+        """Nothing started yet; Home Assistant's configuration goes to ``ha_dir`` (``<demo_dir>/ha``)."""
         self.dir = demo_dir
-        self.ha_dir = demo_dir / "ha"
+        self.ha_dir = ha_dir or demo_dir / "ha"
         self.ports = ports
         self.sample_mib = sample_mib
         self.processes = Processes()
@@ -546,10 +547,7 @@ class Demo:
             self.dir / "moto.log",
         )
         await wait_http(session, f"{self.s3_endpoint}/moto-api/", moto, "moto")
-        console_script = Path(sys.executable).parent / "offsite-gateway"  # the command the README shows
-        gateway_cli = (
-            [str(console_script)] if console_script.exists() else [sys.executable, "-m", "offsite_gateway"]
-        )
+        gateway_cli = self.gateway_cli()
         output = await self.processes.run(
             "offsite-gateway bucket create", [*gateway_cli, "bucket", "create"], self.env
         )
@@ -571,11 +569,27 @@ class Demo:
         await wait_http(session, f"{self.gateway_url}/healthz", gateway, "the gateway")
         say(f"gateway up at {self.gateway_url} (storage: moto at {self.s3_endpoint}, bucket {BUCKET})")
 
-    def write_home_assistant_config(self) -> None:
-        """A minimal configuration: no default_config, only what the demo shows."""
+    @staticmethod
+    def gateway_cli() -> list[str]:
+        """The gateway's command line (``offsite-gateway``, the command the README shows)."""
+        console_script = Path(sys.executable).parent / "offsite-gateway"
+        return [str(console_script)] if console_script.exists() else [sys.executable, "-m", "offsite_gateway"]
+
+    def write_home_assistant_config(self, *, copy_component: bool = False) -> None:
+        """A minimal configuration: no default_config, only what the demo shows.
+
+        The integration is linked in from the working tree, or copied (``copy_component``), as HACS installs it.
+        """
         self.ha_dir.mkdir()
         (self.ha_dir / "custom_components").mkdir()
-        (self.ha_dir / "custom_components" / DOMAIN).symlink_to(COMPONENT, target_is_directory=True)
+        if copy_component:
+            shutil.copytree(
+                COMPONENT,
+                self.ha_dir / "custom_components" / DOMAIN,
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+        else:
+            (self.ha_dir / "custom_components" / DOMAIN).symlink_to(COMPONENT, target_is_directory=True)
         shutil.copyfile(DASHBOARD, self.ha_dir / "ui-lovelace.yaml")
         config = f"""\
 # Written by scripts/demo (recreated on every run).
@@ -607,18 +621,29 @@ logger:
     custom_components.offsite_backup: info
 """
         (self.ha_dir / "configuration.yaml").write_text(config)
-        sample = self.ha_dir / "demo-sample.bin"
-        with sample.open("wb") as handle:  # random, so that compression keeps its size
-            for _ in range(self.sample_mib):
-                handle.write(os.urandom(1024 * 1024))
+        if self.sample_mib:
+            sample = self.ha_dir / "demo-sample.bin"
+            with sample.open("wb") as handle:  # random, so that compression keeps its size
+                for _ in range(self.sample_mib):
+                    handle.write(os.urandom(1024 * 1024))
+        component = "a copy of" if copy_component else "->"
         say(
             f"Home Assistant configuration in {_show(self.ha_dir)}: minimal configuration.yaml, "
-            f"custom_components/{DOMAIN} -> {_show(COMPONENT)}, ui-lovelace.yaml from {_show(DASHBOARD)}, "
-            f"a {self.sample_mib} MiB random sample file (so the backup has several 20 MiB parts)"
+            f"custom_components/{DOMAIN} {component} {_show(COMPONENT)}, ui-lovelace.yaml from {_show(DASHBOARD)}"
+            + (
+                f", a {self.sample_mib} MiB random sample file (so the backup has several 20 MiB parts)"
+                if self.sample_mib
+                else ""
+            )
         )
 
-    async def start_home_assistant(self, session: aiohttp.ClientSession) -> None:
-        """Start Home Assistant and wait for its HTTP server, showing what it installs meanwhile."""
+    async def start_home_assistant(
+        self, session: aiohttp.ClientSession, ready_path: str = "/api/onboarding"
+    ) -> Child:
+        """Start Home Assistant and wait for its HTTP server, showing what it installs meanwhile.
+
+        It is ready when ``ready_path`` answers 200 (onboarding's view, there only until onboarding is done).
+        """
         frontend_missing = not _installed("home-assistant-frontend")
         hass = await self.processes.start(
             "Home Assistant",
@@ -665,11 +690,11 @@ logger:
                 installing = False
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with session.get(
-                    f"{self.ha_url}/api/onboarding", timeout=aiohttp.ClientTimeout(total=5)
+                    f"{self.ha_url}{ready_path}", timeout=aiohttp.ClientTimeout(total=5)
                 ) as answer:
                     if answer.status == 200:
                         say(f"Home Assistant answers at {self.ha_url} ({elapsed:.0f} s)")
-                        return
+                        return hass
             if elapsed > HA_START_TIMEOUT:
                 raise DemoError(
                     f"Home Assistant did not start within {HA_START_TIMEOUT:.0f} s; the end of its log:\n"

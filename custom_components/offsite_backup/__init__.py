@@ -22,6 +22,7 @@ from homeassistant.util.hass_dict import HassKey
 from .api import GatewayClient
 from .const import CONF_TOKEN, CONF_URL, DOMAIN, LOGGER, STORES, JobTrigger, store_key
 from .coordinator import GatewayCoordinator
+from .drill_runner import DrillStopped, RestoreDrill
 from .models import OffsiteBackupConfigEntry, OffsiteBackupData, Settings, agent_id_for
 from .privacy import MetadataPrivacy
 from .runner import BackupRunner, JobError, RunnerOptions
@@ -67,11 +68,13 @@ async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry
         privacy,
     )
     await runner.async_load()
+    drill = RestoreDrill(hass, entry, client, runner, privacy, schedule=settings.restore_drill)
+    await drill.async_load()
 
     @callback
     def start_nightly_job(window_end: datetime) -> None:
         entry.async_create_background_task(
-            hass, _run_quietly(runner, window_end), f"{DOMAIN} nightly backup", eager_start=True
+            hass, _run_quietly(runner, window_end, drill), f"{DOMAIN} nightly backup", eager_start=True
         )
 
     scheduler = NightlyScheduler(
@@ -89,6 +92,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry
         scheduler=scheduler,
         settings=settings,
         privacy=privacy,
+        drill=drill,
     )
 
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
@@ -117,18 +121,27 @@ async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry
     return True
 
 
-async def _run_quietly(runner: BackupRunner, window_end: datetime) -> None:
-    """The nightly job: its outcome goes to the sensors, events and Repairs, not to a caller."""
+async def _run_quietly(runner: BackupRunner, window_end: datetime, drill: RestoreDrill) -> None:
+    """The nightly job, then (after a success) the restore drill the options ask for: their outcomes go to the
+    sensors, events and Repairs, not to a caller."""
     try:
         await runner.async_run(JobTrigger.SCHEDULE, retry_until=window_end)
     except JobError:
-        pass  # already recorded and logged by the runner
+        return  # already recorded and logged by the runner
     except Exception:
         LOGGER.exception("Unexpected error in the nightly backup")
+        return
+    try:
+        await drill.async_after_nightly_backup(window_end)
+    except DrillStopped:
+        pass  # Home Assistant stops or the entry unloads: no outcome
+    except Exception:
+        LOGGER.exception("Unexpected error in the restore drill")
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) -> bool:
     """Stop the schedule; an upload in progress is suspended, to resume at the next setup."""
+    await entry.runtime_data.drill.async_stop()
     await entry.runtime_data.runner.async_shutdown()
     await entry.runtime_data.scheduler.async_flush()
     return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)

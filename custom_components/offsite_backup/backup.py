@@ -128,6 +128,7 @@ class OffsiteBackupAgent(BackupAgent):
         """Delete a backup from the gateway: every copy of it, when it was sent more than once."""
         try:
             for remote, _ in await self._copies(backup_id):
+                self._data.drill.forget(remote.id)
                 try:
                     await self._data.client.delete_backup(remote.id)
                 except GatewayNotFoundError:

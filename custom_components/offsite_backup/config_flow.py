@@ -44,6 +44,7 @@ from .const import (
     CONF_KEEP_LOCAL,
     CONF_NIGHTLY,
     CONF_PARTS_IN_FLIGHT,
+    CONF_RESTORE_DRILL,
     CONF_STALE_AFTER,
     CONF_TOKEN,
     CONF_URL,
@@ -58,6 +59,7 @@ from .const import (
     MAX_PARTS_IN_FLIGHT,
     MAX_STALE_AFTER,
     MIN_PARTS_IN_FLIGHT,
+    DrillSchedule,
 )
 from .contents import FOLDERS
 from .models import Settings
@@ -235,6 +237,13 @@ def _options_schema(supervised: bool) -> vol.Schema:
             ),
             vol.Required(CONF_ALLOW_UNENCRYPTED): BooleanSelector(),
             vol.Required(CONF_KEEP_LOCAL): BooleanSelector(),
+            vol.Required(CONF_RESTORE_DRILL): SelectSelector(
+                SelectSelectorConfig(
+                    options=[schedule.value for schedule in DrillSchedule],
+                    translation_key=CONF_RESTORE_DRILL,
+                    mode=SelectSelectorMode.DROPDOWN,
+                )
+            ),
         }
     )
 
@@ -255,6 +264,7 @@ def _current_options(options: Mapping[str, Any]) -> dict[str, Any]:
         CONF_CONTENTS: settings.contents.contents,
         CONF_ADDONS: list(settings.contents.addons),
         CONF_FOLDERS: list(settings.contents.folders),
+        CONF_RESTORE_DRILL: settings.restore_drill.value,
     }
     if settings.bandwidth_limit:
         current[CONF_BANDWIDTH_LIMIT] = settings.bandwidth_limit // 1024

@@ -35,6 +35,7 @@ CONTENTS_AUTOMATIC: Final = (
 )
 CONTENTS_CUSTOM: Final = "custom"  # Home Assistant, its database (option), the add-ons and folders chosen
 CONTENTS_CHOICES: Final = (CONTENTS_FULL, CONTENTS_AUTOMATIC, CONTENTS_CUSTOM)
+CONF_RESTORE_DRILL: Final = "restore_drill"
 
 DEFAULT_NIGHTLY: Final = True
 DEFAULT_WINDOW_START: Final = time(0, 0)
@@ -58,7 +59,8 @@ HISTORY_SIZE: Final = 30
 # The entry's stores in Home Assistant's .storage: offsite_backup.<entry id>.<name>.
 STORE_JOBS: Final = "jobs"
 STORE_SCHEDULE: Final = "schedule"
-STORES: Final = (STORE_JOBS, STORE_SCHEDULE)
+STORE_DRILL: Final = "drill"
+STORES: Final = (STORE_JOBS, STORE_SCHEDULE, STORE_DRILL)
 
 
 def store_key(entry_id: str, name: str) -> str:
@@ -68,12 +70,17 @@ def store_key(entry_id: str, name: str) -> str:
 
 EVENT_SUCCEEDED: Final = "offsite_backup_succeeded"
 EVENT_FAILED: Final = "offsite_backup_failed"
+EVENT_DRILL_SUCCEEDED: Final = "offsite_backup_drill_succeeded"
+EVENT_DRILL_FAILED: Final = "offsite_backup_drill_failed"
 
 SERVICE_CREATE_BACKUP: Final = "create_backup"
 SERVICE_CANCEL_BACKUP: Final = "cancel_backup"
+SERVICE_VERIFY_BACKUP: Final = "verify_backup"
 ATTR_CONFIG_ENTRY_ID: Final = "config_entry_id"
+ATTR_BACKUP_ID: Final = "backup_id"
 
 ISSUE_BACKUP_FAILING: Final = "backup_failing"
+ISSUE_DRILL_FAILED: Final = "drill_failed"
 
 
 class JobStatus(StrEnum):
@@ -93,3 +100,22 @@ class JobTrigger(StrEnum):
     SCHEDULE = "schedule"
     MANUAL = "manual"  # the button or the create_backup action
     HOME_ASSISTANT = "home_assistant"  # a backup made from Settings > System > Backups to this location
+
+
+class DrillSchedule(StrEnum):
+    """When the restore drill runs (option "Restore drill"): after that night's backup, inside the window."""
+
+    OFF = "off"
+    WEEKLY = "weekly"
+    AFTER_EVERY_BACKUP = "after_every_backup"
+
+
+DEFAULT_RESTORE_DRILL: Final = DrillSchedule.WEEKLY
+
+
+class DrillStatus(StrEnum):
+    """The status sensor's states for a restore drill (beside :class:`JobStatus`)."""
+
+    VERIFYING = "verifying"
+    VERIFIED = "verified"
+    VERIFY_FAILED = "verify_failed"

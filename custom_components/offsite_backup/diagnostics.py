@@ -1,4 +1,4 @@
-"""Diagnostics: configuration (token redacted), the gateway's limits, the schedule and the recent jobs."""
+"""Diagnostics: configuration (token redacted), the gateway's limits, the schedule, the recent jobs, the last drill."""
 
 from __future__ import annotations
 
@@ -45,4 +45,10 @@ async def async_get_config_entry_diagnostics(
             "upload_to_resume": runner.pending_summary(),
         },
         "jobs": [job.as_dict() for job in runner.history],
+        "restore_drill": {
+            "schedule": data.drill.schedule.value,
+            "running": data.drill.running,
+            "last": data.drill.last.as_dict() if data.drill.last else None,
+            "last_verified": data.drill.last_verified.as_dict() if data.drill.last_verified else None,
+        },
     }

@@ -47,6 +47,7 @@ class OffsiteBackupEntity(Entity):
         self.async_on_remove(self._data.runner.async_add_listener(self._handle_update))
         self.async_on_remove(self._data.scheduler.async_add_listener(self._handle_update))
         self.async_on_remove(self._data.coordinator.async_add_listener(self._handle_update))
+        self.async_on_remove(self._data.drill.async_add_listener(self._handle_update))
 
     @callback
     def _handle_update(self) -> None:

@@ -44,6 +44,7 @@ class Job:
     size: int | None = None
     error: str | None = None
     local_copy: str | None = None  # the local backup location this job also wrote to, only to resume from
+    name: str | None = None  # the backup's name (what Settings > System > Backups shows)
     progress: float = 0.0
     cancel_requested: bool = field(default=False, repr=False)
     suspended: bool = field(default=False, repr=False)  # stopped to resume after a restart: no outcome yet
@@ -73,6 +74,7 @@ class Job:
             "duration": self.duration,
             "error": self.error,
             "local_copy": self.local_copy,
+            "name": self.name,
         }
 
     @classmethod
@@ -90,6 +92,7 @@ class Job:
             size=data.get("size"),
             error=data.get("error"),
             local_copy=data.get("local_copy"),
+            name=data.get("name"),
         )
 
 

@@ -23,6 +23,7 @@ from .const import (
     CONF_KEEP_LOCAL,
     CONF_NIGHTLY,
     CONF_PARTS_IN_FLIGHT,
+    CONF_RESTORE_DRILL,
     CONF_STALE_AFTER,
     CONF_WINDOW_END,
     CONF_WINDOW_START,
@@ -34,6 +35,7 @@ from .const import (
     DEFAULT_KEEP_LOCAL,
     DEFAULT_NIGHTLY,
     DEFAULT_PARTS_IN_FLIGHT,
+    DEFAULT_RESTORE_DRILL,
     DEFAULT_STALE_AFTER,
     DEFAULT_WINDOW_END,
     DEFAULT_WINDOW_START,
@@ -42,9 +44,11 @@ from .const import (
     MAX_PARTS_IN_FLIGHT,
     MAX_STALE_AFTER,
     MIN_PARTS_IN_FLIGHT,
+    DrillSchedule,
 )
 from .contents import ContentsChoice
 from .coordinator import GatewayCoordinator
+from .drill_runner import RestoreDrill
 from .listing import BackupListing
 from .privacy import MetadataPrivacy
 from .runner import BackupRunner
@@ -64,6 +68,7 @@ class OffsiteBackupData:
     scheduler: NightlyScheduler
     settings: Settings
     privacy: MetadataPrivacy
+    drill: RestoreDrill
     listing: BackupListing = field(default_factory=BackupListing)
 
 
@@ -92,6 +97,14 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(item for item in value if isinstance(item, str))
 
 
+def _drill_schedule(value: Any) -> DrillSchedule:
+    """The "Restore drill" option; the default for anything else (stored data may be odd)."""
+    try:
+        return DrillSchedule(value)
+    except ValueError:
+        return DEFAULT_RESTORE_DRILL
+
+
 def _time(value: Any, default: time) -> time:
     if isinstance(value, time):
         return value
@@ -114,6 +127,7 @@ class Settings:
     allow_unencrypted: bool
     keep_local: bool
     contents: ContentsChoice
+    restore_drill: DrillSchedule = DEFAULT_RESTORE_DRILL
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Settings:
@@ -151,6 +165,7 @@ class Settings:
                 addons=_strings(options.get(CONF_ADDONS)),
                 folders=_strings(options.get(CONF_FOLDERS)),
             ),
+            restore_drill=_drill_schedule(options.get(CONF_RESTORE_DRILL)),
         )
 
 

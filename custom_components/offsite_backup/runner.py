@@ -354,6 +354,7 @@ class BackupRunner:
         settled as cancelled, and ``CancelledError`` goes on.
         """
         job.backup_id = backup.backup_id
+        job.name = backup.name
         job.size = backup.size
         if job.cancel_requested:
             self._jobs.settle(job, JobStatus.CANCELLED, None)

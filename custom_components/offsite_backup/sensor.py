@@ -1,4 +1,4 @@
-"""Sensors: progress, status, last error, last success, next run, last backup size."""
+"""Sensors: progress, status, last error, last success, next run, last backup size, last verified restore."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from homeassistant.const import PERCENTAGE, EntityCategory, UnitOfInformation
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-from .const import JobStatus
+from .const import DrillStatus, JobStatus
+from .drill_runner import shown_status
 from .entity import OffsiteBackupEntity
 from .models import OffsiteBackupConfigEntry, OffsiteBackupData
 
@@ -27,6 +28,7 @@ class OffsiteBackupSensorDescription(SensorEntityDescription):
     """A sensor and how to read its value."""
 
     value_fn: Callable[[OffsiteBackupData], str | int | float | datetime | None]
+    attributes_fn: Callable[[OffsiteBackupData], dict[str, str | None]] | None = None
     needs_gateway: bool = False
 
 
@@ -36,15 +38,18 @@ SENSORS: tuple[OffsiteBackupSensorDescription, ...] = (
         translation_key="progress",
         native_unit_of_measurement=PERCENTAGE,
         suggested_display_precision=0,
-        value_fn=lambda data: data.runner.progress,
+        # A running backup's upload, else a running restore drill's download.
+        value_fn=lambda data: (
+            data.drill.progress if data.drill.running and not data.runner.busy else data.runner.progress
+        ),
         needs_gateway=True,
     ),
     OffsiteBackupSensorDescription(
         key="status",
         translation_key="status",
         device_class=SensorDeviceClass.ENUM,
-        options=[status.value for status in JobStatus],
-        value_fn=lambda data: data.runner.status.value,
+        options=[*(status.value for status in JobStatus), *(status.value for status in DrillStatus)],
+        value_fn=lambda data: shown_status(data.runner, data.drill),
     ),
     OffsiteBackupSensorDescription(
         key="last_error",
@@ -72,6 +77,16 @@ SENSORS: tuple[OffsiteBackupSensorDescription, ...] = (
         suggested_unit_of_measurement=UnitOfInformation.MEBIBYTES,
         suggested_display_precision=1,
         value_fn=lambda data: data.runner.last_size,
+    ),
+    OffsiteBackupSensorDescription(
+        key="last_verified",
+        translation_key="last_verified",
+        device_class=SensorDeviceClass.TIMESTAMP,
+        value_fn=lambda data: data.drill.last_verified.ended if data.drill.last_verified else None,
+        attributes_fn=lambda data: {
+            "backup_name": data.drill.last_verified.backup_name if data.drill.last_verified else None,
+            "backup_id": data.drill.last_verified.backup_id if data.drill.last_verified else None,
+        },
     ),
 )
 
@@ -104,3 +119,9 @@ class OffsiteBackupSensor(OffsiteBackupEntity, SensorEntity):
     def native_value(self) -> str | int | float | datetime | None:
         """The value, read from the runner or the schedule."""
         return self.entity_description.value_fn(self._data)
+
+    @property
+    def extra_state_attributes(self) -> dict[str, str | None] | None:
+        """Attributes, for the sensors that have some."""
+        attributes_fn = self.entity_description.attributes_fn
+        return attributes_fn(self._data) if attributes_fn is not None else None

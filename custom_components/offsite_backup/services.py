@@ -1,4 +1,4 @@
-"""The integration's actions: ``offsite_backup.create_backup`` and ``offsite_backup.cancel_backup``."""
+"""The integration's actions: ``offsite_backup.create_backup``, ``cancel_backup`` and ``verify_backup``."""
 
 from __future__ import annotations
 
@@ -10,13 +10,25 @@ from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.helpers import config_validation as cv
 
 from .compat import vol
-from .const import ATTR_CONFIG_ENTRY_ID, DOMAIN, SERVICE_CANCEL_BACKUP, SERVICE_CREATE_BACKUP, JobTrigger
+from .const import (
+    ATTR_BACKUP_ID,
+    ATTR_CONFIG_ENTRY_ID,
+    DOMAIN,
+    SERVICE_CANCEL_BACKUP,
+    SERVICE_CREATE_BACKUP,
+    SERVICE_VERIFY_BACKUP,
+    JobTrigger,
+)
+from .drill_runner import DrillRefused
 from .runner import JobError
 
 if TYPE_CHECKING:
     from .models import OffsiteBackupConfigEntry
 
 SERVICE_SCHEMA = vol.Schema({vol.Required(ATTR_CONFIG_ENTRY_ID): cv.string})
+VERIFY_SCHEMA = vol.Schema(
+    {vol.Required(ATTR_CONFIG_ENTRY_ID): cv.string, vol.Optional(ATTR_BACKUP_ID): cv.string}
+)
 
 
 def _entry(hass: HomeAssistant, call: ServiceCall) -> OffsiteBackupConfigEntry:
@@ -63,6 +75,22 @@ async def _cancel_backup(call: ServiceCall) -> None:
         raise ServiceValidationError(translation_domain=DOMAIN, translation_key="nothing_to_cancel")
 
 
+async def _verify_backup(call: ServiceCall) -> ServiceResponse:
+    """Run a restore drill now (the newest backup unless one is named); a failed check is ``ok: false``."""
+    drill = _entry(call.hass, call).runtime_data.drill
+    try:
+        result = await drill.async_verify(call.data.get(ATTR_BACKUP_ID))
+    except DrillRefused as err:
+        raise ServiceValidationError(
+            translation_domain=err.translation_domain,
+            translation_key=err.translation_key,
+            translation_placeholders=err.translation_placeholders,
+        ) from err
+    if not call.return_response:
+        return None
+    return {"backup_id": result.backup_id, "ok": result.ok, "error": result.error}
+
+
 @callback
 def async_setup_services(hass: HomeAssistant) -> None:
     """Register the actions (once, in ``async_setup``)."""
@@ -74,3 +102,10 @@ def async_setup_services(hass: HomeAssistant) -> None:
         supports_response=SupportsResponse.OPTIONAL,
     )
     hass.services.async_register(DOMAIN, SERVICE_CANCEL_BACKUP, _cancel_backup, schema=SERVICE_SCHEMA)
+    hass.services.async_register(
+        DOMAIN,
+        SERVICE_VERIFY_BACKUP,
+        _verify_backup,
+        schema=VERIFY_SCHEMA,
+        supports_response=SupportsResponse.OPTIONAL,
+    )

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import aiohttp
@@ -47,7 +48,7 @@ def _cli(database: GatewayDatabase, *args: str) -> subprocess.CompletedProcess[s
 async def _make_version_1(database: GatewayDatabase) -> None:
     """A database as the gateway before migration 2 left it."""
     if database.path is not None:
-        with sqlite3.connect(database.path) as conn:
+        with closing(sqlite3.connect(database.path)) as conn, conn:
             for statement in statements(MIGRATIONS[0].sqlite):
                 conn.execute(statement)
             conn.execute("PRAGMA user_version = 1")
@@ -69,7 +70,7 @@ async def _make_version_1(database: GatewayDatabase) -> None:
 
 async def _set_version(database: GatewayDatabase, version: int) -> None:
     if database.path is not None:
-        with sqlite3.connect(database.path) as conn:
+        with closing(sqlite3.connect(database.path)) as conn, conn:
             conn.execute(f"PRAGMA user_version = {version}")
         return
     conn = await asyncpg.connect(database.setting)

@@ -22,12 +22,14 @@ from custom_components.offsite_backup.const import (
     CONF_KEEP_LOCAL,
     CONF_NIGHTLY,
     CONF_PARTS_IN_FLIGHT,
+    CONF_RESTORE_DRILL,
     CONF_STALE_AFTER,
     CONF_TOKEN,
     CONF_URL,
     CONF_WINDOW_END,
     CONF_WINDOW_START,
     DOMAIN,
+    DrillSchedule,
 )
 from tests.helpers.gateway import RunningGateway
 from tests.helpers.servers import free_port
@@ -278,6 +280,7 @@ async def test_options_flow(hass: HomeAssistant, loaded_entry: MockConfigEntry) 
         CONF_ALLOW_UNENCRYPTED: False,
         CONF_KEEP_LOCAL: True,
         CONF_CONTENTS: "automatic",
+        CONF_RESTORE_DRILL: "after_every_backup",
     }
     result = await hass.config_entries.options.async_configure(result["flow_id"], answer)
     assert result["type"] is FlowResultType.FORM
@@ -298,6 +301,7 @@ async def test_options_flow(hass: HomeAssistant, loaded_entry: MockConfigEntry) 
     assert loaded_entry.runtime_data.runner.options.upload.parallel == 4
     assert loaded_entry.runtime_data.runner.options.keep_local is True
     assert settings.contents.contents == "automatic"
+    assert loaded_entry.runtime_data.drill.schedule is DrillSchedule.AFTER_EVERY_BACKUP
     next_run = loaded_entry.runtime_data.scheduler.next_run
     assert next_run is not None
     # A bandwidth limit of 0 means none.

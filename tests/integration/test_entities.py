@@ -33,6 +33,7 @@ async def test_one_service_device_with_every_entity(
         "last_error",
         "last_size",
         "last_success",
+        "last_verified",
         "next_run",
         "progress",
         "stale",
@@ -51,6 +52,9 @@ async def test_one_service_device_with_every_entity(
         "succeeded",
         "failed",
         "cancelled",
+        "verifying",
+        "verified",
+        "verify_failed",
     ]
 
 

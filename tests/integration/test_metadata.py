@@ -12,7 +12,7 @@ from PIL import Image
 
 from custom_components.offsite_backup.binary_sensor import STALE
 from custom_components.offsite_backup.button import BACKUP_NOW
-from custom_components.offsite_backup.const import GATEWAY_POLL_INTERVAL, JobStatus
+from custom_components.offsite_backup.const import GATEWAY_POLL_INTERVAL, DrillStatus, JobStatus
 from custom_components.offsite_backup.sensor import SENSORS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,14 +98,17 @@ def test_every_entity_has_a_name_and_an_icon() -> None:
         for description in descriptions:
             assert description.translation_key in strings[platform]
             assert description.translation_key in icons[platform]
-    assert set(strings["sensor"]["status"]["state"]) == {status.value for status in JobStatus}
+    assert set(strings["sensor"]["status"]["state"]) == {
+        status.value for status in (*JobStatus, *DrillStatus)
+    }
+    assert set(icons["sensor"]["status"]["state"]) == set(strings["sensor"]["status"]["state"]) - {"idle"}
 
 
 def test_services_have_translations_and_icons() -> None:
     services = yaml.safe_load((PACKAGE / "services.yaml").read_text(encoding="utf-8"))
     strings = load("strings.json")["services"]
     icons = load("icons.json")["services"]
-    assert set(services) == set(strings) == set(icons) == {"create_backup", "cancel_backup"}
+    assert set(services) == set(strings) == set(icons) == {"create_backup", "cancel_backup", "verify_backup"}
     for name, service in services.items():
         assert set(service["fields"]) == set(strings[name]["fields"])
 

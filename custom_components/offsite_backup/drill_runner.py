@@ -1,0 +1,645 @@
+"""The restore drill in Home Assistant: which backup, Home Assistant's own checks, and what shows afterwards.
+
+The checks themselves are plain code in ``drill.py``; this module feeds them. It downloads the backup through the
+backup location, as Home Assistant's own download path does (``OffsiteBackupAgent.async_download_backup``, a stream
+that frees its connection even unread), and:
+
+1. finds the gateway's record of the backup (with its SHA-256);
+2. has Home Assistant's ``validate_password_stream`` check that the backup key opens it, on a short download that
+   stops after the first inner archive (skipped for an unencrypted backup);
+3. streams it once more, whole: hashed and counted on the way (``CheckedStream``), decrypted by Home Assistant's
+   ``DecryptedBackupStreamer`` and validated in a thread of its own by ``validate_archive``.
+
+Nothing is restored and nothing is written: memory holds a few chunks of 1 MiB at most, whatever the backup's size.
+
+The drill is not a backup job: it has its own state (running, progress, the last result, the last success), kept in
+its own store. It does not start while a backup job runs; a backup may start while it runs. Each drill's outcome is
+told like a job's: a log line, an event (``offsite_backup_drill_succeeded`` / ``_failed``), and a Repairs issue when
+it failed, which the next good drill clears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import IO, TYPE_CHECKING, Any, cast
+
+from homeassistant.components.backup import AgentBackup, BackupAgentError
+from homeassistant.components.backup.util import (
+    BackupEmpty,
+    DecryptedBackupStreamer,
+    IncorrectPassword,
+    UnsupportedSecureTarVersion,
+    validate_password_stream,
+)
+from homeassistant.config_entries import ConfigEntry
+from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
+from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers import issue_registry as ir
+from homeassistant.helpers.storage import Store
+from homeassistant.util import dt as dt_util
+
+from .api import GatewayClient, GatewayError, RemoteBackup
+from .compat import IteratorReader, backup_manager, finish_streamer, iterator_reader
+from .const import (
+    DOMAIN,
+    EVENT_DRILL_FAILED,
+    EVENT_DRILL_SUCCEEDED,
+    HISTORY_SIZE,
+    ISSUE_DRILL_FAILED,
+    LOGGER,
+    STORE_DRILL,
+    DrillSchedule,
+    DrillStatus,
+    JobStatus,
+    JobTrigger,
+    store_key,
+)
+from .drill import (
+    ArchiveError,
+    CheckedStream,
+    DrillFailure,
+    ExpectedContents,
+    check_record,
+    compare_with_record,
+    describe,
+    label,
+    pick_backup,
+    validate_archive,
+    weekly_due,
+)
+from .listeners import Listeners
+from .privacy import MetadataPrivacy
+
+if TYPE_CHECKING:
+    from .runner import BackupRunner
+
+STORAGE_VERSION = 1
+
+__all__ = ["DrillRefused", "DrillResult", "DrillStopped", "RestoreDrill", "shown_status"]
+
+
+class DrillRefused(HomeAssistantError):
+    """No drill was started (one runs, a backup runs, no such backup, nothing to verify): nothing is recorded."""
+
+
+class DrillStopped(HomeAssistantError):
+    """The drill was stopped before its end (Home Assistant stops, the entry unloads): nothing is recorded."""
+
+
+@dataclass(slots=True)
+class DrillResult:
+    """How one drill ended."""
+
+    backup_id: str | None
+    backup_name: str | None
+    ok: bool
+    error: str | None
+    started: datetime
+    ended: datetime
+    trigger: JobTrigger
+    size: int | None = None
+
+    @property
+    def duration(self) -> float:
+        """Seconds from start to end."""
+        return round((self.ended - self.started).total_seconds(), 3)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Serialise for the store and diagnostics."""
+        return {
+            "backup_id": self.backup_id,
+            "backup_name": self.backup_name,
+            "ok": self.ok,
+            "error": self.error,
+            "started": self.started.isoformat(),
+            "ended": self.ended.isoformat(),
+            "trigger": self.trigger.value,
+            "size": self.size,
+            "duration": self.duration,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DrillResult | None:
+        """Read back what ``as_dict`` stored; ``None`` for anything else (stored data may be odd)."""
+        try:
+            return cls(
+                backup_id=data.get("backup_id"),
+                backup_name=data.get("backup_name"),
+                ok=bool(data["ok"]),
+                error=data.get("error"),
+                started=datetime.fromisoformat(data["started"]),
+                ended=datetime.fromisoformat(data["ended"]),
+                trigger=JobTrigger(data.get("trigger", JobTrigger.MANUAL)),
+                size=data.get("size"),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """The backup a drill tests: the gateway's record and Home Assistant's description (both ``None`` when the
+    gateway has no record of a backup this installation sent)."""
+
+    backup_id: str
+    name: str | None
+    remote: RemoteBackup | None = None
+    backup: AgentBackup | None = None
+
+
+type Pick = Callable[[_Target, Sequence[_Target]], _Target]
+
+
+class _Worker[T]:
+    """A blocking function in a thread of its own (a drill can take as long as the download)."""
+
+    def __init__(self, hass: HomeAssistant, name: str, target: Callable[[], T]) -> None:
+        """Start ``target`` in a new thread."""
+        self._hass = hass
+        self._target = target
+        self._done = asyncio.Event()
+        self._result: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._target()
+        except BaseException as err:  # handed to the event loop
+            self._error = err
+        finally:
+            self._hass.loop.call_soon_threadsafe(self._done.set)
+
+    async def join(self) -> None:
+        """Wait until the thread has ended."""
+        await self._done.wait()
+        await self._hass.async_add_executor_job(self._thread.join)
+
+    async def result(self) -> T:
+        """The function's result, or its exception raised here."""
+        await self.join()
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+
+async def _aclose(stream: AsyncIterator[bytes]) -> None:
+    """Release a download (the location's streams free their connection even when unread)."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+class RestoreDrill:
+    """Runs restore drills for one config entry and remembers how the last ones went."""
+
+    def __init__(
+        self,
+        hass: HomeAssistant,
+        entry: ConfigEntry[Any],
+        client: GatewayClient,
+        runner: BackupRunner,
+        privacy: MetadataPrivacy,
+        *,
+        schedule: DrillSchedule,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Set up; call :meth:`async_load` before use."""
+        self.hass = hass
+        self._entry = entry
+        self._client = client
+        self._runner = runner
+        self._privacy = privacy
+        self.schedule = schedule
+        self._rng = rng or random.SystemRandom()
+        self._store: Store[dict[str, Any]] = Store(
+            hass, STORAGE_VERSION, store_key(entry.entry_id, STORE_DRILL)
+        )
+        self._listeners = Listeners()
+        self._task: asyncio.Task[DrillResult] | None = None
+        self._target: _Target | None = None
+        self._progress = 0.0
+        self.last: DrillResult | None = None
+        self.last_verified: DrillResult | None = None
+        self._deleted: list[str] = []  # the gateway's ids of copies deleted through the location
+
+    async def async_load(self) -> None:
+        """Read the last results from the store."""
+        data = await self._store.async_load() or {}
+        self.last = DrillResult.from_dict(data.get("last"))
+        self.last_verified = DrillResult.from_dict(data.get("last_verified"))
+        deleted = data.get("deleted")
+        if isinstance(deleted, list):
+            self._deleted = [item for item in deleted if isinstance(item, str)][-HISTORY_SIZE:]
+
+    def _data_to_save(self) -> dict[str, Any]:
+        return {
+            "last": self.last.as_dict() if self.last else None,
+            "last_verified": self.last_verified.as_dict() if self.last_verified else None,
+            "deleted": self._deleted,
+        }
+
+    async def async_flush(self) -> None:
+        """Save now (the entry unloads)."""
+        await self._store.async_save(self._data_to_save())
+
+    @callback
+    def async_add_listener(self, listener: CALLBACK_TYPE) -> CALLBACK_TYPE:
+        """Call ``listener`` whenever the state changes; returns the function that stops it."""
+        return self._listeners.add(listener)
+
+    # ------------------------------------------------------------------------------------------- state
+
+    @property
+    def running(self) -> bool:
+        """Whether a drill runs."""
+        return self._task is not None
+
+    @property
+    def progress(self) -> float:
+        """Share of the running drill's download read, in %."""
+        return round(self._progress, 1)
+
+    @property
+    def current(self) -> tuple[str, str | None] | None:
+        """The backup the running drill tests (id, name), once it is chosen."""
+        return (self._target.backup_id, self._target.name) if self._target else None
+
+    @property
+    def issue_id(self) -> str:
+        """The entry's Repairs issue for a failed drill."""
+        return f"{ISSUE_DRILL_FAILED}_{self._entry.entry_id}"
+
+    @callback
+    def forget(self, remote_id: str) -> None:
+        """A copy on the gateway is deleted through the location: its record goes on purpose, it is not lost."""
+        if remote_id not in self._deleted:
+            self._deleted = [*self._deleted, remote_id][-HISTORY_SIZE:]
+            self._store.async_delay_save(self._data_to_save, 1)
+
+    # ------------------------------------------------------------------------------------------- running
+
+    async def async_verify(
+        self,
+        backup_id: str | None = None,
+        *,
+        trigger: JobTrigger = JobTrigger.MANUAL,
+        pick: Pick | None = None,
+    ) -> DrillResult:
+        """Run a drill of ``backup_id`` (the newest backup when ``None``) now, and return how it ended.
+
+        A failed check is a result (``ok`` false), not an exception. Raises :class:`DrillRefused` when no drill
+        could start, and :class:`DrillStopped` when the drill was stopped before its end.
+        """
+        if self._task is not None:
+            raise DrillRefused(translation_domain=DOMAIN, translation_key="drill_running")
+        if self._runner.busy:
+            raise DrillRefused(translation_domain=DOMAIN, translation_key="drill_backup_running")
+        task = self._entry.async_create_background_task(
+            self.hass, self._run(backup_id, trigger, pick), f"{DOMAIN} restore drill", eager_start=False
+        )
+        self._task = task
+        self._progress = 0.0
+        self._listeners.notify()
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():  # our caller was cancelled: so is the drill
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise
+            raise DrillStopped(translation_domain=DOMAIN, translation_key="drill_stopped") from None
+
+    async def async_after_nightly_backup(self, window_end: datetime) -> DrillResult | None:
+        """After a successful nightly backup: the drill the option asks for, if it is due and the window is open."""
+        if self.schedule is DrillSchedule.OFF:
+            return None
+        now = dt_util.now()
+        if now >= window_end:
+            LOGGER.info("No restore drill tonight: the backup window has ended")
+            return None
+        pick: Pick | None = None
+        if self.schedule is DrillSchedule.WEEKLY:
+            verified = dt_util.as_local(self.last_verified.ended).date() if self.last_verified else None
+            failed = self.last is not None and not self.last.ok
+            if not weekly_due(now.date(), verified, failed):
+                return None
+            today = now.date()
+
+            def pick(newest: _Target, older: Sequence[_Target]) -> _Target:
+                return pick_backup(newest, older, today, self._rng)
+
+        try:
+            return await self.async_verify(trigger=JobTrigger.SCHEDULE, pick=pick)
+        except DrillRefused as err:
+            LOGGER.info("No restore drill tonight (%s)", err.translation_key)
+            return None
+
+    async def async_stop(self) -> None:
+        """Stop a drill in progress (nothing is recorded) and save."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self.async_flush()
+
+    async def _run(self, backup_id: str | None, trigger: JobTrigger, pick: Pick | None) -> DrillResult:
+        started = dt_util.utcnow()
+        try:
+            try:
+                target = await self._choose(backup_id, pick)
+            except GatewayError as err:
+                return self._finish(
+                    _Target(backup_id or "", None),
+                    started,
+                    trigger,
+                    f"Could not read the list of backups on the gateway: {err}",
+                )
+            self._target = target
+            self._listeners.notify()
+            LOGGER.info("Restore drill of backup %s", label(target.name, target.backup_id))
+            try:
+                await self._check(target)
+            except DrillFailure as err:
+                return self._finish(target, started, trigger, str(err))
+            except Exception as err:  # a bug: still an outcome, with its message
+                LOGGER.exception("Unexpected error in the restore drill of backup %s", target.backup_id)
+                return self._finish(target, started, trigger, f"Unexpected error: {describe(err)}")
+            return self._finish(target, started, trigger, None)
+        finally:
+            self._task = None
+            self._target = None
+            self._listeners.notify()
+
+    async def _choose(self, backup_id: str | None, pick: Pick | None) -> _Target:
+        """The backup to test: ``backup_id``, else the last one this installation sent, else the gateway's newest.
+
+        Raises :class:`DrillRefused` for an id the gateway does not list, or when there is nothing to test.
+        """
+        listed: dict[str, _Target] = {}  # the newest copy of each backup, newest first
+        by_remote: dict[str, _Target] = {}
+        for remote in await self._client.list_backups():
+            try:
+                backup = AgentBackup.from_dict(self._privacy.incoming(remote.metadata))
+            except (KeyError, TypeError, ValueError):
+                continue  # not a Home Assistant backup
+            target = _Target(backup.backup_id, backup.name, remote, replace(backup, size=remote.size))
+            listed.setdefault(backup.backup_id, target)
+            by_remote[remote.id] = target
+        if backup_id is not None:
+            if backup_id not in listed:
+                raise DrillRefused(
+                    translation_domain=DOMAIN,
+                    translation_key="unknown_backup",
+                    translation_placeholders={"backup_id": backup_id},
+                )
+            return listed[backup_id]
+        newest = self._last_sent(by_remote)
+        if newest is None:
+            if not listed:
+                raise DrillRefused(translation_domain=DOMAIN, translation_key="nothing_to_verify")
+            newest = next(iter(listed.values()))
+        if pick is None:
+            return newest
+        return pick(newest, [target for key, target in listed.items() if key != newest.backup_id])
+
+    def _last_sent(self, by_remote: dict[str, _Target]) -> _Target | None:
+        """The last backup this installation sent, as the gateway records it now (no record: ``remote`` None).
+
+        ``None`` when none was sent, or when it was deleted through the location since.
+        """
+        for job in self._runner.history:
+            if job.status is JobStatus.SUCCEEDED and job.backup_id and job.remote_id:
+                if job.remote_id in self._deleted:
+                    return None
+                return by_remote.get(job.remote_id) or _Target(job.backup_id, job.name)
+        return None
+
+    # ------------------------------------------------------------------------------------------- checks
+
+    async def _check(self, target: _Target) -> None:
+        """The three checks, in order; :class:`DrillFailure` with the first that failed."""
+        remote = target.remote
+        check_record(
+            target.name, target.backup_id, remote.sha256 if remote else None, recorded=remote is not None
+        )
+        assert remote is not None
+        assert target.backup is not None
+        password: str | None = None
+        if target.backup.protected:
+            password = backup_manager(self.hass).config.data.create_backup.password
+            if not password:
+                raise DrillFailure(
+                    f"Backup {label(target.name, target.backup_id)} is encrypted, and Home Assistant has no backup "
+                    "key to open it (Settings > System > Backups)"
+                )
+            await self._check_key(target, remote, password)
+        await self._full_pass(target, remote, target.backup, password)
+
+    async def _download(self, target: _Target) -> AsyncIterator[bytes]:
+        """Open the backup through the backup location, as Home Assistant's own download does."""
+        from .backup import OffsiteBackupAgent  # noqa: PLC0415 - the platform module imports the package
+
+        try:
+            return await OffsiteBackupAgent(self._entry).async_download_backup(target.backup_id)
+        except BackupAgentError as err:
+            raise DrillFailure(
+                f"Could not download backup {label(target.name, target.backup_id)}: {describe(err)}"
+            ) from err
+
+    def _on_bytes(self, size: int) -> Callable[[int], None]:
+        def on_bytes(done: int) -> None:
+            previous, self._progress = self._progress, min(100.0, 100.0 * done / size) if size else 100.0
+            if int(self._progress) != int(previous):  # each whole percent
+                self._listeners.notify()
+
+        return on_bytes
+
+    async def _check_key(self, target: _Target, remote: RemoteBackup, password: str) -> None:
+        """Check 2: Home Assistant's backup key opens the first inner archive (a short download)."""
+        which = label(target.name, target.backup_id)
+        download = await self._download(target)
+        stream = CheckedStream(download)
+        reader = iterator_reader(self.hass, stream)
+        problem: str | None = None
+        try:
+            worker = _Worker(
+                self.hass,
+                f"{DOMAIN} key check",
+                lambda: validate_password_stream(cast(IO[bytes], reader), password),
+            )
+            try:
+                await worker.result()
+            except IncorrectPassword:
+                problem = f"The backup key does not open backup {which}: it was encrypted with another key"
+            except BackupEmpty:
+                problem = f"Backup {which} holds no inner archive to restore"
+            except UnsupportedSecureTarVersion:
+                problem = (
+                    f"Backup {which} was encrypted with a SecureTar version Home Assistant cannot stream"
+                )
+            except Exception as err:  # whatever the archive made SecureTar or tar raise
+                problem = f"Backup {which} cannot be opened: {describe(err)}"
+            finally:
+                reader.abort()
+                await worker.join()
+        finally:
+            await _aclose(download)
+        if problem is None:
+            return
+        assert remote.sha256 is not None  # checked first
+        if stream.error is not None:  # the download broke off: that is the problem, not the key
+            raise DrillFailure(
+                compare_with_record(target.name, target.backup_id, stream, remote.size, remote.sha256)
+                or problem
+            )
+        # Damaged bytes read like a wrong key: a pass over the whole object tells them apart.
+        raise DrillFailure(await self._hash_only(target, remote) or problem)
+
+    async def _hash_only(self, target: _Target, remote: RemoteBackup) -> str | None:
+        """Whether storage still holds what the gateway recorded (size, SHA-256): why not, or ``None``."""
+        assert remote.sha256 is not None
+        download = await self._download(target)
+        stream = CheckedStream(download, self._on_bytes(remote.size))
+        try:
+            await stream.drain()
+        finally:
+            await _aclose(download)
+        return compare_with_record(target.name, target.backup_id, stream, remote.size, remote.sha256)
+
+    async def _full_pass(
+        self, target: _Target, remote: RemoteBackup, backup: AgentBackup, password: str | None
+    ) -> None:
+        """Check 3: one streamed pass, hashed and counted, decrypted and validated as Home Assistant reads it."""
+        assert remote.sha256 is not None
+        which = label(target.name, target.backup_id)
+        expected = ExpectedContents.of(
+            backup.backup_id,
+            homeassistant=backup.homeassistant_included,
+            addons=[addon.slug for addon in backup.addons],
+            folders=[str(folder.value) for folder in backup.folders],
+        )
+        download = await self._download(target)
+        stream = CheckedStream(download, self._on_bytes(remote.size))
+        archive_problem: str | None = None
+        decrypt_error: Exception | None = None
+        try:
+            streamer: DecryptedBackupStreamer | None = None
+            source: AsyncIterator[bytes] = stream
+            if password is not None:
+
+                async def open_stream() -> AsyncIterator[bytes]:
+                    return stream
+
+                streamer = DecryptedBackupStreamer(self.hass, backup, open_stream, password)
+                source = await streamer.open_stream()
+            reader: IteratorReader = iterator_reader(self.hass, source)
+            worker = _Worker(self.hass, f"{DOMAIN} archive check", lambda: validate_archive(reader, expected))
+            try:
+                report = await worker.result()
+                LOGGER.debug(
+                    "Backup %s: %s read whole, %s files, %s bytes uncompressed",
+                    which,
+                    ", ".join(report.archives),
+                    report.files,
+                    report.bytes,
+                )
+            except ArchiveError as err:
+                archive_problem = str(err)
+            except Exception as err:  # e.g. the reader aborted: worded below
+                archive_problem = f"the archive could not be read: {describe(err)}"
+            finally:
+                reader.abort()
+                await worker.join()
+                if streamer is not None:
+                    decrypt_error = await finish_streamer(self.hass, streamer)
+            # After the archive's end (or a failure): the rest of the download, for its size and its hash.
+            await stream.drain()
+        finally:
+            await _aclose(download)
+        if problem := compare_with_record(target.name, target.backup_id, stream, remote.size, remote.sha256):
+            raise DrillFailure(problem)
+        if decrypt_error is not None:  # the key opens it, and storage holds what was uploaded
+            raise DrillFailure(
+                f"Home Assistant could not decrypt backup {which} to its end: the archive was damaged before it was "
+                f"uploaded ({type(decrypt_error).__name__}: {describe(decrypt_error)})"
+            )
+        if archive_problem is not None:
+            raise DrillFailure(f"Backup {which} is not a whole Home Assistant backup: {archive_problem}")
+
+    # ------------------------------------------------------------------------------------------- outcome
+
+    @callback
+    def _finish(
+        self, target: _Target, started: datetime, trigger: JobTrigger, error: str | None
+    ) -> DrillResult:
+        """Record and tell how a drill ended."""
+        result = DrillResult(
+            backup_id=target.backup_id or None,
+            backup_name=target.name,
+            ok=error is None,
+            error=error,
+            started=started,
+            ended=dt_util.utcnow(),
+            trigger=trigger,
+            size=target.remote.size if target.remote else None,
+        )
+        self.last = result
+        if result.ok:
+            self.last_verified = result
+        self._store.async_delay_save(self._data_to_save, 1)
+        self._report(result)
+        return result
+
+    @callback
+    def _report(self, result: DrillResult) -> None:
+        data = {
+            "config_entry_id": self._entry.entry_id,
+            "backup_id": result.backup_id,
+            "backup_name": result.backup_name,
+            "error": result.error,
+            "trigger": result.trigger.value,
+            "duration": result.duration,
+        }
+        which = label(result.backup_name, result.backup_id or "?")
+        if result.ok:
+            ir.async_delete_issue(self.hass, DOMAIN, self.issue_id)
+            LOGGER.info("Restore drill of backup %s passed in %s s", which, result.duration)
+            self.hass.bus.async_fire(EVENT_DRILL_SUCCEEDED, data)
+            return
+        LOGGER.error("Restore drill failed: %s", result.error)
+        self.hass.bus.async_fire(EVENT_DRILL_FAILED, data)
+        ir.async_create_issue(
+            self.hass,
+            DOMAIN,
+            self.issue_id,
+            is_fixable=False,
+            is_persistent=False,
+            severity=ir.IssueSeverity.ERROR,
+            translation_key=ISSUE_DRILL_FAILED,
+            translation_placeholders={
+                "title": self._entry.title,
+                "backup_name": result.backup_name or "?",
+                "backup_id": result.backup_id or "?",
+                "error": result.error or "",
+            },
+        )
+
+
+def shown_status(runner: BackupRunner, drill: RestoreDrill) -> str:
+    """What the status sensor shows: a running backup job, else a running drill, else whichever ended last."""
+    if runner.busy or not (drill.running or drill.last):
+        return runner.status.value
+    if drill.running:
+        return DrillStatus.VERIFYING.value
+    assert drill.last is not None
+    job = runner.history[0] if runner.history else None
+    if job is not None and job.ended is not None and job.ended > drill.last.ended:
+        return runner.status.value
+    return (DrillStatus.VERIFIED if drill.last.ok else DrillStatus.VERIFY_FAILED).value
