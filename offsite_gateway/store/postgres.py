@@ -11,13 +11,17 @@ at a time), conditional updates for every state change, and advisory locks:
 - `lock_sweeper`: `pg_try_advisory_lock`: one node sweeps, the others skip that run.
 - migrations run under an advisory lock, each in its own transaction, recorded in `schema_migrations`.
 
-Connections come from a small pool of our own (pgpool.py: asyncpg's cost more CPU than the queries). Every call
-has a deadline: connecting and waiting for a connection, each statement, and a lock wait (`lock_timeout`), all
-`OFFSITE_GATEWAY_DB_TIMEOUT` seconds.
+Connections come from asyncpg's pool (`asyncpg.create_pool`), given back without asyncpg's reset query (see
+`_reset`). A connection whose state is uncertain, because the block using it was cancelled or failed on something
+else than an error PostgreSQL answered on it (a unique violation, say), is terminated before asyncpg's pool takes
+it back: the pool then opens a new one, and the server drops whatever the old session held (its advisory locks).
+Every call has a deadline: connecting and waiting for a connection, each statement, and a lock wait
+(`lock_timeout`), all `OFFSITE_GATEWAY_DB_TIMEOUT` seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import hashlib
@@ -41,7 +45,6 @@ from .base import (
 )
 from .locks import KeyedLocks
 from .migrations import MIGRATIONS, SCHEMA_VERSION, pending, statements, too_new_message
-from .pgpool import ConnectionPool
 
 # A constant: the f-strings below only splice it in, every value is a bound parameter.
 _BACKUP_COLUMNS = (
@@ -132,7 +135,7 @@ class PostgresStore:
         self.url = url
         self.pool_size = pool_size
         self.timeout = timeout
-        self._pool: ConnectionPool | None = None
+        self._pool: asyncpg.Pool | None = None
         self._locks = KeyedLocks()
         # The connection holding this task's advisory lock, used by every call inside `lock_backup`.
         self._bound: contextvars.ContextVar[asyncpg.Connection | None] = contextvars.ContextVar(
@@ -148,16 +151,20 @@ class PostgresStore:
         return f"PostgreSQL {PostgresDatabase(self.url).redacted}"
 
     @property
-    def pool(self) -> ConnectionPool:
+    def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("the store is not open")
         return self._pool
 
     async def open(self, *, migrate: bool = True) -> None:
-        pool = ConnectionPool(
+        pool = await asyncpg.create_pool(
             self.url,
-            size=self.pool_size,
-            timeout=self.timeout,
+            min_size=1,
+            max_size=self.pool_size,
+            timeout=self.timeout,  # connecting
+            command_timeout=self.timeout,  # each statement
+            max_inactive_connection_lifetime=60,
+            reset=self._reset,
             server_settings={
                 "application_name": "offsite-gateway",
                 # A lock wait (row or advisory) longer than this fails rather than piling up requests.
@@ -166,7 +173,7 @@ class PostgresStore:
             },
         )
         try:
-            async with pool.acquire() as conn:
+            async with self._acquire(pool) as conn:
                 if migrate:
                     await self._migrate(conn)
                 else:
@@ -181,7 +188,35 @@ class PostgresStore:
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await pool.close()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await pool.close()
+            except TimeoutError:
+                pool.terminate()
+
+    @staticmethod
+    async def _reset(conn: asyncpg.Connection) -> None:
+        """Nothing more than asyncpg's own rollback of an open transaction, when a connection goes back.
+
+        Not asyncpg's default reset query (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`: a
+        second round trip after every call): the store never sets, listens or keeps cursors, and `_advisory`
+        unlocks what it locked, or terminates the connection (and so its session's locks) when it cannot be sure.
+        """
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self, pool: asyncpg.Pool | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of asyncpg's pool for the block, waited for at most `timeout` seconds; terminated (the
+        pool then replaces it) unless the block ended well or on an error PostgreSQL answered on it."""
+        async with (pool or self.pool).acquire(timeout=self.timeout) as conn:
+            try:
+                yield conn
+            except asyncpg.PostgresError as err:
+                if isinstance(err, asyncpg.QueryCanceledError | asyncpg.PostgresConnectionError):
+                    conn.terminate()
+                raise
+            except BaseException:
+                conn.terminate()
+                raise
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
@@ -191,7 +226,7 @@ class PostgresStore:
             if bound is not None:
                 yield bound
                 return
-            async with self.pool.acquire() as conn:
+            async with self._acquire() as conn:
                 yield conn
         except _UNAVAILABLE as err:
             raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
@@ -257,7 +292,7 @@ class PostgresStore:
             conn: asyncpg.Connection | None = bound
             try:
                 if conn is None:
-                    conn = await stack.enter_async_context(self.pool.acquire())
+                    conn = await stack.enter_async_context(self._acquire())
                 assert conn is not None
                 if read_ahead is not None:
                     # Locked and read in one round trip (offsite_lock_backup, migration 4).
