@@ -74,6 +74,7 @@ SERVICE_CANCEL_BACKUP: Final = "cancel_backup"
 ATTR_CONFIG_ENTRY_ID: Final = "config_entry_id"
 
 ISSUE_BACKUP_FAILING: Final = "backup_failing"
+ISSUE_QUOTA_EXCEEDED: Final = "quota_exceeded"
 
 
 class JobStatus(StrEnum):
