@@ -63,7 +63,9 @@ async def test_storage_used_and_backups_stored(
     second = await _create_backup(hass, loaded_entry)
     assert _sensor(hass, loaded_entry, "backups_stored").state == "2"
     percent = float(_sensor(hass, loaded_entry, "quota_used").state)
-    assert percent == pytest.approx(100 * (response["size"] + second["size"]) / (4 * response["size"]), abs=0.01)
+    assert percent == pytest.approx(
+        100 * (response["size"] + second["size"]) / (4 * response["size"]), abs=0.01
+    )
 
 
 async def test_a_backup_refused_for_the_quota_raises_a_repair(
