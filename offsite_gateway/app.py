@@ -29,6 +29,7 @@ from .config import MIB, S3_MAX_PARTS, Settings
 from .health import Readiness
 from .logs import escape
 from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .policy import Policy, policy_for
 from .retention import apply_retention, delete_backups
 from .server import PROTOCOL_ERROR, SERVER_NAME, GatewayRunner
 from .storage import Storage, StorageError, StoredPart
@@ -452,9 +453,44 @@ def _require_uploading(backup: Backup) -> str:
     return backup.upload_id
 
 
+TOUCH_EVERY = (
+    60.0  # an upload's last activity is recorded to the minute: a sign or a listing writes at most once
+)
+
+
+async def _touch(request: web.Request, backup: Backup) -> None:
+    """The upload shows a sign of life: the sweeper counts its staleness from now."""
+    now = request.app[CLOCK]()
+    if now - (backup.last_activity or backup.created_at) >= TOUCH_EVERY:
+        await request.app[STORE].touch_backup(backup.id, now)
+
+
+async def stored_bytes(app: web.Application, instance: Instance) -> tuple[int, int]:
+    """(bytes, backups): what storage holds for the instance, its completed backups (each checked, at complete,
+    to be what storage listed) and the parts of its upload in progress as ListParts reports them."""
+    store, storage = app[STORE], app[STORAGE]
+    stored, count = await store.usage(instance.id)
+    for backup in await store.list_backups(instance.id, UPLOADING):
+        if backup.upload_id is None:
+            continue
+        try:
+            stored += sum(part.size for part in await storage.list_parts(backup.object_key, backup.upload_id))
+        except StorageError as err:
+            if err.code != "NoSuchUpload":
+                raise
+    return stored, count
+
+
+def policy_json(policy: Policy, settings: Settings) -> dict[str, Any]:
+    return {**policy.as_json(), "object_lock": settings.object_lock and policy.protect_days > 0}
+
+
 async def get_instance(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
+    app = request.app
+    settings = app[SETTINGS]
     instance = _instance(request)
+    policy = policy_for(instance, settings)
+    stored, count = await stored_bytes(app, instance)
     return web.json_response(
         {
             "id": instance.id,
@@ -462,9 +498,11 @@ async def get_instance(request: web.Request) -> web.Response:
             "limits": {
                 "max_backup_bytes": settings.max_backup_bytes,
                 "part_size": settings.part_size,
-                "retention": settings.retention,
+                "retention": policy.keep_last,
                 "url_ttl": settings.url_ttl,
             },
+            "usage": {"bytes": stored, "backups": count, "quota_bytes": policy.quota_bytes},
+            "policy": policy_json(policy, settings),
         }
     )
 
@@ -480,7 +518,19 @@ async def create_backup(request: web.Request) -> web.Response:
             413,
             "quota_exceeded",
             f"size {size} is over this gateway's limit of {settings.max_backup_bytes} bytes",
+            details={"needed_bytes": size, "max_backup_bytes": settings.max_backup_bytes},
         )
+    quota = policy_for(instance, settings).quota_bytes
+    if quota is not None:
+        stored, _ = await stored_bytes(app, instance)
+        if stored + size > quota:
+            raise ApiError(
+                413,
+                "quota_exceeded",
+                f"this backup needs {size} bytes; {stored} of this instance's quota of {quota} bytes are "
+                f"used, {max(0, quota - stored)} free",
+                details={"used_bytes": stored, "needed_bytes": size, "quota_bytes": quota},
+            )
     part_size, part_count = plan_parts(size, settings.part_size)
     backup_id = uuid.uuid4().hex
     now = app[CLOCK]()
@@ -497,6 +547,7 @@ async def create_backup(request: web.Request) -> web.Response:
         part_count=part_count,
         object_key=f"{settings.s3_prefix}{instance.id}/{backup_id}",
         metadata=body.get("metadata") or {},
+        last_activity=now,
     )
     # The row goes in before the upload exists in storage: the sweeper never takes it for an orphan.
     try:
@@ -558,13 +609,16 @@ async def sign_parts(request: web.Request) -> web.Response:
     for number in numbers:
         if number > backup.part_count:
             raise ApiError(400, "invalid_request", f"part_numbers: {number} is out of 1..{backup.part_count}")
+    await _touch(request, backup)
     ttl = settings.url_ttl
     expires_at = iso(app[CLOCK]() + ttl)
     presigner = app[STORAGE].presigner
     parts = [
         {
             "part_number": number,
-            "url": presigner.upload_part(backup.object_key, upload_id, number, ttl),
+            "url": presigner.upload_part(
+                backup.object_key, upload_id, number, ttl, part_length(backup, number)
+            ),
             "expires_at": expires_at,
         }
         for number in numbers
@@ -576,10 +630,18 @@ async def sign_parts(request: web.Request) -> web.Response:
 async def list_parts(request: web.Request) -> web.Response:
     backup = await _owned(request)
     upload_id = _require_uploading(backup)
+    await _touch(request, backup)
     stored = await request.app[STORAGE].list_parts(backup.object_key, upload_id)
     return web.json_response(
         {"parts": [{"part_number": p.part_number, "etag": p.etag, "size": p.size} for p in stored]}
     )
+
+
+def part_length(backup: Backup, number: int) -> int:
+    """The exact length of part `number`: `part_size`, or what is left for the last one."""
+    if number < backup.part_count:
+        return backup.part_size
+    return backup.size - (backup.part_count - 1) * backup.part_size
 
 
 def _unquoted(etag: str) -> str:
@@ -599,9 +661,8 @@ def _check_parts(backup: Backup, declared: dict[int, str], stored: list[StoredPa
                 409, "parts_missing", f"part {number} in storage has ETag {part.etag}, not {declared[number]}"
             )
         chosen.append(part)
-    last = backup.size - (backup.part_count - 1) * backup.part_size
     for part in chosen:
-        expected = backup.part_size if part.part_number < backup.part_count else last
+        expected = part_length(backup, part.part_number)
         if part.size != expected:
             raise ApiError(
                 409,
@@ -665,6 +726,7 @@ async def _declared_parts(body: dict[str, Any]) -> tuple[dict[int, str], str | N
 async def complete_backup(request: web.Request) -> web.Response:
     app = request.app
     settings, store, storage, metrics = app[SETTINGS], app[STORE], app[STORAGE], app[METRICS]
+    policy = policy_for(_instance(request), settings)
     backup = await _owned(request)
     _require_uploading(backup)  # the cheap refusal first: before a byte of the body is read
     # One complete, abort or delete of a backup at a time, on every node (its parsing included); on PostgreSQL
@@ -703,9 +765,14 @@ async def complete_backup(request: web.Request) -> web.Response:
         recorded = dataclasses.replace(
             backup, status=COMPLETED, completed_at=now, sha256=sha256 or backup.sha256
         )
-        await storage.put_object(
-            manifest.manifest_key(backup.object_key), manifest.build(recorded, _instance(request))
-        )
+        key = manifest.manifest_key(backup.object_key)
+        await storage.put_object(key, manifest.build(recorded, _instance(request)))
+        if settings.object_lock and policy.protect_days > 0:
+            # Under Object Lock until the token may delete it: not even storage's keys delete it earlier
+            # (without governance bypass). Again on a retried complete: the date only moves later.
+            until = policy.deletable_at(now)
+            await storage.lock_object(backup.object_key, until)
+            await storage.lock_object(key, until)
         if not await store.complete_backup(backup.id, sha256, now):
             current = await store.get_backup(backup.id)
             if current is not None and current.status == COMPLETED:
@@ -717,15 +784,7 @@ async def complete_backup(request: web.Request) -> web.Response:
     metrics.backups_completed.inc()
     _LOGGER.info("Backup %s of instance %s completed: %d bytes", backup.id, backup.instance_id, backup.size)
     try:
-        await apply_retention(
-            store,
-            storage,
-            backup.instance_id,
-            keep=settings.retention,
-            monthly=settings.retention_monthly,
-            now=now,
-            metrics=metrics,
-        )
+        await apply_retention(store, storage, backup.instance_id, policy, metrics)
     except Exception:
         _LOGGER.exception("Retention failed after backup %s; the sweeper finishes pending deletes", backup.id)
     return web.json_response({"backup": backup_json(recorded)})
@@ -740,7 +799,7 @@ async def _abort(request: web.Request, backup: Backup) -> None:
     store, storage = request.app[STORE], request.app[STORAGE]
     # The upload id as the database holds it when the backup fails: a create on another node may have recorded
     # it since `backup` was read (if not, that create sees the backup failed and aborts what it made).
-    failed = await store.fail_backup(backup.id)
+    failed = await store.fail_backup(backup.id, request.app[CLOCK]())
     if failed is None:
         raise ApiError(409, "not_uploading", f"backup {backup.id} is not uploading any more")
     backup = failed
@@ -783,6 +842,8 @@ async def delete_backup(request: web.Request) -> web.Response:
             await _abort(request, backup)
             await store.delete_backup(backup.id)
         elif backup.status in (COMPLETED, DELETING):
+            if backup.status == COMPLETED:
+                _refuse_if_protected(request, backup)
             failed = await delete_backups(store, storage, [backup], request.app[METRICS])
             if failed:
                 raise ApiError(
@@ -792,6 +853,24 @@ async def delete_backup(request: web.Request) -> web.Response:
             await store.delete_backup(backup.id)
     _LOGGER.info("Backup %s deleted by instance %s", backup.id, backup.instance_id)
     return web.Response(status=204)
+
+
+def _refuse_if_protected(request: web.Request, backup: Backup) -> None:
+    """403 `protected` for a completed backup younger than the instance's protect-days (the token's limit only:
+    retention and the operator's `backup delete` are not bound by it)."""
+    policy = policy_for(_instance(request), request.app[SETTINGS])
+    completed_at = backup.completed_at or backup.created_at
+    deletable_at = policy.deletable_at(completed_at)
+    if policy.protect_days > 0 and request.app[CLOCK]() < deletable_at:
+        # Rounded up to the second: never announced earlier than it is.
+        when = iso(math.ceil(deletable_at))
+        raise ApiError(
+            403,
+            "protected",
+            f"this backup is protected against deletion for {policy.protect_days} days after it was made: "
+            f"it can be deleted from {when} on",
+            details={"deletable_at": when},
+        )
 
 
 async def download_backup(request: web.Request) -> web.Response:

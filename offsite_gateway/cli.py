@@ -8,18 +8,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import auth
-from .config import ConfigError, Settings, load_settings
-from .store import DuplicateInstance, Store, UnknownInstance, create_store
+from .config import ConfigError, Settings, load_settings, parse_size
+from .store import DuplicateInstance, Instance, Store, UnknownInstance, create_store
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -66,6 +68,31 @@ def _parser() -> argparse.ArgumentParser:
         "prints it (once) on the last line",
     )
     rotate.add_argument("name")
+    policy = instance_commands.add_parser(
+        "set",
+        parents=[common],
+        help="set an instance's policy (quota, retention, delete protection); `default` puts a field back to "
+        "the gateway's setting",
+    )
+    policy.add_argument("name")
+    policy.add_argument("--quota", metavar="SIZE", help="bytes stored at most (KiB/MiB/GiB/TiB; 0: none)")
+    for option, what in (
+        ("--keep-last", "the N newest backups"),
+        ("--keep-daily", "the newest backup of each of the last N days that have one (UTC)"),
+        ("--keep-weekly", "the newest backup of each of the last N ISO weeks that have one"),
+        ("--keep-monthly", "the newest backup of each of the last N months that have one"),
+        ("--protect-days", "the instance's token cannot delete a backup younger than N days"),
+    ):
+        policy.add_argument(option, metavar="N", help=f"keep {what}" if "keep" in option else what)
+
+    backup = commands.add_parser("backup", parents=[common], help="backups, as the operator")
+    backup_commands = backup.add_subparsers(dest="backup_command", required=True, metavar="ACTION")
+    delete = backup_commands.add_parser(
+        "delete",
+        parents=[common],
+        help="delete a backup (archive, manifest, row), whatever its delete protection and Object Lock",
+    )
+    delete.add_argument("backup_id", metavar="ID")
 
     database = commands.add_parser("db", parents=[common], help="the database's schema")
     database_commands = database.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -103,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway CLI; return the exit code."""
     args = _parser().parse_args(argv)
     config_file: Path | None = getattr(args, "config", None)
-    needs_storage = args.command in ("serve", "bucket", "reindex")
+    needs_storage = args.command in ("serve", "bucket", "reindex", "backup")
     try:
         settings = load_settings(os.environ, config_file, require_storage=needs_storage)
     except ConfigError as err:
@@ -117,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_bucket_create(settings))
         if args.command == "reindex":
             return asyncio.run(_reindex(settings))
+        if args.command == "backup":
+            return asyncio.run(_backup_delete(settings, args.backup_id))
         if args.command == "db":
             return asyncio.run(
                 _db_upgrade(settings) if args.db_command == "upgrade" else _db_status(settings)
@@ -127,6 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_instance_list(settings))
         if args.instance_command == "rotate":
             return asyncio.run(_instance_rotate(settings, args.name))
+        if args.instance_command == "set":
+            try:
+                changes = _policy_changes(args)
+            except ValueError as err:
+                print(f"offsite-gateway: {err}", file=sys.stderr)
+                return EXIT_USAGE
+            return asyncio.run(_instance_set(settings, args.name, changes))
         return asyncio.run(_instance_revoke(settings, args.name))
     except KeyboardInterrupt:
         return EXIT_FAILED
@@ -170,6 +206,33 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _size_text(size: int | None) -> str:
+    if size is None:
+        return "none"
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
+
+
+def _policy_text(settings: Settings, instance: Instance) -> str:
+    """The policy in force, `*` after each field the operator set for this instance."""
+    from .policy import policy_for  # noqa: PLC0415
+
+    policy, own = policy_for(instance, settings), instance.policy
+
+    def mark(name: str) -> str:
+        return "*" if getattr(own, name) is not None else ""
+
+    return (
+        f"quota={_size_text(policy.quota_bytes)}{mark('quota_bytes')} "
+        f"keep-last={policy.keep_last}{mark('keep_last')} keep-daily={policy.keep_daily}{mark('keep_daily')} "
+        f"keep-weekly={policy.keep_weekly}{mark('keep_weekly')} "
+        f"keep-monthly={policy.keep_monthly}{mark('keep_monthly')} "
+        f"protect-days={policy.protect_days}{mark('protect_days')}"
+    )
+
+
 async def _instance_list(settings: Settings) -> int:
     async with _open_store(settings) as store:
         instances = await store.list_instances()
@@ -177,10 +240,116 @@ async def _instance_list(settings: Settings) -> int:
         print("No instances yet: offsite-gateway instance add NAME")
         return 0
     width = max(len("NAME"), *(len(instance.name) for instance in instances))
-    print(f"{'ID':<32}  {'NAME':<{width}}  {'CREATED':<20}  STATUS")
+    print(f"{'ID':<32}  {'NAME':<{width}}  {'CREATED':<20}  {'STATUS':<28}  POLICY (* set for this instance)")
     for instance in instances:
         status = "active" if instance.revoked_at is None else f"revoked {_when(instance.revoked_at)}"
-        print(f"{instance.id:<32}  {instance.name:<{width}}  {_when(instance.created_at):<20}  {status}")
+        print(
+            f"{instance.id:<32}  {instance.name:<{width}}  {_when(instance.created_at):<20}  {status:<28}  "
+            f"{_policy_text(settings, instance)}"
+        )
+    return 0
+
+
+_POLICY_OPTIONS = {
+    "quota": "quota_bytes",
+    "keep_last": "keep_last",
+    "keep_daily": "keep_daily",
+    "keep_weekly": "keep_weekly",
+    "keep_monthly": "keep_monthly",
+    "protect_days": "protect_days",
+}
+
+
+def _policy_changes(args: argparse.Namespace) -> dict[str, int | None]:
+    """The fields `instance set` was given: a value, or None for `default`. ValueError names a bad one."""
+    changes: dict[str, int | None] = {}
+    for option, field in _POLICY_OPTIONS.items():
+        raw: str | None = getattr(args, option)
+        if raw is None:
+            continue
+        flag = "--" + option.replace("_", "-")
+        if raw.strip().lower() == "default":
+            changes[field] = None
+            continue
+        try:
+            value = parse_size(raw) if option == "quota" else int(raw.strip())
+        except ValueError:
+            what = "a size such as 200GiB" if option == "quota" else "a whole number"
+            raise ValueError(f"{flag} {raw!r}: expected {what}, or `default`") from None
+        if value < 0 or value > (1 << 62 if option == "quota" else 36_500):
+            raise ValueError(f"{flag} {raw!r} is out of range")
+        changes[field] = value
+    if not changes:
+        raise ValueError(
+            "nothing to set: give --quota, --keep-last, --keep-daily, --keep-weekly, "
+            "--keep-monthly or --protect-days"
+        )
+    return changes
+
+
+async def _instance_set(settings: Settings, name: str, changes: dict[str, int | None]) -> int:
+    from .policy import policy_for  # noqa: PLC0415
+
+    name = name.strip()
+    async with _open_store(settings) as store:
+        current = await store.set_policy(name, {})
+        if current is None:
+            print(f"offsite-gateway: no active instance is named {name!r}", file=sys.stderr)
+            return EXIT_FAILED
+        merged = dataclasses.replace(current.policy, **changes)
+        if not policy_for(dataclasses.replace(current, policy=merged), settings).keeps_something():
+            print(
+                "offsite-gateway: that policy keeps no backup: at least one of --keep-last, --keep-daily, "
+                "--keep-weekly, --keep-monthly must be more than 0",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        instance = await store.set_policy(name, changes)
+    if instance is None:  # revoked meanwhile
+        print(f"offsite-gateway: no active instance is named {name!r}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"Instance {name!r}: {_policy_text(settings, instance)}")
+    return 0
+
+
+async def _backup_delete(settings: Settings, backup_id: str) -> int:
+    """The operator deletes a backup: not bound by its instance's delete protection (nor by Object Lock, which
+    the gateway bypasses in governance mode)."""
+    from .retention import delete_backups  # noqa: PLC0415
+    from .storage import Storage  # noqa: PLC0415
+    from .store import COMPLETED, DELETING, UPLOADING  # noqa: PLC0415
+
+    storage = Storage(settings)
+    await storage.open()
+    try:
+        async with _open_store(settings) as store:
+            backup = await store.get_backup(backup_id.strip())
+            if backup is None:
+                print(f"offsite-gateway: no backup has the id {backup_id!r}", file=sys.stderr)
+                return EXIT_FAILED
+            async with store.lock_backup(backup.id):
+                backup = await store.get_backup(backup.id)
+                if backup is None:
+                    print(f"Backup {backup_id} was deleted meanwhile.")
+                    return 0
+                if backup.status == UPLOADING:
+                    failed = await store.fail_backup(backup.id, time.time())
+                    if failed is not None and failed.upload_id is not None:
+                        await storage.abort_multipart_upload(failed.object_key, failed.upload_id)
+                    await store.delete_backup(backup.id)
+                elif backup.status in (COMPLETED, DELETING):
+                    if await delete_backups(store, storage, [backup]):
+                        print(
+                            f"offsite-gateway: storage did not delete backup {backup.id}; the gateway's "
+                            "sweeper retries it",
+                            file=sys.stderr,
+                        )
+                        return EXIT_FAILED
+                else:
+                    await store.delete_backup(backup.id)
+    finally:
+        await storage.close()
+    print(f"Backup {backup.id} of instance {backup.instance_id} deleted.")
     return 0
 
 

@@ -78,9 +78,16 @@ class Settings:
     url_ttl: int = 900
     part_size: int = 20 * MIB
     max_backup_bytes: int = 50 * GIB
-    retention: int = 7
+    # Each instance's policy unless the operator set its own (`instance set`): see offsite_gateway/policy.py.
+    quota: int | None = None  # bytes an instance may hold in storage; None: no quota
+    retention: int = 7  # keep-last
+    retention_daily: int = 0
+    retention_weekly: int = 0
     retention_monthly: int = 0
+    protect_days: int = 0
+    object_lock: bool = False
     stale_upload_after: int = 6 * 3600
+    prune_failed_after: int = 7 * 24 * 3600
     sweep_interval: int = 600
     init_rate: int = 60
     log_level: str = "INFO"
@@ -172,6 +179,24 @@ def _database(text: str) -> Path | PostgresDatabase:
     return PostgresDatabase(value)
 
 
+def _quota(text: str) -> int | None:
+    """A size, or `none` / `0`: no quota."""
+    if text.strip().lower() in ("none", "0"):
+        return None
+    value = parse_size(text)
+    _check_range(value, 1, None)
+    return value
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _non_empty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -256,9 +281,15 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], bool]] = {
     "URL_TTL": (_int_in(1, 7 * 24 * 3600), False),
     "PART_SIZE": (_size_in(S3_MIN_PART_SIZE, S3_MAX_PART_SIZE), False),
     "MAX_BACKUP_BYTES": (_size_in(1, S3_MAX_OBJECT_SIZE), False),
-    "RETENTION": (_int_in(1, 10_000), False),
+    "QUOTA": (_quota, False),
+    "RETENTION": (_int_in(0, 10_000), False),
+    "RETENTION_DAILY": (_int_in(0, 10_000), False),
+    "RETENTION_WEEKLY": (_int_in(0, 10_000), False),
     "RETENTION_MONTHLY": (_int_in(0, 1200), False),
+    "PROTECT_DAYS": (_int_in(0, 36_500), False),
+    "OBJECT_LOCK": (_boolean, False),
     "STALE_UPLOAD_AFTER": (_int_in(1), False),
+    "PRUNE_FAILED_AFTER": (_int_in(1), False),
     "SWEEP_INTERVAL": (_int_in(0), False),
     "INIT_RATE": (_int_in(1), False),
     "LOG_LEVEL": (_log_level, False),
@@ -320,7 +351,17 @@ def load_settings(
             kwargs["listen_host"], kwargs["listen_port"] = value
         else:
             kwargs[name.lower()] = value
-    return Settings(**kwargs)
+    settings = Settings(**kwargs)
+    if not (
+        settings.retention
+        or settings.retention_daily
+        or settings.retention_weekly
+        or settings.retention_monthly
+    ):
+        raise ConfigError(
+            f"{PREFIX}RETENTION, _DAILY, _WEEKLY and _MONTHLY are all 0: retention would keep nothing"
+        )
+    return settings
 
 
 def _shown(name: str, raw: str) -> str:

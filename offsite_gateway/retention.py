@@ -1,50 +1,97 @@
-"""Retention: per instance, keep the newest N completed backups (and optionally one per month).
+"""Retention: per instance, generational (keep-last, daily, weekly, monthly), after each completed backup.
 
-Deleting is steps that can fail separately, so it is ordered to never forget an object: the row is marked
-`deleting`, the archive and then its manifest are deleted, and only then is the row removed. If storage refuses
-either delete, the row stays `deleting` and the sweeper retries it. Several nodes may delete the same backup at
-once (retention after two completes, the sweeper, a DELETE): every step is idempotent.
+A completed backup is kept when any rule keeps it (`select_expired`); the others are deleted. Deleting is steps
+that can fail separately, so it is ordered to never forget an object: the row is marked `deleting`, the archive
+and then its manifest are deleted, and only then is the row removed. If storage refuses either delete, the row
+stays `deleting` and the sweeper retries it. Several nodes may delete the same backup at once (retention after two
+completes, the sweeper, a DELETE): every step is idempotent.
+
+Retention is not bound by delete protection (`protect_days` binds the instance's token only) and, where Object Lock
+holds the objects, deletes them with governance bypass.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import UTC, datetime
 
 from .manifest import manifest_key
 from .metrics import Metrics
+from .policy import Policy
 from .storage import Storage, StorageError
 from .store import COMPLETED, Backup, Store
 
 _LOGGER = logging.getLogger(__name__)
 
 
-def _month(timestamp: float) -> tuple[int, int]:
-    moment = datetime.fromtimestamp(timestamp, UTC)
+def _moment(backup: Backup) -> datetime:
+    return datetime.fromtimestamp(backup.completed_at or backup.created_at, UTC)
+
+
+def _day(backup: Backup) -> Hashable:
+    return _moment(backup).date()
+
+
+def _iso_week(backup: Backup) -> Hashable:
+    year, week, _ = _moment(backup).isocalendar()
+    return year, week
+
+
+def _month(backup: Backup) -> Hashable:
+    moment = _moment(backup)
     return moment.year, moment.month
 
 
-def select_expired(newest_first: Sequence[Backup], keep: int, monthly: int, now: float) -> list[Backup]:
-    """The completed backups retention removes.
+def _ha_backup_id(backup: Backup) -> str | None:
+    """Home Assistant's id of the backup, from its description (the same backup sent twice has it twice)."""
+    value = backup.metadata.get("backup_id")
+    return value if isinstance(value, str) and value else None
 
-    Kept: the `keep` newest, plus the oldest backup of each of the last `monthly` calendar months (UTC, the
-    current month included) — the first backup of a month stays that month's keeper as later ones come and go.
+
+def _newest_per_period(
+    newest_first: Sequence[Backup], periods: int, period: Callable[[Backup], Hashable]
+) -> set[str]:
+    """The newest backup of each of the last `periods` periods that have a backup."""
+    kept: set[str] = set()
+    seen: set[Hashable] = set()
+    for backup in newest_first:
+        if periods <= 0:
+            break
+        key = period(backup)
+        if key in seen:
+            continue
+        if len(seen) == periods:
+            break
+        seen.add(key)
+        kept.add(backup.id)
+    return kept
+
+
+def select_expired(newest_first: Sequence[Backup], policy: Policy) -> list[Backup]:
+    """The completed backups retention removes (`newest_first`: an instance's completed backups, newest first).
+
+    Kept, when any rule keeps it (UTC; a period counts when it has a backup, so nights without one never cost a
+    generation): the `keep_last` newest; the newest of each of the last `keep_daily` days, `keep_weekly` ISO weeks
+    and `keep_monthly` months. Older copies of a Home Assistant backup that was sent more than once (the same
+    `backup_id` in its description) are duplicates of a newer copy and go too.
     """
-    kept = {backup.id for backup in newest_first[:keep]}
-    if monthly > 0:
-        year, month = _month(now)
-        months: set[tuple[int, int]] = set()
-        for _ in range(monthly):
-            months.add((year, month))
-            year, month = (year - 1, 12) if month == 1 else (year, month - 1)
-        keepers: dict[tuple[int, int], Backup] = {}
-        for backup in newest_first:  # newest first: the last one seen in a month is its oldest
-            stamp = backup.completed_at or backup.created_at
-            if _month(stamp) in months:
-                keepers[_month(stamp)] = backup
-        kept.update(backup.id for backup in keepers.values())
-    return [backup for backup in newest_first if backup.id not in kept]
+    unique: list[Backup] = []
+    duplicates: set[str] = set()
+    seen_ids: set[str] = set()
+    for backup in newest_first:
+        ha_id = _ha_backup_id(backup)
+        if ha_id is not None and ha_id in seen_ids:
+            duplicates.add(backup.id)
+            continue
+        if ha_id is not None:
+            seen_ids.add(ha_id)
+        unique.append(backup)
+    kept = {backup.id for backup in unique[: policy.keep_last]}
+    kept |= _newest_per_period(unique, policy.keep_daily, _day)
+    kept |= _newest_per_period(unique, policy.keep_weekly, _iso_week)
+    kept |= _newest_per_period(unique, policy.keep_monthly, _month)
+    return [backup for backup in newest_first if backup.id not in kept or backup.id in duplicates]
 
 
 async def delete_backups(
@@ -77,14 +124,11 @@ async def apply_retention(
     store: Store,
     storage: Storage,
     instance_id: str,
-    *,
-    keep: int,
-    monthly: int,
-    now: float,
+    policy: Policy,
     metrics: Metrics | None = None,
 ) -> list[Backup]:
     """Delete the instance's completed backups retention no longer keeps; return them."""
-    expired = select_expired(await store.list_backups(instance_id, COMPLETED), keep, monthly, now)
+    expired = select_expired(await store.list_backups(instance_id, COMPLETED), policy)
     if expired:
         _LOGGER.info("Retention: deleting %d backup(s) of instance %s", len(expired), instance_id)
         await delete_backups(store, storage, expired, metrics)

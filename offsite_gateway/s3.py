@@ -1,16 +1,19 @@
-"""A lean S3 REST client: SigV4 header-signed requests (botocore's signer), sent over keep-alive HTTP/1.1
-connections (httpclient.py), answers read with ElementTree.
+"""A lean S3 REST client: SigV4 header-signed requests (botocore's signer) sent with aiohttp's client, answers
+read with ElementTree.
 
 The gateway makes a handful of S3 calls per backup (CreateMultipartUpload, ListParts, CompleteMultipartUpload,
 PutObject of the manifest). Through aiobotocore each cost 2 to 3.5 ms of CPU, mostly botocore's per-call machinery
-(endpoint rules, hooks, user agent, serialisers, parsers; profiled with bench/night.py), and aiohttp's client
-alone about 0.4 ms. This client builds each request itself (its canonical form is tested to be the one botocore
-would sign), has botocore's `S3SigV4Auth` sign it, and parses the few answers it needs: about 0.2 ms per call.
+(endpoint rules, hooks, user agent, serialisers, parsers; profiled with bench/night.py). This client builds each
+request itself (its canonical form is tested to be the one botocore would sign), has botocore's `S3SigV4Auth` sign
+it, and parses the few answers it needs. The HTTP is aiohttp's: one `ClientSession` per process (per `S3Client`),
+on a `TCPConnector` that keeps connections alive (`KEEPALIVE` seconds idle), holds at most `pool_size` at once,
+caches DNS answers, and sends no cookies.
 
 - Endpoint and addressing as botocore does: path style, or virtual-host style except on an IP address endpoint;
   AWS's regional endpoint when none is given.
-- Every attempt has deadlines (connecting 5 s, the whole exchange 60 s); a request is retried on connection
-  errors, timeouts, 5xx and 429/SlowDown: 3 attempts, jittered backoff (as botocore's standard retry mode).
+- Every attempt has deadlines (connecting 5 s, each read 60 s, the whole exchange 120 s); a request is retried on
+  connection errors, timeouts, 5xx and 429/SlowDown: 3 attempts, jittered backoff (as botocore's standard retry
+  mode).
 - An error answer becomes `S3Error(status, code, message)`; CompleteMultipartUpload's "200 with an <Error> body"
   too. A HEAD error has no body: its code is the status (`"404"`), as botocore reports it.
 """
@@ -25,18 +28,18 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 
+import aiohttp
 from botocore.auth import S3SigV4Auth  # type: ignore[import-untyped]
 from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
 from botocore.credentials import Credentials  # type: ignore[import-untyped]
-
-from .httpclient import HttpClient, HttpError
+from yarl import URL
 
 MAX_ATTEMPTS = 3
 MAX_ANSWER = 8 * 1024 * 1024  # the largest answer read: a page of 1000 keys or parts is a few hundred KB
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 RETRY_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
-CONNECT_TIMEOUT = 5.0
-TIMEOUT = 60.0
+TIMEOUT = aiohttp.ClientTimeout(total=120, sock_connect=5, sock_read=60)
+KEEPALIVE = 15.0  # seconds an idle connection to storage is kept for the next call
 
 
 class S3Error(Exception):
@@ -109,6 +112,7 @@ class S3Client:
         secret_key: str,
         addressing: str = "path",
         pool_size: int = 100,
+        timeout: aiohttp.ClientTimeout = TIMEOUT,
     ) -> None:
         endpoint = (endpoint or f"https://s3.{region}.amazonaws.com").rstrip("/")
         parts = urlsplit(endpoint)
@@ -125,21 +129,32 @@ class S3Client:
         self._credentials = Credentials(access_key, secret_key)
         self._region = region
         self._pool_size = pool_size
-        self._http: HttpClient | None = None
+        self._timeout = timeout
+        # Built once: the signer holds nothing of a request (botocore's own clients keep one per client).
+        self._signer = S3SigV4Auth(self._credentials, "s3", self._region)
+        self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
-        self._http = HttpClient(
-            self.origin,
+        """The session every call of this client goes through (one per process: the gateway has one client)."""
+        connector = aiohttp.TCPConnector(
             limit=self._pool_size,
-            connect_timeout=CONNECT_TIMEOUT,
-            timeout=TIMEOUT,
-            max_answer=MAX_ANSWER,
+            limit_per_host=self._pool_size,
+            keepalive_timeout=KEEPALIVE,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent",),
+            raise_for_status=False,
         )
 
     async def close(self) -> None:
-        if self._http is not None:
-            http, self._http = self._http, None
-            await http.close()
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
     def url(self, key: str | None, query: Mapping[str, str] | None = None) -> str:
         """The request URL of the bucket (key None) or of an object, with its query canonically encoded."""
@@ -153,7 +168,7 @@ class S3Client:
     ) -> dict[str, str]:
         """The headers of the request, SigV4-signed by botocore (the payload's SHA-256 signed too: it hashes it)."""
         request = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
-        S3SigV4Auth(self._credentials, "s3", self._region).add_auth(request)
+        self._signer.add_auth(request)
         return dict(request.headers.items())
 
     async def request(
@@ -165,13 +180,13 @@ class S3Client:
         headers: Mapping[str, str] | None = None,
     ) -> Answer:
         """Send a signed request (retried as the module's docstring says); the answer, or S3Error."""
-        if self._http is None:
+        if self._session is None:
             raise RuntimeError("storage is not open")
         url = self.url(key, query)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                answer = await self._send(self._http, method, url, body, headers)
-            except (HttpError, TimeoutError, OSError) as err:
+                answer = await self._send(self._session, method, url, body, headers)
+            except (aiohttp.ClientError, TimeoutError, OSError) as err:
                 failure = S3Error(
                     0,
                     type(err).__name__,
@@ -191,17 +206,32 @@ class S3Client:
 
     async def _send(
         self,
-        http: HttpClient,
+        session: aiohttp.ClientSession,
         method: str,
         url: str,
         body: bytes,
         headers: Mapping[str, str] | None,
     ) -> Answer:
         signed = self.sign(method, url, body, headers)
-        parts = urlsplit(url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        response = await http.request(method, target, signed, body)
-        return Answer(response.status, response.headers, response.body)
+        # Sent as signed: the URL already encoded canonically (yarl must not re-encode it).
+        async with session.request(
+            method, URL(url, encoded=True), data=body or None, headers=signed, allow_redirects=False
+        ) as response:
+            too_large = S3Error(response.status, "AnswerTooLarge", f"more than {MAX_ANSWER} bytes")
+            if method == "HEAD":
+                data = b""
+            elif response.content_length is not None and response.content_length > MAX_ANSWER:
+                raise too_large
+            else:
+                buffer = bytearray()
+                async for chunk in response.content.iter_any():
+                    buffer += chunk
+                    if len(buffer) > MAX_ANSWER:
+                        raise too_large
+                data = bytes(buffer)
+            return Answer(
+                response.status, {name.lower(): value for name, value in response.headers.items()}, data
+            )
 
     @staticmethod
     def _error(answer: Answer) -> S3Error | None:

@@ -2,17 +2,21 @@
 
 Presigning needs no network: botocore's SigV4 query signer (`S3SigV4QueryAuth`) signs a request built once per URL.
 Going through the signer directly rather than `generate_presigned_url` skips botocore's whole request pipeline
-(parameter validation, serialisation, event hooks), about 2.3x faster, and yields the same URL (tested). The calls
-to storage itself are header-signed by botocore's `S3SigV4Auth` and sent with aiohttp (s3.py says why).
+(parameter validation, serialisation, event hooks), about 2.3x faster, and yields the same URL (tested). A part's
+URL also signs its exact length: `Content-Length` is among its signed headers, so storage refuses a PUT of any
+other length (the quota holds whatever a token holder sends). The calls to storage itself are header-signed by
+botocore's `S3SigV4Auth` and sent with aiohttp (s3.py).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import quote, urlencode, urlsplit
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
@@ -22,7 +26,7 @@ from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
 from botocore.credentials import Credentials  # type: ignore[import-untyped]
 
 from .config import Settings
-from .s3 import Answer, S3Client, S3Error, child_text, children
+from .s3 import Answer, S3Client, S3Error, child_text, children, local
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -97,20 +101,46 @@ class Presigner:
             self._base = f"{parts.scheme}://{parts.netloc}{base_path}/{settings.s3_bucket}/"
         self._credentials = Credentials(settings.s3_access_key, settings.s3_secret_key)
         self._region = settings.s3_region
+        self._signers: dict[int, S3SigV4QueryAuth] = {}  # by lifetime: one URL_TTL, so one signer
 
-    def url(self, method: str, key: str, expires: int, query: Mapping[str, str | int] | None = None) -> str:
-        """A presigned URL for `method` on `key` with the operation's query parameters, valid `expires` s."""
+    def _signer(self, expires: int) -> S3SigV4QueryAuth:
+        signer = self._signers.get(expires)
+        if signer is None:
+            if len(self._signers) > 16:
+                self._signers.clear()
+            signer = self._signers[expires] = S3SigV4QueryAuth(
+                self._credentials, "s3", self._region, expires=expires
+            )
+        return signer
+
+    def url(
+        self,
+        method: str,
+        key: str,
+        expires: int,
+        query: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """A presigned URL for `method` on `key` with the operation's query parameters, valid `expires` s;
+        `headers` are signed too (the request must then send them with these values)."""
         url = self._base + quote(key, safe="/~")
         if query:
             url += "?" + urlencode(query)
-        request = AWSRequest(method=method, url=url)
-        S3SigV4QueryAuth(self._credentials, "s3", self._region, expires=expires).add_auth(request)
+        request = AWSRequest(method=method, url=url, headers=dict(headers or {}))
+        self._signer(expires).add_auth(request)
         signed: str = request.url
         return signed
 
-    def upload_part(self, key: str, upload_id: str, part_number: int, expires: int) -> str:
-        """UploadPart: the query (uploadId, partNumber) is part of what is signed."""
-        return self.url("PUT", key, expires, {"uploadId": upload_id, "partNumber": part_number})
+    def upload_part(self, key: str, upload_id: str, part_number: int, expires: int, length: int) -> str:
+        """UploadPart of exactly `length` bytes: the query (uploadId, partNumber) and `Content-Length` are part
+        of what is signed."""
+        return self.url(
+            "PUT",
+            key,
+            expires,
+            {"uploadId": upload_id, "partNumber": part_number},
+            {"Content-Length": str(length)},
+        )
 
     def get_object(self, key: str, expires: int) -> str:
         """GetObject."""
@@ -182,13 +212,14 @@ class Storage:
         else:
             return False
         body = b""
+        headers = {"x-amz-bucket-object-lock-enabled": "true"} if self.settings.object_lock else None
         if self.settings.s3_region != "us-east-1":
             body = (
                 f'<CreateBucketConfiguration xmlns="{XMLNS}"><LocationConstraint>{escape(self.settings.s3_region)}'
                 "</LocationConstraint></CreateBucketConfiguration>"
             ).encode()
         try:
-            await self._call("create_bucket", "PUT", body=body)
+            await self._call("create_bucket", "PUT", body=body, headers=headers)
         except StorageError as err:
             if err.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 return False
@@ -261,12 +292,71 @@ class Storage:
             raise StorageError("head_object", "storage answered no Content-Length") from None
 
     async def delete_object(self, key: str) -> None:
-        """Delete; an object already gone counts as deleted."""
+        """Delete; an object already gone counts as deleted.
+
+        With Object Lock (`OBJECT_LOCK`), the bucket keeps versions: every version of the key (and delete marker)
+        is deleted, bypassing governance retention, so that nothing of it stays behind.
+        """
+        if self.settings.object_lock:
+            await self._delete_versions(key)
+            return
         try:
             await self._call("delete_object", "DELETE", key)
         except StorageError as err:
             if err.code != "NoSuchKey":
                 raise
+
+    async def _delete_versions(self, key: str) -> None:
+        for version_id in await self.list_versions(key):
+            try:
+                await self._call(
+                    "delete_object",
+                    "DELETE",
+                    key,
+                    query={"versionId": version_id},
+                    headers={"x-amz-bypass-governance-retention": "true"},
+                )
+            except StorageError as err:
+                if err.code not in ("NoSuchKey", "NoSuchVersion"):
+                    raise
+
+    async def list_versions(self, key: str) -> list[str]:
+        """The version ids of `key` (delete markers too), newest first."""
+        versions: list[str] = []
+        markers: dict[str, str] = {}
+        while True:
+            query = {"versions": "", "prefix": key, "max-keys": str(self.page_size), **markers}
+            root = _xml("list_object_versions", await self._call("list_object_versions", "GET", query=query))
+            for item in root:
+                if local(item.tag) in ("Version", "DeleteMarker") and child_text(item, "Key") == key:
+                    versions.append(child_text(item, "VersionId"))
+            if child_text(root, "IsTruncated").lower() != "true":
+                break
+            new_markers = {
+                "key-marker": child_text(root, "NextKeyMarker"),
+                "version-id-marker": child_text(root, "NextVersionIdMarker"),
+            }
+            if not new_markers["key-marker"] or new_markers == markers:
+                break
+            markers = new_markers
+        return versions
+
+    async def lock_object(self, key: str, until: float) -> None:
+        """Put the object under S3 Object Lock, governance mode, until `until` (PutObjectRetention)."""
+        when = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = (
+            f'<Retention xmlns="{XMLNS}"><Mode>GOVERNANCE</Mode><RetainUntilDate>{when}</RetainUntilDate>'
+            "</Retention>"
+        ).encode()
+        md5 = base64.b64encode(hashlib.md5(body).digest()).decode()  # noqa: S324 - S3 asks for it
+        await self._call(
+            "put_object_retention",
+            "PUT",
+            key,
+            query={"retention": ""},
+            body=body,
+            headers={"Content-MD5": md5, "Content-Type": "application/xml"},
+        )
 
     async def put_object(self, key: str, body: bytes, content_type: str = "application/json") -> None:
         await self._call("put_object", "PUT", key, body=body, headers={"Content-Type": content_type})

@@ -1,7 +1,8 @@
 """The sweeper: periodic cleanup that keeps storage and the database in step.
 
 Each run, in this order:
-1. uploads in progress for longer than `stale_upload_after` are aborted in storage and marked failed;
+1. uploads in progress that showed no sign of life (created, parts signed or listed) for `stale_upload_after`
+   seconds are aborted in storage and marked failed: a slow upload that keeps asking for part URLs lives on;
 2. multipart uploads the gateway made that the database does not know as in progress are aborted (left over by a
    crash, a lost response, a failed abort, a revoked instance). Storage is listed *before* the database is read,
    and an init inserts its row before it creates the upload, so an upload being started right now is never
@@ -9,7 +10,8 @@ Each run, in this order:
    `S3_PREFIX` if one is set, else those under the id of an instance the database knows (`<instance_id>/...`);
    another application's uploads are left alone;
 3. backups left `deleting` (their object delete failed earlier) are deleted again;
-4. init events older than the rate-limit window are pruned.
+4. init events older than the rate-limit window are pruned, and `failed` rows `prune_failed_after` seconds
+   after they failed.
 
 Every node runs it: one at a time sweeps (the store's sweeper lock: an advisory lock on PostgreSQL), the others
 skip that run; and each backup it touches is held with the store's backup lock (skipped if a request holds it),
@@ -42,6 +44,7 @@ class SweepReport:
     orphans_aborted: int = 0
     deletions_done: int = 0
     deletions_failed: int = 0
+    failed_pruned: int = 0
     skipped: bool = False  # another node was sweeping
 
 
@@ -91,7 +94,13 @@ class Sweeper:
                 return SweepReport(skipped=True)
             report = await self._run(self.clock() if now is None else now)
         self.metrics.sweeps.inc()
-        if report.stale_failed or report.orphans_aborted or report.deletions_done or report.deletions_failed:
+        if (
+            report.stale_failed
+            or report.orphans_aborted
+            or report.deletions_done
+            or report.deletions_failed
+            or report.failed_pruned
+        ):
             _LOGGER.info("Sweeper: %s", report)
         return report
 
@@ -102,13 +111,13 @@ class Sweeper:
         for backup in await store.stale_uploads(now - self.settings.stale_upload_after):
             # Marked failed first (only if still uploading, so a complete racing us wins), then aborted.
             async with store.lock_backup(backup.id, wait=False) as held:
-                failed = await store.fail_backup(backup.id) if held else None
+                failed = await store.fail_backup(backup.id, now) if held else None
                 if failed is None:
                     continue
                 backup = failed  # noqa: PLW2901 - its upload id as it was when it failed
                 report.stale_failed += 1
                 _LOGGER.info(
-                    "Sweeper: upload %s of instance %s was stale; marked failed",
+                    "Sweeper: upload %s of instance %s showed no activity for too long; marked failed",
                     backup.id,
                     backup.instance_id,
                 )
@@ -145,6 +154,7 @@ class Sweeper:
         self.metrics.swept.labels("deleted").inc(report.deletions_done)
 
         await store.prune_init_events(now - 3600)
+        report.failed_pruned = await store.prune_failed(now - self.settings.prune_failed_after)
         self.metrics.uploads_in_progress.set(await store.count_uploading())
         return report
 

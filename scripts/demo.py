@@ -54,6 +54,8 @@ EXAMPLES = ROOT / "examples"
 DASHBOARD = EXAMPLES / "dashboard.yaml"
 
 DOMAIN = "offsite_backup"
+# The operator's policy for the demo's instance (`offsite-gateway instance set`): a quota, so "Quota used" shows.
+DEMO_POLICY = ("--quota", "1GiB", "--keep-daily", "7", "--keep-weekly", "4", "--keep-monthly", "12")
 INSTANCE_NAME = "home"  # the entry's title, hence the entity ids (sensor.home_progress, ...)
 USERNAME = "demo"
 BUCKET = "offsite-demo"
@@ -563,6 +565,12 @@ class Demo:
         say(
             f"offsite-gateway instance add {INSTANCE_NAME}: instance id {self.instance_id}, token printed once"
         )
+        output = await self.processes.run(
+            "offsite-gateway instance set",
+            [*gateway_cli, "instance", "set", INSTANCE_NAME, *DEMO_POLICY],
+            self.env,
+        )
+        say(f"offsite-gateway instance set {INSTANCE_NAME} {' '.join(DEMO_POLICY)}: {output.strip()}")
         gateway = await self.processes.start(
             "the gateway", [*gateway_cli, "serve"], self.env, self.dir / "gateway.log"
         )
@@ -1030,6 +1038,38 @@ logger:
             agent.get("protected") is True,
         )
 
+    async def show_usage(self, api: HomeAssistantApi, entities: dict[str, str], size: int) -> None:
+        """The usage sensors, as the gateway reported them after the backup (refreshed after each job)."""
+        keys = ("storage_used", "backups_stored", "quota_used")
+        states: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + 30
+        while True:
+            for key in keys:
+                entity_id = entities.get(key)
+                states[key] = await api.request("GET", f"/api/states/{entity_id}") if entity_id else {}
+            if states["backups_stored"].get("state") == "1" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        for key in keys:
+            state = states[key]
+            unit = (state.get("attributes") or {}).get("unit_of_measurement") or ""
+            say(f"  {entities.get(key)}: {state.get('state')} {unit}".rstrip())
+        try:
+            used = float(states["storage_used"]["state"])
+            count = int(states["backups_stored"]["state"])
+            share = float(states["quota_used"]["state"])
+        except (KeyError, TypeError, ValueError):
+            self.result.check("the usage sensors show numbers", ok=False)
+            return
+        scale = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}.get(
+            (states["storage_used"].get("attributes") or {}).get("unit_of_measurement", ""), 0
+        )
+        self.result.check(
+            f"Storage used {used} ({_mib(int(used * scale))}), Backups stored {count}, Quota used {share} % of "
+            f"{DEMO_POLICY[1]}: what the gateway holds",
+            count == 1 and abs(used * scale - size) < 1024 * 1024 and 0 < share < 100,
+        )
+
     def _object(self, key: str) -> tuple[dict[str, Any], str]:
         client = boto3.client(
             "s3",
@@ -1084,6 +1124,7 @@ logger:
                 made = await self.back_up(api, ws, entities)
                 if made is not None:
                     await self.verify(session, api, ws, *made)
+                    await self.show_usage(api, entities, made[1])
             self._summary(once)
             if once:
                 return self.result.ok

@@ -20,7 +20,17 @@ from homeassistant.helpers.typing import ConfigType
 from homeassistant.util.hass_dict import HassKey
 
 from .api import GatewayClient
-from .const import CONF_TOKEN, CONF_URL, DOMAIN, LOGGER, STORES, JobTrigger, store_key
+from .const import (
+    CONF_TOKEN,
+    CONF_URL,
+    DOMAIN,
+    EVENT_FAILED,
+    EVENT_SUCCEEDED,
+    LOGGER,
+    STORES,
+    JobTrigger,
+    store_key,
+)
 from .coordinator import GatewayCoordinator
 from .drill_runner import DrillStopped, RestoreDrill
 from .models import OffsiteBackupConfigEntry, OffsiteBackupData, Settings, agent_id_for
@@ -118,6 +128,17 @@ async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry
             listener()
 
     entry.async_on_unload(entry.async_on_state_change(notify_backup_agent_listeners))
+
+    @callback
+    def refresh_usage(event: Event) -> None:
+        """After each job of this entry, the gateway's usage report again (storage used, backups stored)."""
+        if event.data.get("config_entry_id") == entry.entry_id:
+            entry.async_create_background_task(
+                hass, coordinator.async_refresh(), f"{DOMAIN} usage after a backup"
+            )
+
+    for event_type in (EVENT_SUCCEEDED, EVENT_FAILED):
+        entry.async_on_unload(hass.bus.async_listen(event_type, refresh_usage))
     return True
 
 

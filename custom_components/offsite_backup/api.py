@@ -8,7 +8,9 @@ carrying the gateway's ``code`` and ``message`` (and the HTTP ``status``):
 =============================  ==========================================================================
 ``GatewayAuthError``           401 (and 403): the token is wrong or revoked → start a reauth flow
 ``GatewayNotFoundError``       404: no such backup for this instance
-``GatewayQuotaError``          413: over quota, backup too large, request body too large
+``GatewayQuotaError``          413: over quota, backup too large, request body too large (``used_bytes``,
+                               ``needed_bytes``, ``quota_bytes`` when the gateway gives them)
+``GatewayProtectedError``      403 ``protected``: the backup cannot be deleted yet (``deletable_at``)
 ``GatewayConflictError``       409: an upload already running, upload not in progress, parts missing…
 ``GatewayUnavailableError``    connection errors, timeouts, 5xx, answers that are not the expected JSON
 ``GatewayRateLimitedError``    429 (a ``GatewayUnavailableError``; ``retry_after`` in seconds when given)
@@ -98,7 +100,42 @@ class GatewayNotFoundError(GatewayError):
 
 
 class GatewayQuotaError(GatewayError):
-    """Over quota or too large (413)."""
+    """Over quota or too large (413); the numbers the gateway gave, when it gave them."""
+
+    def _bytes(self, key: str) -> int | None:
+        value = self.details.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+    @property
+    def used_bytes(self) -> int | None:
+        """What the instance holds in storage already."""
+        return self._bytes("used_bytes")
+
+    @property
+    def needed_bytes(self) -> int | None:
+        """What the refused backup needed."""
+        return self._bytes("needed_bytes")
+
+    @property
+    def quota_bytes(self) -> int | None:
+        """The instance's quota."""
+        return self._bytes("quota_bytes")
+
+
+class GatewayProtectedError(GatewayError):
+    """403 ``protected``: the backup is under delete protection; ``gateway_message`` says until when."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        details: Mapping[str, Any] | None = None,
+        gateway_message: str = "",
+    ) -> None:
+        super().__init__(message, code=code, status=status, details=details)
+        self.gateway_message = gateway_message or message
 
 
 class GatewayConflictError(GatewayError):
@@ -147,12 +184,40 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """What the instance holds in storage (completed backups and the parts of its upload in progress)."""
+
+    bytes: int
+    backups: int
+    quota_bytes: int | None
+
+    @property
+    def percent(self) -> float | None:
+        """The share of the quota used, or None without a quota."""
+        return 100.0 * self.bytes / self.quota_bytes if self.quota_bytes else None
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePolicy:
+    """The retention and delete protection in force for the instance."""
+
+    keep_last: int
+    keep_daily: int
+    keep_weekly: int
+    keep_monthly: int
+    protect_days: int
+    object_lock: bool
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceInfo:
-    """``GET /v1/instance``: who the token belongs to."""
+    """``GET /v1/instance``: who the token belongs to, its limits, and (newer gateways) its usage and policy."""
 
     id: str
     name: str
     limits: Limits
+    usage: Usage | None = None
+    policy: InstancePolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +356,30 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+def _usage(value: Any) -> Usage | None:
+    if value is None:
+        return None  # a gateway older than usage reports
+    data = _obj(value)
+    quota = data.get("quota_bytes")
+    if quota is not None and (not isinstance(quota, int) or isinstance(quota, bool)):
+        raise _BadAnswer
+    return Usage(bytes=_int(data, "bytes"), backups=_int(data, "backups"), quota_bytes=quota)
+
+
+def _policy(value: Any) -> InstancePolicy | None:
+    if value is None:
+        return None
+    data = _obj(value)
+    return InstancePolicy(
+        keep_last=_int(data, "keep_last"),
+        keep_daily=_int(data, "keep_daily"),
+        keep_weekly=_int(data, "keep_weekly"),
+        keep_monthly=_int(data, "keep_monthly"),
+        protect_days=_int(data, "protect_days"),
+        object_lock=data.get("object_lock") is True,
+    )
+
+
 def _instance(data: dict[str, Any]) -> InstanceInfo:
     limits = _obj(data["limits"])
     return InstanceInfo(
@@ -302,6 +391,8 @@ def _instance(data: dict[str, Any]) -> InstanceInfo:
             retention=limits.get("retention"),
             url_ttl=_int(limits, "url_ttl"),
         ),
+        usage=_usage(data.get("usage")),
+        policy=_policy(data.get("policy")),
     )
 
 
@@ -439,6 +530,10 @@ class GatewayClient:
         if status >= 500 or code is None:
             # 5xx, or not the gateway's JSON error (a reverse proxy's page, a wrong URL…)
             raise GatewayUnavailableError(text, code=code, status=status, details=details)
+        if status == 403 and code == "protected":
+            raise GatewayProtectedError(
+                text, code=code, status=status, details=details, gateway_message=message
+            )
         raise _STATUS_ERRORS.get(status, GatewayError)(text, code=code, status=status, details=details)
 
     async def _call(self, method: str, path: str, *, body: Any = None, expect: int = 200) -> dict[str, Any]:

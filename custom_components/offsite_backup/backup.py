@@ -21,7 +21,13 @@ from homeassistant.components.backup.agent import BackupAgentUnreachableError
 from homeassistant.core import HomeAssistant, callback
 
 from . import DATA_BACKUP_AGENT_LISTENERS
-from .api import GatewayError, GatewayNotFoundError, GatewayUnavailableError, RemoteBackup
+from .api import (
+    GatewayError,
+    GatewayNotFoundError,
+    GatewayProtectedError,
+    GatewayUnavailableError,
+    RemoteBackup,
+)
 from .const import DOMAIN, LOGGER
 from .listing import Listing
 from .models import OffsiteBackupConfigEntry, agent_unique_id
@@ -71,6 +77,9 @@ def handle_gateway_errors[T](
                 raise BackupNotFound(f"Backup not found: {err}") from err
             except GatewayUnavailableError as err:
                 raise GatewayUnreachableError(f"Failed to {action}: {err}") from err
+            except GatewayProtectedError as err:
+                # The gateway's own words, which say until when (shown on the Backups page).
+                raise BackupAgentError(err.gateway_message) from err
             except GatewayError as err:
                 raise BackupAgentError(f"Failed to {action}: {err}") from err
 

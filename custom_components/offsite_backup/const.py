@@ -81,6 +81,7 @@ ATTR_BACKUP_ID: Final = "backup_id"
 
 ISSUE_BACKUP_FAILING: Final = "backup_failing"
 ISSUE_DRILL_FAILED: Final = "drill_failed"
+ISSUE_QUOTA_EXCEEDED: Final = "quota_exceeded"
 
 
 class JobStatus(StrEnum):

@@ -8,8 +8,29 @@ from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers import issue_registry as ir
 
-from .const import DOMAIN, EVENT_FAILED, EVENT_SUCCEEDED, ISSUE_BACKUP_FAILING, LOGGER, JobStatus
+from .api import GatewayQuotaError
+from .const import (
+    DOMAIN,
+    EVENT_FAILED,
+    EVENT_SUCCEEDED,
+    ISSUE_BACKUP_FAILING,
+    ISSUE_QUOTA_EXCEEDED,
+    LOGGER,
+    JobStatus,
+)
 from .jobs import Job
+
+
+def _size(value: int | None) -> str:
+    """A byte count for people: binary units, one decimal."""
+    if value is None:
+        return "?"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class OutcomeReporter:
@@ -26,6 +47,30 @@ class OutcomeReporter:
         """The entry's Repairs issue."""
         return f"{ISSUE_BACKUP_FAILING}_{self._entry.entry_id}"
 
+    @property
+    def quota_issue_id(self) -> str:
+        """The entry's Repairs issue for a backup the gateway refused for the quota."""
+        return f"{ISSUE_QUOTA_EXCEEDED}_{self._entry.entry_id}"
+
+    @callback
+    def quota_refused(self, err: GatewayQuotaError) -> None:
+        """The gateway refused a backup for the quota: a Repairs issue with what is used and what it needed."""
+        ir.async_create_issue(
+            self._hass,
+            DOMAIN,
+            self.quota_issue_id,
+            is_fixable=False,
+            is_persistent=False,
+            severity=ir.IssueSeverity.ERROR,
+            translation_key=ISSUE_QUOTA_EXCEEDED,
+            translation_placeholders={
+                "title": self._entry.title,
+                "used": _size(err.used_bytes),
+                "needed": _size(err.needed_bytes),
+                "quota": _size(err.quota_bytes),
+            },
+        )
+
     @callback
     def report(self, job: Job, failures_in_row: int) -> None:
         """Tell how ``job`` ended (``failures_in_row`` counts it already)."""
@@ -39,6 +84,7 @@ class OutcomeReporter:
         }
         if job.status is JobStatus.SUCCEEDED:
             ir.async_delete_issue(self._hass, DOMAIN, self.issue_id)
+            ir.async_delete_issue(self._hass, DOMAIN, self.quota_issue_id)
             LOGGER.info("Backup %s sent off-site (%s bytes in %s s)", job.backup_id, job.size, job.duration)
             # A partial backup (add-ons or folders Home Assistant could not back up) says what it lacks.
             self._hass.bus.async_fire(

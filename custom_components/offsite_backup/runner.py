@@ -33,6 +33,7 @@ from .api import (
     GatewayConflictError,
     GatewayError,
     GatewayNotFoundError,
+    GatewayQuotaError,
     RemoteBackup,
 )
 from .compat import backup_manager, failed_parts
@@ -431,6 +432,10 @@ class BackupRunner:
             self._history.clear_pending()
             self.entry.async_start_reauth(self.hass)
             self._jobs.settle(job, JobStatus.FAILED, f"The gateway refused the token: {err}")
+        except GatewayQuotaError as err:
+            self._history.clear_pending()
+            self._outcome.quota_refused(err)
+            self._jobs.settle(job, JobStatus.FAILED, str(err))
         except (UploadError, GatewayError) as err:
             self._history.clear_pending()
             self._jobs.settle(job, JobStatus.FAILED, str(err))

@@ -10,11 +10,13 @@ from homeassistant.components.sensor import (
     SensorDeviceClass,
     SensorEntity,
     SensorEntityDescription,
+    SensorStateClass,
 )
 from homeassistant.const import PERCENTAGE, EntityCategory, UnitOfInformation
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
+from .api import Usage
 from .const import DrillStatus, JobStatus
 from .drill_runner import shown_status
 from .entity import OffsiteBackupEntity
@@ -88,7 +90,42 @@ SENSORS: tuple[OffsiteBackupSensorDescription, ...] = (
             "backup_id": data.drill.last_verified.backup_id if data.drill.last_verified else None,
         },
     ),
+    # What the gateway reports for this instance (GET /v1/instance, polled every 5 minutes and after each job).
+    OffsiteBackupSensorDescription(
+        key="storage_used",
+        translation_key="storage_used",
+        device_class=SensorDeviceClass.DATA_SIZE,
+        state_class=SensorStateClass.MEASUREMENT,
+        native_unit_of_measurement=UnitOfInformation.BYTES,
+        suggested_unit_of_measurement=UnitOfInformation.GIBIBYTES,
+        suggested_display_precision=2,
+        value_fn=lambda data: _usage(data, lambda usage: usage.bytes),
+        needs_gateway=True,
+    ),
+    OffsiteBackupSensorDescription(
+        key="backups_stored",
+        translation_key="backups_stored",
+        state_class=SensorStateClass.MEASUREMENT,
+        value_fn=lambda data: _usage(data, lambda usage: usage.backups),
+        needs_gateway=True,
+    ),
+    OffsiteBackupSensorDescription(
+        key="quota_used",
+        translation_key="quota_used",
+        native_unit_of_measurement=PERCENTAGE,
+        state_class=SensorStateClass.MEASUREMENT,
+        suggested_display_precision=1,
+        value_fn=lambda data: _usage(data, lambda usage: usage.percent),
+        needs_gateway=True,
+    ),
 )
+
+
+def _usage(data: OffsiteBackupData, read: Callable[[Usage], float | None]) -> float | None:
+    """A figure of the gateway's usage report; None (unknown) from a gateway that does not report it."""
+    info = data.coordinator.data
+    usage = info.usage if info is not None else None
+    return None if usage is None else read(usage)
 
 
 def _truncate(text: str | None) -> str | None:

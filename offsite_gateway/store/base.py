@@ -63,6 +63,21 @@ class UnknownInstance(StoreError, LookupError):
     """No active instance has this name (there is none, or it was revoked)."""
 
 
+POLICY_FIELDS = ("quota_bytes", "keep_last", "keep_daily", "keep_weekly", "keep_monthly", "protect_days")
+
+
+@dataclass(frozen=True)
+class PolicyOverrides:
+    """What the operator set for one instance (`instance set`); None: the gateway's default (its settings)."""
+
+    quota_bytes: int | None = None
+    keep_last: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    protect_days: int | None = None
+
+
 @dataclass(frozen=True)
 class Instance:
     """A Home Assistant installation allowed to back up through the gateway."""
@@ -71,6 +86,7 @@ class Instance:
     name: str
     created_at: float
     revoked_at: float | None = None
+    policy: PolicyOverrides = field(default_factory=PolicyOverrides)
 
 
 @dataclass
@@ -90,6 +106,8 @@ class Backup:
     object_key: str
     upload_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # An upload's last sign of life (created, parts signed or listed), or when it failed: the sweeper's clock.
+    last_activity: float | None = None
 
 
 class SchemaTooNew(StoreError, RuntimeError):
@@ -141,11 +159,21 @@ class Store(Protocol):
     async def list_instances(self) -> list[Instance]: ...
     async def revoke_instance(self, name: str, now: float) -> Instance | None:
         """Revoke the active instance with this name and, in the same transaction, mark its uploads in progress
-        failed (their storage uploads become orphans: see `sweeper`); None if there is none."""
+        failed at `now` (their storage uploads become orphans: see `sweeper`); None if there is none."""
         ...
 
     async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
         """Replace the token hash of the active instance with this name; None if there is none."""
+        ...
+
+    async def set_policy(self, name: str, changes: dict[str, int | None]) -> Instance | None:
+        """Set some of the active instance's policy fields (POLICY_FIELDS; None: back to the default); the
+        instance as it then is, or None if no active instance has this name."""
+        ...
+
+    async def usage(self, instance_id: str) -> tuple[int, int]:
+        """(bytes, count) of the instance's completed backups (bytes: those being deleted too, which storage
+        still holds); each backup's size is what storage holds (complete checks the parts storage lists)."""
         ...
 
     async def instance_by_token_hash(self, token_hash: str) -> Instance | None: ...
@@ -174,9 +202,13 @@ class Store(Protocol):
         """`uploading` → `completed`; False if it was not uploading any more."""
         ...
 
-    async def fail_backup(self, backup_id: str) -> Backup | None:
-        """`uploading` → `failed`, atomically; the backup as it then was (its storage upload id, if the create
-        had recorded one by then), or None if it was not uploading any more."""
+    async def fail_backup(self, backup_id: str, now: float) -> Backup | None:
+        """`uploading` → `failed` (its last activity: `now`), atomically; the backup as it then was (its storage
+        upload id, if the create had recorded one by then), or None if it was not uploading any more."""
+        ...
+
+    async def touch_backup(self, backup_id: str, now: float) -> None:
+        """An upload in progress shows a sign of life (parts signed or listed): its last activity is `now`."""
         ...
 
     async def mark_deleting(self, backup_ids: Sequence[str]) -> None:
@@ -184,7 +216,14 @@ class Store(Protocol):
         ...
 
     async def delete_backup(self, backup_id: str) -> None: ...
-    async def stale_uploads(self, started_before: float) -> list[Backup]: ...
+    async def stale_uploads(self, active_before: float) -> list[Backup]:
+        """Uploads in progress whose last activity is older than `active_before`."""
+        ...
+
+    async def prune_failed(self, before: float) -> int:
+        """Delete the `failed` rows that failed before `before`; how many."""
+        ...
+
     async def deleting_backups(self) -> list[Backup]: ...
     async def count_uploading(self) -> int: ...
     async def prune_init_events(self, before: float) -> None: ...

@@ -163,6 +163,66 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        5,
+        "uploads' last activity (staleness, pruning failed rows); per-instance policy (quota, retention, protection)",
+        sqlite="""
+        ALTER TABLE backups ADD COLUMN last_activity REAL;
+        UPDATE backups SET last_activity = created_at;
+        CREATE INDEX backups_by_activity ON backups(status, last_activity);
+        ALTER TABLE instances ADD COLUMN quota_bytes INTEGER;
+        ALTER TABLE instances ADD COLUMN keep_last INTEGER;
+        ALTER TABLE instances ADD COLUMN keep_daily INTEGER;
+        ALTER TABLE instances ADD COLUMN keep_weekly INTEGER;
+        ALTER TABLE instances ADD COLUMN keep_monthly INTEGER;
+        ALTER TABLE instances ADD COLUMN protect_days INTEGER
+        """,
+        postgresql=(
+            "ALTER TABLE backups ADD COLUMN IF NOT EXISTS last_activity double precision",
+            "UPDATE backups SET last_activity = created_at WHERE last_activity IS NULL",
+            "CREATE INDEX IF NOT EXISTS backups_by_activity ON backups(status, last_activity)",
+            "ALTER TABLE instances ADD COLUMN IF NOT EXISTS quota_bytes bigint",
+            "ALTER TABLE instances ADD COLUMN IF NOT EXISTS keep_last integer",
+            "ALTER TABLE instances ADD COLUMN IF NOT EXISTS keep_daily integer",
+            "ALTER TABLE instances ADD COLUMN IF NOT EXISTS keep_weekly integer",
+            "ALTER TABLE instances ADD COLUMN IF NOT EXISTS keep_monthly integer",
+            "ALTER TABLE instances ADD COLUMN IF NOT EXISTS protect_days integer",
+            # The create's function, now recording the new upload's last activity (its creation).
+            """
+            CREATE OR REPLACE FUNCTION offsite_begin_backup(
+                p_id text, p_instance_id text, p_name text, p_size bigint, p_sha256 text,
+                p_created_at double precision, p_part_size bigint, p_part_count integer, p_object_key text,
+                p_metadata text, p_now double precision, p_init_rate integer,
+                OUT busy text, OUT recent bigint, OUT oldest double precision, OUT began boolean)
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                began := false;
+                -- Holding the instance's row: its creates are counted one at a time, whichever node runs them.
+                PERFORM 1 FROM instances WHERE id = p_instance_id FOR UPDATE;
+                SELECT b.id INTO busy FROM backups b
+                    WHERE b.instance_id = p_instance_id AND b.status = 'uploading' LIMIT 1;
+                IF busy IS NOT NULL THEN
+                    RETURN;
+                END IF;
+                SELECT count(*), min(e.at) INTO recent, oldest FROM init_events e
+                    WHERE e.instance_id = p_instance_id AND e.at > p_now - 3600;
+                IF recent >= p_init_rate THEN
+                    RETURN;
+                END IF;
+                INSERT INTO backups (id, instance_id, name, size, sha256, status, created_at, completed_at,
+                                     part_size, part_count, object_key, upload_id, metadata, last_activity)
+                    VALUES (p_id, p_instance_id, p_name, p_size, p_sha256, 'uploading', p_created_at, NULL,
+                            p_part_size, p_part_count, p_object_key, NULL, p_metadata, p_created_at);
+                INSERT INTO init_events (instance_id, at) VALUES (p_instance_id, p_now);
+                began := true;
+            END
+            $$
+            """,
+        ),
+    ),
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 assert all(migration.version == index + 1 for index, migration in enumerate(MIGRATIONS))
 

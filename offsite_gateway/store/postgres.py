@@ -11,13 +11,17 @@ at a time), conditional updates for every state change, and advisory locks:
 - `lock_sweeper`: `pg_try_advisory_lock`: one node sweeps, the others skip that run.
 - migrations run under an advisory lock, each in its own transaction, recorded in `schema_migrations`.
 
-Connections come from a small pool of our own (pgpool.py: asyncpg's cost more CPU than the queries). Every call
-has a deadline: connecting and waiting for a connection, each statement, and a lock wait (`lock_timeout`), all
-`OFFSITE_GATEWAY_DB_TIMEOUT` seconds.
+Connections come from asyncpg's pool (`asyncpg.create_pool`), given back without asyncpg's reset query (see
+`_reset`). A connection whose state is uncertain, because the block using it was cancelled or failed on something
+else than an error PostgreSQL answered on it (a unique violation, say), is terminated before asyncpg's pool takes
+it back: the pool then opens a new one, and the server drops whatever the old session held (its advisory locks).
+Every call has a deadline: connecting and waiting for a connection, each statement, and a lock wait
+(`lock_timeout`), all `OFFSITE_GATEWAY_DB_TIMEOUT` seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import hashlib
@@ -30,9 +34,11 @@ import asyncpg
 
 from ..config import PostgresDatabase
 from .base import (
+    POLICY_FIELDS,
     Backup,
     DuplicateInstance,
     Instance,
+    PolicyOverrides,
     RateLimited,
     SchemaStatus,
     SchemaTooNew,
@@ -41,15 +47,14 @@ from .base import (
 )
 from .locks import KeyedLocks
 from .migrations import MIGRATIONS, SCHEMA_VERSION, pending, statements, too_new_message
-from .pgpool import ConnectionPool
 
 # A constant: the f-strings below only splice it in, every value is a bound parameter.
 _BACKUP_COLUMNS = (
     "id, instance_id, name, size, sha256, status, created_at, completed_at, part_size, part_count, "
-    "object_key, upload_id, metadata"
+    "object_key, upload_id, metadata, last_activity"
 )
-_BACKUP_PLACEHOLDERS = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13"
-_INSTANCE_COLUMNS = "id, name, created_at, revoked_at"
+_BACKUP_PLACEHOLDERS = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14"
+_INSTANCE_COLUMNS = "id, name, created_at, revoked_at, " + ", ".join(POLICY_FIELDS)
 
 _MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -98,6 +103,7 @@ def _backup(row: asyncpg.Record) -> Backup:
         object_key=row["object_key"],
         upload_id=row["upload_id"],
         metadata=json.loads(row["metadata"]),
+        last_activity=row["last_activity"],
     )
 
 
@@ -116,11 +122,22 @@ def _backup_values(backup: Backup) -> tuple[Any, ...]:
         backup.object_key,
         backup.upload_id,
         json.dumps(backup.metadata, separators=(",", ":")),
+        backup.last_activity if backup.last_activity is not None else backup.created_at,
     )
 
 
+def _terminate(conn: asyncpg.Connection) -> None:
+    """End a pooled connection (its session and locks with it); the pool opens a new one when needed.
+
+    Once terminated, asyncpg's pool takes it back at once: a second call finds it released, and does nothing.
+    """
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+
+
 def _instance(row: asyncpg.Record) -> Instance:
-    return Instance(row["id"], row["name"], row["created_at"], row["revoked_at"])
+    policy = PolicyOverrides(**{name: row[name] for name in POLICY_FIELDS})
+    return Instance(row["id"], row["name"], row["created_at"], row["revoked_at"], policy)
 
 
 class PostgresStore:
@@ -132,7 +149,7 @@ class PostgresStore:
         self.url = url
         self.pool_size = pool_size
         self.timeout = timeout
-        self._pool: ConnectionPool | None = None
+        self._pool: asyncpg.Pool | None = None
         self._locks = KeyedLocks()
         # The connection holding this task's advisory lock, used by every call inside `lock_backup`.
         self._bound: contextvars.ContextVar[asyncpg.Connection | None] = contextvars.ContextVar(
@@ -148,16 +165,20 @@ class PostgresStore:
         return f"PostgreSQL {PostgresDatabase(self.url).redacted}"
 
     @property
-    def pool(self) -> ConnectionPool:
+    def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("the store is not open")
         return self._pool
 
     async def open(self, *, migrate: bool = True) -> None:
-        pool = ConnectionPool(
+        pool = await asyncpg.create_pool(
             self.url,
-            size=self.pool_size,
-            timeout=self.timeout,
+            min_size=1,
+            max_size=self.pool_size,
+            timeout=self.timeout,  # connecting
+            command_timeout=self.timeout,  # each statement
+            max_inactive_connection_lifetime=60,
+            reset=self._reset,
             server_settings={
                 "application_name": "offsite-gateway",
                 # A lock wait (row or advisory) longer than this fails rather than piling up requests.
@@ -166,7 +187,7 @@ class PostgresStore:
             },
         )
         try:
-            async with pool.acquire() as conn:
+            async with self._acquire(pool) as conn:
                 if migrate:
                     await self._migrate(conn)
                 else:
@@ -181,7 +202,35 @@ class PostgresStore:
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await pool.close()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await pool.close()
+            except TimeoutError:
+                pool.terminate()
+
+    @staticmethod
+    async def _reset(conn: asyncpg.Connection) -> None:
+        """Nothing more than asyncpg's own rollback of an open transaction, when a connection goes back.
+
+        Not asyncpg's default reset query (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`: a
+        second round trip after every call): the store never sets, listens or keeps cursors, and `_advisory`
+        unlocks what it locked, or terminates the connection (and so its session's locks) when it cannot be sure.
+        """
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self, pool: asyncpg.Pool | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of asyncpg's pool for the block, waited for at most `timeout` seconds; terminated (the
+        pool then replaces it) unless the block ended well or on an error PostgreSQL answered on it."""
+        async with (pool or self.pool).acquire(timeout=self.timeout) as conn:
+            try:
+                yield conn
+            except asyncpg.PostgresError as err:
+                if isinstance(err, asyncpg.QueryCanceledError | asyncpg.PostgresConnectionError):
+                    _terminate(conn)
+                raise
+            except BaseException:
+                _terminate(conn)
+                raise
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
@@ -191,7 +240,7 @@ class PostgresStore:
             if bound is not None:
                 yield bound
                 return
-            async with self.pool.acquire() as conn:
+            async with self._acquire() as conn:
                 yield conn
         except _UNAVAILABLE as err:
             raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
@@ -257,7 +306,7 @@ class PostgresStore:
             conn: asyncpg.Connection | None = bound
             try:
                 if conn is None:
-                    conn = await stack.enter_async_context(self.pool.acquire())
+                    conn = await stack.enter_async_context(self._acquire())
                 assert conn is not None
                 if read_ahead is not None:
                     # Locked and read in one round trip (offsite_lock_backup, migration 4).
@@ -275,7 +324,7 @@ class PostgresStore:
                     held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
             except BaseException as err:
                 if bound is None and conn is not None:
-                    conn.terminate()
+                    _terminate(conn)
                 if isinstance(err, _UNAVAILABLE):
                     raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
                 raise
@@ -292,10 +341,10 @@ class PostgresStore:
                 except _UNAVAILABLE as err:
                     if bound is not None:
                         raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
-                    conn.terminate()  # the lock ends with the session; what the block did stands
+                    _terminate(conn)  # the lock ends with the session; what the block did stands
                 except BaseException:
                     if bound is None:
-                        conn.terminate()
+                        _terminate(conn)
                     raise
 
     @contextlib.asynccontextmanager
@@ -379,8 +428,10 @@ class PostgresStore:
             )
             if row is not None:
                 await conn.execute(
-                    "UPDATE backups SET status = 'failed' WHERE instance_id = $1 AND status = 'uploading'",
+                    "UPDATE backups SET status = 'failed', last_activity = $2 "
+                    "WHERE instance_id = $1 AND status = 'uploading'",
                     row["id"],
+                    now,
                 )
         return None if row is None else _instance(row)
 
@@ -393,6 +444,37 @@ class PostgresStore:
                 name,
             )
         return None if row is None else _instance(row)
+
+    async def set_policy(self, name: str, changes: dict[str, int | None]) -> Instance | None:
+        unknown = set(changes) - set(POLICY_FIELDS)
+        if unknown:
+            raise ValueError(f"not policy fields: {sorted(unknown)}")
+        async with self._conn() as conn:
+            if not changes:
+                row = await conn.fetchrow(
+                    f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE name = $1 AND revoked_at IS NULL",  # noqa: S608
+                    name,
+                )
+            else:
+                # Field names checked above; every value a bound parameter.
+                assignments = ", ".join(f"{field} = ${index}" for index, field in enumerate(changes, 2))
+                row = await conn.fetchrow(
+                    f"UPDATE instances SET {assignments} WHERE name = $1 AND revoked_at IS NULL "  # noqa: S608
+                    f"RETURNING {_INSTANCE_COLUMNS}",
+                    name,
+                    *changes.values(),
+                )
+        return None if row is None else _instance(row)
+
+    async def usage(self, instance_id: str) -> tuple[int, int]:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT coalesce(sum(size), 0) AS bytes, count(*) FILTER (WHERE status = 'completed') AS count "
+                "FROM backups WHERE instance_id = $1 AND status IN ('completed', 'deleting')",
+                instance_id,
+            )
+        assert row is not None
+        return int(row["bytes"]), int(row["count"])
 
     async def instance_by_token_hash(self, token_hash: str) -> Instance | None:
         async with self._conn() as conn:
@@ -497,15 +579,26 @@ class PostgresStore:
         self._read_ahead.set((f"list:completed:{completed[0].instance_id}", completed))
         return True
 
-    async def fail_backup(self, backup_id: str) -> Backup | None:
+    async def fail_backup(self, backup_id: str, now: float) -> Backup | None:
         self._forget_ahead()
         async with self._conn() as conn:
             row = await conn.fetchrow(
-                "UPDATE backups SET status = 'failed' WHERE id = $1 AND status = 'uploading' "  # noqa: S608
-                f"RETURNING {_BACKUP_COLUMNS}",
+                "UPDATE backups SET status = 'failed', last_activity = $2 "  # noqa: S608
+                f"WHERE id = $1 AND status = 'uploading' RETURNING {_BACKUP_COLUMNS}",
                 backup_id,
+                now,
             )
         return None if row is None else _backup(row)
+
+    async def touch_backup(self, backup_id: str, now: float) -> None:
+        self._forget_ahead()
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE backups SET last_activity = greatest(last_activity, $2) "
+                "WHERE id = $1 AND status = 'uploading'",
+                backup_id,
+                now,
+            )
 
     async def mark_deleting(self, backup_ids: Sequence[str]) -> None:
         self._forget_ahead()
@@ -522,14 +615,21 @@ class PostgresStore:
         async with self._conn() as conn:
             await conn.execute("DELETE FROM backups WHERE id = $1", backup_id)
 
-    async def stale_uploads(self, started_before: float) -> list[Backup]:
+    async def stale_uploads(self, active_before: float) -> list[Backup]:
         async with self._conn() as conn:
             rows = await conn.fetch(
-                f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'uploading' AND created_at < $1 "  # noqa: S608
-                "ORDER BY created_at",
-                started_before,
+                f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'uploading' AND last_activity < $1 "  # noqa: S608
+                "ORDER BY last_activity",
+                active_before,
             )
         return [_backup(row) for row in rows]
+
+    async def prune_failed(self, before: float) -> int:
+        async with self._conn() as conn:
+            status: str = await conn.execute(
+                "DELETE FROM backups WHERE status = 'failed' AND last_activity < $1", before
+            )
+        return int(status.rsplit(maxsplit=1)[-1])
 
     async def deleting_backups(self) -> list[Backup]:
         async with self._conn() as conn:

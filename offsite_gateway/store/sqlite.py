@@ -16,9 +16,11 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from .base import (
+    POLICY_FIELDS,
     Backup,
     DuplicateInstance,
     Instance,
+    PolicyOverrides,
     RateLimited,
     SchemaStatus,
     SchemaTooNew,
@@ -30,8 +32,10 @@ from .migrations import MIGRATIONS, SCHEMA_VERSION, pending, statements, too_new
 # A constant: the f-strings below only splice it in, every value is a bound parameter.
 _BACKUP_COLUMNS = (
     "id, instance_id, name, size, sha256, status, created_at, completed_at, part_size, part_count, "
-    "object_key, upload_id, metadata"
+    "object_key, upload_id, metadata, last_activity"
 )
+_BACKUP_PLACEHOLDERS = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+_INSTANCE_COLUMNS = "id, name, created_at, revoked_at, " + ", ".join(POLICY_FIELDS)
 
 
 def _backup(row: sqlite3.Row) -> Backup:
@@ -49,6 +53,7 @@ def _backup(row: sqlite3.Row) -> Backup:
         object_key=row["object_key"],
         upload_id=row["upload_id"],
         metadata=json.loads(row["metadata"]),
+        last_activity=row["last_activity"],
     )
 
 
@@ -67,11 +72,13 @@ def _backup_values(backup: Backup) -> tuple[object, ...]:
         backup.object_key,
         backup.upload_id,
         json.dumps(backup.metadata, separators=(",", ":")),
+        backup.last_activity if backup.last_activity is not None else backup.created_at,
     )
 
 
 def _instance(row: sqlite3.Row) -> Instance:
-    return Instance(row["id"], row["name"], row["created_at"], row["revoked_at"])
+    policy = PolicyOverrides(**{name: row[name] for name in POLICY_FIELDS})
+    return Instance(row["id"], row["name"], row["created_at"], row["revoked_at"], policy)
 
 
 class SQLiteStore:
@@ -192,7 +199,7 @@ class SQLiteStore:
 
     async def list_instances(self) -> list[Instance]:
         rows = self.conn.execute(
-            "SELECT id, name, created_at, revoked_at FROM instances ORDER BY created_at, name"
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances ORDER BY created_at, name"  # noqa: S608
         ).fetchall()
         return [_instance(row) for row in rows]
 
@@ -201,14 +208,15 @@ class SQLiteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             rows = conn.execute(
-                "UPDATE instances SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL "
-                "RETURNING id, name, created_at, revoked_at",
+                "UPDATE instances SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL "  # noqa: S608
+                f"RETURNING {_INSTANCE_COLUMNS}",
                 (now, name),
             ).fetchall()
             if rows:
                 conn.execute(
-                    "UPDATE backups SET status = 'failed' WHERE instance_id = ? AND status = 'uploading'",
-                    (rows[0]["id"],),
+                    "UPDATE backups SET status = 'failed', last_activity = ? "
+                    "WHERE instance_id = ? AND status = 'uploading'",
+                    (now, rows[0]["id"]),
                 )
             conn.execute("COMMIT")
         except BaseException:
@@ -218,15 +226,41 @@ class SQLiteStore:
 
     async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
         rows = self.conn.execute(
-            "UPDATE instances SET token_hash = ? WHERE name = ? AND revoked_at IS NULL "
-            "RETURNING id, name, created_at, revoked_at",
+            "UPDATE instances SET token_hash = ? WHERE name = ? AND revoked_at IS NULL "  # noqa: S608
+            f"RETURNING {_INSTANCE_COLUMNS}",
             (token_hash, name),
         ).fetchall()
         return _instance(rows[0]) if rows else None
 
+    async def set_policy(self, name: str, changes: dict[str, int | None]) -> Instance | None:
+        unknown = set(changes) - set(POLICY_FIELDS)
+        if unknown:
+            raise ValueError(f"not policy fields: {sorted(unknown)}")
+        if not changes:
+            row = self.conn.execute(
+                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE name = ? AND revoked_at IS NULL",  # noqa: S608
+                (name,),
+            ).fetchone()
+            return None if row is None else _instance(row)
+        assignments = ", ".join(f"{field} = ?" for field in changes)  # names checked above
+        rows = self.conn.execute(
+            f"UPDATE instances SET {assignments} WHERE name = ? AND revoked_at IS NULL "  # noqa: S608
+            f"RETURNING {_INSTANCE_COLUMNS}",
+            (*changes.values(), name),
+        ).fetchall()
+        return _instance(rows[0]) if rows else None
+
+    async def usage(self, instance_id: str) -> tuple[int, int]:
+        row = self.conn.execute(
+            "SELECT coalesce(sum(size), 0), count(*) FILTER (WHERE status = 'completed') FROM backups "
+            "WHERE instance_id = ? AND status IN ('completed', 'deleting')",
+            (instance_id,),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
     async def instance_by_token_hash(self, token_hash: str) -> Instance | None:
         row = self.conn.execute(
-            "SELECT id, name, created_at, revoked_at FROM instances WHERE token_hash = ? AND revoked_at IS NULL",
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE token_hash = ? AND revoked_at IS NULL",  # noqa: S608
             (token_hash,),
         ).fetchone()
         return None if row is None else _instance(row)
@@ -248,7 +282,7 @@ class SQLiteStore:
             if recent[0] >= init_rate:
                 raise RateLimited(max(1, int(recent[1] - window_start) + 1))  # noqa: TRY301
             conn.execute(
-                f"INSERT INTO backups ({_BACKUP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                f"INSERT INTO backups ({_BACKUP_COLUMNS}) VALUES ({_BACKUP_PLACEHOLDERS})",  # noqa: S608
                 _backup_values(backup),
             )
             conn.execute("INSERT INTO init_events (instance_id, at) VALUES (?, ?)", (backup.instance_id, now))
@@ -259,7 +293,7 @@ class SQLiteStore:
 
     async def restore_backup(self, backup: Backup) -> bool:
         cursor = self.conn.execute(
-            f"INSERT INTO backups ({_BACKUP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
+            f"INSERT INTO backups ({_BACKUP_COLUMNS}) VALUES ({_BACKUP_PLACEHOLDERS}) "  # noqa: S608
             "ON CONFLICT (id) DO NOTHING",
             _backup_values(backup),
         )
@@ -294,12 +328,19 @@ class SQLiteStore:
         )
         return cursor.rowcount > 0
 
-    async def fail_backup(self, backup_id: str) -> Backup | None:
+    async def fail_backup(self, backup_id: str, now: float) -> Backup | None:
         row = self.conn.execute(
-            f"UPDATE backups SET status = 'failed' WHERE id = ? AND status = 'uploading' RETURNING {_BACKUP_COLUMNS}",  # noqa: S608
-            (backup_id,),
+            "UPDATE backups SET status = 'failed', last_activity = ? WHERE id = ? AND status = 'uploading' "  # noqa: S608
+            f"RETURNING {_BACKUP_COLUMNS}",
+            (now, backup_id),
         ).fetchone()
         return None if row is None else _backup(row)
+
+    async def touch_backup(self, backup_id: str, now: float) -> None:
+        self.conn.execute(
+            "UPDATE backups SET last_activity = max(coalesce(last_activity, 0), ?) WHERE id = ? AND status = 'uploading'",
+            (now, backup_id),
+        )
 
     async def mark_deleting(self, backup_ids: Sequence[str]) -> None:
         self.conn.executemany(
@@ -310,13 +351,19 @@ class SQLiteStore:
     async def delete_backup(self, backup_id: str) -> None:
         self.conn.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
 
-    async def stale_uploads(self, started_before: float) -> list[Backup]:
+    async def stale_uploads(self, active_before: float) -> list[Backup]:
         rows = self.conn.execute(
-            f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'uploading' AND created_at < ? "  # noqa: S608
-            "ORDER BY created_at",
-            (started_before,),
+            f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'uploading' AND last_activity < ? "  # noqa: S608
+            "ORDER BY last_activity",
+            (active_before,),
         ).fetchall()
         return [_backup(row) for row in rows]
+
+    async def prune_failed(self, before: float) -> int:
+        cursor = self.conn.execute(
+            "DELETE FROM backups WHERE status = 'failed' AND last_activity < ?", (before,)
+        )
+        return cursor.rowcount
 
     async def deleting_backups(self) -> list[Backup]:
         rows = self.conn.execute(

@@ -80,6 +80,10 @@ def test_demo_once(tmp_path: Path) -> None:
     assert re.search(r"OK +object in the bucket: s3://offsite-demo/\S+, \d+ bytes in [2-9] parts", output), (
         tail
     )
+    # The usage sensors show what the gateway holds after the backup (one backup, a share of the 1 GiB quota).
+    assert re.search(
+        r"OK +Storage used [\d.]+ \([\d.]+ MiB\), Backups stored 1, Quota used [\d.]+ %", output
+    ), tail
     assert "FAIL" not in output, tail
     stopped = re.search(r"everything stopped \(pids ([\d ]+)\)", output)
     assert stopped is not None, tail

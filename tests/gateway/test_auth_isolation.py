@@ -76,6 +76,16 @@ async def test_instance_info(gateway: RunningGateway, session: aiohttp.ClientSes
             "retention": 7,
             "url_ttl": 900,
         },
+        "usage": {"bytes": 0, "backups": 0, "quota_bytes": None},
+        "policy": {
+            "quota_bytes": None,
+            "keep_last": 7,
+            "keep_daily": 0,
+            "keep_weekly": 0,
+            "keep_monthly": 0,
+            "protect_days": 0,
+            "object_lock": False,
+        },
     }
 
 

@@ -90,8 +90,8 @@ async def test_instance_rotate(
     )
     async with run_gateway(moto_server, moto_bucket, tmp_path, database=database) as gateway:
         old = Api(session, gateway.url, old_token)
-        instance = await old.ok("GET", "/v1/instance")
         backup = await old.upload(b"kept across the rotation")
+        instance = await old.ok("GET", "/v1/instance")
 
         rotated = await asyncio.to_thread(run, "instance", "rotate", "home", env=env)
         lines = rotated.stdout.strip().splitlines()

@@ -87,7 +87,12 @@ def test_everything_set() -> None:
         ("PART_SIZE", "20 parsecs"),
         ("MAX_BACKUP_BYTES", "0"),
         ("MAX_BACKUP_BYTES", "6TiB"),
-        ("RETENTION", "0"),
+        ("RETENTION", "-1"),
+        ("RETENTION_WEEKLY", "many"),
+        ("QUOTA", "lots"),
+        ("PROTECT_DAYS", "-1"),
+        ("OBJECT_LOCK", "maybe"),
+        ("PRUNE_FAILED_AFTER", "0"),
         ("RETENTION_MONTHLY", "-1"),
         ("STALE_UPLOAD_AFTER", "0"),
         ("SWEEP_INTERVAL", "-1"),
@@ -105,6 +110,24 @@ def test_invalid_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"OFFSITE_GATEWAY_{name}=") as info:
         load_settings({**REQUIRED, f"OFFSITE_GATEWAY_{name}": value})
     assert "is invalid" in str(info.value)
+
+
+def test_policy_defaults() -> None:
+    settings = load_settings(
+        {
+            **REQUIRED,
+            "OFFSITE_GATEWAY_QUOTA": "200 GiB",
+            "OFFSITE_GATEWAY_RETENTION": "0",
+            "OFFSITE_GATEWAY_RETENTION_DAILY": "7",
+            "OFFSITE_GATEWAY_PROTECT_DAYS": "14",
+            "OFFSITE_GATEWAY_OBJECT_LOCK": "true",
+        }
+    )
+    assert (settings.quota, settings.retention, settings.retention_daily) == (200 * 1024**3, 0, 7)
+    assert (settings.protect_days, settings.object_lock) == (14, True)
+    assert load_settings({**REQUIRED, "OFFSITE_GATEWAY_QUOTA": "none"}).quota is None
+    with pytest.raises(ConfigError, match="retention would keep nothing"):
+        load_settings({**REQUIRED, "OFFSITE_GATEWAY_RETENTION": "0"})
 
 
 @pytest.mark.parametrize("name", ["S3_BUCKET", "S3_ACCESS_KEY", "S3_SECRET_KEY"])

@@ -108,3 +108,43 @@ async def test_expired_urls_are_refused(
         etag = await put(session, fresh, b"x" * 1000)
         parts = (await api.ok("GET", f"/v1/backups/{init['id']}/parts"))["parts"]
         assert [(p["part_number"], p["etag"], p["size"]) for p in parts] == [(1, etag, 1000)]
+
+
+async def test_a_part_of_any_other_length_is_refused(
+    localstack: S3Server,
+    localstack_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
+) -> None:
+    """Each part URL signs its exact length (Content-Length): storage refuses a PUT of more or fewer bytes, and
+    holds nothing from it, so a token cannot store more than the size it declared (and the quota counted)."""
+    async with run_gateway(
+        localstack, localstack_bucket, tmp_path, database=database, PART_SIZE=str(PART)
+    ) as gateway:
+        _, token = await gateway.add_instance("home")
+        api = Api(session, gateway.url, token)
+        data = os.urandom(PART + 1000)
+        init = await api.init(len(data))
+        urls = {p["part_number"]: p["url"] for p in await api.sign(init["id"], [1, 2])}
+        assert all("X-Amz-SignedHeaders=content-length%3Bhost&" in url for url in urls.values())
+        for number, body in [
+            (1, data[: PART - 1]),  # one byte short
+            (1, data[:PART] + b"x"),  # one byte more
+            (1, os.urandom(64 * 1024 * 1024)),  # far more: what a token holder would smuggle in
+            (2, data[PART:] + b"more"),  # the last part, longer
+            (2, data[PART:-1]),  # the last part, shorter
+            (2, data[:PART]),  # the last part, a whole part's length
+        ]:
+            status, text = await _put_status(session, urls[number], body)
+            assert status == 403, (number, len(body), status, text[:300])
+        assert (await api.ok("GET", f"/v1/backups/{init['id']}/parts"))["parts"] == []
+        assert (await api.ok("GET", "/v1/instance"))["usage"]["bytes"] == 0
+        # The exact lengths go through.
+        parts = [
+            {"part_number": 1, "etag": await put(session, urls[1], data[:PART])},
+            {"part_number": 2, "etag": await put(session, urls[2], data[PART:])},
+        ]
+        assert (await api.ok("GET", "/v1/instance"))["usage"]["bytes"] == len(data)
+        backup = (await api.ok("POST", f"/v1/backups/{init['id']}/complete", {"parts": parts}))["backup"]
+        assert backup["size"] == len(data)

@@ -13,7 +13,7 @@ import yaml
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
-from offsite_gateway.app import create_app
+from offsite_gateway.app import STORE, create_app
 from offsite_gateway.config import load_settings
 from tests.gateway.api import Api, put
 from tests.helpers.gateway import RunningGateway
@@ -105,6 +105,20 @@ async def test_answers_follow_the_document(
     await call("DELETE", "/v1/backups/{id}", backup_id)
     _, second = await call("POST", "/v1/backups", body={"name": "n", "size": 10})
     await call("DELETE", "/v1/backups/{id}/upload", second["id"])
+    # The instance's policy: a quota (413 with its numbers), delete protection (403 with the date).
+    await gateway.app[STORE].set_policy("home", {"quota_bytes": 1000, "protect_days": 1})
+    _, third = await call("POST", "/v1/backups", body={"name": "n", "size": len(data)})
+    _, signed = await call("POST", "/v1/backups/{id}/parts", third["id"], {"part_numbers": [1]})
+    etag = await put(session, signed["parts"][0]["url"], data)
+    await call(
+        "POST", "/v1/backups/{id}/complete", third["id"], {"parts": [{"part_number": 1, "etag": etag}]}
+    )
+    _, info = await call("GET", "/v1/instance")
+    assert info["usage"] == {"bytes": 100, "backups": 1, "quota_bytes": 1000}
+    _, refused = await call("POST", "/v1/backups", body={"name": "n", "size": 901})  # 413
+    assert refused["error"]["used_bytes"] == 100
+    _, protected = await call("DELETE", "/v1/backups/{id}", third["id"])  # 403
+    assert protected["error"]["code"] == "protected"
     api.token = "wrong"
     await call("GET", "/v1/backups")  # 401
     for route in ("/healthz", "/readyz"):

@@ -99,6 +99,7 @@ async def test_complete_writes_a_manifest_beside_the_archive(
             "upload_id": None,
             "created_at": parsed.created_at,
             "completed_at": parsed.completed_at,
+            "last_activity": None,  # an upload's, not the backup's: not in the manifest
         }
     )
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 
 from offsite_gateway.app import METRICS, STORAGE, STORE
 from offsite_gateway.manifest import SUFFIX
+from offsite_gateway.policy import Policy
 from offsite_gateway.retention import select_expired
 from offsite_gateway.storage import StorageError
 from offsite_gateway.store import COMPLETED, Backup
@@ -38,20 +41,26 @@ def _objects(s3: S3Server, bucket: str) -> list[str]:
     return archives
 
 
-def _backup(backup_id: str, completed: str) -> Backup:
+def _backup(backup_id: str, completed: str, ha_id: str | None = None) -> Backup:
     stamp = datetime.fromisoformat(completed).replace(tzinfo=UTC).timestamp()
-    return Backup(backup_id, "i", backup_id, 1, None, COMPLETED, stamp, stamp, 1, 1, f"i/{backup_id}")
+    metadata = {"backup_id": ha_id} if ha_id else {}
+    return Backup(
+        backup_id, "i", backup_id, 1, None, COMPLETED, stamp, stamp, 1, 1, f"i/{backup_id}", metadata=metadata
+    )
+
+
+def _policy(last: int = 0, daily: int = 0, weekly: int = 0, monthly: int = 0) -> Policy:
+    return Policy(None, last, daily, weekly, monthly, 0)
 
 
 def test_select_expired_keeps_newest_n() -> None:
     newest_first = [_backup(str(n), f"2026-11-{30 - n:02d}T01:00:00") for n in range(10)]
-    now = newest_first[0].completed_at or 0
-    assert [b.id for b in select_expired(newest_first, 3, 0, now)] == [str(n) for n in range(3, 10)]
-    assert select_expired(newest_first, 10, 0, now) == []
-    assert select_expired([], 1, 0, now) == []
+    assert [b.id for b in select_expired(newest_first, _policy(3))] == [str(n) for n in range(3, 10)]
+    assert select_expired(newest_first, _policy(10)) == []
+    assert select_expired([], _policy(1)) == []
 
 
-def test_select_expired_monthly_keeps_the_first_of_each_month() -> None:
+def test_select_expired_monthly_keeps_the_newest_of_each_month() -> None:
     stamps = [
         "2026-11-20T01:00:00",
         "2026-11-10T01:00:00",
@@ -62,20 +71,75 @@ def test_select_expired_monthly_keeps_the_first_of_each_month() -> None:
         "2026-08-15T01:00:00",
     ]
     newest_first = [_backup(stamp, stamp) for stamp in stamps]
-    now = datetime(2026, 11, 26, tzinfo=UTC).timestamp()
-    expired = [b.id for b in select_expired(newest_first, 1, 3, now)]
-    # Kept: the newest, and the first of November, October and September; August is past three months.
-    assert expired == ["2026-11-10T01:00:00", "2026-10-31T01:00:00", "2026-08-15T01:00:00"]
-    # Across a year boundary.
-    january = datetime(2027, 1, 5, tzinfo=UTC).timestamp()
-    assert [b.id for b in select_expired(newest_first, 0, 3, january)] == [
-        "2026-11-20T01:00:00",
+    expired = [b.id for b in select_expired(newest_first, _policy(monthly=3))]
+    # Kept: the newest of November, October and September; August is a fourth month.
+    assert expired == [
         "2026-11-10T01:00:00",
-        "2026-10-31T01:00:00",
+        "2026-11-01T01:00:00",
         "2026-10-02T01:00:00",
-        "2026-09-15T01:00:00",
         "2026-08-15T01:00:00",
     ]
+
+
+def test_select_expired_weekly_uses_iso_weeks_across_a_year() -> None:
+    # 2026-12-31 is a Thursday of ISO week 2026-W53; 2027-01-03 a Sunday of the same week; 2027-01-04 is W01.
+    stamps = ["2027-01-04T01:00:00", "2027-01-03T01:00:00", "2026-12-31T01:00:00", "2026-12-27T01:00:00"]
+    newest_first = [_backup(stamp, stamp) for stamp in stamps]
+    expired = [b.id for b in select_expired(newest_first, _policy(weekly=3))]
+    assert expired == ["2026-12-31T01:00:00"]  # W53 is kept by its newest, 2027-01-03
+
+
+def test_older_copies_of_one_home_assistant_backup_go() -> None:
+    newest_first = [
+        _backup("b", "2026-11-30T02:00:00", "ha1"),
+        _backup("a", "2026-11-30T01:00:00", "ha1"),
+        _backup("c", "2026-11-29T01:00:00", "ha0"),
+    ]
+    assert [b.id for b in select_expired(newest_first, _policy(7))] == ["a"]
+
+
+def _independent_keep(backups: list[tuple[str, datetime]], policy: Policy) -> set[str]:
+    """What retention keeps, computed another way: group by period, newest per period, the last N periods."""
+    ordered = sorted(backups, key=lambda item: item[1])
+    keep = (
+        {name for name, _ in ordered[max(0, len(ordered) - policy.keep_last) :]}
+        if policy.keep_last
+        else set()
+    )
+    periods: list[tuple[int, Callable[[datetime], object]]] = [
+        (policy.keep_daily, lambda moment: moment.strftime("%Y-%m-%d")),
+        (policy.keep_weekly, lambda moment: moment.strftime("%G-W%V")),
+        (policy.keep_monthly, lambda moment: moment.strftime("%Y-%m")),
+    ]
+    for count, label in periods:
+        newest: dict[object, tuple[str, datetime]] = {}
+        for name, moment in ordered:
+            newest[label(moment)] = (name, moment)  # ascending: the last one seen is the newest
+        chosen = (
+            sorted(newest.values(), key=lambda item: item[1])[max(0, len(newest) - count) :] if count else []
+        )
+        keep |= {name for name, _ in chosen}
+    return keep
+
+
+def test_four_hundred_nights_with_missed_ones_match_an_independent_computation() -> None:
+    """Retention after each night's backup, 400 nights with some missed, against `_independent_keep`."""
+    rng = random.Random(12)
+    policy = _policy(last=3, daily=7, weekly=5, monthly=12)
+    kept: list[Backup] = []
+    made: list[tuple[str, datetime]] = []
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for night in range(400):
+        if rng.random() < 0.15:  # missed: the house was off, or the night's backup failed
+            continue
+        moment = start + timedelta(days=night, hours=1, minutes=rng.randrange(120))
+        backup = _backup(f"n{night}", moment.replace(tzinfo=None).isoformat())
+        made.append((backup.id, moment))
+        kept.insert(0, backup)
+        expired = {b.id for b in select_expired(kept, policy)}
+        kept = [b for b in kept if b.id not in expired]
+        assert {b.id for b in kept} == _independent_keep(made, policy), night
+    assert 20 <= len(kept) <= 3 + 7 + 5 + 12
 
 
 async def test_retention_keeps_the_newest_n_per_instance(

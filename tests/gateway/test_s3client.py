@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+import aiohttp
 import boto3
 import pytest
 from aiohttp import web
@@ -17,7 +19,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 
 from offsite_gateway.config import load_settings
-from offsite_gateway.s3 import S3Client, S3Error
+from offsite_gateway.s3 import MAX_ANSWER, S3Client, S3Error
 from offsite_gateway.storage import Storage, StorageError
 from tests.helpers.servers import S3Server
 
@@ -230,3 +232,111 @@ async def test_retries_and_errors(flaky: tuple[str, list[str]]) -> None:
         assert "Connect" in failed.value.code
     finally:
         await unreachable.close()
+
+
+class Script:
+    """A raw TCP server on 127.0.0.1: each request gets the next scripted answer (raw bytes; None: never
+    answer), whatever connection it comes on; it counts the connections."""
+
+    def __init__(self) -> None:
+        self.answers: list[bytes | None] = []
+        self.requests: list[bytes] = []
+        self.connections = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                self.requests.append(head + await reader.readexactly(length))
+                answer = (
+                    self.answers.pop(0) if self.answers else b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+                )
+                if answer is None:
+                    await reader.read()
+                    return
+                writer.write(answer)
+                await writer.drain()
+                if b"Connection: close" in answer:
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def script() -> AsyncIterator[tuple[Script, str]]:
+    scripted = Script()
+    server = await asyncio.start_server(scripted.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield scripted, f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_connections_kept_alive_and_answers_read(script: tuple[Script, str]) -> None:
+    """One connection for consecutive calls; chunked and sized answers; a HEAD reads no body; a request is sent
+    as it was signed (its target, its signature, its body's length)."""
+    scripted, url = script
+    client = _client(url)
+    await client.open()
+    try:
+        scripted.answers[:] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",  # HEAD: announced, never sent
+        ]
+        first = await client.request("PUT", "a b/k", {"partNumber": "1"}, b"body")
+        assert (first.status, first.body, first.headers["x-a"]) == (200, b"hello", "1")
+        assert scripted.requests[0].startswith(b"PUT /bkt/a%20b/k?partNumber=1 HTTP/1.1\r\n")
+        assert b"Authorization: AWS4-HMAC-SHA256 Credential=a/" in scripted.requests[0]
+        assert b"User-Agent" not in scripted.requests[0]
+        assert scripted.requests[0].endswith(b"\r\n\r\nbody")
+        assert (await client.request("POST", "k", {"uploads": ""})).body == b"abcde"
+        assert (await client.request("DELETE", "k")).status == 204
+        assert (await client.request("HEAD", None)).body == b""
+        assert scripted.connections == 1
+    finally:
+        await client.close()
+
+
+async def test_junk_large_and_silent_answers(script: tuple[Script, str]) -> None:
+    """Not HTTP, larger than the client reads, or no answer within the deadline: an S3Error after the retries,
+    and the client goes on working on a new connection."""
+    scripted, url = script
+    client = S3Client(
+        endpoint=url,
+        bucket="bkt",
+        region="eu-west-3",
+        access_key="a",
+        secret_key="b",
+        timeout=aiohttp.ClientTimeout(total=1, sock_connect=1, sock_read=0.5),
+    )
+    await client.open()
+    try:
+        scripted.answers[:] = [b"SSH-2.0-OpenSSH\r\n\r\n"] * 3
+        with pytest.raises(S3Error) as failed:
+            await client.request("GET", "k")
+        assert failed.value.status == 0
+        too_large = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_ANSWER + 1)
+        scripted.answers[:] = [too_large]
+        with pytest.raises(S3Error) as failed:
+            await client.request("GET", "k")
+        assert failed.value.code == "AnswerTooLarge"
+        scripted.answers[:] = [None, None, None]
+        started = time.monotonic()
+        with pytest.raises(S3Error) as failed:
+            await client.request("GET", "k")
+        assert failed.value.message == "timed out"
+        assert time.monotonic() - started < 5
+        assert (await client.request("GET", "k")).status == 200
+    finally:
+        await client.close()

@@ -22,6 +22,7 @@ from offsite_gateway.store import (
     SCHEMA_VERSION,
     UPLOADING,
     Backup,
+    DuplicateInstance,
     Instance,
     SchemaTooNew,
     Store,
@@ -202,6 +203,48 @@ async def test_backup_lock_is_held_across_nodes(database: GatewayDatabase) -> No
                 assert second is False
         async with node_b.lock_sweeper() as second:
             assert second is True
+    finally:
+        await node_a.close()
+        await node_b.close()
+
+
+async def test_pooled_connections_of_cancelled_calls_are_discarded(database: GatewayDatabase) -> None:
+    """asyncpg's pool, as the store uses it: a connection whose call was cancelled (here, a lock wait) is ended,
+    so it can never go back to the pool holding a lock nobody knows of; one that got an error from PostgreSQL
+    (a unique violation) is kept."""
+    if database.store == "sqlite":
+        pytest.skip("PostgreSQL's pool")
+    from offsite_gateway.store.postgres import PostgresStore  # noqa: PLC0415
+
+    node_a, node_b = _store(database, DB_POOL_SIZE="1"), _store(database)
+    assert isinstance(node_a, PostgresStore)
+    await node_a.open()
+    await node_b.open()
+
+    async def backend() -> int:
+        async with node_a._conn() as conn:
+            pid: int = await conn.fetchval("SELECT pg_backend_pid()")
+            return pid
+
+    try:
+        first = await backend()
+        await node_a.create_instance(Instance("c" * 32, "home", 1.0), "hash")
+        with pytest.raises(DuplicateInstance):
+            await node_a.create_instance(Instance("d" * 32, "home", 1.0), "hash2")
+        assert await backend() == first  # an error PostgreSQL answered: the connection is fine
+
+        async def wait_for_lock() -> None:
+            async with node_a.lock_backup("x"):
+                pass
+
+        async with node_b.lock_backup("x"):
+            waiter = asyncio.create_task(wait_for_lock())
+            await asyncio.sleep(0.3)
+            waiter.cancel()
+            await asyncio.gather(waiter, return_exceptions=True)
+        assert await backend() != first  # ended, and replaced by the pool
+        async with node_b.lock_backup("x", wait=False) as held:
+            assert held is True  # nobody holds it behind our back
     finally:
         await node_a.close()
         await node_b.close()

@@ -355,7 +355,7 @@ async def test_storage_listings_follow_pages(
     assert row is not None
     assert row.upload_id is not None
     for number in range(1, 6):
-        url = storage.presigner.upload_part(row.object_key, row.upload_id, number, 60)
+        url = storage.presigner.upload_part(row.object_key, row.upload_id, number, 60, 100)
         await put(session, url, data[(number - 1) * 100 : number * 100])
     listed = (await api.ok("GET", f"/v1/backups/{init['id']}/parts"))["parts"]
     assert [p["part_number"] for p in listed] == [1, 2, 3, 4, 5]

@@ -22,12 +22,12 @@ def _query(url: str) -> list[tuple[str, str]]:
     return parse_qsl(urlsplit(url).query, keep_blank_values=True)
 
 
-def assert_sigv4(url: str, ttl: int, method_params: dict[str, str]) -> None:
+def assert_sigv4(url: str, ttl: int, method_params: dict[str, str], signed_headers: str = "host") -> None:
     pairs = _query(url)
     query = dict(pairs)
     assert query["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
     assert 1 <= int(query["X-Amz-Expires"]) <= ttl
-    assert query["X-Amz-SignedHeaders"] == "host"
+    assert query["X-Amz-SignedHeaders"] == signed_headers
     assert query["X-Amz-Credential"].endswith("/us-east-1/s3/aws4_request")
     assert len(query["X-Amz-Signature"]) == 64
     # The operation's parameters are in the query, before the signature: SigV4 query auth signs every query
@@ -58,7 +58,13 @@ async def test_part_and_download_urls(
         for part in parts:
             url = part["url"]
             assert url.startswith(f"{moto_server.endpoint}/{moto_bucket}/{instance_id}/{init['id']}?")
-            assert_sigv4(url, 300, {"partNumber": str(part["part_number"]), "uploadId": upload_id})
+            # A part's exact length is signed: storage refuses a PUT of any other (test_localstack.py).
+            assert_sigv4(
+                url,
+                300,
+                {"partNumber": str(part["part_number"]), "uploadId": upload_id},
+                "content-length;host",
+            )
             expires_at = datetime.fromisoformat(part["expires_at"])
             signed_at = datetime.strptime(dict(_query(url))["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(
                 tzinfo=UTC
@@ -93,7 +99,7 @@ async def test_public_endpoint_goes_into_urls(
         init = await api.init(10)  # the gateway itself still talks to moto
         url = (await api.sign(init["id"], [1]))[0]["url"]
         assert url.startswith(f"https://backups.example.org/s3/{moto_bucket}/")
-        assert_sigv4(url, 900, {"partNumber": "1"})
+        assert_sigv4(url, 900, {"partNumber": "1"}, "content-length;host")
 
 
 def _settings(addressing: str, endpoint: str = "http://127.0.0.1:9000") -> dict[str, str]:
@@ -127,10 +133,11 @@ def test_presigner_matches_botocore_generate_presigned_url(
     )
     expected = client.generate_presigned_url(
         "upload_part",
-        Params={"Bucket": "bkt", "Key": key, "UploadId": "u/p+id=", "PartNumber": 7},
+        Params={"Bucket": "bkt", "Key": key, "UploadId": "u/p+id=", "PartNumber": 7, "ContentLength": 1234},
         ExpiresIn=600,
     )
-    assert presigner.upload_part(key, "u/p+id=", 7, 600) == expected
+    assert "X-Amz-SignedHeaders=content-length%3Bhost&" in expected
+    assert presigner.upload_part(key, "u/p+id=", 7, 600, 1234) == expected
     expected = client.generate_presigned_url("get_object", Params={"Bucket": "bkt", "Key": key}, ExpiresIn=60)
     assert presigner.get_object(key, 60) == expected
 

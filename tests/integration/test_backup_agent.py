@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +26,8 @@ from custom_components.offsite_backup.backup import async_register_backup_agents
 from custom_components.offsite_backup.const import CONF_ALLOW_UNENCRYPTED, DOMAIN
 from custom_components.offsite_backup.runner import UNENCRYPTED_REFUSED
 from custom_components.offsite_backup.uploader import upload
-from tests.helpers.gateway import run_gateway
+from offsite_gateway.app import STORE
+from tests.helpers.gateway import RunningGateway, run_gateway
 from tests.helpers.servers import S3Server
 from tests.integration.common import objects, set_up_entry, sha256
 from tests.integration.conftest import BACKUP_PASSWORD
@@ -209,13 +212,24 @@ async def test_restore_from_the_offsite_location(
 
 
 async def test_a_backup_sent_twice_is_listed_once_and_deleted_whole(
-    hass: HomeAssistant, loaded_entry: MockConfigEntry
+    hass: HomeAssistant,
+    loaded_entry: MockConfigEntry,
+    gateway: RunningGateway,
+    moto_server: S3Server,
+    moto_bucket: str,
 ) -> None:
     data = os.urandom(10_000)
     agent = agent_of(hass, loaded_entry)
     for _ in range(2):  # e.g. the same backup sent again from Settings > System > Backups
         await agent.async_upload_backup(open_stream=opener(data), backup=agent_backup(data, protected=True))
     client = loaded_entry.runtime_data.client
+    # The gateway's retention keeps one copy of a Home Assistant backup: the newest.
+    assert len(await client.list_backups()) == 1
+    assert len(objects(moto_server, moto_bucket)) == 1
+    # A copy retention has not removed yet (its delete failed, say): listed once, deleted whole.
+    store = gateway.app[STORE]
+    (kept,) = await store.list_backups(loaded_entry.unique_id or "", "completed")
+    await store.restore_backup(dataclasses.replace(kept, id=uuid.uuid4().hex, completed_at=1.0))
     assert len(await client.list_backups()) == 2
     assert [backup.backup_id for backup in await agent.async_list_backups()] == ["abc123"]
     await agent.async_delete_backup("abc123")

@@ -30,14 +30,17 @@ async def test_one_service_device_with_every_entity(
     entities = er.async_entries_for_config_entry(er.async_get(hass), loaded_entry.entry_id)
     assert sorted(e.unique_id.removeprefix(f"{loaded_entry.unique_id}_") for e in entities) == [
         "backup_now",
+        "backups_stored",
         "last_error",
         "last_size",
         "last_success",
         "last_verified",
         "next_run",
         "progress",
+        "quota_used",
         "stale",
         "status",
+        "storage_used",
     ]
     assert all(e.device_id == devices[0].id for e in entities)
     last_error = er.async_get(hass).async_get(entity_id(hass, loaded_entry, "last_error"))
