@@ -38,7 +38,6 @@ from .base import (
     Backup,
     DuplicateInstance,
     Instance,
-    PolicyOverrides,
     RateLimited,
     SchemaStatus,
     SchemaTooNew,
@@ -47,14 +46,9 @@ from .base import (
 )
 from .locks import KeyedLocks
 from .migrations import MIGRATIONS, SCHEMA_VERSION, pending, statements, too_new_message
+from .rows import BACKUP_COLUMNS, INSTANCE_COLUMNS, backup_from_row, backup_values, instance_from_row
 
-# A constant: the f-strings below only splice it in, every value is a bound parameter.
-_BACKUP_COLUMNS = (
-    "id, instance_id, name, size, sha256, status, created_at, completed_at, part_size, part_count, "
-    "object_key, upload_id, metadata, last_activity"
-)
 _BACKUP_PLACEHOLDERS = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14"
-_INSTANCE_COLUMNS = "id, name, created_at, revoked_at, " + ", ".join(POLICY_FIELDS)
 
 _MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -88,44 +82,6 @@ MIGRATION_LOCK = lock_key("migrations", "")
 SWEEPER_LOCK = lock_key("sweeper", "")
 
 
-def _backup(row: asyncpg.Record) -> Backup:
-    return Backup(
-        id=row["id"],
-        instance_id=row["instance_id"],
-        name=row["name"],
-        size=row["size"],
-        sha256=row["sha256"],
-        status=row["status"],
-        created_at=row["created_at"],
-        completed_at=row["completed_at"],
-        part_size=row["part_size"],
-        part_count=row["part_count"],
-        object_key=row["object_key"],
-        upload_id=row["upload_id"],
-        metadata=json.loads(row["metadata"]),
-        last_activity=row["last_activity"],
-    )
-
-
-def _backup_values(backup: Backup) -> tuple[Any, ...]:
-    return (
-        backup.id,
-        backup.instance_id,
-        backup.name,
-        backup.size,
-        backup.sha256,
-        backup.status,
-        backup.created_at,
-        backup.completed_at,
-        backup.part_size,
-        backup.part_count,
-        backup.object_key,
-        backup.upload_id,
-        json.dumps(backup.metadata, separators=(",", ":")),
-        backup.last_activity if backup.last_activity is not None else backup.created_at,
-    )
-
-
 def _terminate(conn: asyncpg.Connection) -> None:
     """End a pooled connection (its session and locks with it); the pool opens a new one when needed.
 
@@ -133,11 +89,6 @@ def _terminate(conn: asyncpg.Connection) -> None:
     """
     with contextlib.suppress(asyncpg.InterfaceError):
         conn.terminate()
-
-
-def _instance(row: asyncpg.Record) -> Instance:
-    policy = PolicyOverrides(**{name: row[name] for name in POLICY_FIELDS})
-    return Instance(row["id"], row["name"], row["created_at"], row["revoked_at"], policy)
 
 
 class PostgresStore:
@@ -311,11 +262,11 @@ class PostgresStore:
                 if read_ahead is not None:
                     # Locked and read in one round trip (offsite_lock_backup, migration 4).
                     rows = await conn.fetch(
-                        f"SELECT {_BACKUP_COLUMNS} FROM offsite_lock_backup($1, $2)",  # noqa: S608
+                        f"SELECT {BACKUP_COLUMNS} FROM offsite_lock_backup($1, $2)",  # noqa: S608
                         key,
                         read_ahead,
                     )
-                    self._read_ahead.set((f"backup:{read_ahead}", _backup(rows[0]) if rows else None))
+                    self._read_ahead.set((f"backup:{read_ahead}", backup_from_row(rows[0]) if rows else None))
                     held = True
                 elif wait:
                     await conn.execute("SELECT pg_advisory_lock($1)", key)
@@ -415,14 +366,14 @@ class PostgresStore:
 
     async def list_instances(self) -> list[Instance]:
         async with self._conn() as conn:
-            rows = await conn.fetch(f"SELECT {_INSTANCE_COLUMNS} FROM instances ORDER BY created_at, name")  # noqa: S608
-        return [_instance(row) for row in rows]
+            rows = await conn.fetch(f"SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY created_at, name")  # noqa: S608
+        return [instance_from_row(row) for row in rows]
 
     async def revoke_instance(self, name: str, now: float) -> Instance | None:
         async with self._conn() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "UPDATE instances SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL "  # noqa: S608
-                f"RETURNING {_INSTANCE_COLUMNS}",
+                f"RETURNING {INSTANCE_COLUMNS}",
                 now,
                 name,
             )
@@ -433,17 +384,17 @@ class PostgresStore:
                     row["id"],
                     now,
                 )
-        return None if row is None else _instance(row)
+        return None if row is None else instance_from_row(row)
 
     async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
         async with self._conn() as conn:
             row = await conn.fetchrow(
                 "UPDATE instances SET token_hash = $1 WHERE name = $2 AND revoked_at IS NULL "  # noqa: S608
-                f"RETURNING {_INSTANCE_COLUMNS}",
+                f"RETURNING {INSTANCE_COLUMNS}",
                 token_hash,
                 name,
             )
-        return None if row is None else _instance(row)
+        return None if row is None else instance_from_row(row)
 
     async def set_policy(self, name: str, changes: dict[str, int | None]) -> Instance | None:
         unknown = set(changes) - set(POLICY_FIELDS)
@@ -452,7 +403,7 @@ class PostgresStore:
         async with self._conn() as conn:
             if not changes:
                 row = await conn.fetchrow(
-                    f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE name = $1 AND revoked_at IS NULL",  # noqa: S608
+                    f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE name = $1 AND revoked_at IS NULL",  # noqa: S608
                     name,
                 )
             else:
@@ -460,11 +411,11 @@ class PostgresStore:
                 assignments = ", ".join(f"{field} = ${index}" for index, field in enumerate(changes, 2))
                 row = await conn.fetchrow(
                     f"UPDATE instances SET {assignments} WHERE name = $1 AND revoked_at IS NULL "  # noqa: S608
-                    f"RETURNING {_INSTANCE_COLUMNS}",
+                    f"RETURNING {INSTANCE_COLUMNS}",
                     name,
                     *changes.values(),
                 )
-        return None if row is None else _instance(row)
+        return None if row is None else instance_from_row(row)
 
     async def usage(self, instance_id: str) -> tuple[int, int]:
         async with self._conn() as conn:
@@ -479,10 +430,10 @@ class PostgresStore:
     async def instance_by_token_hash(self, token_hash: str) -> Instance | None:
         async with self._conn() as conn:
             row = await conn.fetchrow(
-                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE token_hash = $1 AND revoked_at IS NULL",  # noqa: S608
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE token_hash = $1 AND revoked_at IS NULL",  # noqa: S608
                 token_hash,
             )
-        return None if row is None else _instance(row)
+        return None if row is None else instance_from_row(row)
 
     # --- backups --------------------------------------------------------------------------------------
 
@@ -516,9 +467,9 @@ class PostgresStore:
     async def restore_backup(self, backup: Backup) -> bool:
         async with self._conn() as conn:
             status: str = await conn.execute(
-                f"INSERT INTO backups ({_BACKUP_COLUMNS}) VALUES ({_BACKUP_PLACEHOLDERS}) "  # noqa: S608
+                f"INSERT INTO backups ({BACKUP_COLUMNS}) VALUES ({_BACKUP_PLACEHOLDERS}) "  # noqa: S608
                 "ON CONFLICT (id) DO NOTHING",
-                *_backup_values(backup),
+                *backup_values(backup),
             )
         return status.endswith(" 1")
 
@@ -537,8 +488,8 @@ class PostgresStore:
         if found:
             return cast("Backup | None", backup)
         async with self._conn() as conn:
-            row = await conn.fetchrow(f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE id = $1", backup_id)  # noqa: S608
-        return None if row is None else _backup(row)
+            row = await conn.fetchrow(f"SELECT {BACKUP_COLUMNS} FROM backups WHERE id = $1", backup_id)  # noqa: S608
+        return None if row is None else backup_from_row(row)
 
     async def list_backups(self, instance_id: str, status: str) -> list[Backup]:
         found, backups = self._ahead(f"list:{status}", instance_id)
@@ -546,12 +497,12 @@ class PostgresStore:
             return cast("list[Backup]", backups)
         async with self._conn() as conn:
             rows = await conn.fetch(
-                f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE instance_id = $1 AND status = $2 "  # noqa: S608
+                f"SELECT {BACKUP_COLUMNS} FROM backups WHERE instance_id = $1 AND status = $2 "  # noqa: S608
                 "ORDER BY completed_at DESC NULLS LAST, created_at DESC, id DESC",
                 instance_id,
                 status,
             )
-        return [_backup(row) for row in rows]
+        return [backup_from_row(row) for row in rows]
 
     async def complete_backup(self, backup_id: str, sha256: str | None, now: float) -> bool:
         """Also reads the instance's completed backups, for retention's next `list_backups` (read ahead)."""
@@ -560,9 +511,9 @@ class PostgresStore:
             rows = await conn.fetch(
                 "WITH done AS (UPDATE backups SET status = 'completed', completed_at = $1, "  # noqa: S608
                 "sha256 = coalesce($2, sha256) WHERE id = $3 AND status = 'uploading' "
-                f"RETURNING {_BACKUP_COLUMNS}) "
-                f"SELECT {_BACKUP_COLUMNS} FROM done UNION ALL "
-                f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'completed' "
+                f"RETURNING {BACKUP_COLUMNS}) "
+                f"SELECT {BACKUP_COLUMNS} FROM done UNION ALL "
+                f"SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'completed' "
                 "AND instance_id = (SELECT instance_id FROM done)",
                 now,
                 sha256,
@@ -572,7 +523,7 @@ class PostgresStore:
             return False
         # The statement's snapshot saw this backup still uploading: it is in the list once, as completed.
         completed = sorted(
-            (_backup(row) for row in rows),
+            (backup_from_row(row) for row in rows),
             key=lambda b: (b.completed_at or 0.0, b.created_at, b.id),
             reverse=True,
         )
@@ -584,11 +535,11 @@ class PostgresStore:
         async with self._conn() as conn:
             row = await conn.fetchrow(
                 "UPDATE backups SET status = 'failed', last_activity = $2 "  # noqa: S608
-                f"WHERE id = $1 AND status = 'uploading' RETURNING {_BACKUP_COLUMNS}",
+                f"WHERE id = $1 AND status = 'uploading' RETURNING {BACKUP_COLUMNS}",
                 backup_id,
                 now,
             )
-        return None if row is None else _backup(row)
+        return None if row is None else backup_from_row(row)
 
     async def touch_backup(self, backup_id: str, now: float) -> None:
         self._forget_ahead()
@@ -618,11 +569,11 @@ class PostgresStore:
     async def stale_uploads(self, active_before: float) -> list[Backup]:
         async with self._conn() as conn:
             rows = await conn.fetch(
-                f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'uploading' AND last_activity < $1 "  # noqa: S608
+                f"SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'uploading' AND last_activity < $1 "  # noqa: S608
                 "ORDER BY last_activity",
                 active_before,
             )
-        return [_backup(row) for row in rows]
+        return [backup_from_row(row) for row in rows]
 
     async def prune_failed(self, before: float) -> int:
         async with self._conn() as conn:
@@ -634,19 +585,19 @@ class PostgresStore:
     async def deleting_backups(self) -> list[Backup]:
         async with self._conn() as conn:
             rows = await conn.fetch(
-                f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'deleting' ORDER BY created_at"  # noqa: S608
+                f"SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'deleting' ORDER BY created_at"  # noqa: S608
             )
-        return [_backup(row) for row in rows]
+        return [backup_from_row(row) for row in rows]
 
     async def completed_backups(self, after_id: str, limit: int) -> list[Backup]:
         async with self._conn() as conn:
             rows = await conn.fetch(
-                f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'completed' AND id > $1 "  # noqa: S608
+                f"SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'completed' AND id > $1 "  # noqa: S608
                 "ORDER BY id LIMIT $2",
                 after_id,
                 limit,
             )
-        return [_backup(row) for row in rows]
+        return [backup_from_row(row) for row in rows]
 
     async def count_uploading(self) -> int:
         async with self._conn() as conn:

@@ -9,7 +9,6 @@ per-backup lock, which is enough because one SQLite file serves one node.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -20,7 +19,6 @@ from .base import (
     Backup,
     DuplicateInstance,
     Instance,
-    PolicyOverrides,
     RateLimited,
     SchemaStatus,
     SchemaTooNew,
@@ -28,57 +26,9 @@ from .base import (
 )
 from .locks import KeyedLocks
 from .migrations import MIGRATIONS, SCHEMA_VERSION, pending, statements, too_new_message
+from .rows import BACKUP_COLUMNS, INSTANCE_COLUMNS, backup_from_row, backup_values, instance_from_row
 
-# A constant: the f-strings below only splice it in, every value is a bound parameter.
-_BACKUP_COLUMNS = (
-    "id, instance_id, name, size, sha256, status, created_at, completed_at, part_size, part_count, "
-    "object_key, upload_id, metadata, last_activity"
-)
 _BACKUP_PLACEHOLDERS = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
-_INSTANCE_COLUMNS = "id, name, created_at, revoked_at, " + ", ".join(POLICY_FIELDS)
-
-
-def _backup(row: sqlite3.Row) -> Backup:
-    return Backup(
-        id=row["id"],
-        instance_id=row["instance_id"],
-        name=row["name"],
-        size=row["size"],
-        sha256=row["sha256"],
-        status=row["status"],
-        created_at=row["created_at"],
-        completed_at=row["completed_at"],
-        part_size=row["part_size"],
-        part_count=row["part_count"],
-        object_key=row["object_key"],
-        upload_id=row["upload_id"],
-        metadata=json.loads(row["metadata"]),
-        last_activity=row["last_activity"],
-    )
-
-
-def _backup_values(backup: Backup) -> tuple[object, ...]:
-    return (
-        backup.id,
-        backup.instance_id,
-        backup.name,
-        backup.size,
-        backup.sha256,
-        backup.status,
-        backup.created_at,
-        backup.completed_at,
-        backup.part_size,
-        backup.part_count,
-        backup.object_key,
-        backup.upload_id,
-        json.dumps(backup.metadata, separators=(",", ":")),
-        backup.last_activity if backup.last_activity is not None else backup.created_at,
-    )
-
-
-def _instance(row: sqlite3.Row) -> Instance:
-    policy = PolicyOverrides(**{name: row[name] for name in POLICY_FIELDS})
-    return Instance(row["id"], row["name"], row["created_at"], row["revoked_at"], policy)
 
 
 class SQLiteStore:
@@ -199,9 +149,9 @@ class SQLiteStore:
 
     async def list_instances(self) -> list[Instance]:
         rows = self.conn.execute(
-            f"SELECT {_INSTANCE_COLUMNS} FROM instances ORDER BY created_at, name"  # noqa: S608
+            f"SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY created_at, name"  # noqa: S608
         ).fetchall()
-        return [_instance(row) for row in rows]
+        return [instance_from_row(row) for row in rows]
 
     async def revoke_instance(self, name: str, now: float) -> Instance | None:
         conn = self.conn
@@ -209,7 +159,7 @@ class SQLiteStore:
         try:
             rows = conn.execute(
                 "UPDATE instances SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL "  # noqa: S608
-                f"RETURNING {_INSTANCE_COLUMNS}",
+                f"RETURNING {INSTANCE_COLUMNS}",
                 (now, name),
             ).fetchall()
             if rows:
@@ -222,15 +172,15 @@ class SQLiteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return _instance(rows[0]) if rows else None
+        return instance_from_row(rows[0]) if rows else None
 
     async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
         rows = self.conn.execute(
             "UPDATE instances SET token_hash = ? WHERE name = ? AND revoked_at IS NULL "  # noqa: S608
-            f"RETURNING {_INSTANCE_COLUMNS}",
+            f"RETURNING {INSTANCE_COLUMNS}",
             (token_hash, name),
         ).fetchall()
-        return _instance(rows[0]) if rows else None
+        return instance_from_row(rows[0]) if rows else None
 
     async def set_policy(self, name: str, changes: dict[str, int | None]) -> Instance | None:
         unknown = set(changes) - set(POLICY_FIELDS)
@@ -238,17 +188,17 @@ class SQLiteStore:
             raise ValueError(f"not policy fields: {sorted(unknown)}")
         if not changes:
             row = self.conn.execute(
-                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE name = ? AND revoked_at IS NULL",  # noqa: S608
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE name = ? AND revoked_at IS NULL",  # noqa: S608
                 (name,),
             ).fetchone()
-            return None if row is None else _instance(row)
+            return None if row is None else instance_from_row(row)
         assignments = ", ".join(f"{field} = ?" for field in changes)  # names checked above
         rows = self.conn.execute(
             f"UPDATE instances SET {assignments} WHERE name = ? AND revoked_at IS NULL "  # noqa: S608
-            f"RETURNING {_INSTANCE_COLUMNS}",
+            f"RETURNING {INSTANCE_COLUMNS}",
             (*changes.values(), name),
         ).fetchall()
-        return _instance(rows[0]) if rows else None
+        return instance_from_row(rows[0]) if rows else None
 
     async def usage(self, instance_id: str) -> tuple[int, int]:
         row = self.conn.execute(
@@ -260,10 +210,10 @@ class SQLiteStore:
 
     async def instance_by_token_hash(self, token_hash: str) -> Instance | None:
         row = self.conn.execute(
-            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE token_hash = ? AND revoked_at IS NULL",  # noqa: S608
+            f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE token_hash = ? AND revoked_at IS NULL",  # noqa: S608
             (token_hash,),
         ).fetchone()
-        return None if row is None else _instance(row)
+        return None if row is None else instance_from_row(row)
 
     async def begin_backup(self, backup: Backup, now: float, init_rate: int) -> None:
         conn = self.conn
@@ -282,8 +232,8 @@ class SQLiteStore:
             if recent[0] >= init_rate:
                 raise RateLimited(max(1, int(recent[1] - window_start) + 1))  # noqa: TRY301
             conn.execute(
-                f"INSERT INTO backups ({_BACKUP_COLUMNS}) VALUES ({_BACKUP_PLACEHOLDERS})",  # noqa: S608
-                _backup_values(backup),
+                f"INSERT INTO backups ({BACKUP_COLUMNS}) VALUES ({_BACKUP_PLACEHOLDERS})",  # noqa: S608
+                backup_values(backup),
             )
             conn.execute("INSERT INTO init_events (instance_id, at) VALUES (?, ?)", (backup.instance_id, now))
             conn.execute("COMMIT")
@@ -293,9 +243,9 @@ class SQLiteStore:
 
     async def restore_backup(self, backup: Backup) -> bool:
         cursor = self.conn.execute(
-            f"INSERT INTO backups ({_BACKUP_COLUMNS}) VALUES ({_BACKUP_PLACEHOLDERS}) "  # noqa: S608
+            f"INSERT INTO backups ({BACKUP_COLUMNS}) VALUES ({_BACKUP_PLACEHOLDERS}) "  # noqa: S608
             "ON CONFLICT (id) DO NOTHING",
-            _backup_values(backup),
+            backup_values(backup),
         )
         return cursor.rowcount > 0
 
@@ -307,18 +257,18 @@ class SQLiteStore:
 
     async def get_backup(self, backup_id: str) -> Backup | None:
         row = self.conn.execute(
-            f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE id = ?",  # noqa: S608
+            f"SELECT {BACKUP_COLUMNS} FROM backups WHERE id = ?",  # noqa: S608
             (backup_id,),
         ).fetchone()
-        return None if row is None else _backup(row)
+        return None if row is None else backup_from_row(row)
 
     async def list_backups(self, instance_id: str, status: str) -> list[Backup]:
         rows = self.conn.execute(
-            f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE instance_id = ? AND status = ? "  # noqa: S608
+            f"SELECT {BACKUP_COLUMNS} FROM backups WHERE instance_id = ? AND status = ? "  # noqa: S608
             "ORDER BY completed_at DESC, created_at DESC, id DESC",
             (instance_id, status),
         ).fetchall()
-        return [_backup(row) for row in rows]
+        return [backup_from_row(row) for row in rows]
 
     async def complete_backup(self, backup_id: str, sha256: str | None, now: float) -> bool:
         cursor = self.conn.execute(
@@ -331,10 +281,10 @@ class SQLiteStore:
     async def fail_backup(self, backup_id: str, now: float) -> Backup | None:
         row = self.conn.execute(
             "UPDATE backups SET status = 'failed', last_activity = ? WHERE id = ? AND status = 'uploading' "  # noqa: S608
-            f"RETURNING {_BACKUP_COLUMNS}",
+            f"RETURNING {BACKUP_COLUMNS}",
             (now, backup_id),
         ).fetchone()
-        return None if row is None else _backup(row)
+        return None if row is None else backup_from_row(row)
 
     async def touch_backup(self, backup_id: str, now: float) -> None:
         self.conn.execute(
@@ -353,11 +303,11 @@ class SQLiteStore:
 
     async def stale_uploads(self, active_before: float) -> list[Backup]:
         rows = self.conn.execute(
-            f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'uploading' AND last_activity < ? "  # noqa: S608
+            f"SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'uploading' AND last_activity < ? "  # noqa: S608
             "ORDER BY last_activity",
             (active_before,),
         ).fetchall()
-        return [_backup(row) for row in rows]
+        return [backup_from_row(row) for row in rows]
 
     async def prune_failed(self, before: float) -> int:
         cursor = self.conn.execute(
@@ -367,17 +317,17 @@ class SQLiteStore:
 
     async def deleting_backups(self) -> list[Backup]:
         rows = self.conn.execute(
-            f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'deleting' ORDER BY created_at"  # noqa: S608
+            f"SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'deleting' ORDER BY created_at"  # noqa: S608
         ).fetchall()
-        return [_backup(row) for row in rows]
+        return [backup_from_row(row) for row in rows]
 
     async def completed_backups(self, after_id: str, limit: int) -> list[Backup]:
         rows = self.conn.execute(
-            f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE status = 'completed' AND id > ? "  # noqa: S608
+            f"SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'completed' AND id > ? "  # noqa: S608
             "ORDER BY id LIMIT ?",
             (after_id, limit),
         ).fetchall()
-        return [_backup(row) for row in rows]
+        return [backup_from_row(row) for row in rows]
 
     async def count_uploading(self) -> int:
         count: int = self.conn.execute("SELECT count(*) FROM backups WHERE status = 'uploading'").fetchone()[

@@ -1,0 +1,70 @@
+"""Rows to records and back, the same on both stores: column lists, and `Backup`/`Instance` from a row.
+
+A row is anything read by column name: `sqlite3.Row` and `asyncpg.Record` both are. The column lists are constants
+that the stores' f-strings splice into SQL; every value goes in as a bound parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from .base import POLICY_FIELDS, Backup, Instance, PolicyOverrides
+
+BACKUP_COLUMNS = (
+    "id, instance_id, name, size, sha256, status, created_at, completed_at, part_size, part_count, "
+    "object_key, upload_id, metadata, last_activity"
+)
+INSTANCE_COLUMNS = "id, name, created_at, revoked_at, " + ", ".join(POLICY_FIELDS)
+
+
+class Row(Protocol):
+    """A database row read by column name."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def backup_from_row(row: Row) -> Backup:
+    """The backup a row of `BACKUP_COLUMNS` holds."""
+    return Backup(
+        id=row["id"],
+        instance_id=row["instance_id"],
+        name=row["name"],
+        size=row["size"],
+        sha256=row["sha256"],
+        status=row["status"],
+        created_at=row["created_at"],
+        completed_at=row["completed_at"],
+        part_size=row["part_size"],
+        part_count=row["part_count"],
+        object_key=row["object_key"],
+        upload_id=row["upload_id"],
+        metadata=json.loads(row["metadata"]),
+        last_activity=row["last_activity"],
+    )
+
+
+def backup_values(backup: Backup) -> tuple[Any, ...]:
+    """The values of `BACKUP_COLUMNS`, in their order, for an INSERT."""
+    return (
+        backup.id,
+        backup.instance_id,
+        backup.name,
+        backup.size,
+        backup.sha256,
+        backup.status,
+        backup.created_at,
+        backup.completed_at,
+        backup.part_size,
+        backup.part_count,
+        backup.object_key,
+        backup.upload_id,
+        json.dumps(backup.metadata, separators=(",", ":")),
+        backup.last_activity if backup.last_activity is not None else backup.created_at,
+    )
+
+
+def instance_from_row(row: Row) -> Instance:
+    """The instance a row of `INSTANCE_COLUMNS` holds."""
+    policy = PolicyOverrides(**{name: row[name] for name in POLICY_FIELDS})
+    return Instance(row["id"], row["name"], row["created_at"], row["revoked_at"], policy)
