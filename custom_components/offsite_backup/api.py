@@ -17,25 +17,54 @@ carrying the gateway's ``code`` and ``message`` (and the HTTP ``status``):
 ``GatewayError``               anything else (e.g. 400 ``invalid_request``)
 =============================  ==========================================================================
 
-The token is never part of an exception message or of ``repr()``.
+The token is never part of an exception message or of ``repr()``. The errors live in ``api_errors``, the typed
+answers and their parsers in ``api_answers``; everything is importable from here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
-import math
-import re
-import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
+
+from .api_answers import (
+    BackupInit,
+    BadAnswer,
+    CompletedPart,
+    DownloadLink,
+    InstanceInfo,
+    InstancePolicy,
+    Limits,
+    PartUrl,
+    RemoteBackup,
+    StoredPart,
+    Usage,
+    parse_backup,
+    parse_download_link,
+    parse_init,
+    parse_instance,
+    parse_list,
+    parse_part_urls,
+    parse_retry_after,
+    parse_stored_parts,
+    redact_urls,
+)
+from .api_errors import (
+    STATUS_ERRORS,
+    GatewayAuthError,
+    GatewayConflictError,
+    GatewayError,
+    GatewayNotFoundError,
+    GatewayProtectedError,
+    GatewayQuotaError,
+    GatewayRateLimitedError,
+    GatewayUnavailableError,
+)
 
 __all__ = [
     "BackupInit",
@@ -47,14 +76,17 @@ __all__ = [
     "GatewayConflictError",
     "GatewayError",
     "GatewayNotFoundError",
+    "GatewayProtectedError",
     "GatewayQuotaError",
     "GatewayRateLimitedError",
     "GatewayUnavailableError",
     "InstanceInfo",
+    "InstancePolicy",
     "Limits",
     "PartUrl",
     "RemoteBackup",
     "StoredPart",
+    "Usage",
     "parse_retry_after",
     "redact_urls",
 ]
@@ -63,375 +95,6 @@ DEFAULT_TIMEOUT = 30.0
 """Seconds allowed for one gateway call (connect, send, answer)."""
 
 DOWNLOAD_CHUNK = 1 << 20
-
-# ----------------------------------------------------------------------------------------------- errors
-
-
-class GatewayError(Exception):
-    """A gateway call failed; ``message`` is meant for a person, ``code`` is the gateway's stable code.
-
-    ``details`` holds the error object's other fields, e.g. ``backup_id`` with 409 ``upload_in_progress``.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        status: int | None = None,
-        details: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.status = status
-        self.details: dict[str, Any] = dict(details or {})
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.message!r}, code={self.code!r}, status={self.status!r})"
-
-
-class GatewayAuthError(GatewayError):
-    """The gateway refused the token (401): it is wrong or was revoked. Start a reauth."""
-
-
-class GatewayNotFoundError(GatewayError):
-    """The backup does not exist, or belongs to another instance (404)."""
-
-
-class GatewayQuotaError(GatewayError):
-    """Over quota or too large (413); the numbers the gateway gave, when it gave them."""
-
-    def _bytes(self, key: str) -> int | None:
-        value = self.details.get(key)
-        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-    @property
-    def used_bytes(self) -> int | None:
-        """What the instance holds in storage already."""
-        return self._bytes("used_bytes")
-
-    @property
-    def needed_bytes(self) -> int | None:
-        """What the refused backup needed."""
-        return self._bytes("needed_bytes")
-
-    @property
-    def quota_bytes(self) -> int | None:
-        """The instance's quota."""
-        return self._bytes("quota_bytes")
-
-
-class GatewayProtectedError(GatewayError):
-    """403 ``protected``: the backup is under delete protection; ``gateway_message`` says until when."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        status: int | None = None,
-        details: Mapping[str, Any] | None = None,
-        gateway_message: str = "",
-    ) -> None:
-        super().__init__(message, code=code, status=status, details=details)
-        self.gateway_message = gateway_message or message
-
-
-class GatewayConflictError(GatewayError):
-    """The request conflicts with the backup's state (409), e.g. ``upload_in_progress``, ``not_uploading``."""
-
-
-class GatewayUnavailableError(GatewayError):
-    """The gateway could not be reached, timed out, failed (5xx) or did not answer the expected JSON."""
-
-
-class GatewayRateLimitedError(GatewayUnavailableError):
-    """Too many requests (429); try again after ``retry_after`` seconds (``None`` when not given)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        status: int | None = None,
-        details: Mapping[str, Any] | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, code=code, status=status, details=details)
-        self.retry_after = retry_after
-
-
-_STATUS_ERRORS: dict[int, type[GatewayError]] = {
-    401: GatewayAuthError,
-    403: GatewayAuthError,
-    404: GatewayNotFoundError,
-    409: GatewayConflictError,
-    413: GatewayQuotaError,
-}
-
-# -------------------------------------------------------------------------------------------- data types
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Per-instance limits set on the gateway."""
-
-    max_backup_bytes: int
-    part_size: int
-    retention: Any
-    url_ttl: int
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """What the instance holds in storage (completed backups and the parts of its upload in progress)."""
-
-    bytes: int
-    backups: int
-    quota_bytes: int | None
-
-    @property
-    def percent(self) -> float | None:
-        """The share of the quota used, or None without a quota."""
-        return 100.0 * self.bytes / self.quota_bytes if self.quota_bytes else None
-
-
-@dataclass(frozen=True, slots=True)
-class InstancePolicy:
-    """The retention and delete protection in force for the instance."""
-
-    keep_last: int
-    keep_daily: int
-    keep_weekly: int
-    keep_monthly: int
-    protect_days: int
-    object_lock: bool
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceInfo:
-    """``GET /v1/instance``: who the token belongs to, its limits, and (newer gateways) its usage and policy."""
-
-    id: str
-    name: str
-    limits: Limits
-    usage: Usage | None = None
-    policy: InstancePolicy | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BackupInit:
-    """``POST /v1/backups``: the new upload and how to cut it."""
-
-    id: str
-    part_size: int
-    part_count: int
-    url_ttl: int
-
-
-@dataclass(frozen=True, slots=True)
-class PartUrl:
-    """A presigned URL for one part (``PUT`` with ``Content-Length``)."""
-
-    part_number: int
-    url: str = field(repr=False)
-    expires_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class StoredPart:
-    """A part storage already holds (``GET /v1/backups/{id}/parts``)."""
-
-    part_number: int
-    etag: str
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class CompletedPart:
-    """One entry of ``POST /v1/backups/{id}/complete``."""
-
-    part_number: int
-    etag: str
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteBackup:
-    """A backup as the gateway describes it."""
-
-    id: str
-    name: str
-    size: int
-    sha256: str | None
-    status: str
-    created_at: datetime
-    completed_at: datetime | None
-    part_size: int
-    part_count: int
-    metadata: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class DownloadLink:
-    """``POST /v1/backups/{id}/download``: a presigned GET."""
-
-    url: str = field(repr=False)
-    expires_at: datetime
-
-
-# ------------------------------------------------------------------------------------------------ parsing
-
-
-class _BadAnswer(Exception):
-    """The gateway's JSON did not have the expected shape."""
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _BadAnswer
-    return value
-
-
-def _str(data: Mapping[str, Any], key: str) -> str:
-    value = data[key]
-    if not isinstance(value, str):
-        raise _BadAnswer
-    return value
-
-
-def _int(data: Mapping[str, Any], key: str) -> int:
-    value = data[key]
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _BadAnswer
-    return value
-
-
-def _time(value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise _BadAnswer
-    return datetime.fromisoformat(value)
-
-
-def _list(data: Mapping[str, Any], key: str) -> list[Any]:
-    value = data[key]
-    if not isinstance(value, list):
-        raise _BadAnswer
-    return value
-
-
-def _backup(value: Any) -> RemoteBackup:
-    data = _obj(value)
-    sha256 = data.get("sha256")
-    completed = data.get("completed_at")
-    metadata = data.get("metadata")
-    return RemoteBackup(
-        id=_str(data, "id"),
-        name=_str(data, "name"),
-        size=_int(data, "size"),
-        sha256=sha256 if isinstance(sha256, str) else None,
-        status=_str(data, "status"),
-        created_at=_time(data["created_at"]),
-        completed_at=_time(completed) if completed is not None else None,
-        part_size=_int(data, "part_size"),
-        part_count=_int(data, "part_count"),
-        metadata=metadata if isinstance(metadata, dict) else {},
-    )
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP date; ``None`` when absent or junk."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - time.time()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def _usage(value: Any) -> Usage | None:
-    if value is None:
-        return None  # a gateway older than usage reports
-    data = _obj(value)
-    quota = data.get("quota_bytes")
-    if quota is not None and (not isinstance(quota, int) or isinstance(quota, bool)):
-        raise _BadAnswer
-    return Usage(bytes=_int(data, "bytes"), backups=_int(data, "backups"), quota_bytes=quota)
-
-
-def _policy(value: Any) -> InstancePolicy | None:
-    if value is None:
-        return None
-    data = _obj(value)
-    return InstancePolicy(
-        keep_last=_int(data, "keep_last"),
-        keep_daily=_int(data, "keep_daily"),
-        keep_weekly=_int(data, "keep_weekly"),
-        keep_monthly=_int(data, "keep_monthly"),
-        protect_days=_int(data, "protect_days"),
-        object_lock=data.get("object_lock") is True,
-    )
-
-
-def _instance(data: dict[str, Any]) -> InstanceInfo:
-    limits = _obj(data["limits"])
-    return InstanceInfo(
-        id=_str(data, "id"),
-        name=_str(data, "name"),
-        limits=Limits(
-            max_backup_bytes=_int(limits, "max_backup_bytes"),
-            part_size=_int(limits, "part_size"),
-            retention=limits.get("retention"),
-            url_ttl=_int(limits, "url_ttl"),
-        ),
-        usage=_usage(data.get("usage")),
-        policy=_policy(data.get("policy")),
-    )
-
-
-def _init(data: dict[str, Any]) -> BackupInit:
-    return BackupInit(
-        id=_str(data, "id"),
-        part_size=_int(data, "part_size"),
-        part_count=_int(data, "part_count"),
-        url_ttl=_int(data, "url_ttl"),
-    )
-
-
-def _part_urls(data: dict[str, Any]) -> list[PartUrl]:
-    return [
-        PartUrl(
-            part_number=_int(item, "part_number"), url=_str(item, "url"), expires_at=_time(item["expires_at"])
-        )
-        for item in map(_obj, _list(data, "parts"))
-    ]
-
-
-def _stored_parts(data: dict[str, Any]) -> list[StoredPart]:
-    return [
-        StoredPart(part_number=_int(item, "part_number"), etag=_str(item, "etag"), size=_int(item, "size"))
-        for item in map(_obj, _list(data, "parts"))
-    ]
-
-
-def _download_link(data: dict[str, Any]) -> DownloadLink:
-    return DownloadLink(url=_str(data, "url"), expires_at=_time(data["expires_at"]))
-
-
-_URL_IN_TEXT = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*")
-
-
-def redact_urls(text: str) -> str:
-    """Drop the query (signature, credentials) of any URL in ``text``."""
-    return _URL_IN_TEXT.sub(r"\1?…", text)
-
 
 # ------------------------------------------------------------------------------------------------- client
 
@@ -534,7 +197,7 @@ class GatewayClient:
             raise GatewayProtectedError(
                 text, code=code, status=status, details=details, gateway_message=message
             )
-        raise _STATUS_ERRORS.get(status, GatewayError)(text, code=code, status=status, details=details)
+        raise STATUS_ERRORS.get(status, GatewayError)(text, code=code, status=status, details=details)
 
     async def _call(self, method: str, path: str, *, body: Any = None, expect: int = 200) -> dict[str, Any]:
         data = await self._request(method, path, body=body, expect=expect)
@@ -555,7 +218,7 @@ class GatewayClient:
         data = await self._call(method, path, body=body, expect=expect)
         try:
             return read(data)
-        except (KeyError, TypeError, ValueError, _BadAnswer) as err:
+        except (KeyError, TypeError, ValueError, BadAnswer) as err:
             raise GatewayUnavailableError(
                 f"The gateway answered {method} {path} with an unexpected body"
             ) from err
@@ -564,7 +227,7 @@ class GatewayClient:
 
     async def get_instance(self) -> InstanceInfo:
         """``GET /v1/instance``: validate the token and read the limits."""
-        return await self._parsed("GET", "/v1/instance", _instance)
+        return await self._parsed("GET", "/v1/instance", parse_instance)
 
     async def create_backup(
         self,
@@ -580,16 +243,16 @@ class GatewayClient:
             body["metadata"] = dict(metadata)
         if sha256 is not None:
             body["sha256"] = sha256
-        return await self._parsed("POST", "/v1/backups", _init, body=body, expect=201)
+        return await self._parsed("POST", "/v1/backups", parse_init, body=body, expect=201)
 
     async def sign_parts(self, backup_id: str, part_numbers: Iterable[int]) -> list[PartUrl]:
         """``POST /v1/backups/{id}/parts``: presigned PUT URLs for up to 100 parts."""
         path = f"/v1/backups/{_seg(backup_id)}/parts"
-        return await self._parsed("POST", path, _part_urls, body={"part_numbers": list(part_numbers)})
+        return await self._parsed("POST", path, parse_part_urls, body={"part_numbers": list(part_numbers)})
 
     async def list_parts(self, backup_id: str) -> list[StoredPart]:
         """``GET /v1/backups/{id}/parts``: the parts storage already holds (to resume)."""
-        return await self._parsed("GET", f"/v1/backups/{_seg(backup_id)}/parts", _stored_parts)
+        return await self._parsed("GET", f"/v1/backups/{_seg(backup_id)}/parts", parse_stored_parts)
 
     async def complete_backup(
         self,
@@ -605,7 +268,7 @@ class GatewayClient:
         if sha256 is not None:
             body["sha256"] = sha256
         path = f"/v1/backups/{_seg(backup_id)}/complete"
-        return await self._parsed("POST", path, lambda data: _backup(data["backup"]), body=body)
+        return await self._parsed("POST", path, lambda data: parse_backup(data["backup"]), body=body)
 
     async def abort_upload(self, backup_id: str) -> None:
         """``DELETE /v1/backups/{id}/upload``: abort the multipart upload (the backup becomes ``failed``)."""
@@ -614,13 +277,13 @@ class GatewayClient:
     async def list_backups(self) -> list[RemoteBackup]:
         """``GET /v1/backups``: completed backups, newest first."""
         return await self._parsed(
-            "GET", "/v1/backups", lambda data: [_backup(item) for item in _list(data, "backups")]
+            "GET", "/v1/backups", lambda data: [parse_backup(item) for item in parse_list(data, "backups")]
         )
 
     async def get_backup(self, backup_id: str) -> RemoteBackup:
         """``GET /v1/backups/{id}``: one backup, whatever its status."""
         return await self._parsed(
-            "GET", f"/v1/backups/{_seg(backup_id)}", lambda data: _backup(data["backup"])
+            "GET", f"/v1/backups/{_seg(backup_id)}", lambda data: parse_backup(data["backup"])
         )
 
     async def delete_backup(self, backup_id: str) -> None:
@@ -629,7 +292,7 @@ class GatewayClient:
 
     async def download_url(self, backup_id: str) -> DownloadLink:
         """``POST /v1/backups/{id}/download``: a presigned GET URL of a completed backup."""
-        return await self._parsed("POST", f"/v1/backups/{_seg(backup_id)}/download", _download_link)
+        return await self._parsed("POST", f"/v1/backups/{_seg(backup_id)}/download", parse_download_link)
 
     async def download(
         self, backup_id: str, *, chunk_size: int = DOWNLOAD_CHUNK, read_timeout: float = 120.0
