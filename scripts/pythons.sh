@@ -1,7 +1,8 @@
 # Finding the Pythons the environments need; sourced by scripts/setup and scripts/lock.
 #   find_python 3.14 2   prints the path of a working Python 3.14.x with x >= 2, or nothing (status 1)
 # Looks, in this order: pythonX.Y on PATH, pyenv's versions, then (3.14 only) the python3.14 tool of an enclosing
-# workspace (shared/tools/python3.14 beside an ancestor folder), which installs CPython 3.14 from Debian's packages
+# workspace (shared/tools/python3.14 beside an ancestor folder) or, without one, our copy of it
+# (scripts/python3.14-debian, on Debian x86_64), which installs CPython 3.14 from Debian's packages
 # into a cache folder in about 10 s and prints its path.
 
 _python_ok() { # PATH MINOR MIN_PATCH
@@ -19,6 +20,9 @@ _python_tool() { # the python3.14 tool of an enclosing workspace, if any
     dir=$(dirname "$dir")
     if [ -x "$dir/shared/tools/python3.14" ]; then echo "$dir/shared/tools/python3.14"; return 0; fi
   done
+  # No workspace around this clone: our copy of that tool (Debian on x86_64 only; it needs apt).
+  dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+  if command -v apt-get >/dev/null 2>&1 && [ "$(uname -m)" = x86_64 ]; then echo "$dir/python3.14-debian"; return 0; fi
   return 1
 }
 
