@@ -4,7 +4,7 @@ A drill downloads a backup through the backup location and checks, without resto
 
 1. that the gateway still has a record of it, with a SHA-256 (:func:`check_record`);
 2. that Home Assistant's backup key opens it (Home Assistant's own ``validate_password_stream``: see
-   ``drill_runner.py``);
+   ``drill_checks.py``);
 3. in one streamed pass: the SHA-256 and the size of what storage sends against the gateway's record
    (:class:`CheckedStream`, :func:`compare_with_record`), and the archive itself (:func:`validate_archive`, fed
    with Home Assistant's decryption of the same stream): ``backup.json`` names the backup, every inner archive the

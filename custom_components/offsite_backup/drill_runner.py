@@ -1,16 +1,8 @@
-"""The restore drill in Home Assistant: which backup, Home Assistant's own checks, and what shows afterwards.
+"""The restore drill in Home Assistant: which backup, when, and what shows afterwards.
 
-The checks themselves are plain code in ``drill.py``; this module feeds them. It downloads the backup through the
-backup location, as Home Assistant's own download path does (``OffsiteBackupAgent.async_download_backup``, a stream
-that frees its connection even unread), and:
-
-1. finds the gateway's record of the backup (with its SHA-256);
-2. has Home Assistant's ``validate_password_stream`` check that the backup key opens it, on a short download that
-   stops after the first inner archive (skipped for an unencrypted backup);
-3. streams it once more, whole: hashed and counted on the way (``CheckedStream``), decrypted by Home Assistant's
-   ``DecryptedBackupStreamer`` and validated in a thread of its own by ``validate_archive``.
-
-Nothing is restored and nothing is written: memory holds a few chunks of 1 MiB at most, whatever the backup's size.
+The checks of one backup are ``drill_checks.DrillChecks`` (downloaded through the backup location, as Home
+Assistant's own download path does), built on the plain code of ``drill.py``; this module chooses the backup, runs
+the checks as a task of the entry, and tells how they ended.
 
 The drill is not a backup job: it has its own state (running, progress, the last result, the last success), kept in
 its own store. It does not start while a backup job runs; a backup may start while it runs. Each drill's outcome is
@@ -22,20 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from homeassistant.components.backup import AgentBackup, BackupAgentError
-from homeassistant.components.backup.util import (
-    BackupEmpty,
-    DecryptedBackupStreamer,
-    IncorrectPassword,
-    UnsupportedSecureTarVersion,
-    validate_password_stream,
-)
+from homeassistant.components.backup import AgentBackup
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
@@ -43,8 +27,7 @@ from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.storage import Store
 from homeassistant.util import dt as dt_util
 
-from .api import GatewayClient, GatewayError, RemoteBackup
-from .compat import IteratorReader, backup_manager, finish_streamer, iterator_reader
+from .api import GatewayClient, GatewayError
 from .const import (
     DOMAIN,
     EVENT_DRILL_FAILED,
@@ -60,18 +43,13 @@ from .const import (
     store_key,
 )
 from .drill import (
-    ArchiveError,
-    CheckedStream,
     DrillFailure,
-    ExpectedContents,
-    check_record,
-    compare_with_record,
     describe,
     label,
     pick_backup,
-    validate_archive,
     weekly_due,
 )
+from .drill_checks import DrillChecks, DrillTarget
 from .listeners import Listeners
 from .privacy import MetadataPrivacy
 
@@ -141,59 +119,7 @@ class DrillResult:
             return None
 
 
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """The backup a drill tests: the gateway's record and Home Assistant's description (both ``None`` when the
-    gateway has no record of a backup this installation sent)."""
-
-    backup_id: str
-    name: str | None
-    remote: RemoteBackup | None = None
-    backup: AgentBackup | None = None
-
-
-type Pick = Callable[[_Target, Sequence[_Target]], _Target]
-
-
-class _Worker[T]:
-    """A blocking function in a thread of its own (a drill can take as long as the download)."""
-
-    def __init__(self, hass: HomeAssistant, name: str, target: Callable[[], T]) -> None:
-        """Start ``target`` in a new thread."""
-        self._hass = hass
-        self._target = target
-        self._done = asyncio.Event()
-        self._result: T | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._result = self._target()
-        except BaseException as err:  # handed to the event loop
-            self._error = err
-        finally:
-            self._hass.loop.call_soon_threadsafe(self._done.set)
-
-    async def join(self) -> None:
-        """Wait until the thread has ended."""
-        await self._done.wait()
-        await self._hass.async_add_executor_job(self._thread.join)
-
-    async def result(self) -> T:
-        """The function's result, or its exception raised here."""
-        await self.join()
-        if self._error is not None:
-            raise self._error
-        return self._result  # type: ignore[return-value]
-
-
-async def _aclose(stream: AsyncIterator[bytes]) -> None:
-    """Release a download (the location's streams free their connection even when unread)."""
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
+type Pick = Callable[[DrillTarget, Sequence[DrillTarget]], DrillTarget]
 
 
 class RestoreDrill:
@@ -223,7 +149,7 @@ class RestoreDrill:
         )
         self._listeners = Listeners()
         self._task: asyncio.Task[DrillResult] | None = None
-        self._target: _Target | None = None
+        self._target: DrillTarget | None = None
         self._progress = 0.0
         self.last: DrillResult | None = None
         self.last_verified: DrillResult | None = None
@@ -283,6 +209,12 @@ class RestoreDrill:
             self._deleted = [*self._deleted, remote_id][-HISTORY_SIZE:]
             self._store.async_delay_save(self._data_to_save, 1)
 
+    @callback
+    def _set_progress(self, percent: float) -> None:
+        previous, self._progress = self._progress, percent
+        if int(percent) != int(previous):  # each whole percent
+            self._listeners.notify()
+
     # ------------------------------------------------------------------------------------------- running
 
     async def async_verify(
@@ -332,7 +264,7 @@ class RestoreDrill:
                 return None
             today = now.date()
 
-            def pick(newest: _Target, older: Sequence[_Target]) -> _Target:
+            def pick(newest: DrillTarget, older: Sequence[DrillTarget]) -> DrillTarget:
                 return pick_backup(newest, older, today, self._rng)
 
         try:
@@ -356,7 +288,7 @@ class RestoreDrill:
                 target = await self._choose(backup_id, pick)
             except GatewayError as err:
                 return self._finish(
-                    _Target(backup_id or "", None),
+                    DrillTarget(backup_id or "", None),
                     started,
                     trigger,
                     f"Could not read the list of backups on the gateway: {err}",
@@ -365,7 +297,7 @@ class RestoreDrill:
             self._listeners.notify()
             LOGGER.info("Restore drill of backup %s", label(target.name, target.backup_id))
             try:
-                await self._check(target)
+                await DrillChecks(self.hass, self._entry, self._set_progress).run(target)
             except DrillFailure as err:
                 return self._finish(target, started, trigger, str(err))
             except Exception as err:  # a bug: still an outcome, with its message
@@ -377,19 +309,19 @@ class RestoreDrill:
             self._target = None
             self._listeners.notify()
 
-    async def _choose(self, backup_id: str | None, pick: Pick | None) -> _Target:
+    async def _choose(self, backup_id: str | None, pick: Pick | None) -> DrillTarget:
         """The backup to test: ``backup_id``, else the last one this installation sent, else the gateway's newest.
 
         Raises :class:`DrillRefused` for an id the gateway does not list, or when there is nothing to test.
         """
-        listed: dict[str, _Target] = {}  # the newest copy of each backup, newest first
-        by_remote: dict[str, _Target] = {}
+        listed: dict[str, DrillTarget] = {}  # the newest copy of each backup, newest first
+        by_remote: dict[str, DrillTarget] = {}
         for remote in await self._client.list_backups():
             try:
                 backup = AgentBackup.from_dict(self._privacy.incoming(remote.metadata))
             except (KeyError, TypeError, ValueError):
                 continue  # not a Home Assistant backup
-            target = _Target(backup.backup_id, backup.name, remote, replace(backup, size=remote.size))
+            target = DrillTarget(backup.backup_id, backup.name, remote, replace(backup, size=remote.size))
             listed.setdefault(backup.backup_id, target)
             by_remote[remote.id] = target
         if backup_id is not None:
@@ -409,7 +341,7 @@ class RestoreDrill:
             return newest
         return pick(newest, [target for key, target in listed.items() if key != newest.backup_id])
 
-    def _last_sent(self, by_remote: dict[str, _Target]) -> _Target | None:
+    def _last_sent(self, by_remote: dict[str, DrillTarget]) -> DrillTarget | None:
         """The last backup this installation sent, as the gateway records it now (no record: ``remote`` None).
 
         ``None`` when none was sent, or when it was deleted through the location since.
@@ -418,166 +350,14 @@ class RestoreDrill:
             if job.status is JobStatus.SUCCEEDED and job.backup_id and job.remote_id:
                 if job.remote_id in self._deleted:
                     return None
-                return by_remote.get(job.remote_id) or _Target(job.backup_id, job.name)
+                return by_remote.get(job.remote_id) or DrillTarget(job.backup_id, job.name)
         return None
-
-    # ------------------------------------------------------------------------------------------- checks
-
-    async def _check(self, target: _Target) -> None:
-        """The three checks, in order; :class:`DrillFailure` with the first that failed."""
-        remote = target.remote
-        check_record(
-            target.name, target.backup_id, remote.sha256 if remote else None, recorded=remote is not None
-        )
-        assert remote is not None
-        assert target.backup is not None
-        password: str | None = None
-        if target.backup.protected:
-            password = backup_manager(self.hass).config.data.create_backup.password
-            if not password:
-                raise DrillFailure(
-                    f"Backup {label(target.name, target.backup_id)} is encrypted, and Home Assistant has no backup "
-                    "key to open it (Settings > System > Backups)"
-                )
-            await self._check_key(target, remote, password)
-        await self._full_pass(target, remote, target.backup, password)
-
-    async def _download(self, target: _Target) -> AsyncIterator[bytes]:
-        """Open the backup through the backup location, as Home Assistant's own download does."""
-        from .backup import OffsiteBackupAgent  # noqa: PLC0415 - the platform module imports the package
-
-        try:
-            return await OffsiteBackupAgent(self._entry).async_download_backup(target.backup_id)
-        except BackupAgentError as err:
-            raise DrillFailure(
-                f"Could not download backup {label(target.name, target.backup_id)}: {describe(err)}"
-            ) from err
-
-    def _on_bytes(self, size: int) -> Callable[[int], None]:
-        def on_bytes(done: int) -> None:
-            previous, self._progress = self._progress, min(100.0, 100.0 * done / size) if size else 100.0
-            if int(self._progress) != int(previous):  # each whole percent
-                self._listeners.notify()
-
-        return on_bytes
-
-    async def _check_key(self, target: _Target, remote: RemoteBackup, password: str) -> None:
-        """Check 2: Home Assistant's backup key opens the first inner archive (a short download)."""
-        which = label(target.name, target.backup_id)
-        download = await self._download(target)
-        stream = CheckedStream(download)
-        reader = iterator_reader(self.hass, stream)
-        problem: str | None = None
-        try:
-            worker = _Worker(
-                self.hass,
-                f"{DOMAIN} key check",
-                lambda: validate_password_stream(cast(IO[bytes], reader), password),
-            )
-            try:
-                await worker.result()
-            except IncorrectPassword:
-                problem = f"The backup key does not open backup {which}: it was encrypted with another key"
-            except BackupEmpty:
-                problem = f"Backup {which} holds no inner archive to restore"
-            except UnsupportedSecureTarVersion:
-                problem = (
-                    f"Backup {which} was encrypted with a SecureTar version Home Assistant cannot stream"
-                )
-            except Exception as err:  # whatever the archive made SecureTar or tar raise
-                problem = f"Backup {which} cannot be opened: {describe(err)}"
-            finally:
-                reader.abort()
-                await worker.join()
-        finally:
-            await _aclose(download)
-        if problem is None:
-            return
-        assert remote.sha256 is not None  # checked first
-        if stream.error is not None:  # the download broke off: that is the problem, not the key
-            raise DrillFailure(
-                compare_with_record(target.name, target.backup_id, stream, remote.size, remote.sha256)
-                or problem
-            )
-        # Damaged bytes read like a wrong key: a pass over the whole object tells them apart.
-        raise DrillFailure(await self._hash_only(target, remote) or problem)
-
-    async def _hash_only(self, target: _Target, remote: RemoteBackup) -> str | None:
-        """Whether storage still holds what the gateway recorded (size, SHA-256): why not, or ``None``."""
-        assert remote.sha256 is not None
-        download = await self._download(target)
-        stream = CheckedStream(download, self._on_bytes(remote.size))
-        try:
-            await stream.drain()
-        finally:
-            await _aclose(download)
-        return compare_with_record(target.name, target.backup_id, stream, remote.size, remote.sha256)
-
-    async def _full_pass(
-        self, target: _Target, remote: RemoteBackup, backup: AgentBackup, password: str | None
-    ) -> None:
-        """Check 3: one streamed pass, hashed and counted, decrypted and validated as Home Assistant reads it."""
-        assert remote.sha256 is not None
-        which = label(target.name, target.backup_id)
-        expected = ExpectedContents.of(
-            backup.backup_id,
-            homeassistant=backup.homeassistant_included,
-            addons=[addon.slug for addon in backup.addons],
-            folders=[str(folder.value) for folder in backup.folders],
-        )
-        download = await self._download(target)
-        stream = CheckedStream(download, self._on_bytes(remote.size))
-        archive_problem: str | None = None
-        decrypt_error: Exception | None = None
-        try:
-            streamer: DecryptedBackupStreamer | None = None
-            source: AsyncIterator[bytes] = stream
-            if password is not None:
-
-                async def open_stream() -> AsyncIterator[bytes]:
-                    return stream
-
-                streamer = DecryptedBackupStreamer(self.hass, backup, open_stream, password)
-                source = await streamer.open_stream()
-            reader: IteratorReader = iterator_reader(self.hass, source)
-            worker = _Worker(self.hass, f"{DOMAIN} archive check", lambda: validate_archive(reader, expected))
-            try:
-                report = await worker.result()
-                LOGGER.debug(
-                    "Backup %s: %s read whole, %s files, %s bytes uncompressed",
-                    which,
-                    ", ".join(report.archives),
-                    report.files,
-                    report.bytes,
-                )
-            except ArchiveError as err:
-                archive_problem = str(err)
-            except Exception as err:  # e.g. the reader aborted: worded below
-                archive_problem = f"the archive could not be read: {describe(err)}"
-            finally:
-                reader.abort()
-                await worker.join()
-                if streamer is not None:
-                    decrypt_error = await finish_streamer(self.hass, streamer)
-            # After the archive's end (or a failure): the rest of the download, for its size and its hash.
-            await stream.drain()
-        finally:
-            await _aclose(download)
-        if problem := compare_with_record(target.name, target.backup_id, stream, remote.size, remote.sha256):
-            raise DrillFailure(problem)
-        if decrypt_error is not None:  # the key opens it, and storage holds what was uploaded
-            raise DrillFailure(
-                f"Home Assistant could not decrypt backup {which} to its end: the archive was damaged before it was "
-                f"uploaded ({type(decrypt_error).__name__}: {describe(decrypt_error)})"
-            )
-        if archive_problem is not None:
-            raise DrillFailure(f"Backup {which} is not a whole Home Assistant backup: {archive_problem}")
 
     # ------------------------------------------------------------------------------------------- outcome
 
     @callback
     def _finish(
-        self, target: _Target, started: datetime, trigger: JobTrigger, error: str | None
+        self, target: DrillTarget, started: datetime, trigger: JobTrigger, error: str | None
     ) -> DrillResult:
         """Record and tell how a drill ended."""
         result = DrillResult(

@@ -281,7 +281,7 @@ async def test_an_unexpected_error_is_still_an_outcome(
 ) -> None:
     await backup_now(hass, loaded_entry)
     with patch(
-        "custom_components.offsite_backup.drill_runner.ExpectedContents.of", side_effect=RuntimeError("bug")
+        "custom_components.offsite_backup.drill_checks.ExpectedContents.of", side_effect=RuntimeError("bug")
     ):
         response = await verify(hass, loaded_entry)
     assert response["ok"] is False
