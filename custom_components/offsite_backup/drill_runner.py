@@ -23,7 +23,6 @@ from homeassistant.components.backup import AgentBackup
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
-from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.storage import Store
 from homeassistant.util import dt as dt_util
 
@@ -52,6 +51,7 @@ from .drill import (
 from .drill_checks import DrillChecks, DrillTarget
 from .listeners import Listeners
 from .privacy import MetadataPrivacy
+from .repair_issues import clear_issue, issue_id, raise_issue
 
 if TYPE_CHECKING:
     from .runner import BackupRunner
@@ -200,7 +200,7 @@ class RestoreDrill:
     @property
     def issue_id(self) -> str:
         """The entry's Repairs issue for a failed drill."""
-        return f"{ISSUE_DRILL_FAILED}_{self._entry.entry_id}"
+        return issue_id(ISSUE_DRILL_FAILED, self._entry)
 
     @callback
     def forget(self, remote_id: str) -> None:
@@ -389,26 +389,19 @@ class RestoreDrill:
         }
         which = label(result.backup_name, result.backup_id or "?")
         if result.ok:
-            ir.async_delete_issue(self.hass, DOMAIN, self.issue_id)
+            clear_issue(self.hass, self._entry, ISSUE_DRILL_FAILED)
             LOGGER.info("Restore drill of backup %s passed in %s s", which, result.duration)
             self.hass.bus.async_fire(EVENT_DRILL_SUCCEEDED, data)
             return
         LOGGER.error("Restore drill failed: %s", result.error)
         self.hass.bus.async_fire(EVENT_DRILL_FAILED, data)
-        ir.async_create_issue(
+        raise_issue(
             self.hass,
-            DOMAIN,
-            self.issue_id,
-            is_fixable=False,
-            is_persistent=False,
-            severity=ir.IssueSeverity.ERROR,
-            translation_key=ISSUE_DRILL_FAILED,
-            translation_placeholders={
-                "title": self._entry.title,
-                "backup_name": result.backup_name or "?",
-                "backup_id": result.backup_id or "?",
-                "error": result.error or "",
-            },
+            self._entry,
+            ISSUE_DRILL_FAILED,
+            backup_name=result.backup_name or "?",
+            backup_id=result.backup_id or "?",
+            error=result.error or "",
         )
 
 

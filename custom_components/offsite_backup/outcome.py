@@ -6,11 +6,9 @@ from typing import Any
 
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant, callback
-from homeassistant.helpers import issue_registry as ir
 
 from .api import GatewayQuotaError
 from .const import (
-    DOMAIN,
     EVENT_FAILED,
     EVENT_SUCCEEDED,
     ISSUE_BACKUP_FAILING,
@@ -19,6 +17,7 @@ from .const import (
     JobStatus,
 )
 from .jobs import Job
+from .repair_issues import clear_issue, issue_id, raise_issue
 
 
 def _size(value: int | None) -> str:
@@ -45,30 +44,23 @@ class OutcomeReporter:
     @property
     def issue_id(self) -> str:
         """The entry's Repairs issue."""
-        return f"{ISSUE_BACKUP_FAILING}_{self._entry.entry_id}"
+        return issue_id(ISSUE_BACKUP_FAILING, self._entry)
 
     @property
     def quota_issue_id(self) -> str:
         """The entry's Repairs issue for a backup the gateway refused for the quota."""
-        return f"{ISSUE_QUOTA_EXCEEDED}_{self._entry.entry_id}"
+        return issue_id(ISSUE_QUOTA_EXCEEDED, self._entry)
 
     @callback
     def quota_refused(self, err: GatewayQuotaError) -> None:
         """The gateway refused a backup for the quota: a Repairs issue with what is used and what it needed."""
-        ir.async_create_issue(
+        raise_issue(
             self._hass,
-            DOMAIN,
-            self.quota_issue_id,
-            is_fixable=False,
-            is_persistent=False,
-            severity=ir.IssueSeverity.ERROR,
-            translation_key=ISSUE_QUOTA_EXCEEDED,
-            translation_placeholders={
-                "title": self._entry.title,
-                "used": _size(err.used_bytes),
-                "needed": _size(err.needed_bytes),
-                "quota": _size(err.quota_bytes),
-            },
+            self._entry,
+            ISSUE_QUOTA_EXCEEDED,
+            used=_size(err.used_bytes),
+            needed=_size(err.needed_bytes),
+            quota=_size(err.quota_bytes),
         )
 
     @callback
@@ -83,8 +75,8 @@ class OutcomeReporter:
             "duration": job.duration,
         }
         if job.status is JobStatus.SUCCEEDED:
-            ir.async_delete_issue(self._hass, DOMAIN, self.issue_id)
-            ir.async_delete_issue(self._hass, DOMAIN, self.quota_issue_id)
+            clear_issue(self._hass, self._entry, ISSUE_BACKUP_FAILING)
+            clear_issue(self._hass, self._entry, ISSUE_QUOTA_EXCEEDED)
             LOGGER.info("Backup %s sent off-site (%s bytes in %s s)", job.backup_id, job.size, job.duration)
             # A partial backup (add-ons or folders Home Assistant could not back up) says what it lacks.
             self._hass.bus.async_fire(
@@ -94,19 +86,12 @@ class OutcomeReporter:
             LOGGER.error("Offsite backup failed: %s", job.error)
             self._hass.bus.async_fire(EVENT_FAILED, data | {"error": job.error})
             if failures_in_row >= self._failures_before_repair:
-                ir.async_create_issue(
+                raise_issue(
                     self._hass,
-                    DOMAIN,
-                    self.issue_id,
-                    is_fixable=False,
-                    is_persistent=False,
-                    severity=ir.IssueSeverity.ERROR,
-                    translation_key=ISSUE_BACKUP_FAILING,
-                    translation_placeholders={
-                        "title": self._entry.title,
-                        "failures": str(failures_in_row),
-                        "error": job.error or "",
-                    },
+                    self._entry,
+                    ISSUE_BACKUP_FAILING,
+                    failures=str(failures_in_row),
+                    error=job.error or "",
                 )
         else:
             LOGGER.info("Offsite backup cancelled%s", f": {job.error}" if job.error else "")
