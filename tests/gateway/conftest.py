@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers.gateway import GatewayDatabase, RunningGateway, run_gateway, selected_stores
+from tests.helpers.gateway import GatewayDatabase, RunningGateway, database_in, run_gateway, selected_stores
 from tests.helpers.servers import S3Server
 
 PART = 5 * 1024 * 1024  # S3's minimum part size: moto holds objects in memory
@@ -27,15 +27,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def database(store: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[GatewayDatabase]:
     """A database of this test's own, in the store under test."""
-    if store == "sqlite":
-        yield GatewayDatabase.sqlite(tmp_path / "gateway.sqlite3")
-        return
-    cluster = request.getfixturevalue("postgres_cluster")
-    url = cluster.create_database()
-    try:
-        yield GatewayDatabase.postgresql(url, cluster)
-    finally:
-        cluster.drop_database(url)
+    with database_in(store, tmp_path, request) as database:
+        yield database
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from offsite_gateway import auth
@@ -96,6 +97,21 @@ class GatewayDatabase:
             return b"".join(path.read_bytes() for path in self.path.parent.glob(self.path.name + "*"))
         assert self.cluster is not None
         return self.cluster.dump_text(self.setting).encode()
+
+
+@contextmanager
+def database_in(store: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[GatewayDatabase]:
+    """A test's own database in ``store``: a SQLite file under ``tmp_path``, or a database of the session's
+    PostgreSQL cluster (the ``postgres_cluster`` fixture, started on first use), dropped afterwards."""
+    if store == "sqlite":
+        yield GatewayDatabase.sqlite(tmp_path / "gateway.sqlite3")
+        return
+    cluster = request.getfixturevalue("postgres_cluster")
+    url = cluster.create_database()
+    try:
+        yield GatewayDatabase.postgresql(url, cluster)
+    finally:
+        cluster.drop_database(url)
 
 
 @dataclass

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,8 @@ from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 
 from custom_components.offsite_backup.const import CONF_TOKEN, CONF_URL, DOMAIN
-from tests.helpers.gateway import RunningGateway
+from tests.engine.proxy import FaultProxy
+from tests.helpers.gateway import RunningGateway, run_gateway
 from tests.helpers.servers import S3Server
 
 
@@ -28,6 +31,31 @@ async def set_up_entry(hass: HomeAssistant, gateway: RunningGateway, name: str =
     assert await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
     return entry
+
+
+async def backup_now(hass: HomeAssistant, entry: MockConfigEntry) -> str:
+    """Run the ``offsite_backup.create_backup`` action for the entry; the new backup's id."""
+    response = await hass.services.async_call(
+        DOMAIN, "create_backup", {"config_entry_id": entry.entry_id}, blocking=True, return_response=True
+    )
+    assert isinstance(response, dict)
+    return str(response["backup_id"])
+
+
+@asynccontextmanager
+async def entry_behind_proxy(
+    hass: HomeAssistant, s3: S3Server, bucket: str, path: Path
+) -> AsyncIterator[tuple[MockConfigEntry, FaultProxy]]:
+    """An entry set up on a gateway whose part URLs go through a fault proxy in front of ``s3``; unloaded after."""
+    async with (
+        FaultProxy(s3.endpoint) as proxy,
+        run_gateway(
+            s3, bucket, path, PART_SIZE=str(5 * 1024 * 1024), S3_PUBLIC_ENDPOINT=proxy.url
+        ) as gateway,
+    ):
+        entry = await set_up_entry(hass, gateway)
+        yield entry, proxy
+        await hass.config_entries.async_unload(entry.entry_id)
 
 
 PLATFORM_OF = {

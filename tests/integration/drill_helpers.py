@@ -23,17 +23,11 @@ from custom_components.offsite_backup.const import (
     ISSUE_DRILL_FAILED,
 )
 from tests.helpers.servers import S3Server
-from tests.integration.common import objects, state
+from tests.integration.common import backup_now, objects, state
+
+__all__ = ["backup_now"]  # the drill tests take it from here with the other helpers
 
 ANOTHER_KEY = "a key this Home Assistant never had"
-
-
-async def backup_now(hass: HomeAssistant, entry: MockConfigEntry) -> str:
-    response = await hass.services.async_call(
-        DOMAIN, "create_backup", {"config_entry_id": entry.entry_id}, blocking=True, return_response=True
-    )
-    assert isinstance(response, dict)
-    return str(response["backup_id"])
 
 
 async def verify(hass: HomeAssistant, entry: MockConfigEntry, **data: Any) -> dict[str, Any]:

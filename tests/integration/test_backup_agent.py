@@ -29,21 +29,13 @@ from custom_components.offsite_backup.uploader import upload
 from offsite_gateway.app import STORE
 from tests.helpers.gateway import RunningGateway, run_gateway
 from tests.helpers.servers import S3Server
-from tests.integration.common import objects, set_up_entry, sha256
+from tests.integration.common import backup_now, objects, set_up_entry, sha256
 from tests.integration.conftest import BACKUP_PASSWORD
 
 
 def agent_of(hass: HomeAssistant, entry: MockConfigEntry) -> BackupAgent:
     agent: BackupAgent = hass.data[DATA_MANAGER].backup_agents[f"{DOMAIN}.{entry.unique_id}"]
     return agent
-
-
-async def backup_now(hass: HomeAssistant, entry: MockConfigEntry) -> str:
-    response = await hass.services.async_call(
-        DOMAIN, "create_backup", {"config_entry_id": entry.entry_id}, blocking=True, return_response=True
-    )
-    assert isinstance(response, dict)
-    return str(response["backup_id"])
 
 
 def agent_backup(data: bytes, *, protected: bool, backup_id: str = "abc123") -> AgentBackup:

@@ -20,23 +20,17 @@ from homeassistant.data_entry_flow import FlowResultType
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_mock_service
 
 from custom_components.offsite_backup.const import CONF_TOKEN, CONF_URL, DOMAIN
-from tests.helpers.gateway import GatewayDatabase, RunningGateway, run_gateway, selected_stores
+from tests.helpers.gateway import GatewayDatabase, RunningGateway, database_in, run_gateway, selected_stores
 from tests.helpers.servers import S3Server
+from tests.integration.common import backup_now
 from tests.integration.conftest import BACKUP_PASSWORD
 
 
 @pytest.fixture(params=selected_stores())
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GatewayDatabase]:
     """A database of this test's own, in each store in turn."""
-    if request.param == "sqlite":
-        yield GatewayDatabase.sqlite(tmp_path / "gateway.sqlite3")
-        return
-    cluster = request.getfixturevalue("postgres_cluster")
-    url = cluster.create_database()
-    try:
-        yield GatewayDatabase.postgresql(url, cluster)
-    finally:
-        cluster.drop_database(url)
+    with database_in(request.param, tmp_path, request) as database:
+        yield database
 
 
 @pytest.fixture
@@ -50,14 +44,6 @@ async def gateway(
         yield running
 
 
-async def _backup_now(hass: HomeAssistant, entry: MockConfigEntry) -> str:
-    response = await hass.services.async_call(
-        DOMAIN, "create_backup", {"config_entry_id": entry.entry_id}, blocking=True, return_response=True
-    )
-    assert isinstance(response, dict)
-    return str(response["backup_id"])
-
-
 async def test_a_lost_gateway_database_is_rebuilt_and_home_assistant_restores_from_it(
     hass: HomeAssistant, loaded_entry: MockConfigEntry, gateway: RunningGateway, config_dir: Path
 ) -> None:
@@ -65,9 +51,9 @@ async def test_a_lost_gateway_database_is_rebuilt_and_home_assistant_restores_fr
     manager = hass.data[DATA_MANAGER]
     marker = os.urandom(48 * 1024)
     (config_dir / "marker.bin").write_bytes(marker)
-    first = await _backup_now(hass, loaded_entry)
+    first = await backup_now(hass, loaded_entry)
     (config_dir / "marker.bin").write_bytes(b"changed after the first backup")
-    second = await _backup_now(hass, loaded_entry)
+    second = await backup_now(hass, loaded_entry)
     listed, errors = await manager.async_get_backups()
     assert errors == {}
     assert {first, second} <= {backup_id for backup_id, backup in listed.items() if agent_id in backup.agents}

@@ -17,13 +17,12 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry, async_
 from custom_components.offsite_backup.const import CONF_KEEP_LOCAL, DOMAIN, EVENT_FAILED, JobTrigger
 from custom_components.offsite_backup.runner import JobError
 from tests.engine.proxy import FaultProxy, delay, status
-from tests.helpers.gateway import run_gateway
 from tests.helpers.servers import S3Server
 from tests.integration.common import (
+    entry_behind_proxy,
     let_upload_progress_settle,
     multipart_uploads,
     objects,
-    set_up_entry,
     sha256,
 )
 from tests.integration.conftest import BACKUP_PASSWORD
@@ -34,19 +33,8 @@ async def proxied(
     hass: HomeAssistant, backup_manager: object, moto_server: S3Server, moto_bucket: str, tmp_path: Path
 ) -> AsyncIterator[tuple[MockConfigEntry, FaultProxy]]:
     """An entry on a gateway whose part URLs go through a counting proxy in front of moto."""
-    async with (
-        FaultProxy(moto_server.endpoint) as proxy,
-        run_gateway(
-            moto_server,
-            moto_bucket,
-            tmp_path / "gw",
-            PART_SIZE=str(5 * 1024 * 1024),
-            S3_PUBLIC_ENDPOINT=proxy.url,
-        ) as gateway,
-    ):
-        entry = await set_up_entry(hass, gateway)
-        yield entry, proxy
-        await hass.config_entries.async_unload(entry.entry_id)
+    async with entry_behind_proxy(hass, moto_server, moto_bucket, tmp_path / "gw") as proxied_entry:
+        yield proxied_entry
 
 
 async def _interrupt_after_two_parts(

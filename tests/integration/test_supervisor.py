@@ -33,9 +33,13 @@ from custom_components.offsite_backup.const import (
 )
 from custom_components.offsite_backup.models import agent_id_for
 from tests.engine.proxy import FaultProxy, gate
-from tests.helpers.gateway import run_gateway
 from tests.helpers.servers import S3Server
-from tests.integration.common import let_upload_progress_settle, objects, set_up_entry, state
+from tests.integration.common import (
+    entry_behind_proxy,
+    let_upload_progress_settle,
+    objects,
+    state,
+)
 from tests.integration.conftest import BACKUP_PASSWORD
 from tests.integration.supervisor import ADDONS, FakeSupervisor, supervised
 
@@ -202,19 +206,8 @@ async def test_a_restore_from_our_location_restores_add_ons_and_folders(
 async def proxied_entry(
     hass: HomeAssistant, supervised_manager: Any, moto_server: S3Server, moto_bucket: str, tmp_path: Path
 ) -> AsyncIterator[tuple[MockConfigEntry, FaultProxy]]:
-    async with (
-        FaultProxy(moto_server.endpoint) as proxy,
-        run_gateway(
-            moto_server,
-            moto_bucket,
-            tmp_path / "gw",
-            PART_SIZE=str(5 * 1024 * 1024),
-            S3_PUBLIC_ENDPOINT=proxy.url,
-        ) as gateway,
-    ):
-        entry = await set_up_entry(hass, gateway)
-        yield entry, proxy
-        await hass.config_entries.async_unload(entry.entry_id)
+    async with entry_behind_proxy(hass, moto_server, moto_bucket, tmp_path / "gw") as proxied_entry:
+        yield proxied_entry
 
 
 async def test_an_upload_interrupted_by_a_restart_resumes(
