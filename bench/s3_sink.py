@@ -15,7 +15,8 @@ nothing (well under a millisecond of CPU per call), so what a benchmark measures
   presigned), ListParts (``GET …?uploadId=``: ``max-parts``, ``part-number-marker``, ``IsTruncated``),
   CompleteMultipartUpload (``POST …?uploadId=``: parts listed in order, present, with their ETag, all but the last
   >= 5 MiB; the object's ETag is S3's MD5-of-MD5s ``-N``), AbortMultipartUpload (``DELETE …?uploadId=``),
-  PutObject, HeadObject (its ``Content-Length``), DeleteObject (204 whether or not it exists). Unknown buckets,
+  PutObject, HeadObject (its ``Content-Length``), DeleteObject (204 whether or not it exists), DeleteObjects
+  (``POST /{bucket}?delete``, quiet). Unknown buckets,
   uploads and parts get S3's error codes (NoSuchBucket, NoSuchUpload, InvalidPart, …). GetObject and copies are
   not served (501): no body is kept.
 - Bodies are read and discarded; the MD5 of each one is computed so the ETag is real (clients that check it, ours
@@ -151,9 +152,24 @@ class Sink:
         if method == "GET" and "uploads" in query:
             self.calls["ListMultipartUploads"] += 1
             return self._list_uploads(request, bucket)
+        if method == "POST" and "delete" in query:
+            self.calls["DeleteObjects"] += 1
+            return await self._delete_objects(request, bucket)
         return _error(
             request, 501, "NotImplemented", f"{method} on a bucket with {sorted(query)} is not served"
         )
+
+    async def _delete_objects(self, request: web.Request, bucket: str) -> web.Response:
+        """DeleteObjects: every listed key goes (a missing one counts as deleted); quiet, so no <Deleted>."""
+        body = await request.read()
+        try:
+            root = ElementTree.fromstring(body)
+        except ElementTree.ParseError:
+            return _error(request, 400, "MalformedXML", "The XML you provided was not well-formed.")
+        for item in root.iter():
+            if item.tag.rsplit("}", 1)[-1] == "Key":
+                self.objects.pop((bucket, item.text or ""), None)
+        return _xml("DeleteResult", "")
 
     def _list_uploads(self, request: web.Request, bucket: str) -> web.Response:
         query = request.query

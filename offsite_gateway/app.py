@@ -30,7 +30,8 @@ from .health import Readiness
 from .logs import escape
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .policy import Policy, policy_for
-from .retention import apply_retention, delete_backups
+from .purger import Purger
+from .retention import delete_backups, expire
 from .server import PROTOCOL_ERROR, SERVER_NAME, GatewayRunner
 from .storage import Storage, StorageError, StoredPart
 from .store import (
@@ -56,6 +57,7 @@ STORE = web.AppKey("store", Store)
 STORAGE = web.AppKey("storage", Storage)
 METRICS = web.AppKey("metrics", Metrics)
 SWEEPER = web.AppKey("sweeper", Sweeper)
+PURGER = web.AppKey("purger", Purger)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 READINESS = web.AppKey("readiness", Readiness)
 AUTH_FAILURES = web.AppKey("auth_failures", AuthFailures)
@@ -421,12 +423,17 @@ def _instance(request: web.Request) -> Instance:
     return instance
 
 
+def _backup_id(request: web.Request) -> str:
+    """The `{id}` of the route; 404 if it is not an id the gateway makes (nothing to ask the database)."""
+    backup_id = request.match_info["id"]
+    if not BACKUP_ID_RE.fullmatch(backup_id):
+        _not_found()
+    return backup_id
+
+
 async def _owned(request: web.Request, *, deleting: bool = False) -> Backup:
     """The backup `{id}` if it belongs to the caller; 404 otherwise (whether it exists or not)."""
-    backup_id = request.match_info["id"]
-    if not BACKUP_ID_RE.fullmatch(backup_id):  # not an id the gateway makes: nothing to ask the database
-        _not_found()
-    backup = await request.app[STORE].get_backup(backup_id)
+    backup = await request.app[STORE].get_backup(_backup_id(request))
     if backup is None or backup.instance_id != _instance(request).id:
         _not_found()
     if backup.status == DELETING and not deleting:
@@ -648,8 +655,8 @@ def _unquoted(etag: str) -> str:
     return etag.strip().strip('"')
 
 
-def _check_parts(backup: Backup, declared: dict[int, str], stored: list[StoredPart]) -> list[StoredPart]:
-    """The stored parts to complete with, after checking they are all there and add up to the size."""
+def _check_parts(backup: Backup, declared: dict[int, str], stored: list[StoredPart]) -> None:
+    """409 unless the stored parts are all there, with the declared ETags and their signed lengths."""
     by_number = {part.part_number: part for part in stored}
     chosen: list[StoredPart] = []
     for number in range(1, backup.part_count + 1):
@@ -670,7 +677,6 @@ def _check_parts(backup: Backup, declared: dict[int, str], stored: list[StoredPa
                 f"part {part.part_number} holds {part.size} bytes, {expected} expected "
                 f"(declared size {backup.size}, part size {backup.part_size})",
             )
-    return chosen
 
 
 COMPLETE_YIELD_EVERY = 500  # parts checked between two turns given back to the event loop
@@ -723,19 +729,53 @@ async def _declared_parts(body: dict[str, Any]) -> tuple[dict[int, str], str | N
     return declared, sha256
 
 
+# What storage answers a CompleteMultipartUpload whose parts are not all there as listed (a part missing, another
+# ETag, a part too small): the parts are then listed, to tell the client which one.
+PART_REFUSALS = frozenset(("InvalidPart", "InvalidPartOrder", "EntityTooSmall"))
+
+
+async def _complete_in_storage(
+    storage: Storage, backup: Backup, upload_id: str, declared: dict[int, str]
+) -> None:
+    """CompleteMultipartUpload with the parts the client declared, in one call.
+
+    Nothing is listed first: storage checks that each part is there with that ETag, and each part's length was
+    fixed when its URL was signed (`Content-Length` is signed: storage refuses a PUT of any other length,
+    tests/gateway/test_localstack.py), so the object is `backup.size` bytes. Only when storage refuses are the
+    parts listed, to say which one is missing or wrong. An upload storage no longer knows may have been completed
+    by an earlier call that stopped before recording it (a crash, a lost answer): then the object is there.
+    """
+    parts = [StoredPart(number, f'"{_unquoted(declared[number])}"', 0) for number in sorted(declared)]
+    try:
+        await storage.complete_multipart_upload(backup.object_key, upload_id, parts)
+    except StorageError as err:
+        if err.code == "NoSuchUpload":
+            if await storage.object_size(backup.object_key) != backup.size:
+                raise ApiError(
+                    409, "not_uploading", "storage no longer knows this upload: abort it and start again"
+                ) from None
+            _LOGGER.info("Backup %s was already complete in storage; recording it", backup.id)
+            return
+        if err.code not in PART_REFUSALS:
+            raise
+        _check_parts(backup, declared, await storage.list_parts(backup.object_key, upload_id))
+        raise ApiError(
+            409, "parts_missing", f"storage refused the parts as listed ({err.code}); list them and retry"
+        ) from None
+
+
 async def complete_backup(request: web.Request) -> web.Response:
     app = request.app
     settings, store, storage, metrics = app[SETTINGS], app[STORE], app[STORAGE], app[METRICS]
     policy = policy_for(_instance(request), settings)
-    backup = await _owned(request)
-    _require_uploading(backup)  # the cheap refusal first: before a byte of the body is read
+    backup_id = _backup_id(request)
     # One complete, abort or delete of a backup at a time, on every node (its parsing included); on PostgreSQL
     # the lock's round trip also reads the backup, which `_owned` then takes.
-    async with _backup_lock(request, backup.id):
+    async with _backup_lock(request, backup_id):
+        backup = await _owned(request)
+        upload_id = _require_uploading(backup)  # the cheap refusal first: before a byte of the body is read
         raw = await read_raw(request, _complete_body_limit(backup.part_count))
         declared, sha256 = await _declared_parts(parse_json(raw))
-        backup = await _owned(request)  # again, under the lock
-        upload_id = _require_uploading(backup)
         expected = set(range(1, backup.part_count + 1))
         if set(declared) != expected:
             missing = sorted(expected - set(declared))
@@ -746,20 +786,7 @@ async def complete_backup(request: web.Request) -> web.Response:
             raise ApiError(
                 400, "invalid_request", "sha256: differs from the one declared when the upload began"
             )
-        try:
-            stored = await storage.list_parts(backup.object_key, upload_id)
-        except StorageError as err:
-            if err.code != "NoSuchUpload":
-                raise
-            # Completed in storage by an earlier call that stopped before recording it (a crash, a cancel)?
-            if await storage.object_size(backup.object_key) != backup.size:
-                raise ApiError(
-                    409, "not_uploading", "storage no longer knows this upload: abort it and start again"
-                ) from None
-            _LOGGER.info("Backup %s was already complete in storage; recording it", backup.id)
-        else:
-            chosen = _check_parts(backup, declared, stored)
-            await storage.complete_multipart_upload(backup.object_key, upload_id, chosen)
+        await _complete_in_storage(storage, backup, upload_id, declared)
         now = app[CLOCK]()
         # The manifest goes in before the database records the backup: no completed row lacks its manifest.
         recorded = dataclasses.replace(
@@ -780,13 +807,18 @@ async def complete_backup(request: web.Request) -> web.Response:
             # Aborted or swept while we completed: do not leave an object nobody knows.
             await delete_backups(store, storage, [backup], metrics)
             raise ApiError(409, "not_uploading", f"backup {backup.id} was aborted while completing")
-    metrics.bytes_completed.inc(backup.size)
-    metrics.backups_completed.inc()
-    _LOGGER.info("Backup %s of instance %s completed: %d bytes", backup.id, backup.instance_id, backup.size)
-    try:
-        await apply_retention(store, storage, backup.instance_id, policy, metrics)
-    except Exception:
-        _LOGGER.exception("Retention failed after backup %s; the sweeper finishes pending deletes", backup.id)
+        metrics.bytes_completed.inc(backup.size)
+        metrics.backups_completed.inc()
+        _LOGGER.info(
+            "Backup %s of instance %s completed: %d bytes", backup.id, backup.instance_id, backup.size
+        )
+        try:
+            # Marked deleting here; their objects and rows go in batches (`Purger`), within about a second.
+            app[PURGER].add(await expire(store, backup.instance_id, policy, metrics))
+        except Exception:
+            _LOGGER.exception(
+                "Retention failed after backup %s; the sweeper finishes pending deletes", backup.id
+            )
     return web.json_response({"backup": backup_json(recorded)})
 
 
@@ -813,8 +845,7 @@ async def _abort(request: web.Request, backup: Backup) -> None:
 
 
 async def abort_upload(request: web.Request) -> web.Response:
-    backup = await _owned(request)
-    async with _backup_lock(request, backup.id):
+    async with _backup_lock(request, _backup_id(request)):
         backup = await _owned(request)
         if backup.status != UPLOADING:
             raise ApiError(409, "not_uploading", f"backup {backup.id} is {backup.status}, not uploading")
@@ -835,8 +866,7 @@ async def get_backup(request: web.Request) -> web.Response:
 
 async def delete_backup(request: web.Request) -> web.Response:
     store, storage = request.app[STORE], request.app[STORAGE]
-    backup = await _owned(request, deleting=True)
-    async with _backup_lock(request, backup.id):
+    async with _backup_lock(request, _backup_id(request)):
         backup = await _owned(request, deleting=True)
         if backup.status == UPLOADING:
             await _abort(request, backup)
@@ -955,6 +985,7 @@ def create_app(
     app[METRICS] = Metrics()
     app[CLOCK] = clock
     app[SWEEPER] = Sweeper(settings, app[STORE], app[STORAGE], app[METRICS], clock)
+    app[PURGER] = Purger(app[STORE], app[STORAGE], app[METRICS])
     app[READINESS] = Readiness(app[STORE], app[STORAGE], clock)
     app[AUTH_FAILURES] = AuthFailures(settings.auth_failures_per_minute, app[METRICS])
     for method, path, handler in ROUTES:
@@ -964,15 +995,17 @@ def create_app(
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    store, storage, sweeper = app[STORE], app[STORAGE], app[SWEEPER]
+    store, storage, sweeper, purger = app[STORE], app[STORAGE], app[SWEEPER], app[PURGER]
     await store.open()
     try:
         await storage.open()
         try:
             sweeper.start()
+            purger.start()
             try:
                 yield
             finally:
+                await purger.stop()
                 await sweeper.stop()
         finally:
             await storage.close()

@@ -2,8 +2,10 @@
 
 A completed backup is kept when any rule keeps it (`select_expired`); the others are deleted. Deleting is steps
 that can fail separately, so it is ordered to never forget an object: the row is marked `deleting`, the archive
-and then its manifest are deleted, and only then is the row removed. If storage refuses either delete, the row
-stays `deleting` and the sweeper retries it. Several nodes may delete the same backup at once (retention after two
+and its manifest are deleted, and only then is the row removed. If storage refuses either delete, the row
+stays `deleting` and the sweeper retries it. Deletes go in batches (`purge`: one DeleteObjects call for up to
+500 backups): after a complete, retention only marks the expired backups `deleting`, and the node's `Purger`
+deletes what the completes of the last moments marked, together. Several nodes may delete the same backup at once (retention after two
 completes, the sweeper, a DELETE): every step is idempotent.
 
 Retention is not bound by delete protection (`protect_days` binds the instance's token only) and, where Object Lock
@@ -94,44 +96,63 @@ def select_expired(newest_first: Sequence[Backup], policy: Policy) -> list[Backu
     return [backup for backup in newest_first if backup.id not in kept or backup.id in duplicates]
 
 
+PURGE_BATCH = 500  # backups purged together: their archives and manifests fill one DeleteObjects call
+
+
 async def delete_backups(
     store: Store, storage: Storage, backups: Iterable[Backup], metrics: Metrics | None = None
 ) -> list[Backup]:
-    """Delete each backup's archive and manifest, then its row; return those left `deleting` (storage refused)."""
+    """Mark the backups `deleting`, then `purge` them; return those left `deleting` (storage refused)."""
     backups = list(backups)
     await store.mark_deleting([backup.id for backup in backups])
+    return await purge(store, storage, backups, metrics)
+
+
+async def purge(
+    store: Store, storage: Storage, backups: Sequence[Backup], metrics: Metrics | None = None
+) -> list[Backup]:
+    """Delete the archives and manifests of backups marked `deleting` (DeleteObjects, `PURGE_BATCH` backups a
+    call), then the rows of those storage deleted both of; return the others, left `deleting` for the sweeper."""
     failed: list[Backup] = []
-    for backup in backups:
+    for start in range(0, len(backups), PURGE_BATCH):
+        batch = backups[start : start + PURGE_BATCH]
+        keys = [key for backup in batch for key in (backup.object_key, manifest_key(backup.object_key))]
         try:
-            await storage.delete_object(backup.object_key)
-            await storage.delete_object(manifest_key(backup.object_key))
+            refused = await storage.delete_objects(keys)
         except StorageError as err:
+            if metrics is not None:
+                metrics.storage_errors.labels(err.operation).inc()
+            _LOGGER.warning("Could not delete %d backup(s); the sweeper will retry: %s", len(batch), err)
+            failed.extend(batch)
+            continue
+        done: list[str] = []
+        for backup in batch:
+            why = refused.get(backup.object_key) or refused.get(manifest_key(backup.object_key))
+            if why is None:
+                done.append(backup.id)
+                continue
             _LOGGER.warning(
                 "Could not delete backup %s (%s); the sweeper will retry: %s",
                 backup.id,
                 backup.object_key,
-                err,
+                why,
             )
             if metrics is not None:
-                metrics.storage_errors.labels(err.operation).inc()
+                metrics.storage_errors.labels("delete_objects").inc()
             failed.append(backup)
-            continue
-        await store.delete_backup(backup.id)
+        await store.delete_backups(done)
     return failed
 
 
-async def apply_retention(
-    store: Store,
-    storage: Storage,
-    instance_id: str,
-    policy: Policy,
-    metrics: Metrics | None = None,
+async def expire(
+    store: Store, instance_id: str, policy: Policy, metrics: Metrics | None = None
 ) -> list[Backup]:
-    """Delete the instance's completed backups retention no longer keeps; return them."""
+    """Mark `deleting` the instance's completed backups retention no longer keeps, and return them (to `purge`):
+    from then on they are neither listed nor counted as the instance's backups."""
     expired = select_expired(await store.list_backups(instance_id, COMPLETED), policy)
     if expired:
         _LOGGER.info("Retention: deleting %d backup(s) of instance %s", len(expired), instance_id)
-        await delete_backups(store, storage, expired, metrics)
+        await store.mark_deleting([backup.id for backup in expired])
         if metrics is not None:
             metrics.retention_deleted.inc(len(expired))
     return expired

@@ -31,6 +31,7 @@ from .s3 import Answer, S3Client, S3Error, child_text, children, local
 _LOGGER = logging.getLogger(__name__)
 
 MAX_POOL_CONNECTIONS = 100
+DELETE_BATCH = 1000  # keys in one DeleteObjects call (S3's maximum)
 
 
 class StorageError(Exception):
@@ -305,6 +306,36 @@ class Storage:
         except StorageError as err:
             if err.code != "NoSuchKey":
                 raise
+
+    async def delete_objects(self, keys: Sequence[str]) -> dict[str, str]:
+        """Delete `keys` (DeleteObjects: up to `DELETE_BATCH` keys a call); the keys storage did not delete, with
+        why. An object already gone counts as deleted. With Object Lock, each key's versions go one by one
+        (`delete_object`)."""
+        refused: dict[str, str] = {}
+        if self.settings.object_lock:
+            for key in keys:
+                try:
+                    await self.delete_object(key)
+                except StorageError as err:
+                    refused[key] = str(err)
+            return refused
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            listed = "".join(f"<Object><Key>{escape(key)}</Key></Object>" for key in batch)
+            body = f'<Delete xmlns="{XMLNS}"><Quiet>true</Quiet>{listed}</Delete>'.encode()
+            md5 = base64.b64encode(hashlib.md5(body).digest()).decode()  # noqa: S324 - S3 asks for it
+            answer = await self._call(
+                "delete_objects",
+                "POST",
+                query={"delete": ""},
+                body=body,
+                headers={"Content-MD5": md5, "Content-Type": "application/xml"},
+            )
+            for error in children(_xml("delete_objects", answer), "Error"):
+                code = child_text(error, "Code")
+                if code != "NoSuchKey":
+                    refused[child_text(error, "Key")] = f"{code}: {child_text(error, 'Message')}"
+        return refused
 
     async def _delete_versions(self, key: str) -> None:
         for version_id in await self.list_versions(key):

@@ -9,12 +9,13 @@ Each run, in this order:
    mistaken for an orphan. The bucket may be shared: only keys the gateway makes are touched, those under
    `S3_PREFIX` if one is set, else those under the id of an instance the database knows (`<instance_id>/...`);
    another application's uploads are left alone;
-3. backups left `deleting` (their object delete failed earlier) are deleted again;
+3. backups left `deleting` (their object delete failed earlier, or their node stopped before its purger deleted
+   them) are deleted, in batches (`retention.purge`; every step of it is idempotent, so no lock is needed);
 4. init events older than the rate-limit window are pruned, and `failed` rows `prune_failed_after` seconds
    after they failed.
 
 Every node runs it: one at a time sweeps (the store's sweeper lock: an advisory lock on PostgreSQL), the others
-skip that run; and each backup it touches is held with the store's backup lock (skipped if a request holds it),
+skip that run; and each upload it fails is held with the store's backup lock (skipped if a request holds it),
 so a sweep never races a complete, an abort or a delete of the same backup on another node.
 """
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 from .config import Settings
 from .metrics import Metrics
-from .retention import delete_backups
+from .retention import purge
 from .storage import PendingUpload, Storage, StorageError
 from .store import UPLOADING, Store
 
@@ -143,14 +144,9 @@ class Sweeper:
         report.orphans_aborted = await abort_orphans(store, storage, pending, self.metrics)
         self.metrics.swept.labels("orphan").inc(report.orphans_aborted)
 
-        for backup in await store.deleting_backups():
-            async with store.lock_backup(backup.id, wait=False) as held:
-                if not held:
-                    continue  # being deleted by a request right now
-                if await delete_backups(store, storage, [backup], self.metrics):
-                    report.deletions_failed += 1
-                else:
-                    report.deletions_done += 1
+        deleting = await store.deleting_backups()
+        report.deletions_failed = len(await purge(store, storage, deleting, self.metrics))
+        report.deletions_done = len(deleting) - report.deletions_failed
         self.metrics.swept.labels("deleted").inc(report.deletions_done)
 
         await store.prune_init_events(now - 3600)

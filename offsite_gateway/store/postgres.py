@@ -566,6 +566,15 @@ class PostgresStore:
         async with self._conn() as conn:
             await conn.execute("DELETE FROM backups WHERE id = $1", backup_id)
 
+    async def delete_backups(self, backup_ids: Sequence[str]) -> None:
+        self._forget_ahead()
+        if not backup_ids:
+            return
+        async with self._conn() as conn:
+            await conn.execute(
+                "DELETE FROM backups WHERE id = ANY($1::text[]) AND status = 'deleting'", list(backup_ids)
+            )
+
     async def stale_uploads(self, active_before: float) -> list[Backup]:
         async with self._conn() as conn:
             rows = await conn.fetch(

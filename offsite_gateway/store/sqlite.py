@@ -301,6 +301,12 @@ class SQLiteStore:
     async def delete_backup(self, backup_id: str) -> None:
         self.conn.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
 
+    async def delete_backups(self, backup_ids: Sequence[str]) -> None:
+        self.conn.executemany(
+            "DELETE FROM backups WHERE id = ? AND status = 'deleting'",
+            [(backup_id,) for backup_id in backup_ids],
+        )
+
     async def stale_uploads(self, active_before: float) -> list[Backup]:
         rows = self.conn.execute(
             f"SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'uploading' AND last_activity < ? "  # noqa: S608

@@ -361,6 +361,7 @@ async def test_four_hundred_nights_of_generational_retention(
                 listed = {b["id"] for b in (await api.ok("GET", "/v1/backups"))["backups"]}
                 assert listed == _independent_kept(made, 2, 7, 4, 6), night
         expected = _independent_kept(made, 2, 7, 4, 6)
+        await gateway.purged()
         keys = _keys(moto_server, moto_bucket)
         archives = {key.rsplit("/", 1)[-1] for key in keys if not key.endswith(SUFFIX)}
         manifests = {key.rsplit("/", 1)[-1].removesuffix(SUFFIX) for key in keys if key.endswith(SUFFIX)}
@@ -412,6 +413,7 @@ async def test_object_lock_on_moto(
         await api.upload(b"second")
         clock.now += 60
         newest = await api.upload(b"third")
+        await gateway.purged()
         versions = s3.list_object_versions(Bucket=bucket)
         left = {v["Key"] for v in versions.get("Versions", []) + versions.get("DeleteMarkers", [])}
         assert left == set(_keys(moto_server, bucket))

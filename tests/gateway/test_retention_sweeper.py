@@ -159,6 +159,7 @@ async def test_retention_keeps_the_newest_n_per_instance(
         assert listed == [ids[3], ids[2]]
         instance_ids = {b.instance_id for b in await _all(gateway)}
         assert len(instance_ids) == 2
+        await gateway.purged()
         assert len(_objects(moto_server, moto_bucket)) == 3
         assert all(
             key.endswith((ids[3], ids[2], kept_elsewhere["id"])) for key in _objects(moto_server, moto_bucket)
@@ -189,14 +190,15 @@ async def test_failed_deletes_stay_deleting_and_the_sweeper_retries(
         api = Api(session, gateway.url, token)
         first = await api.upload(b"first")
         storage = gateway.app[STORAGE]
-        real_delete = storage.delete_object
+        real_delete = storage.delete_objects
 
-        async def refuse(key: str) -> None:
-            raise StorageError("delete_object", "InternalError (HTTP 500): try later", "InternalError")
+        async def refuse(keys: list[str]) -> dict[str, str]:
+            raise StorageError("delete_objects", "InternalError (HTTP 500): try later", "InternalError")
 
-        monkeypatch.setattr(storage, "delete_object", refuse)
+        monkeypatch.setattr(storage, "delete_objects", refuse)
         second = await api.upload(b"second")  # retention's delete of `first` fails: complete still succeeds
         assert second["status"] == "completed"
+        await gateway.purged()
         row = await gateway.app[STORE].get_backup(first["id"])
         assert row is not None
         assert row.status == "deleting"
@@ -212,7 +214,7 @@ async def test_failed_deletes_stay_deleting_and_the_sweeper_retries(
         report = await gateway.run_sweeper_once()
         assert (report.deletions_done, report.deletions_failed) == (0, 2)
 
-        monkeypatch.setattr(storage, "delete_object", real_delete)
+        monkeypatch.setattr(storage, "delete_objects", real_delete)
         report = await gateway.run_sweeper_once()
         assert (report.deletions_done, report.deletions_failed) == (2, 0)
         assert _objects(moto_server, moto_bucket) == []

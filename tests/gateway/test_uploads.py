@@ -208,18 +208,19 @@ async def test_complete_refuses_a_wrong_etag(api: Api, session: aiohttp.ClientSe
     assert "ETag" in body["error"]["message"]
 
 
-@pytest.mark.parametrize(("first", "last"), [(PART, 50), (PART - 1, 101), (PART, 101 + 1)])
-async def test_complete_refuses_sizes_that_do_not_add_up(
-    api: Api, session: aiohttp.ClientSession, first: int, last: int
-) -> None:
+async def test_complete_names_a_part_of_another_length(api: Api, session: aiohttp.ClientSession) -> None:
+    """Storage refuses a PUT of any other length than the one its URL signs (tests/gateway/test_localstack.py), so
+    complete does not list the parts first. moto checks no signature, but refuses to complete with a part below
+    5 MiB that is not the last: then the parts are listed, and the answer names the part and its length."""
     init = await api.init(PART + 100)
     urls = {p["part_number"]: p["url"] for p in await api.sign(init["id"], [1, 2])}
     parts = [
-        {"part_number": 1, "etag": await put(session, urls[1], b"a" * first)},
-        {"part_number": 2, "etag": await put(session, urls[2], b"b" * last)},
+        {"part_number": 1, "etag": await put(session, urls[1], b"a" * (PART - 1))},
+        {"part_number": 2, "etag": await put(session, urls[2], b"b" * 101)},
     ]
     status, body = await api.call("POST", f"/v1/backups/{init['id']}/complete", {"parts": parts})
     assert (status, body["error"]["code"]) == (409, "size_mismatch"), body
+    assert f"part 1 holds {PART - 1} bytes, {PART} expected" in body["error"]["message"]
     assert (await api.ok("GET", f"/v1/backups/{init['id']}"))["backup"]["status"] == "uploading"
 
 

@@ -43,7 +43,7 @@ import pytest
 from aiohttp import web
 
 from offsite_gateway import auth
-from offsite_gateway.app import STORAGE, STORE, SWEEPER, create_app, make_runner
+from offsite_gateway.app import PURGER, STORAGE, STORE, SWEEPER, create_app, make_runner
 from offsite_gateway.config import PREFIX, Settings, load_settings
 from offsite_gateway.reindex import ReindexReport, reindex
 from offsite_gateway.sweeper import SweepReport, abort_instance_uploads
@@ -146,6 +146,10 @@ class RunningGateway:
     async def run_sweeper_once(self, now: float | None = None) -> SweepReport:
         """One sweeper pass now (or as if the clock said `now`)."""
         return await self.app[SWEEPER].run_once(now)
+
+    async def purged(self) -> None:
+        """Until the purger has deleted what retention marked `deleting` (it batches them: offsite_gateway/purger.py)."""
+        await self.app[PURGER].wait_idle()
 
     async def lose_database(self) -> None:
         """The database is lost while the gateway runs: it comes back empty, its schema migrated again."""
