@@ -12,7 +12,7 @@ import re
 import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -31,7 +31,7 @@ from .logs import escape
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .policy import Policy, policy_for
 from .purger import Purger
-from .retention import delete_backups, expire
+from .retention import delete_backups, newest_first, select_expired
 from .server import PROTOCOL_ERROR, SERVER_NAME, GatewayRunner
 from .storage import Storage, StorageError, StoredPart
 from .store import (
@@ -197,6 +197,7 @@ INIT_SCHEMA = vol.Schema(
         vol.Required("size"): vol.All(_integer, vol.Range(min=1)),
         vol.Optional("sha256"): _sha256,
         vol.Optional("metadata"): _metadata,
+        vol.Optional("part_urls"): vol.All(_integer, vol.Range(min=0, max=MAX_PARTS_PER_SIGNING)),
     },
     extra=vol.REMOVE_EXTRA,
 )
@@ -442,9 +443,11 @@ async def _owned(request: web.Request, *, deleting: bool = False) -> Backup:
 
 
 @contextlib.asynccontextmanager
-async def _backup_lock(request: web.Request, backup_id: str) -> AsyncIterator[None]:
+async def _backup_lock(
+    request: web.Request, backup_id: str, *, completing: bool = False
+) -> AsyncIterator[None]:
     """Serialise complete/abort/delete of one backup across every node (the database's lock)."""
-    async with request.app[STORE].lock_backup(backup_id):
+    async with request.app[STORE].lock_backup(backup_id, completing=completing):
         yield
 
 
@@ -589,10 +592,17 @@ async def create_backup(request: web.Request) -> web.Response:
     _LOGGER.info(
         "Instance %s started backup %s: %d bytes in %d parts", instance.id, backup_id, size, part_count
     )
-    return web.json_response(
-        {"id": backup_id, "part_size": part_size, "part_count": part_count, "url_ttl": settings.url_ttl},
-        status=201,
-    )
+    answer: dict[str, Any] = {
+        "id": backup_id,
+        "part_size": part_size,
+        "part_count": part_count,
+        "url_ttl": settings.url_ttl,
+    }
+    first = min(body.get("part_urls", 0), part_count)
+    if first:
+        # The URLs of the first parts, asked for with the create: a backup of that many parts needs no signing call.
+        answer["parts"] = _part_urls(app, backup, upload_id, range(1, first + 1))
+    return web.json_response(answer, status=201)
 
 
 async def _abort_unrecorded(request: web.Request, key: str, upload_id: str) -> None:
@@ -606,7 +616,6 @@ async def _abort_unrecorded(request: web.Request, key: str, upload_id: str) -> N
 
 async def sign_parts(request: web.Request) -> web.Response:
     app = request.app
-    settings = app[SETTINGS]
     backup = await _owned(request)
     upload_id = _require_uploading(backup)  # before reading the body: the cheap refusal first
     body = await read_body(request, SIGN_SCHEMA)
@@ -617,7 +626,14 @@ async def sign_parts(request: web.Request) -> web.Response:
         if number > backup.part_count:
             raise ApiError(400, "invalid_request", f"part_numbers: {number} is out of 1..{backup.part_count}")
     await _touch(request, backup)
-    ttl = settings.url_ttl
+    return web.json_response({"parts": _part_urls(app, backup, upload_id, numbers)})
+
+
+def _part_urls(
+    app: web.Application, backup: Backup, upload_id: str, numbers: Iterable[int]
+) -> list[dict[str, Any]]:
+    """Presigned UploadPart URLs of these parts, each for its exact length, valid `URL_TTL` seconds."""
+    ttl = app[SETTINGS].url_ttl
     expires_at = iso(app[CLOCK]() + ttl)
     presigner = app[STORAGE].presigner
     parts = [
@@ -631,7 +647,7 @@ async def sign_parts(request: web.Request) -> web.Response:
         for number in numbers
     ]
     app[METRICS].part_urls_signed.inc(len(parts))
-    return web.json_response({"parts": parts})
+    return parts
 
 
 async def list_parts(request: web.Request) -> web.Response:
@@ -770,8 +786,9 @@ async def complete_backup(request: web.Request) -> web.Response:
     policy = policy_for(_instance(request), settings)
     backup_id = _backup_id(request)
     # One complete, abort or delete of a backup at a time, on every node (its parsing included); on PostgreSQL
-    # the lock's round trip also reads the backup, which `_owned` then takes.
-    async with _backup_lock(request, backup_id):
+    # the lock's round trip also reads the backup, which `_owned` then takes, and its instance's completed
+    # backups, which retention then takes.
+    async with _backup_lock(request, backup_id, completing=True):
         backup = await _owned(request)
         upload_id = _require_uploading(backup)  # the cheap refusal first: before a byte of the body is read
         raw = await read_raw(request, _complete_body_limit(backup.part_count))
@@ -800,7 +817,10 @@ async def complete_backup(request: web.Request) -> web.Response:
             until = policy.deletable_at(now)
             await storage.lock_object(backup.object_key, until)
             await storage.lock_object(key, until)
-        if not await store.complete_backup(backup.id, sha256, now):
+        # Retention's choice among the instance's completed backups and this one, recorded with the complete.
+        completed = await store.list_backups(backup.instance_id, COMPLETED)
+        expired = select_expired(newest_first([recorded, *completed]), policy)
+        if not await store.complete_backup(backup.id, sha256, now, [old.id for old in expired]):
             current = await store.get_backup(backup.id)
             if current is not None and current.status == COMPLETED:
                 raise ApiError(409, "not_uploading", f"backup {backup.id} is completed already")
@@ -812,13 +832,12 @@ async def complete_backup(request: web.Request) -> web.Response:
         _LOGGER.info(
             "Backup %s of instance %s completed: %d bytes", backup.id, backup.instance_id, backup.size
         )
-        try:
-            # Marked deleting here; their objects and rows go in batches (`Purger`), within about a second.
-            app[PURGER].add(await expire(store, backup.instance_id, policy, metrics))
-        except Exception:
-            _LOGGER.exception(
-                "Retention failed after backup %s; the sweeper finishes pending deletes", backup.id
-            )
+        if expired:
+            # Marked `deleting` with the complete; their objects and rows go in batches (`Purger`), within about
+            # a second (or with the sweeper, should this node stop first).
+            _LOGGER.info("Retention: deleting %d backup(s) of instance %s", len(expired), backup.instance_id)
+            metrics.retention_deleted.inc(len(expired))
+            app[PURGER].add(expired)
     return web.json_response({"backup": backup_json(recorded)})
 
 

@@ -4,8 +4,8 @@ A completed backup is kept when any rule keeps it (`select_expired`); the others
 that can fail separately, so it is ordered to never forget an object: the row is marked `deleting`, the archive
 and its manifest are deleted, and only then is the row removed. If storage refuses either delete, the row
 stays `deleting` and the sweeper retries it. Deletes go in batches (`purge`: one DeleteObjects call for up to
-500 backups): after a complete, retention only marks the expired backups `deleting`, and the node's `Purger`
-deletes what the completes of the last moments marked, together. Several nodes may delete the same backup at once (retention after two
+500 backups): a complete marks the backups retention expires `deleting` as it records itself (one statement), and
+the node's `Purger` deletes what the completes of the last moments marked, together. Several nodes may delete the same backup at once (retention after two
 completes, the sweeper, a DELETE): every step is idempotent.
 
 Retention is not bound by delete protection (`protect_days` binds the instance's token only) and, where Object Lock
@@ -22,7 +22,7 @@ from .manifest import manifest_key
 from .metrics import Metrics
 from .policy import Policy
 from .storage import Storage, StorageError
-from .store import COMPLETED, Backup, Store
+from .store import Backup, Store
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -68,6 +68,11 @@ def _newest_per_period(
         seen.add(key)
         kept.add(backup.id)
     return kept
+
+
+def newest_first(backups: Iterable[Backup]) -> list[Backup]:
+    """Completed backups newest first, as the store lists them (completion, then creation, then id)."""
+    return sorted(backups, key=lambda b: (b.completed_at or 0.0, b.created_at, b.id), reverse=True)
 
 
 def select_expired(newest_first: Sequence[Backup], policy: Policy) -> list[Backup]:
@@ -142,17 +147,3 @@ async def purge(
             failed.append(backup)
         await store.delete_backups(done)
     return failed
-
-
-async def expire(
-    store: Store, instance_id: str, policy: Policy, metrics: Metrics | None = None
-) -> list[Backup]:
-    """Mark `deleting` the instance's completed backups retention no longer keeps, and return them (to `purge`):
-    from then on they are neither listed nor counted as the instance's backups."""
-    expired = select_expired(await store.list_backups(instance_id, COMPLETED), policy)
-    if expired:
-        _LOGGER.info("Retention: deleting %d backup(s) of instance %s", len(expired), instance_id)
-        await store.mark_deleting([backup.id for backup in expired])
-        if metrics is not None:
-            metrics.retention_deleted.inc(len(expired))
-    return expired

@@ -236,9 +236,12 @@ class GatewayClient:
         size: int,
         metadata: Mapping[str, Any] | None = None,
         sha256: str | None = None,
+        part_urls: int = 0,
     ) -> BackupInit:
-        """``POST /v1/backups``: start a multipart upload."""
+        """``POST /v1/backups``: start a multipart upload (with the URLs of its first ``part_urls`` parts)."""
         body: dict[str, Any] = {"name": name, "size": size}
+        if part_urls:
+            body["part_urls"] = part_urls
         if metadata is not None:
             body["metadata"] = dict(metadata)
         if sha256 is not None:

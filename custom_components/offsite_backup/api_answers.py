@@ -73,6 +73,8 @@ class BackupInit:
     part_size: int
     part_count: int
     url_ttl: int
+    parts: tuple[PartUrl, ...] = ()
+    """The first parts' URLs, if the create asked for them (``part_urls``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +249,7 @@ def parse_init(data: dict[str, Any]) -> BackupInit:
         part_size=_int(data, "part_size"),
         part_count=_int(data, "part_count"),
         url_ttl=_int(data, "url_ttl"),
+        parts=tuple(parse_part_urls(data)) if "parts" in data else (),
     )
 
 

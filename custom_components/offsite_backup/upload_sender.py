@@ -128,6 +128,13 @@ class UrlBook:
                 yield candidate
             candidate += 1
 
+    def seed(self, parts: Iterable[PartUrl]) -> None:
+        """URLs the gateway signed already (with the create), fresh from now."""
+        fetched = time.monotonic()
+        for part in parts:
+            if 1 <= part.part_number <= self._state.part_count:
+                self._urls[part.part_number] = (part.url, fetched)
+
     def forget(self, part_number: int) -> None:
         """Drop a part's URL (stored, or refused as expired)."""
         self._urls.pop(part_number, None)

@@ -21,8 +21,8 @@ How it works:
   last part); the stream is re-chunked into exactly those parts.
 - At most ``parallel`` parts are in flight and one more is being read, so memory stays near
   ``(parallel + 1) * part_size`` whatever the backup's size.
-- URLs are asked for in small batches just ahead of use (``url_batch``), re-asked before use once older than
-  ``url_refresh`` of their lifetime, and again whenever storage answers 403 (expired).
+- URLs are asked for in small batches just ahead of use (``url_batch``; the first batch with the create), re-asked
+  before use once older than ``url_refresh`` of their lifetime, and again whenever storage answers 403 (expired).
 - Each part is one ``PUT`` with ``Content-Length`` and a timeout of ``timeout_base + part / timeout_min_rate``
   seconds; connection errors, timeouts, 5xx, 429, 408 and S3's ``400 RequestTimeout`` (``Retry-After`` honoured)
   are retried with exponential backoff and full jitter (``max_tries`` tries, delays capped at ``retry_cap``); any
@@ -76,6 +76,7 @@ from .api import (
     GatewayNotFoundError,
     GatewayRateLimitedError,
     GatewayUnavailableError,
+    PartUrl,
     RemoteBackup,
 )
 from .upload_errors import UploadError, UploadStreamError, describe
@@ -178,6 +179,7 @@ class _Upload:
         self.on_state = on_state
         self.state = UploadState(backup_id="", size=size, part_size=size, part_count=1, url_ttl=0)
         self.held: dict[int, str] = {}  # parts storage already holds (resume): number → ETag
+        self.first_urls: tuple[PartUrl, ...] = ()  # signed with the create
         self.acked = 0
         self._reported = -1
         self._reported_at = 0.0
@@ -229,6 +231,7 @@ class _Upload:
                 _LOGGER.debug("Abort of stale upload %s: %s", state.backup_id, err)
 
         init = await self._create()
+        self.first_urls = init.parts
         self.state = UploadState(
             backup_id=init.id,
             size=self.size,
@@ -308,6 +311,8 @@ class _Upload:
             self.state,
             skip=lambda number: number in self.state.parts or number in self.held,
         )
+        urls.seed(self.first_urls)
+        self.first_urls = ()
         parts = _Parts(
             pool=BufferPool(min(self.state.part_size, self.size)),
             urls=urls,
@@ -409,7 +414,9 @@ class _Upload:
 
     async def _create_once(self) -> BackupInit:
         create = asyncio.ensure_future(
-            self.client.create_backup(name=self.name, size=self.size, metadata=self.metadata)
+            self.client.create_backup(
+                name=self.name, size=self.size, metadata=self.metadata, part_urls=self.options.batch
+            )
         )
         try:
             return await asyncio.shield(create)

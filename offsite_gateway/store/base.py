@@ -144,10 +144,13 @@ class Store(Protocol):
         """Where the database is, for people (no password)."""
         ...
 
-    def lock_backup(self, backup_id: str, *, wait: bool = True) -> AbstractAsyncContextManager[bool]:
+    def lock_backup(
+        self, backup_id: str, *, wait: bool = True, completing: bool = False
+    ) -> AbstractAsyncContextManager[bool]:
         """Hold one backup against every other node's complete, abort, delete, retention and sweeper.
 
-        Yields True once held; with `wait=False`, yields False at once if someone else holds it.
+        Yields True once held; with `wait=False`, yields False at once if someone else holds it. `completing`
+        says the block reads the backup's instance's completed backups too (PostgreSQL reads them with the lock).
         """
         ...
 
@@ -198,8 +201,11 @@ class Store(Protocol):
         """Backups of one instance with one status, newest first (completion, then creation)."""
         ...
 
-    async def complete_backup(self, backup_id: str, sha256: str | None, now: float) -> bool:
-        """`uploading` → `completed`; False if it was not uploading any more."""
+    async def complete_backup(
+        self, backup_id: str, sha256: str | None, now: float, expired: Sequence[str] = ()
+    ) -> bool:
+        """`uploading` → `completed`, and with it (at once) the instance's completed backups `expired` →
+        `deleting`; False, and nothing changed, if it was not uploading any more."""
         ...
 
     async def fail_backup(self, backup_id: str, now: float) -> Backup | None:

@@ -223,6 +223,29 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        6,
+        "lock a backup and read it with its instance's completed backups (for retention) in one round trip",
+        sqlite="SELECT 1",  # SQLite's lock is the process's
+        postgresql=(
+            """
+            CREATE OR REPLACE FUNCTION offsite_lock_backup_for_complete(p_key bigint, p_id text)
+            RETURNS SETOF backups
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_advisory_lock(p_key);
+                -- Statements of their own, so snapshots taken once the lock is held: what the last holder wrote.
+                RETURN QUERY SELECT * FROM backups WHERE id = p_id;
+                RETURN QUERY SELECT * FROM backups WHERE status = 'completed'
+                    AND instance_id = (SELECT instance_id FROM backups WHERE id = p_id);
+            END
+            $$
+            """,
+        ),
+    ),
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 assert all(migration.version == index + 1 for index, migration in enumerate(MIGRATIONS))
 

@@ -82,6 +82,19 @@ MIGRATION_LOCK = lock_key("migrations", "")
 SWEEPER_LOCK = lock_key("sweeper", "")
 
 
+def _read_ahead(backup_id: str, rows: list[Backup], completing: bool) -> dict[str, Any]:
+    """What `offsite_lock_backup[_for_complete]` read: the backup (first, if it exists) and, when completing, its
+    instance's completed backups, newest first (as `list_backups` orders them)."""
+    backup = rows[0] if rows and rows[0].id == backup_id else None
+    ahead: dict[str, Any] = {f"backup:{backup_id}": backup}
+    if completing and backup is not None:
+        completed = sorted(
+            rows[1:], key=lambda b: (b.completed_at is not None, b.completed_at or 0.0, b.created_at, b.id)
+        )
+        ahead[f"list:completed:{backup.instance_id}"] = completed[::-1]
+    return ahead
+
+
 def _terminate(conn: asyncpg.Connection) -> None:
     """End a pooled connection (its session and locks with it); the pool opens a new one when needed.
 
@@ -106,9 +119,9 @@ class PostgresStore:
         self._bound: contextvars.ContextVar[asyncpg.Connection | None] = contextvars.ContextVar(
             f"offsite_gateway_pg_{id(self)}", default=None
         )
-        # Read in the same round trip as something else, for this task's next call that asks for it (once):
-        # the backup `lock_backup` locked, and the completed backups of the instance `complete_backup` completed.
-        self._read_ahead: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.ContextVar(
+        # Read in the same round trip as the lock, for this task's next call that asks for it (once each): the
+        # backup `lock_backup` locked, and (`completing`) the completed backups of its instance.
+        self._read_ahead: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
             f"offsite_gateway_pg_ahead_{id(self)}", default=None
         )
 
@@ -246,7 +259,9 @@ class PostgresStore:
     # --- locks ----------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _advisory(self, key: int, *, wait: bool, read_ahead: str | None = None) -> AsyncIterator[bool]:
+    async def _advisory(
+        self, key: int, *, wait: bool, read_ahead: str | None = None, completing: bool = False
+    ) -> AsyncIterator[bool]:
         """A session advisory lock on the task's bound connection, or on a pooled one bound for the block.
 
         A pooled connection whose lock state is uncertain (the wait was cancelled or failed, the unlock failed)
@@ -260,13 +275,17 @@ class PostgresStore:
                     conn = await stack.enter_async_context(self._acquire())
                 assert conn is not None
                 if read_ahead is not None:
-                    # Locked and read in one round trip (offsite_lock_backup, migration 4).
+                    # Locked and read in one round trip (offsite_lock_backup, migration 4; with the instance's
+                    # completed backups, offsite_lock_backup_for_complete, migration 6).
+                    function = "offsite_lock_backup_for_complete" if completing else "offsite_lock_backup"
                     rows = await conn.fetch(
-                        f"SELECT {BACKUP_COLUMNS} FROM offsite_lock_backup($1, $2)",  # noqa: S608
+                        f"SELECT {BACKUP_COLUMNS} FROM {function}($1, $2)",  # noqa: S608
                         key,
                         read_ahead,
                     )
-                    self._read_ahead.set((f"backup:{read_ahead}", backup_from_row(rows[0]) if rows else None))
+                    self._read_ahead.set(
+                        _read_ahead(read_ahead, [backup_from_row(row) for row in rows], completing)
+                    )
                     held = True
                 elif wait:
                     await conn.execute("SELECT pg_advisory_lock($1)", key)
@@ -299,28 +318,31 @@ class PostgresStore:
                     raise
 
     @contextlib.asynccontextmanager
-    async def lock_backup(self, backup_id: str, *, wait: bool = True) -> AsyncIterator[bool]:
+    async def lock_backup(
+        self, backup_id: str, *, wait: bool = True, completing: bool = False
+    ) -> AsyncIterator[bool]:
         async with self._locks.hold(backup_id, wait=wait) as local:
             if not local:
                 yield False
                 return
             key = lock_key("backup", backup_id)
             read_ahead = backup_id if wait and self._bound.get() is None else None
-            async with self._advisory(key, wait=wait, read_ahead=read_ahead) as held:
+            async with self._advisory(key, wait=wait, read_ahead=read_ahead, completing=completing) as held:
                 try:
                     yield held
                 finally:
-                    ahead = self._read_ahead.get()
-                    if ahead is not None and ahead[0].startswith("backup:"):
-                        self._read_ahead.set(None)
+                    self._forget_ahead()
 
     def _ahead(self, kind: str, name: str) -> tuple[bool, Any]:
         """What was read ahead for (kind, name), once: (True, it), else (False, None)."""
         ahead = self._read_ahead.get()
-        if ahead is None or ahead[0] != f"{kind}:{name}":
+        wanted = f"{kind}:{name}"
+        if ahead is None or wanted not in ahead:
             return False, None
-        self._read_ahead.set(None)
-        return True, ahead[1]
+        rest = dict(ahead)
+        found = rest.pop(wanted)
+        self._read_ahead.set(rest or None)
+        return True, found
 
     def _forget_ahead(self) -> None:
         """A write: nothing read before it may stand in for a read after it."""
@@ -504,31 +526,24 @@ class PostgresStore:
             )
         return [backup_from_row(row) for row in rows]
 
-    async def complete_backup(self, backup_id: str, sha256: str | None, now: float) -> bool:
-        """Also reads the instance's completed backups, for retention's next `list_backups` (read ahead)."""
+    async def complete_backup(
+        self, backup_id: str, sha256: str | None, now: float, expired: Sequence[str] = ()
+    ) -> bool:
         self._forget_ahead()
         async with self._conn() as conn:
-            rows = await conn.fetch(
-                "WITH done AS (UPDATE backups SET status = 'completed', completed_at = $1, "  # noqa: S608
-                "sha256 = coalesce($2, sha256) WHERE id = $3 AND status = 'uploading' "
-                f"RETURNING {BACKUP_COLUMNS}) "
-                f"SELECT {BACKUP_COLUMNS} FROM done UNION ALL "
-                f"SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'completed' "
-                "AND instance_id = (SELECT instance_id FROM done)",
+            # One statement, so one transaction: completed, and what retention expires marked `deleting`, at once.
+            done = await conn.fetchval(
+                "WITH done AS (UPDATE backups SET status = 'completed', completed_at = $1, "
+                "sha256 = coalesce($2, sha256) WHERE id = $3 AND status = 'uploading' RETURNING instance_id), "
+                "gone AS (UPDATE backups SET status = 'deleting' WHERE id = ANY($4::text[]) "
+                "AND status = 'completed' AND instance_id = (SELECT instance_id FROM done)) "
+                "SELECT count(*) FROM done",
                 now,
                 sha256,
                 backup_id,
+                list(expired),
             )
-        if not rows:
-            return False
-        # The statement's snapshot saw this backup still uploading: it is in the list once, as completed.
-        completed = sorted(
-            (backup_from_row(row) for row in rows),
-            key=lambda b: (b.completed_at or 0.0, b.created_at, b.id),
-            reverse=True,
-        )
-        self._read_ahead.set((f"list:completed:{completed[0].instance_id}", completed))
-        return True
+        return bool(done)
 
     async def fail_backup(self, backup_id: str, now: float) -> Backup | None:
         self._forget_ahead()

@@ -121,7 +121,9 @@ class SQLiteStore:
         self.conn.execute("SELECT 1").fetchone()
 
     @contextlib.asynccontextmanager
-    async def lock_backup(self, backup_id: str, *, wait: bool = True) -> AsyncIterator[bool]:
+    async def lock_backup(
+        self, backup_id: str, *, wait: bool = True, completing: bool = False
+    ) -> AsyncIterator[bool]:
         async with self._locks.hold(backup_id, wait=wait) as held:
             yield held
 
@@ -270,13 +272,29 @@ class SQLiteStore:
         ).fetchall()
         return [backup_from_row(row) for row in rows]
 
-    async def complete_backup(self, backup_id: str, sha256: str | None, now: float) -> bool:
-        cursor = self.conn.execute(
-            "UPDATE backups SET status = 'completed', completed_at = ?, sha256 = coalesce(?, sha256) "
-            "WHERE id = ? AND status = 'uploading'",
-            (now, sha256, backup_id),
-        )
-        return cursor.rowcount > 0
+    async def complete_backup(
+        self, backup_id: str, sha256: str | None, now: float, expired: Sequence[str] = ()
+    ) -> bool:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = conn.execute(
+                "UPDATE backups SET status = 'completed', completed_at = ?, sha256 = coalesce(?, sha256) "
+                "WHERE id = ? AND status = 'uploading'",
+                (now, sha256, backup_id),
+            )
+            done = cursor.rowcount > 0
+            if done:
+                conn.executemany(
+                    "UPDATE backups SET status = 'deleting' WHERE id = ? AND status = 'completed' "
+                    "AND instance_id = (SELECT instance_id FROM backups WHERE id = ?)",
+                    [(expired_id, backup_id) for expired_id in expired],
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return done
 
     async def fail_backup(self, backup_id: str, now: float) -> Backup | None:
         row = self.conn.execute(

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from custom_components.offsite_backup.api import GatewayClient, PartUrl
+from custom_components.offsite_backup.api import BackupInit, GatewayClient, PartUrl
 from tests.engine.proxy import FaultProxy
 from tests.helpers.gateway import RunningGateway, run_gateway
 from tests.helpers.servers import S3Server
@@ -24,12 +24,20 @@ PART = 5 * MIB
 
 
 class CountingClient(GatewayClient):
-    """A gateway client that counts how often each part number was signed."""
+    """A gateway client that counts how often each part number was signed, and the calls that signed some: the
+    create (the first parts' URLs come with it) and the signing calls."""
 
     def __init__(self, session: aiohttp.ClientSession, url: str, token: str) -> None:
         super().__init__(session, url, token)
         self.signed: Counter[int] = Counter()
         self.sign_calls = 0
+
+    async def create_backup(self, **kwargs: Any) -> BackupInit:
+        init = await super().create_backup(**kwargs)
+        if init.parts:
+            self.sign_calls += 1
+            self.signed.update(part.part_number for part in init.parts)
+        return init
 
     async def sign_parts(self, backup_id: str, part_numbers: Iterable[int]) -> list[PartUrl]:
         numbers = list(part_numbers)

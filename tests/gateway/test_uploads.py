@@ -224,6 +224,35 @@ async def test_complete_names_a_part_of_another_length(api: Api, session: aiohtt
     assert (await api.ok("GET", f"/v1/backups/{init['id']}"))["backup"]["status"] == "uploading"
 
 
+async def test_the_create_signs_the_first_parts_when_asked(
+    api: Api, session: aiohttp.ClientSession, gateway: RunningGateway
+) -> None:
+    """`part_urls` asks for the first parts' URLs with the create: a backup of that many parts needs no signing
+    call (two gateway calls in all). They are the URLs `POST …/parts` gives: exact lengths, working."""
+    data = os.urandom(2 * PART + 7)
+    init = await api.init(len(data), part_urls=2)
+    assert init["part_count"] == 3
+    assert [part["part_number"] for part in init["parts"]] == [1, 2]
+    assert all(part["expires_at"].endswith("Z") for part in init["parts"])
+    assert all("X-Amz-SignedHeaders=content-length%3Bhost&" in part["url"] for part in init["parts"])
+    url3 = (await api.sign(init["id"], [3]))[0]["url"]
+    parts = [
+        {"part_number": 1, "etag": await put(session, init["parts"][0]["url"], data[:PART])},
+        {"part_number": 2, "etag": await put(session, init["parts"][1]["url"], data[PART : 2 * PART])},
+        {"part_number": 3, "etag": await put(session, url3, data[2 * PART :])},
+    ]
+    backup = (await api.ok("POST", f"/v1/backups/{init['id']}/complete", {"parts": parts}))["backup"]
+    assert backup["size"] == len(data)
+    # No more than the backup has; none unless asked.
+    small = await api.init(10, part_urls=100)
+    assert [part["part_number"] for part in small["parts"]] == [1]
+    await api.ok("DELETE", f"/v1/backups/{small['id']}/upload", expect=204)
+    assert "parts" not in await api.init(10, part_urls=0)
+    for bad in (101, -1, "4", True):
+        status, body = await api.call("POST", "/v1/backups", {"name": "x", "size": 10, "part_urls": bad})
+        assert (status, body["error"]["code"]) == (400, "invalid_request"), bad
+
+
 async def test_etags_compared_without_quotes_and_sha256_at_complete(
     api: Api, session: aiohttp.ClientSession
 ) -> None:

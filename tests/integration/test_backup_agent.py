@@ -217,6 +217,7 @@ async def test_a_backup_sent_twice_is_listed_once_and_deleted_whole(
     client = loaded_entry.runtime_data.client
     # The gateway's retention keeps one copy of a Home Assistant backup: the newest.
     assert len(await client.list_backups()) == 1
+    await gateway.purged()
     assert len(objects(moto_server, moto_bucket)) == 1
     # A copy retention has not removed yet (its delete failed, say): listed once, deleted whole.
     store = gateway.app[STORE]
