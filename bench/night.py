@@ -148,10 +148,14 @@ def rss(pid: int) -> float:
     return 0.0
 
 
-def postgres_cpu(cluster: PostgresCluster) -> float:
-    """CPU seconds of the whole cluster: the postmaster, its live children, and those that exited."""
+def postgres_cpu(cluster: PostgresCluster) -> tuple[float, float]:
+    """User and system CPU seconds of the whole cluster: the postmaster, its live children, and those that
+    exited (reaped by the postmaster)."""
     postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
-    total = process_cpu(postmaster)
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    user = (int(fields[11]) + int(fields[13])) / tick
+    system = (int(fields[12]) + int(fields[14])) / tick
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -161,8 +165,9 @@ def postgres_cpu(cluster: PostgresCluster) -> float:
             continue
         fields = stat.rsplit(")", 1)[1].split()
         if int(fields[1]) == postmaster:  # ppid
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+            user += int(fields[11]) / tick
+            system += int(fields[12]) / tick
+    return user, system
 
 
 @dataclass
@@ -439,7 +444,9 @@ async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, wor
         after_split = [user_system(p.pid) for p in processes]
         gateway_user = sum(a[0] - b[0] for a, b in zip(after_split, before_split, strict=True))
         gateway_system = sum(a[1] - b[1] for a, b in zip(after_split, before_split, strict=True))
-        db_cpu = postgres_cpu(cluster) - before_db
+        after_db = postgres_cpu(cluster)
+        db_user, db_system = after_db[0] - before_db[0], after_db[1] - before_db[1]
+        db_cpu = db_user + db_system
         client_cpu = cpu_seconds(os.getpid()) - before_client
         lost, stats = await check_lost(url, results, sink)
         rss_mb = max(rss(p.pid) for p in processes)
@@ -484,6 +491,8 @@ async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, wor
         "gateway_user_ms_per_backup": round(gateway_user * 1000 / done, 2),
         "gateway_system_ms_per_backup": round(gateway_system * 1000 / done, 2),
         "db_cpu_ms_per_backup": round(db_ms, 2),
+        "db_user_ms_per_backup": round(db_user * 1000 / done, 2),
+        "db_system_ms_per_backup": round(db_system * 1000 / done, 2),
         "client_cpu_ms_per_backup": round(client_cpu * 1000 / done, 2),
         "sink_calls": {call: n - calls_before[call] for call, n in stats["calls"].items()},
         "storage_calls_per_backup": round(
@@ -558,7 +567,8 @@ def main() -> None:
     print(
         f"{figures['completed']} backups in {figures['elapsed_s']} s ({figures['backups_per_s']}/s); CPU per backup: "
         f"gateway {figures['gateway_cpu_ms_per_backup']} ms (all nodes; user {figures['gateway_user_ms_per_backup']}, "
-        f"system {figures['gateway_system_ms_per_backup']}), PostgreSQL {figures['db_cpu_ms_per_backup']} ms, "
+        f"system {figures['gateway_system_ms_per_backup']}), PostgreSQL {figures['db_cpu_ms_per_backup']} ms "
+        f"(user {figures['db_user_ms_per_backup']}, system {figures['db_system_ms_per_backup']}), "
         f"this client {figures['client_cpu_ms_per_backup']} ms"
     )
     print(
