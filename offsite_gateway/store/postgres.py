@@ -8,6 +8,8 @@ at a time), conditional updates for every state change, and advisory locks:
   connection, which the store's calls inside the block then use too (a context variable carries it), so a
   request holding a lock never waits for a second connection. Requests of one node for one backup first queue
   on a lock of the process, holding no connection. If the node dies, the server ends its session and its locks.
+  Round trips are shared: taking the lock reads the backup (and, to complete it, its instance's completed
+  backups), and a complete that succeeds ends the lock in its own statement.
 - `lock_sweeper`: `pg_try_advisory_lock`: one node sweeps, the others skip that run.
 - migrations run under an advisory lock, each in its own transaction, recorded in `schema_migrations`.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import hashlib
 import json
 import time
@@ -82,6 +85,14 @@ MIGRATION_LOCK = lock_key("migrations", "")
 SWEEPER_LOCK = lock_key("sweeper", "")
 
 
+@dataclasses.dataclass
+class _HeldLock:
+    """A session advisory lock held for a block; `released` once a statement of the block released it."""
+
+    key: int
+    released: bool = False
+
+
 def _read_ahead(backup_id: str, rows: list[Backup], completing: bool) -> dict[str, Any]:
     """What `offsite_lock_backup[_for_complete]` read: the backup (first, if it exists) and, when completing, its
     instance's completed backups, newest first (as `list_backups` orders them)."""
@@ -118,6 +129,10 @@ class PostgresStore:
         # The connection holding this task's advisory lock, used by every call inside `lock_backup`.
         self._bound: contextvars.ContextVar[asyncpg.Connection | None] = contextvars.ContextVar(
             f"offsite_gateway_pg_{id(self)}", default=None
+        )
+        # The advisory lock this task holds (innermost), which a statement inside the block may release itself.
+        self._held: contextvars.ContextVar[_HeldLock | None] = contextvars.ContextVar(
+            f"offsite_gateway_pg_held_{id(self)}", default=None
         )
         # Read in the same round trip as the lock, for this task's next call that asks for it (once each): the
         # backup `lock_backup` locked, and (`completing`) the completed backups of its instance.
@@ -302,12 +317,16 @@ class PostgresStore:
                 yield False
                 return
             token = self._bound.set(conn)
+            lock = _HeldLock(key)
+            lock_token = self._held.set(lock)
             try:
                 yield True
             finally:
                 self._bound.reset(token)
+                self._held.reset(lock_token)
                 try:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                    if not lock.released:
+                        await conn.execute("SELECT pg_advisory_unlock($1)", key)
                 except _UNAVAILABLE as err:
                     if bound is not None:
                         raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
@@ -530,20 +549,31 @@ class PostgresStore:
         self, backup_id: str, sha256: str | None, now: float, expired: Sequence[str] = ()
     ) -> bool:
         self._forget_ahead()
+        # Inside `lock_backup` of this backup, a complete that succeeds also ends the lock, in its own statement:
+        # nothing the block does after a complete touches the database (one round trip fewer).
+        lock = self._held.get()
+        key = lock_key("backup", backup_id)
+        unlocking = lock is not None and lock.key == key and self._bound.get() is not None
         async with self._conn() as conn:
             # One statement, so one transaction: completed, and what retention expires marked `deleting`, at once.
-            done = await conn.fetchval(
+            row = await conn.fetchrow(
                 "WITH done AS (UPDATE backups SET status = 'completed', completed_at = $1, "
                 "sha256 = coalesce($2, sha256) WHERE id = $3 AND status = 'uploading' RETURNING instance_id), "
                 "gone AS (UPDATE backups SET status = 'deleting' WHERE id = ANY($4::text[]) "
-                "AND status = 'completed' AND instance_id = (SELECT instance_id FROM done)) "
-                "SELECT count(*) FROM done",
+                "AND status = 'completed' AND instance_id = (SELECT instance_id FROM done)), "
+                "counted AS (SELECT count(*) AS done FROM done) "
+                "SELECT done, CASE WHEN $5 AND done > 0 THEN pg_advisory_unlock($6) END AS unlocked FROM counted",
                 now,
                 sha256,
                 backup_id,
                 list(expired),
+                unlocking,
+                key,
             )
-        return bool(done)
+        assert row is not None
+        if row["unlocked"] and lock is not None:
+            lock.released = True
+        return bool(row["done"])
 
     async def fail_backup(self, backup_id: str, now: float) -> Backup | None:
         self._forget_ahead()

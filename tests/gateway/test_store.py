@@ -4,6 +4,7 @@ and the locks that stand in for one process's memory across nodes."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import subprocess
 import sys
@@ -203,6 +204,50 @@ async def test_backup_lock_is_held_across_nodes(database: GatewayDatabase) -> No
                 assert second is False
         async with node_b.lock_sweeper() as second:
             assert second is True
+    finally:
+        await node_a.close()
+        await node_b.close()
+
+
+async def test_a_complete_reads_with_the_lock_and_records_retention_at_once(
+    database: GatewayDatabase,
+) -> None:
+    """Completing: the lock reads the backup and its instance's completed backups (PostgreSQL: one round trip),
+    and the complete marks what retention expires `deleting` in the same transaction. On PostgreSQL a complete
+    that succeeds also ends the lock in its statement: the other node may take it at once; one that does not
+    (not uploading any more) leaves it held to the end of the block."""
+    node_a, node_b = _store(database), _store(database)
+    await node_a.open()
+    await node_b.open()
+    try:
+        await node_a.create_instance(Instance("c" * 32, "home", 1.0), "hash")
+        older = [dataclasses.replace(_backup("c" * 32, "completed"), completed_at=float(n)) for n in (2, 3)]
+        for backup in older:
+            assert await node_a.restore_backup(backup)
+        current = _backup("c" * 32)
+        assert await node_a.restore_backup(current)
+        two_nodes = database.store == "postgresql"
+        async with node_a.lock_backup(current.id, completing=True):
+            assert (await node_a.get_backup(current.id)).status == "uploading"  # type: ignore[union-attr]
+            listed = await node_a.list_backups("c" * 32, "completed")
+            assert [backup.id for backup in listed] == [older[1].id, older[0].id]  # newest first
+            if two_nodes:
+                async with node_b.lock_backup(current.id, wait=False) as held:
+                    assert held is False
+            assert await node_a.complete_backup(current.id, None, 10.0, [older[0].id]) is True
+            if two_nodes:
+                async with node_b.lock_backup(current.id, wait=False) as held:
+                    assert held is True  # ended by the complete's statement
+        statuses = {b.id: b.status for b in [await node_a.get_backup(b.id) for b in [*older, current]] if b}
+        assert statuses == {older[0].id: "deleting", older[1].id: "completed", current.id: "completed"}
+        async with node_a.lock_backup(current.id, completing=True):
+            assert await node_a.complete_backup(current.id, None, 11.0, [older[1].id]) is False
+            if two_nodes:
+                async with node_b.lock_backup(current.id, wait=False) as held:
+                    assert held is False  # nothing changed: still held
+        assert (await node_a.get_backup(older[1].id)).status == "completed"  # type: ignore[union-attr]
+        async with node_b.lock_backup(current.id, wait=False) as held:
+            assert held is True
     finally:
         await node_a.close()
         await node_b.close()
