@@ -244,6 +244,27 @@ MIGRATIONS += (
             """,
         ),
     ),
+    Migration(
+        7,
+        "PostgreSQL: notify the gateway nodes when instances change (their token caches)",
+        sqlite="SELECT 1",  # SQLite's store caches nothing: the CLI changes its file from another process
+        postgresql=(
+            """
+            CREATE OR REPLACE FUNCTION offsite_instances_changed() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                -- Sent at commit, once per transaction (same channel, same payload): every node's
+                -- PostgresStore listens, and forgets the instances it cached by token.
+                PERFORM pg_notify('offsite_gateway_instances', '');
+                RETURN NULL;
+            END
+            $$
+            """,
+            "DROP TRIGGER IF EXISTS offsite_instances_changed ON instances",
+            "CREATE TRIGGER offsite_instances_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON instances "
+            "FOR EACH STATEMENT EXECUTE FUNCTION offsite_instances_changed()",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -19,6 +19,16 @@ else than an error PostgreSQL answered on it (a unique violation, say), is termi
 it back: the pool then opens a new one, and the server drops whatever the old session held (its advisory locks).
 Every call has a deadline: connecting and waiting for a connection, each statement, and a lock wait
 (`lock_timeout`), all `OFFSITE_GATEWAY_DB_TIMEOUT` seconds.
+
+Every request authenticates its token (`instance_by_token_hash`): a round trip each, a quarter of what a backup
+costs the database, for rows that change a few times a year. So the store caches token hash -> instance, and a
+connection of its own (not the pool's, `application_name` `offsite-gateway-listener`) LISTENs on
+`offsite_gateway_instances`, which a trigger on `instances` notifies at every commit that changes it (migration 7),
+whichever node or CLI process made the change: each notification empties the cache, so a revoked or rotated token
+is refused on every node within a moment. The cache is used only while that connection listens: losing it empties
+the cache and every lookup asks the database until a reconnection (1 s, doubling to 30 s) listens again. A lookup
+is cached only if no notification or loss came while it ran (a generation counter), never when nothing was found,
+for at most `TOKEN_CACHE_TTL` seconds (a safety net) and `TOKEN_CACHE_SIZE` entries.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import contextvars
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
@@ -50,6 +61,8 @@ from .base import (
 from .locks import KeyedLocks
 from .migrations import MIGRATIONS, SCHEMA_VERSION, pending, statements, too_new_message
 from .rows import BACKUP_COLUMNS, INSTANCE_COLUMNS, backup_from_row, backup_values, instance_from_row
+
+_LOGGER = logging.getLogger(__name__)
 
 _BACKUP_PLACEHOLDERS = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14"
 
@@ -83,6 +96,14 @@ def lock_key(kind: str, name: str) -> int:
 
 MIGRATION_LOCK = lock_key("migrations", "")
 SWEEPER_LOCK = lock_key("sweeper", "")
+
+INSTANCES_CHANNEL = "offsite_gateway_instances"  # notified by migration 7's trigger on `instances`
+NOTIFYING_VERSION = 7  # the schema version from which the database notifies it
+LISTENER_NAME = "offsite-gateway-listener"  # the listening connection's application_name
+TOKEN_CACHE_TTL = 60.0  # s: how long a cached instance is trusted, were a notification ever lost
+TOKEN_CACHE_SIZE = 100_000  # entries; a full cache is emptied
+RECONNECT_FIRST = 1.0  # s: the first wait before listening again, doubled after each failure
+RECONNECT_MAX = 30.0
 
 
 @dataclasses.dataclass
@@ -139,6 +160,12 @@ class PostgresStore:
         self._read_ahead: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
             f"offsite_gateway_pg_ahead_{id(self)}", default=None
         )
+        # token hash -> (monotonic expiry, instance); trusted only while `_listener` listens (module docstring).
+        self._tokens: dict[str, tuple[float, Instance]] = {}
+        self._generation = 0  # bumped whenever `_tokens` is emptied for a change or a loss of the listener
+        self._listener: asyncpg.Connection | None = None
+        self._listener_lost = asyncio.Event()
+        self._relisten: asyncio.Task[None] | None = None
 
     def describe(self) -> str:
         return f"PostgreSQL {PostgresDatabase(self.url).redacted}"
@@ -169,16 +196,33 @@ class PostgresStore:
             async with self._acquire(pool) as conn:
                 if migrate:
                     await self._migrate(conn)
+                    current = SCHEMA_VERSION
                 else:
                     current = await self._version(conn)
                     if current > SCHEMA_VERSION:
                         raise SchemaTooNew(too_new_message(current))  # noqa: TRY301 - the pool is closed below
+            if current >= NOTIFYING_VERSION:
+                await self._first_listen()
         except BaseException:
             await pool.close()
             raise
         self._pool = pool
+        if current >= NOTIFYING_VERSION:
+            self._relisten = asyncio.create_task(self._keep_listening(), name="offsite-gateway-listener")
 
     async def close(self) -> None:
+        if self._relisten is not None:
+            task, self._relisten = self._relisten, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            self._forget_tokens()
+            try:
+                await listener.close(timeout=self.timeout)
+            except _UNAVAILABLE:
+                listener.terminate()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -192,8 +236,9 @@ class PostgresStore:
         """Nothing more than asyncpg's own rollback of an open transaction, when a connection goes back.
 
         Not asyncpg's default reset query (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`: a
-        second round trip after every call): the store never sets, listens or keeps cursors, and `_advisory`
-        unlocks what it locked, or terminates the connection (and so its session's locks) when it cannot be sure.
+        second round trip after every call): the store never sets, listens or keeps cursors on the pool's
+        connections (its listener is a connection of its own), and `_advisory` unlocks what it locked, or
+        terminates the connection (and so its session's locks) when it cannot be sure.
         """
 
     @contextlib.asynccontextmanager
@@ -223,6 +268,80 @@ class PostgresStore:
                 yield conn
         except _UNAVAILABLE as err:
             raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
+
+    # --- token cache --------------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Connect the listener and LISTEN; from then on, tokens are cached afresh."""
+        conn = await asyncpg.connect(
+            self.url,
+            timeout=self.timeout,
+            command_timeout=self.timeout,
+            server_settings={"application_name": LISTENER_NAME},
+        )
+        try:
+            # Before LISTEN: a loss at any moment after it is reported (to `_listener_closed`).
+            conn.add_termination_listener(self._listener_closed)
+            await conn.add_listener(INSTANCES_CHANNEL, self._instances_changed)
+            if conn.is_closed():
+                raise asyncpg.InterfaceError("the listener's connection closed as it started listening")  # noqa: TRY301
+        except BaseException:
+            conn.terminate()
+            raise
+        self._listener = conn
+        self._listener_lost.clear()
+        # What a lookup read before this moment was not covered by notifications: not cached (the generation).
+        self._forget_tokens()
+
+    async def _first_listen(self) -> None:
+        """Listen at start; failing that, run uncached (with a warning) while `_keep_listening` retries."""
+        try:
+            await self._listen()
+        except Exception as err:
+            self._listener_lost.set()
+            _LOGGER.warning(
+                "Cannot listen for changes of instances (%s: %s): every request asks the database for its token "
+                "until it can",
+                type(err).__name__,
+                err,
+            )
+
+    async def _keep_listening(self) -> None:
+        """Listen again whenever the listener is lost: after 1 s, doubling up to 30 s while it fails."""
+        while True:
+            await self._listener_lost.wait()
+            delay = RECONNECT_FIRST
+            while self._listener is None:
+                await asyncio.sleep(delay)
+                try:
+                    await self._listen()
+                except Exception as err:
+                    delay = min(delay * 2, RECONNECT_MAX)
+                    _LOGGER.debug(
+                        "Cannot listen again yet (%s: %s); next try in %.0f s", type(err).__name__, err, delay
+                    )
+            _LOGGER.info("Listening for changes of instances again: tokens are cached again")
+
+    def _listener_closed(self, conn: asyncpg.Connection) -> None:
+        """asyncpg: the listener's connection is closed (the server ended it, the network failed, or `close`)."""
+        if conn is not self._listener:
+            return  # closed by `close`, or a connection that never listened
+        self._listener = None
+        self._forget_tokens()
+        self._listener_lost.set()
+        _LOGGER.warning(
+            "Lost the connection listening for changes of instances: every request asks the database for its "
+            "token until it is back"
+        )
+
+    def _instances_changed(self, conn: asyncpg.Connection, pid: int, channel: str, payload: str) -> None:
+        """asyncpg: `instances` changed (a commit on any node or CLI process)."""
+        self._forget_tokens()
+
+    def _forget_tokens(self) -> None:
+        """Empty the cache; a lookup running now does not store what it read (it may predate the change)."""
+        self._tokens.clear()
+        self._generation += 1
 
     # --- schema ---------------------------------------------------------------------------------------
 
@@ -379,6 +498,9 @@ class PostgresStore:
 
     # --- instances ------------------------------------------------------------------------------------
 
+    # Each write of `instances` also empties this process's token cache at once, not only when its
+    # notification arrives; in `finally`, as a failed call may have committed.
+
     async def create_instance(self, instance: Instance, token_hash: str) -> None:
         try:
             async with self._conn() as conn:
@@ -391,18 +513,23 @@ class PostgresStore:
                 )
         except asyncpg.UniqueViolationError as err:
             raise DuplicateInstance(instance.name) from err
+        finally:
+            self._forget_tokens()
 
     async def restore_instance(self, instance: Instance, token_hash: str) -> bool:
-        async with self._conn() as conn:
-            status: str = await conn.execute(
-                "INSERT INTO instances (id, name, token_hash, created_at, revoked_at) "
-                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
-                instance.id,
-                instance.name,
-                token_hash,
-                instance.created_at,
-                instance.revoked_at,
-            )
+        try:
+            async with self._conn() as conn:
+                status: str = await conn.execute(
+                    "INSERT INTO instances (id, name, token_hash, created_at, revoked_at) "
+                    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                    instance.id,
+                    instance.name,
+                    token_hash,
+                    instance.created_at,
+                    instance.revoked_at,
+                )
+        finally:
+            self._forget_tokens()
         return status.endswith(" 1")
 
     async def list_instances(self) -> list[Instance]:
@@ -411,51 +538,60 @@ class PostgresStore:
         return [instance_from_row(row) for row in rows]
 
     async def revoke_instance(self, name: str, now: float) -> Instance | None:
-        async with self._conn() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "UPDATE instances SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL "  # noqa: S608
-                f"RETURNING {INSTANCE_COLUMNS}",
-                now,
-                name,
-            )
-            if row is not None:
-                await conn.execute(
-                    "UPDATE backups SET status = 'failed', last_activity = $2 "
-                    "WHERE instance_id = $1 AND status = 'uploading'",
-                    row["id"],
+        try:
+            async with self._conn() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    "UPDATE instances SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL "  # noqa: S608
+                    f"RETURNING {INSTANCE_COLUMNS}",
                     now,
+                    name,
                 )
+                if row is not None:
+                    await conn.execute(
+                        "UPDATE backups SET status = 'failed', last_activity = $2 "
+                        "WHERE instance_id = $1 AND status = 'uploading'",
+                        row["id"],
+                        now,
+                    )
+        finally:
+            self._forget_tokens()
         return None if row is None else instance_from_row(row)
 
     async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
-        async with self._conn() as conn:
-            row = await conn.fetchrow(
-                "UPDATE instances SET token_hash = $1 WHERE name = $2 AND revoked_at IS NULL "  # noqa: S608
-                f"RETURNING {INSTANCE_COLUMNS}",
-                token_hash,
-                name,
-            )
+        try:
+            async with self._conn() as conn:
+                row = await conn.fetchrow(
+                    "UPDATE instances SET token_hash = $1 WHERE name = $2 AND revoked_at IS NULL "  # noqa: S608
+                    f"RETURNING {INSTANCE_COLUMNS}",
+                    token_hash,
+                    name,
+                )
+        finally:
+            self._forget_tokens()
         return None if row is None else instance_from_row(row)
 
     async def set_policy(self, name: str, changes: dict[str, int | None]) -> Instance | None:
         unknown = set(changes) - set(POLICY_FIELDS)
         if unknown:
             raise ValueError(f"not policy fields: {sorted(unknown)}")
-        async with self._conn() as conn:
-            if not changes:
-                row = await conn.fetchrow(
-                    f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE name = $1 AND revoked_at IS NULL",  # noqa: S608
-                    name,
-                )
-            else:
-                # Field names checked above; every value a bound parameter.
-                assignments = ", ".join(f"{field} = ${index}" for index, field in enumerate(changes, 2))
-                row = await conn.fetchrow(
-                    f"UPDATE instances SET {assignments} WHERE name = $1 AND revoked_at IS NULL "  # noqa: S608
-                    f"RETURNING {INSTANCE_COLUMNS}",
-                    name,
-                    *changes.values(),
-                )
+        try:
+            async with self._conn() as conn:
+                if not changes:
+                    row = await conn.fetchrow(
+                        f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE name = $1 AND revoked_at IS NULL",  # noqa: S608
+                        name,
+                    )
+                else:
+                    # Field names checked above; every value a bound parameter.
+                    assignments = ", ".join(f"{field} = ${index}" for index, field in enumerate(changes, 2))
+                    row = await conn.fetchrow(
+                        f"UPDATE instances SET {assignments} WHERE name = $1 AND revoked_at IS NULL "  # noqa: S608
+                        f"RETURNING {INSTANCE_COLUMNS}",
+                        name,
+                        *changes.values(),
+                    )
+        finally:
+            self._forget_tokens()
         return None if row is None else instance_from_row(row)
 
     async def usage(self, instance_id: str) -> tuple[int, int]:
@@ -469,12 +605,27 @@ class PostgresStore:
         return int(row["bytes"]), int(row["count"])
 
     async def instance_by_token_hash(self, token_hash: str) -> Instance | None:
+        """From the cache while the listener listens (module docstring), else from the database."""
+        cached = self._tokens.get(token_hash)
+        if cached is not None and self._listener is not None:
+            expires, instance = cached
+            if time.monotonic() < expires:
+                return instance
+            self._tokens.pop(token_hash, None)
+        generation = self._generation
         async with self._conn() as conn:
             row = await conn.fetchrow(
                 f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE token_hash = $1 AND revoked_at IS NULL",  # noqa: S608
                 token_hash,
             )
-        return None if row is None else instance_from_row(row)
+        if row is None:
+            return None  # not cached: wrong tokens (throttled by the app) would only crowd out the right ones
+        found = instance_from_row(row)
+        if self._listener is not None and generation == self._generation:
+            if len(self._tokens) >= TOKEN_CACHE_SIZE:
+                self._tokens.clear()
+            self._tokens[token_hash] = (time.monotonic() + TOKEN_CACHE_TTL, found)
+        return found
 
     # --- backups --------------------------------------------------------------------------------------
 
