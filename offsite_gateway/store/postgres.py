@@ -630,6 +630,9 @@ class PostgresStore:
     # --- backups --------------------------------------------------------------------------------------
 
     async def begin_backup(self, backup: Backup, now: float, init_rate: int) -> None:
+        # A create's writes (this and `set_upload_id`) commit asynchronously (migration 8): a database crash may
+        # forget those of its last moments; their clients get 404 at complete, and the sweeper aborts the storage
+        # uploads. Everything after (completes, deletes) commits durably, and flushes these too.
         # One round trip: offsite_begin_backup (migration 3) holds the instance's row, checks the upload in
         # progress and the init rate, and inserts, in the statement's own transaction.
         async with self._conn() as conn:
@@ -668,12 +671,9 @@ class PostgresStore:
     async def set_upload_id(self, backup_id: str, upload_id: str) -> bool:
         self._forget_ahead()
         async with self._conn() as conn:
-            status: str = await conn.execute(
-                "UPDATE backups SET upload_id = $1 WHERE id = $2 AND status = 'uploading'",
-                upload_id,
-                backup_id,
-            )
-        return status != "UPDATE 0"
+            # offsite_set_upload_id (migration 8): the update, committed asynchronously (see `begin_backup`).
+            recorded: bool = await conn.fetchval("SELECT offsite_set_upload_id($1, $2)", backup_id, upload_id)
+        return recorded
 
     async def get_backup(self, backup_id: str) -> Backup | None:
         found, backup = self._ahead("backup", backup_id)

@@ -253,6 +253,43 @@ async def test_a_complete_reads_with_the_lock_and_records_retention_at_once(
         await node_b.close()
 
 
+async def test_a_creates_writes_commit_asynchronously_and_only_they(database: GatewayDatabase) -> None:
+    """PostgreSQL: the create's two functions turn synchronous_commit off for their own transaction (a crash may
+    forget a create of its last moments, never a complete); the session, given back to the pool, keeps it on."""
+    if database.store == "sqlite":
+        pytest.skip("SQLite commits with synchronous=NORMAL (WAL) for every write")
+    store = _store(database)
+    await store.open()
+    store_closed = False
+    try:
+        await store.create_instance(Instance("d" * 32, "home", 1.0), "hash")
+        backup = _backup("d" * 32)
+        await store.begin_backup(backup, 5.0, 10)
+        await store.close()
+        store_closed = True
+        conn = await asyncpg.connect(database.setting)
+        try:
+            # The session's own setting (the tests' cluster runs with it off).
+            await conn.execute("SET synchronous_commit = on")
+            for call in (
+                "SELECT began FROM offsite_begin_backup('e', $1, 'n', 1, NULL, 1, 1, 1, 'k', '{}', 5, 10)",
+                "SELECT offsite_set_upload_id($1, 'upload')",
+            ):
+                argument = "d" * 32 if "begin" in call else backup.id
+                async with conn.transaction():
+                    await conn.fetchval(call, argument)
+                    assert await conn.fetchval("SHOW synchronous_commit") == "off"
+                assert await conn.fetchval("SHOW synchronous_commit") == "on"
+                await conn.fetchval(call, argument)  # a statement of its own
+                assert await conn.fetchval("SHOW synchronous_commit") == "on"
+            assert await conn.fetchval("SELECT upload_id FROM backups WHERE id = $1", backup.id) == "upload"
+        finally:
+            await conn.close()
+    finally:
+        if not store_closed:
+            await store.close()
+
+
 async def test_pooled_connections_of_cancelled_calls_are_discarded(database: GatewayDatabase) -> None:
     """asyncpg's pool, as the store uses it: a connection whose call was cancelled (here, a lock wait) is ended,
     so it can never go back to the pool holding a lock nobody knows of; one that got an error from PostgreSQL
