@@ -18,6 +18,7 @@ from .metrics import Metrics
 from .retention import PURGE_BATCH, purge
 from .storage import Storage
 from .store import Backup, Store
+from .tasks import stop_task
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -45,11 +46,8 @@ class Purger:
 
     async def stop(self) -> None:
         """Stop; what is still pending is deleted first, if storage answers within a few seconds."""
-        if self._task is not None:
-            task, self._task = self._task, None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        task, self._task = self._task, None
+        await stop_task(task)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await self._purge_pending()

@@ -22,7 +22,6 @@ so a sweep never races a complete, an abort or a delete of the same backup on an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -33,6 +32,7 @@ from .metrics import Metrics
 from .retention import purge
 from .storage import PendingUpload, Storage, StorageError
 from .store import UPLOADING, Store
+from .tasks import stop_task
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -73,11 +73,8 @@ class Sweeper:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="offsite-gateway-sweeper")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            task, self._task = self._task, None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        task, self._task = self._task, None
+        await stop_task(task)
 
     async def _loop(self) -> None:
         while True:

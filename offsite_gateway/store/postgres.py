@@ -47,6 +47,7 @@ from typing import Any, cast
 import asyncpg
 
 from ..config import PostgresDatabase
+from ..tasks import stop_task
 from .base import (
     POLICY_FIELDS,
     Backup,
@@ -211,11 +212,8 @@ class PostgresStore:
             self._relisten = asyncio.create_task(self._keep_listening(), name="offsite-gateway-listener")
 
     async def close(self) -> None:
-        if self._relisten is not None:
-            task, self._relisten = self._relisten, None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        task, self._relisten = self._relisten, None
+        await stop_task(task)
         if self._listener is not None:
             listener, self._listener = self._listener, None
             self._forget_tokens()

@@ -53,24 +53,26 @@ async def admin(admin_url: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-@pytest.fixture
-async def node_a(pg_database: GatewayDatabase) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(pg_database.setting)
+async def _node(database: GatewayDatabase) -> AsyncIterator[PostgresStore]:
+    """A gateway node's store on the database, open for the test."""
+    store = PostgresStore(database.setting)
     await store.open()
     try:
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def node_a(pg_database: GatewayDatabase) -> AsyncIterator[PostgresStore]:
+    async for store in _node(pg_database):
+        yield store
 
 
 @pytest.fixture
 async def node_b(pg_database: GatewayDatabase) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(pg_database.setting)
-    await store.open()
-    try:
+    async for store in _node(pg_database):
         yield store
-    finally:
-        await store.close()
 
 
 async def _quietly(admin: asyncpg.Connection, sql: str, *args: Any) -> None:
