@@ -271,13 +271,15 @@ class Storage:
         body = f'<CompleteMultipartUpload xmlns="{XMLNS}">{listed}</CompleteMultipartUpload>'.encode()
         await self._call("complete_multipart_upload", "POST", key, query={"uploadId": upload_id}, body=body)
 
-    async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
-        """Abort; an upload storage no longer knows counts as aborted."""
+    async def abort_multipart_upload(self, key: str, upload_id: str) -> bool:
+        """Abort; False if storage no longer knew the upload (completed or aborted meanwhile: nothing to do)."""
         try:
             await self._call("abort_multipart_upload", "DELETE", key, query={"uploadId": upload_id})
         except StorageError as err:
             if err.code != "NoSuchUpload":
                 raise
+            return False
+        return True
 
     async def object_size(self, key: str) -> int | None:
         """The object's size, or None if there is no such object."""

@@ -161,7 +161,8 @@ async def abort_orphans(
         if await _known(store, upload.key, upload.upload_id):
             continue
         try:
-            await storage.abort_multipart_upload(upload.key, upload.upload_id)
+            if not await storage.abort_multipart_upload(upload.key, upload.upload_id):
+                continue  # completed (or aborted) since storage was listed: not an orphan after all
         except StorageError as err:
             _LOGGER.warning("Sweeper: could not abort orphan upload of %s: %s", upload.key, err)
             if metrics is not None:

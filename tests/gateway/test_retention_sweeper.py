@@ -17,8 +17,9 @@ from offsite_gateway.app import METRICS, STORAGE, STORE
 from offsite_gateway.manifest import SUFFIX
 from offsite_gateway.policy import Policy
 from offsite_gateway.retention import select_expired
-from offsite_gateway.storage import StorageError
+from offsite_gateway.storage import PendingUpload, StorageError
 from offsite_gateway.store import COMPLETED, Backup
+from offsite_gateway.sweeper import abort_orphans
 from tests.gateway.api import Api
 from tests.helpers.gateway import GatewayDatabase, RunningGateway, run_gateway
 from tests.helpers.servers import S3Server
@@ -275,6 +276,29 @@ async def test_sweeper_aborts_uploads_the_database_does_not_know(
         client.abort_multipart_upload(
             Bucket=moto_bucket, Key="elsewhere/not-ours", UploadId=other_app["UploadId"]
         )
+
+
+async def test_an_upload_completed_since_the_listing_is_no_orphan(
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
+) -> None:
+    """The sweeper lists storage before it reads the database: an upload completed in between is not an upload
+    the database knows as in progress, but storage no longer knows it either: nothing aborted, nothing counted."""
+    async with run_gateway(moto_server, moto_bucket, tmp_path, database=database) as gateway:
+        _, token = await gateway.add_instance("home")
+        backup = await Api(session, gateway.url, token).upload(b"done")
+        row = await gateway.app[STORE].get_backup(backup["id"])
+        assert row is not None
+        assert row.upload_id is not None
+        listed = PendingUpload(
+            row.object_key, row.upload_id, None
+        )  # as the listing saw it, before the complete
+        store, storage = gateway.app[STORE], gateway.app[STORAGE]
+        assert await abort_orphans(store, storage, [listed]) == 0
+        assert await storage.object_size(row.object_key) == 4
 
 
 async def test_sweeper_runs_on_its_interval(

@@ -77,13 +77,19 @@ async def test_the_calls_against_localstack(localstack: S3Server, localstack_buc
         assert [(u.key, u.upload_id) for u in await storage.list_multipart_uploads("i/")] == [
             ("i/b", upload_id)
         ]
-        await storage.abort_multipart_upload("i/b", upload_id)
-        await storage.abort_multipart_upload("i/b", upload_id)  # gone: counts as aborted
+        assert await storage.abort_multipart_upload("i/b", upload_id) is True
+        assert await storage.abort_multipart_upload("i/b", upload_id) is False  # gone already: nothing to do
         assert await storage.object_size(key) == 8
         assert await storage.object_size("missing") is None
         assert await storage.get_object("missing", 100) is None
         await storage.delete_object(key)
         await storage.delete_object(key)
+        # DeleteObjects: several keys in one call, a missing one counting as deleted.
+        others = [f"batch/{n} & <{n}>" for n in range(3)]
+        for other in others:
+            await storage.put_object(other, b"{}")
+        assert await storage.delete_objects([*others, "batch/missing"]) == {}
+        assert [o.key async for o in storage.list_objects("batch/")] == []
         with pytest.raises(StorageError) as refused:
             await storage.complete_multipart_upload("i/b", upload_id, [])
         assert refused.value.code in ("NoSuchUpload", "MalformedXML", "InvalidRequest")
