@@ -31,7 +31,7 @@ from .logs import escape
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .policy import Policy, policy_for
 from .purger import Purger
-from .retention import delete_backups, newest_first, select_expired
+from .retention import delete_backups, select_expired
 from .server import PROTOCOL_ERROR, SERVER_NAME, GatewayRunner
 from .storage import Storage, StorageError, StoredPart
 from .store import (
@@ -45,6 +45,7 @@ from .store import (
     StoreUnavailable,
     UploadInProgress,
     create_store,
+    newest_first,
 )
 from .sweeper import Sweeper
 from .throttle import AuthFailures

@@ -1,7 +1,7 @@
 """The purger: deletes, in batches, the backups retention marked `deleting` after the completes of this node.
 
-A complete marks the backups its instance's retention no longer keeps `deleting` (`retention.expire`: from then on
-they are neither listed nor counted) and hands them here. The purger waits `linger` seconds for more, then
+A complete marks the backups its instance's retention no longer keeps `deleting`, in its own statement (from then
+on they are neither listed nor counted), and hands them here. The purger waits `linger` seconds for more, then
 deletes their archives and manifests with one DeleteObjects call per 500 backups, and their rows with one
 statement: at a night's rate, a few storage calls a second for every node instead of two per backup. What it
 cannot delete (storage refused, the node stopped first) stays `deleting`, and the sweeper deletes it later.
@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable
 
 from .metrics import Metrics
-from .retention import PURGE_BATCH, purge
+from .retention import purge
 from .storage import Storage
 from .store import Backup, Store
 from .tasks import stop_task
@@ -78,9 +78,8 @@ class Purger:
 
     async def _purge_pending(self) -> None:
         try:
-            while self._pending:
-                ids = list(self._pending)[:PURGE_BATCH]
-                batch = [self._pending.pop(backup_id) for backup_id in ids]
+            while self._pending:  # what is added meanwhile goes in the next round
+                batch, self._pending = list(self._pending.values()), {}
                 await purge(self.store, self.storage, batch, self.metrics)
         finally:
             if not self._pending:

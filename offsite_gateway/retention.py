@@ -4,9 +4,9 @@ A completed backup is kept when any rule keeps it (`select_expired`); the others
 that can fail separately, so it is ordered to never forget an object: the row is marked `deleting`, the archive
 and its manifest are deleted, and only then is the row removed. If storage refuses either delete, the row
 stays `deleting` and the sweeper retries it. Deletes go in batches (`purge`: one DeleteObjects call for up to
-500 backups): a complete marks the backups retention expires `deleting` as it records itself (one statement), and
-the node's `Purger` deletes what the completes of the last moments marked, together. Several nodes may delete the same backup at once (retention after two
-completes, the sweeper, a DELETE): every step is idempotent.
+500 backups): a complete marks the backups retention expires `deleting` as it records itself (one statement),
+and the node's `Purger` deletes what the completes of the last moments marked, together. Several nodes may delete
+the same backup at once (retention after two completes, the sweeper, a DELETE): every step is idempotent.
 
 Retention is not bound by delete protection (`protect_days` binds the instance's token only) and, where Object Lock
 holds the objects, deletes them with governance bypass.
@@ -68,11 +68,6 @@ def _newest_per_period(
         seen.add(key)
         kept.add(backup.id)
     return kept
-
-
-def newest_first(backups: Iterable[Backup]) -> list[Backup]:
-    """Completed backups newest first, as the store lists them (completion, then creation, then id)."""
-    return sorted(backups, key=lambda b: (b.completed_at or 0.0, b.created_at, b.id), reverse=True)
 
 
 def select_expired(newest_first: Sequence[Backup], policy: Policy) -> list[Backup]:

@@ -28,6 +28,7 @@ from .base import (
     UploadInProgress,
 )
 from .migrations import MIGRATIONS, SCHEMA_VERSION
+from .rows import newest_first
 from .sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ __all__ = [
     "UnknownInstance",
     "UploadInProgress",
     "create_store",
+    "newest_first",
 ]
 
 

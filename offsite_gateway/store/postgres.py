@@ -61,7 +61,14 @@ from .base import (
 )
 from .locks import KeyedLocks
 from .migrations import MIGRATIONS, SCHEMA_VERSION, pending, statements, too_new_message
-from .rows import BACKUP_COLUMNS, INSTANCE_COLUMNS, backup_from_row, backup_values, instance_from_row
+from .rows import (
+    BACKUP_COLUMNS,
+    INSTANCE_COLUMNS,
+    backup_from_row,
+    backup_values,
+    instance_from_row,
+    newest_first,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -121,10 +128,7 @@ def _read_ahead(backup_id: str, rows: list[Backup], completing: bool) -> dict[st
     backup = rows[0] if rows and rows[0].id == backup_id else None
     ahead: dict[str, Any] = {f"backup:{backup_id}": backup}
     if completing and backup is not None:
-        completed = sorted(
-            rows[1:], key=lambda b: (b.completed_at is not None, b.completed_at or 0.0, b.created_at, b.id)
-        )
-        ahead[f"list:completed:{backup.instance_id}"] = completed[::-1]
+        ahead[f"list:completed:{backup.instance_id}"] = newest_first(rows[1:])
     return ahead
 
 

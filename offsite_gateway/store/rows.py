@@ -7,6 +7,7 @@ that the stores' f-strings splice into SQL; every value goes in as a bound param
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from .base import POLICY_FIELDS, Backup, Instance, PolicyOverrides
@@ -16,6 +17,15 @@ BACKUP_COLUMNS = (
     "object_key, upload_id, metadata, last_activity"
 )
 INSTANCE_COLUMNS = "id, name, created_at, revoked_at, " + ", ".join(POLICY_FIELDS)
+
+
+def newest_first(backups: Iterable[Backup]) -> list[Backup]:
+    """Backups in `list_backups`' order: completion time, newest first (none last), then creation, then id."""
+    return sorted(
+        backups,
+        key=lambda b: (b.completed_at is not None, b.completed_at or 0.0, b.created_at, b.id),
+        reverse=True,
+    )
 
 
 class Row(Protocol):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 from .base import (
@@ -29,6 +29,19 @@ from .migrations import MIGRATIONS, SCHEMA_VERSION, pending, statements, too_new
 from .rows import BACKUP_COLUMNS, INSTANCE_COLUMNS, backup_from_row, backup_values, instance_from_row
 
 _BACKUP_PLACEHOLDERS = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+
+
+@contextlib.contextmanager
+def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A `BEGIN IMMEDIATE` transaction (the write lock taken at once): committed if the block ends well, else
+    rolled back."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class SQLiteStore:
@@ -88,21 +101,16 @@ class SQLiteStore:
     def _migrate(cls, conn: sqlite3.Connection) -> list[tuple[int, str]]:
         """Every pending migration in one `BEGIN IMMEDIATE` transaction: the version is read under the write
         lock, so two processes opening one new file migrate it once."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(conn):
             version = cls._version(conn)
             if version > SCHEMA_VERSION:
-                raise SchemaTooNew(too_new_message(version))  # noqa: TRY301 - rolled back below
+                raise SchemaTooNew(too_new_message(version))
             applied = []
             for migration in MIGRATIONS[version:]:
                 for statement in statements(migration.sqlite):
                     conn.execute(statement)
                 applied.append((migration.version, migration.description))
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return applied
 
     async def schema_status(self) -> SchemaStatus:
@@ -157,8 +165,7 @@ class SQLiteStore:
 
     async def revoke_instance(self, name: str, now: float) -> Instance | None:
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(conn):
             rows = conn.execute(
                 "UPDATE instances SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL "  # noqa: S608
                 f"RETURNING {INSTANCE_COLUMNS}",
@@ -170,10 +177,6 @@ class SQLiteStore:
                     "WHERE instance_id = ? AND status = 'uploading'",
                     (now, rows[0]["id"]),
                 )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return instance_from_row(rows[0]) if rows else None
 
     async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
@@ -219,29 +222,24 @@ class SQLiteStore:
 
     async def begin_backup(self, backup: Backup, now: float, init_rate: int) -> None:
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(conn):
             busy = conn.execute(
                 "SELECT id FROM backups WHERE instance_id = ? AND status = 'uploading'", (backup.instance_id,)
             ).fetchone()
             if busy is not None:
-                raise UploadInProgress(busy["id"])  # noqa: TRY301 - rolled back below
+                raise UploadInProgress(busy["id"])
             window_start = now - 3600
             recent = conn.execute(
                 "SELECT count(*), min(at) FROM init_events WHERE instance_id = ? AND at > ?",
                 (backup.instance_id, window_start),
             ).fetchone()
             if recent[0] >= init_rate:
-                raise RateLimited(max(1, int(recent[1] - window_start) + 1))  # noqa: TRY301
+                raise RateLimited(max(1, int(recent[1] - window_start) + 1))
             conn.execute(
                 f"INSERT INTO backups ({BACKUP_COLUMNS}) VALUES ({_BACKUP_PLACEHOLDERS})",  # noqa: S608
                 backup_values(backup),
             )
             conn.execute("INSERT INTO init_events (instance_id, at) VALUES (?, ?)", (backup.instance_id, now))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     async def restore_backup(self, backup: Backup) -> bool:
         cursor = self.conn.execute(
@@ -276,8 +274,7 @@ class SQLiteStore:
         self, backup_id: str, sha256: str | None, now: float, expired: Sequence[str] = ()
     ) -> bool:
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(conn):
             cursor = conn.execute(
                 "UPDATE backups SET status = 'completed', completed_at = ?, sha256 = coalesce(?, sha256) "
                 "WHERE id = ? AND status = 'uploading'",
@@ -290,10 +287,6 @@ class SQLiteStore:
                     "AND instance_id = (SELECT instance_id FROM backups WHERE id = ?)",
                     [(expired_id, backup_id) for expired_id in expired],
                 )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return done
 
     async def fail_backup(self, backup_id: str, now: float) -> Backup | None:
