@@ -1,7 +1,7 @@
 """Benchmark: a night of N homes (default 100,000) backing up through two gateway nodes on one PostgreSQL.
 
     .venv/bin/python bench/night.py [--homes 100000] [--window SECONDS] [--retained 7] [--parts 1] [--batch 4]
-                                    [--nodes 2] [--profile DIR]
+                                    [--nodes 2] [--db-pool 10] [--profile DIR] [--floor]
 
 Everything runs on this machine, on 127.0.0.1: a PostgreSQL cluster started for the run from the machine's binaries
 (tests/helpers/postgres.py, with PostgreSQL's durable defaults: fsync and synchronous commit on), `--nodes`
@@ -34,12 +34,21 @@ complete answered 200 that the database or storage does not hold); the nodes and
 (`p99_ms`: the worst of the calls' p99).
 
 `--profile DIR` runs each node under cProfile (DIR/node0.prof, …), to see where the gateway's time goes.
+
+`--floor` then runs the same night three more times, on the same database and sink, through `--nodes`
+bench/floor_node.py processes instead of the gateway: servers that do a backup's I/O and nothing else, one layer
+more each time (`http`: the two requests served; `db`: and five database round trips, as many as the gateway
+makes; `all`: and the three storage requests and four botocore signatures). Their CPU per backup, printed side by
+side with the gateway's (`floor_cpu_ms_per_backup` and `gateway_over_floor` in the JSON), is what this stack
+(aiohttp, asyncpg, botocore) costs on this machine before any of the gateway's own work: the floor a CPU goal can
+be set against.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -53,6 +62,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +121,7 @@ MAX_TRIES = 6  # the upload engine's default (UploadOptions.max_tries)
 RETRIED = {0, 429, 500, 502, 503, 504}  # 0: no answer (connection error, timeout)
 TARGET_HOMES = 1_000_000
 TARGET_WINDOW = 2 * 3600
+FLOOR_LAYERS = ("http", "db", "all")  # bench/floor_node.py --layers, each a layer more
 NODE_BUSY = 0.6  # a node is sized to run at most 60 % of its core at the night's rate, for latency headroom
 
 
@@ -377,79 +388,35 @@ def gateway_command(profile: Path | None, number: int) -> list[str]:
     return [sys.executable, "-m", "offsite_gateway", "serve"]
 
 
-async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, workdir: Path) -> dict[str, Any]:
-    url = cluster.create_database()
-    print(f"creating {args.homes} instances ...", flush=True)
-    tokens = await create_instances(url, args.homes, args.retained)
+@dataclass
+class Measured:
+    """One night's figures, read from /proc and the sink around it."""
+
+    results: Results
+    elapsed: float
+    gateway_cpu: float
+    gateway_user: float
+    gateway_system: float
+    db_user: float
+    db_system: float
+    client_cpu: float
+    calls_before: Counter[str]
+    load_before: float
+
+
+@contextlib.contextmanager
+def node_processes(
+    commands: list[tuple[list[str], dict[str, str]]], workdir: Path, name: str
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The node processes, logging to workdir; terminated (then killed) on the way out."""
     processes: list[subprocess.Popen[bytes]] = []
-    nodes: list[str] = []
     logs = []
     try:
-        for number in range(args.nodes):
-            port = free_port()
-            env = {
-                **{k: v for k, v in os.environ.items() if not k.startswith("OFFSITE_GATEWAY_")},
-                "OFFSITE_GATEWAY_LISTEN": f"127.0.0.1:{port}",
-                "OFFSITE_GATEWAY_DB": url,
-                "OFFSITE_GATEWAY_S3_ENDPOINT": sink,
-                "OFFSITE_GATEWAY_S3_BUCKET": BUCKET,
-                "OFFSITE_GATEWAY_S3_ACCESS_KEY": "bench",
-                "OFFSITE_GATEWAY_S3_SECRET_KEY": "bench-secret",
-                "OFFSITE_GATEWAY_PART_SIZE": str(PART),
-            }
-            if number == 0:
-                bucket = subprocess.run(  # noqa: ASYNC221 - setup
-                    [sys.executable, "-m", "offsite_gateway", "bucket", "create"],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                )
-                if bucket.returncode != 0:
-                    raise RuntimeError(f"bucket create: {bucket.stderr}")
-            log = (workdir / f"node{number}.log").open("wb")
+        for number, (command, env) in enumerate(commands):
+            log = (workdir / f"{name}{number}.log").open("wb")
             logs.append(log)
-            processes.append(
-                subprocess.Popen(gateway_command(args.profile, number), env=env, stdout=log, stderr=log)  # noqa: ASYNC220
-            )
-            nodes.append(f"http://127.0.0.1:{port}")
-        for node, process in zip(nodes, processes, strict=True):
-            await wait_ready(node, process)  # type: ignore[arg-type]
-        # Warm-up (untimed): a few hundred backups, so every node has loaded botocore and filled its pool.
-        warm = Results()
-        await night(
-            argparse.Namespace(**{**vars(args), "window": 2.0, "connections": args.connections}),
-            nodes,
-            tokens[: min(200, len(tokens))],
-            warm,
-        )
-        print(f"warm-up: {len(warm.completed)} backups, {sum(warm.errors.values())} errors", flush=True)
-
-        results = Results()
-        async with aiohttp.ClientSession() as session, session.get(sink + "/stats") as resp:
-            calls_before = Counter((await resp.json())["calls"])
-        before_gw = [cpu_seconds(p.pid) for p in processes]
-        before_split = [user_system(p.pid) for p in processes]
-        before_db = postgres_cpu(cluster)
-        before_client = cpu_seconds(os.getpid())
-        load_before = os.getloadavg()[0]
-        print(
-            f"night: {args.homes} homes over {args.window:.0f} s ({args.homes / args.window:.1f} backups/s)",
-            flush=True,
-        )
-        elapsed = await night(args, nodes, tokens, results)
-        # The last completes' retention deletes are batched (offsite_gateway/purger.py): counted once done.
-        await asyncio.sleep(LINGER + 1.5)
-        gateway_cpu = sum(cpu_seconds(p.pid) for p in processes) - sum(before_gw)
-        after_split = [user_system(p.pid) for p in processes]
-        gateway_user = sum(a[0] - b[0] for a, b in zip(after_split, before_split, strict=True))
-        gateway_system = sum(a[1] - b[1] for a, b in zip(after_split, before_split, strict=True))
-        after_db = postgres_cpu(cluster)
-        db_user, db_system = after_db[0] - before_db[0], after_db[1] - before_db[1]
-        db_cpu = db_user + db_system
-        client_cpu = cpu_seconds(os.getpid()) - before_client
-        lost, stats = await check_lost(url, results, sink)
-        rss_mb = max(rss(p.pid) for p in processes)
+            processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
+        yield processes
     finally:
         for process in processes:
             process.terminate()
@@ -460,6 +427,132 @@ async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, wor
                 process.kill()
         for log in logs:
             log.close()
+
+
+async def measure(
+    args: argparse.Namespace,
+    processes: list[subprocess.Popen[bytes]],
+    nodes: list[str],
+    tokens: list[str],
+    cluster: PostgresCluster,
+    sink: str,
+    label: str,
+) -> Measured:
+    """A warm-up, then the night, with the CPU the nodes, PostgreSQL and this client spent on it."""
+    for node, process in zip(nodes, processes, strict=True):
+        await wait_ready(node, process)
+    # Warm-up (untimed): a few hundred backups, so every node has loaded botocore and filled its pool.
+    warm = Results()
+    await night(
+        argparse.Namespace(**{**vars(args), "window": 2.0}), nodes, tokens[: min(200, len(tokens))], warm
+    )
+    print(f"{label} warm-up: {len(warm.completed)} backups, {sum(warm.errors.values())} errors", flush=True)
+    results = Results()
+    async with aiohttp.ClientSession() as session, session.get(sink + "/stats") as resp:
+        calls_before = Counter((await resp.json())["calls"])
+    before_split = [user_system(p.pid) for p in processes]
+    before_db = postgres_cpu(cluster)
+    before_client = cpu_seconds(os.getpid())
+    load_before = os.getloadavg()[0]
+    print(
+        f"{label} night: {args.homes} homes over {args.window:.0f} s ({args.homes / args.window:.1f} backups/s)",
+        flush=True,
+    )
+    elapsed = await night(args, nodes, tokens, results)
+    # The last completes' retention deletes are batched (offsite_gateway/purger.py): counted once done.
+    await asyncio.sleep(LINGER + 1.5)
+    after_split = [user_system(p.pid) for p in processes]
+    user = sum(a[0] - b[0] for a, b in zip(after_split, before_split, strict=True))
+    system = sum(a[1] - b[1] for a, b in zip(after_split, before_split, strict=True))
+    after_db = postgres_cpu(cluster)
+    return Measured(
+        results=results,
+        elapsed=elapsed,
+        gateway_cpu=user + system,
+        gateway_user=user,
+        gateway_system=system,
+        db_user=after_db[0] - before_db[0],
+        db_system=after_db[1] - before_db[1],
+        client_cpu=cpu_seconds(os.getpid()) - before_client,
+        calls_before=calls_before,
+        load_before=load_before,
+    )
+
+
+def floor_commands(
+    count: int, url: str, sink: str, layers: str
+) -> tuple[list[str], list[tuple[list[str], dict[str, str]]]]:
+    nodes, commands = [], []
+    for _ in range(count):
+        port = free_port()
+        nodes.append(f"http://127.0.0.1:{port}")
+        commands.append(
+            (
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "floor_node.py"),
+                    f"--port={port}",
+                    f"--db={url}",
+                    f"--s3={sink}",
+                    f"--bucket={BUCKET}",
+                    f"--layers={layers}",
+                ],
+                dict(os.environ),
+            )
+        )
+    return nodes, commands
+
+
+async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, workdir: Path) -> dict[str, Any]:
+    url = cluster.create_database()
+    print(f"creating {args.homes} instances ...", flush=True)
+    tokens = await create_instances(url, args.homes, args.retained)
+    nodes: list[str] = []
+    commands: list[tuple[list[str], dict[str, str]]] = []
+    for number in range(args.nodes):
+        port = free_port()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("OFFSITE_GATEWAY_")},
+            "OFFSITE_GATEWAY_LISTEN": f"127.0.0.1:{port}",
+            "OFFSITE_GATEWAY_DB": url,
+            "OFFSITE_GATEWAY_S3_ENDPOINT": sink,
+            "OFFSITE_GATEWAY_S3_BUCKET": BUCKET,
+            "OFFSITE_GATEWAY_S3_ACCESS_KEY": "bench",
+            "OFFSITE_GATEWAY_S3_SECRET_KEY": "bench-secret",
+            "OFFSITE_GATEWAY_PART_SIZE": str(PART),
+            "OFFSITE_GATEWAY_DB_POOL_SIZE": str(args.db_pool),
+        }
+        if number == 0:
+            bucket = subprocess.run(  # noqa: ASYNC221 - setup
+                [sys.executable, "-m", "offsite_gateway", "bucket", "create"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if bucket.returncode != 0:
+                raise RuntimeError(f"bucket create: {bucket.stderr}")
+        commands.append((gateway_command(args.profile, number), env))
+        nodes.append(f"http://127.0.0.1:{port}")
+    with node_processes(commands, workdir, "node") as processes:
+        measured = await measure(args, processes, nodes, tokens, cluster, sink, label="gateway")
+        lost, stats = await check_lost(url, measured.results, sink)
+        rss_mb = max(rss(p.pid) for p in processes)
+    floors: dict[str, Measured] = {}
+    for layers in FLOOR_LAYERS if args.floor else ():
+        floor_nodes, floor_cmds = floor_commands(args.nodes, url, sink, layers)
+        with node_processes(floor_cmds, workdir, f"floor-{layers}-") as processes:
+            label = f"floor ({layers})"
+            floors[layers] = await measure(args, processes, floor_nodes, tokens, cluster, sink, label=label)
+    results, elapsed, calls_before = measured.results, measured.elapsed, measured.calls_before
+    gateway_cpu, gateway_user, gateway_system = (
+        measured.gateway_cpu,
+        measured.gateway_user,
+        measured.gateway_system,
+    )
+    db_user, db_system, client_cpu = measured.db_user, measured.db_system, measured.client_cpu
+    db_cpu = db_user + db_system
+    load_before = measured.load_before
 
     done = len(results.completed) or 1
     per_call = {
@@ -511,6 +604,22 @@ async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, wor
         "target_db_cores": round(db_cores, 2),
         # At least two: no single point of failure.
         "target_nodes": max(2, math.ceil(gateway_cores / NODE_BUSY)),
+        "floor": {layers: floor_figures(floor, gateway_ms) for layers, floor in floors.items()},
+    }
+
+
+def floor_figures(floor: Measured, gateway_ms: float) -> dict[str, Any]:
+    done = len(floor.results.completed) or 1
+    floor_ms = floor.gateway_cpu * 1000 / done
+    return {
+        "completed": len(floor.results.completed),
+        "errors": dict(floor.results.errors),
+        "first_errors": floor.results.first_errors,
+        "cpu_ms_per_backup": round(floor_ms, 2),
+        "user_ms_per_backup": round(floor.gateway_user * 1000 / done, 2),
+        "system_ms_per_backup": round(floor.gateway_system * 1000 / done, 2),
+        "db_cpu_ms_per_backup": round((floor.db_user + floor.db_system) * 1000 / done, 2),
+        "gateway_over_floor": round(gateway_ms / floor_ms, 2) if floor_ms else None,
     }
 
 
@@ -538,8 +647,17 @@ def main() -> None:
     parser.add_argument(
         "--connections", type=int, default=256, help="client keep-alive connections, all nodes"
     )
+    parser.add_argument(
+        "--db-pool", type=int, default=10, help="database connections per node (OFFSITE_GATEWAY_DB_POOL_SIZE)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", type=Path, default=None, help="run the nodes under cProfile, dumps here")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="then the same night through bench/floor_node.py's nodes, layer by layer (http, + db, + storage): "
+        "the CPU of the gateway's I/O alone, side by side",
+    )
     args = parser.parse_args()
     if args.window is None:
         args.window = args.homes / 80
@@ -580,6 +698,30 @@ def main() -> None:
         f"{figures['target_gateway_cores']} gateway cores -> {figures['target_nodes']} nodes "
         f"(each at most {NODE_BUSY:.0%} busy, never fewer than 2), {figures['target_db_cores']} PostgreSQL cores"
     )
+    if figures["floor"]:
+        print(
+            "the floor (bench/floor_node.py: the gateway's I/O and nothing else), the same night; CPU ms per backup"
+        )
+        print(
+            f"{'layers':34} {'backups':>8} {'errors':>6} {'nodes':>6} {'user':>6} {'system':>6} {'PostgreSQL':>10}"
+        )
+        described = {
+            "http": "http (2 requests served)",
+            "db": "+ db (5 round trips)",
+            "all": "+ storage (3 requests, 4 signatures)",
+        }
+        for layers, floor in figures["floor"].items():
+            print(
+                f"{described[layers]:34} {floor['completed']:>8} {sum(floor['errors'].values()):>6} "
+                f"{floor['cpu_ms_per_backup']:>6} {floor['user_ms_per_backup']:>6} "
+                f"{floor['system_ms_per_backup']:>6} {floor['db_cpu_ms_per_backup']:>10}"
+            )
+            for line in floor["first_errors"]:
+                print(f"  {line}")
+        full = figures["floor"]["all"]
+        print(
+            f"the gateway: {figures['gateway_cpu_ms_per_backup']} ms, {full['gateway_over_floor']} x the floor"
+        )
     summary = {
         "homes": args.homes,
         "errors": sum(figures["errors"].values()),
@@ -595,6 +737,9 @@ def main() -> None:
         "db_cores_for_1m_homes_in_2h": figures["target_db_cores"],
         **{f"{call}_p99_ms": values["p99_ms"] for call, values in figures["per_call"].items()},
     }
+    if figures["floor"]:
+        summary["floor_cpu_ms_per_backup"] = figures["floor"]["all"]["cpu_ms_per_backup"]
+        summary["gateway_over_floor"] = figures["floor"]["all"]["gateway_over_floor"]
     print(json.dumps(summary))
 
 
