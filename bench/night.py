@@ -394,14 +394,29 @@ class Measured:
 
     results: Results
     elapsed: float
-    gateway_cpu: float
-    gateway_user: float
+    gateway_user: float  # seconds, all the nodes
     gateway_system: float
     db_user: float
     db_system: float
     client_cpu: float
     calls_before: Counter[str]
     load_before: float
+
+    @property
+    def done(self) -> int:
+        return len(self.results.completed) or 1
+
+    def ms(self, seconds: float) -> float:
+        """CPU seconds of the night as milliseconds per backup done."""
+        return seconds * 1000 / self.done
+
+    @property
+    def gateway_ms(self) -> float:
+        return self.ms(self.gateway_user + self.gateway_system)
+
+    @property
+    def db_ms(self) -> float:
+        return self.ms(self.db_user + self.db_system)
 
 
 @contextlib.contextmanager
@@ -468,7 +483,6 @@ async def measure(
     return Measured(
         results=results,
         elapsed=elapsed,
-        gateway_cpu=user + system,
         gateway_user=user,
         gateway_system=system,
         db_user=after_db[0] - before_db[0],
@@ -544,17 +558,7 @@ async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, wor
         with node_processes(floor_cmds, workdir, f"floor-{layers}-") as processes:
             label = f"floor ({layers})"
             floors[layers] = await measure(args, processes, floor_nodes, tokens, cluster, sink, label=label)
-    results, elapsed, calls_before = measured.results, measured.elapsed, measured.calls_before
-    gateway_cpu, gateway_user, gateway_system = (
-        measured.gateway_cpu,
-        measured.gateway_user,
-        measured.gateway_system,
-    )
-    db_user, db_system, client_cpu = measured.db_user, measured.db_system, measured.client_cpu
-    db_cpu = db_user + db_system
-    load_before = measured.load_before
-
-    done = len(results.completed) or 1
+    results, calls_before = measured.results, measured.calls_before
     per_call = {
         call: {
             "n": len(values),
@@ -565,11 +569,9 @@ async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, wor
         for call, values in results.latencies.items()
         if values  # no `sign` call when every part's URL came with the create
     }
-    gateway_ms = gateway_cpu * 1000 / done
-    db_ms = db_cpu * 1000 / done
     rate = TARGET_HOMES / TARGET_WINDOW
-    gateway_cores = rate * gateway_ms / 1000
-    db_cores = rate * db_ms / 1000
+    gateway_cores = rate * measured.gateway_ms / 1000
+    db_cores = rate * measured.db_ms / 1000
     return {
         "per_call": per_call,
         "errors": dict(results.errors),
@@ -578,15 +580,15 @@ async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, wor
         "completed": len(results.completed),
         "lost": lost,
         "left_deleting": results.left_deleting,
-        "elapsed_s": round(elapsed, 1),
-        "backups_per_s": round(len(results.completed) / elapsed, 1),
-        "gateway_cpu_ms_per_backup": round(gateway_ms, 2),
-        "gateway_user_ms_per_backup": round(gateway_user * 1000 / done, 2),
-        "gateway_system_ms_per_backup": round(gateway_system * 1000 / done, 2),
-        "db_cpu_ms_per_backup": round(db_ms, 2),
-        "db_user_ms_per_backup": round(db_user * 1000 / done, 2),
-        "db_system_ms_per_backup": round(db_system * 1000 / done, 2),
-        "client_cpu_ms_per_backup": round(client_cpu * 1000 / done, 2),
+        "elapsed_s": round(measured.elapsed, 1),
+        "backups_per_s": round(len(results.completed) / measured.elapsed, 1),
+        "gateway_cpu_ms_per_backup": round(measured.gateway_ms, 2),
+        "gateway_user_ms_per_backup": round(measured.ms(measured.gateway_user), 2),
+        "gateway_system_ms_per_backup": round(measured.ms(measured.gateway_system), 2),
+        "db_cpu_ms_per_backup": round(measured.db_ms, 2),
+        "db_user_ms_per_backup": round(measured.ms(measured.db_user), 2),
+        "db_system_ms_per_backup": round(measured.ms(measured.db_system), 2),
+        "client_cpu_ms_per_backup": round(measured.ms(measured.client_cpu), 2),
         "sink_calls": {call: n - calls_before[call] for call, n in stats["calls"].items()},
         "storage_calls_per_backup": round(
             sum(
@@ -594,32 +596,30 @@ async def run(args: argparse.Namespace, cluster: PostgresCluster, sink: str, wor
                 for call, n in stats["calls"].items()
                 if call not in ("UploadPart", "HeadBucket", "CreateBucket")
             )
-            / done,
+            / measured.done,
             2,
         ),
         "node_rss_mb": round(rss_mb),
-        "load_avg_before": round(load_before, 2),
+        "load_avg_before": round(measured.load_before, 2),
         "target_backups_per_s": round(rate, 1),
         "target_gateway_cores": round(gateway_cores, 2),
         "target_db_cores": round(db_cores, 2),
         # At least two: no single point of failure.
         "target_nodes": max(2, math.ceil(gateway_cores / NODE_BUSY)),
-        "floor": {layers: floor_figures(floor, gateway_ms) for layers, floor in floors.items()},
+        "floor": {layers: floor_figures(floor, measured.gateway_ms) for layers, floor in floors.items()},
     }
 
 
 def floor_figures(floor: Measured, gateway_ms: float) -> dict[str, Any]:
-    done = len(floor.results.completed) or 1
-    floor_ms = floor.gateway_cpu * 1000 / done
     return {
         "completed": len(floor.results.completed),
         "errors": dict(floor.results.errors),
         "first_errors": floor.results.first_errors,
-        "cpu_ms_per_backup": round(floor_ms, 2),
-        "user_ms_per_backup": round(floor.gateway_user * 1000 / done, 2),
-        "system_ms_per_backup": round(floor.gateway_system * 1000 / done, 2),
-        "db_cpu_ms_per_backup": round((floor.db_user + floor.db_system) * 1000 / done, 2),
-        "gateway_over_floor": round(gateway_ms / floor_ms, 2) if floor_ms else None,
+        "cpu_ms_per_backup": round(floor.gateway_ms, 2),
+        "user_ms_per_backup": round(floor.ms(floor.gateway_user), 2),
+        "system_ms_per_backup": round(floor.ms(floor.gateway_system), 2),
+        "db_cpu_ms_per_backup": round(floor.db_ms, 2),
+        "gateway_over_floor": round(gateway_ms / floor.gateway_ms, 2) if floor.gateway_ms else None,
     }
 
 
