@@ -758,7 +758,7 @@ async def _complete_in_storage(
 
     Nothing is listed first: storage checks that each part is there with that ETag, and each part's length was
     fixed when its URL was signed (`Content-Length` is signed: storage refuses a PUT of any other length,
-    tests/gateway/test_localstack.py), so the object is `backup.size` bytes. Only when storage refuses are the
+    tests/gateway/test_seaweedfs_urls.py), so the object is `backup.size` bytes. Only when storage refuses are the
     parts listed, to say which one is missing or wrong. An upload storage no longer knows may have been completed
     by an earlier call that stopped before recording it (a crash, a lost answer): then the object is there.
     """

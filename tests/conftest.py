@@ -1,4 +1,5 @@
-"""Fixtures shared by every test: loopback sockets, the local S3 servers and a throwaway PostgreSQL cluster."""
+"""Fixtures shared by every test: loopback sockets, the local S3 servers (moto, SeaweedFS) and a throwaway
+PostgreSQL cluster."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import pytest_socket
 
 from tests.helpers.postgres import PostgresCluster, run_postgres
-from tests.helpers.servers import S3Server, run_localstack, run_moto
+from tests.helpers.servers import S3Server, run_moto, run_seaweedfs
 
 
 @pytest.fixture(autouse=True)
@@ -46,10 +47,11 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture(scope="session")
-def localstack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """LocalStack's S3, which checks presigned URL signatures and expiry."""
+def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One SeaweedFS for the session (it takes seconds to start): a real S3 server that checks signatures,
+    signed lengths and expiry, and enforces Object Lock. Tests isolate themselves with their own bucket."""
     with _sockets_for_session_setup():
-        server_cm = run_localstack(tmp_path_factory.mktemp("localstack"))
+        server_cm = run_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
         server = server_cm.__enter__()
     try:
         yield server
@@ -64,9 +66,15 @@ def moto_bucket(moto_server: S3Server) -> str:
 
 
 @pytest.fixture
-def localstack_bucket(localstack_server: S3Server) -> str:
-    """A fresh bucket on the session's LocalStack server."""
-    return localstack_server.create_bucket()
+def seaweedfs_bucket(seaweedfs_server: S3Server) -> str:
+    """A fresh bucket on the session's SeaweedFS."""
+    return seaweedfs_server.create_bucket()
+
+
+@pytest.fixture
+def seaweedfs_lock_bucket(seaweedfs_server: S3Server) -> str:
+    """A fresh bucket with Object Lock (and so versioning) on the session's SeaweedFS."""
+    return seaweedfs_server.create_bucket("lock", object_lock=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,13 @@
-"""The local S3 servers the suite relies on start and speak S3."""
+"""The local S3 servers the suite relies on start, speak S3, and say why when they cannot start."""
 
-from tests.helpers.servers import S3Server
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import servers
+from tests.helpers.servers import S3Server, ServerDidNotStart
 
 
 def test_moto_roundtrip(moto_server: S3Server, moto_bucket: str) -> None:
@@ -9,7 +16,42 @@ def test_moto_roundtrip(moto_server: S3Server, moto_bucket: str) -> None:
     assert client.get_object(Bucket=moto_bucket, Key="a")["Body"].read() == b"hello"
 
 
-def test_localstack_roundtrip(localstack_server: S3Server, localstack_bucket: str) -> None:
-    client = localstack_server.client()
-    client.put_object(Bucket=localstack_bucket, Key="a", Body=b"hello")
-    assert client.get_object(Bucket=localstack_bucket, Key="a")["Body"].read() == b"hello"
+def test_seaweedfs_roundtrip(seaweedfs_server: S3Server, seaweedfs_bucket: str) -> None:
+    client = seaweedfs_server.client()
+    client.put_object(Bucket=seaweedfs_bucket, Key="a", Body=b"hello")
+    assert client.get_object(Bucket=seaweedfs_bucket, Key="a")["Body"].read() == b"hello"
+
+
+def test_seaweedfs_listens_on_loopback_only_and_keeps_to_its_folder(seaweedfs_server: S3Server) -> None:
+    """Every port the server opens was given and is bound to 127.0.0.1; nothing lands in /tmp."""
+    assert seaweedfs_server.process is not None
+    pid = seaweedfs_server.process.pid
+    listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    mine = [line.split()[3] for line in listening.splitlines() if f"pid={pid}," in line]
+    assert mine, listening
+    assert all(address.startswith("127.0.0.1:") for address in mine), mine
+    assert not list(Path("/tmp").glob(f"seaweedfs-*-{seaweedfs_server.endpoint.rsplit(':', 1)[1]}.sock"))
+
+
+def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:
+    """A server that exits at once fails with the last lines of its log, not just an exit code."""
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; print('first line'); print('bind: address in use'); sys.exit(3)",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        process.wait(timeout=30)
+    with pytest.raises(ServerDidNotStart, match=r"(?s)exited with code 3.*bind: address in use"):
+        servers._wait_http("http://127.0.0.1:9/", process, "the server", timeout=5, log=log)
+
+
+def test_seaweedfs_missing_binary_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(servers, "WEED", tmp_path / "weed")
+    with pytest.raises(ServerDidNotStart, match="run scripts/setup"), servers.run_seaweedfs(tmp_path):
+        pass

@@ -1,4 +1,4 @@
-"""URL expiry for real: LocalStack's S3 checks presigned signatures and expiry; the gateway signs for 3 s."""
+"""URL expiry for real: SeaweedFS, a real S3 server, checks presigned signatures and expiry; the gateway signs for 3 s."""
 
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ SIZE = 2 * PART + MIB  # 3 parts
 
 
 @pytest.fixture
-async def ls_rig(
-    localstack_server: S3Server, localstack_bucket: str, tmp_path: Path, http: aiohttp.ClientSession
+async def sw_rig(
+    seaweedfs_server: S3Server, seaweedfs_bucket: str, tmp_path: Path, http: aiohttp.ClientSession
 ) -> AsyncIterator[Rig]:
-    async with make_rig(localstack_server, localstack_bucket, tmp_path, http, URL_TTL="3") as made:
+    async with make_rig(seaweedfs_server, seaweedfs_bucket, tmp_path, http, URL_TTL="3") as made:
         yield made
 
 
-async def test_part_reaching_storage_after_its_url_expired_is_signed_again(ls_rig: Rig) -> None:
-    rig = ls_rig
+async def test_part_reaching_storage_after_its_url_expired_is_signed_again(sw_rig: Rig) -> None:
+    rig = sw_rig
     rig.proxy.fail(2, delay(4.5))  # part 2's first PUT reaches storage 4.5 s after it was sent
     source = Source(make_data(SIZE, seed=41))
 
@@ -41,8 +41,8 @@ async def test_part_reaching_storage_after_its_url_expired_is_signed_again(ls_ri
     assert rig.multipart_uploads() == []
 
 
-async def test_urls_grown_old_while_the_stream_is_slow_are_signed_again_before_use(ls_rig: Rig) -> None:
-    rig = ls_rig
+async def test_urls_grown_old_while_the_stream_is_slow_are_signed_again_before_use(sw_rig: Rig) -> None:
+    rig = sw_rig
     # the stream pauses 4 s after part 1: part 2's URL (fetched with part 1's batch) is past its lifetime by then
     source = Source(make_data(SIZE, seed=42), pause_after={PART: 4.0})
 
@@ -55,9 +55,9 @@ async def test_urls_grown_old_while_the_stream_is_slow_are_signed_again_before_u
     assert await rig.downloaded_sha256(backup.id) == source.sha256
 
 
-async def test_localstack_refuses_a_tampered_url(ls_rig: Rig, http: aiohttp.ClientSession) -> None:
+async def test_seaweedfs_refuses_a_tampered_url(sw_rig: Rig, http: aiohttp.ClientSession) -> None:
     """The expiry test above is meaningful only if this storage really checks the URLs."""
-    rig = ls_rig
+    rig = sw_rig
     init = await rig.client.create_backup(name="b", size=10)
     (part,) = await rig.client.sign_parts(init.id, [1])
     tampered = part.url.replace("partNumber=1", "partNumber=2")

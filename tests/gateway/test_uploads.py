@@ -209,7 +209,7 @@ async def test_complete_refuses_a_wrong_etag(api: Api, session: aiohttp.ClientSe
 
 
 async def test_complete_names_a_part_of_another_length(api: Api, session: aiohttp.ClientSession) -> None:
-    """Storage refuses a PUT of any other length than the one its URL signs (tests/gateway/test_localstack.py), so
+    """Storage refuses a PUT of any other length than the one its URL signs (tests/gateway/test_seaweedfs_urls.py), so
     complete does not list the parts first. moto checks no signature, but refuses to complete with a part below
     5 MiB that is not the last: then the parts are listed, and the answer names the part and its length."""
     init = await api.init(PART + 100)

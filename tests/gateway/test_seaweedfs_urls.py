@@ -1,4 +1,4 @@
-"""Against LocalStack's S3, which checks presigned URLs: what the gateway signs cannot be bent.
+"""Against SeaweedFS, a real S3 server that checks presigned URLs: what the gateway signs cannot be bent.
 
 A tampered signature, a URL edited to another part number or another key, and an expired URL are refused (403),
 and storage holds nothing from them; the same URLs unedited work, end to end.
@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from tests.gateway.api import Api, put
 from tests.helpers.gateway import GatewayDatabase, run_gateway
@@ -22,27 +21,20 @@ from tests.helpers.servers import S3Server
 PART = 5 * 1024 * 1024
 
 
-@pytest.fixture
-def localstack(localstack_server: S3Server) -> S3Server:
-    """LocalStack's S3 (it checks presigned signatures with its secret key `test`, which the server carries)."""
-    assert localstack_server.secret_key == "test"
-    return localstack_server
-
-
 async def _put_status(session: aiohttp.ClientSession, url: str, data: bytes) -> tuple[int, str]:
     async with session.put(url, data=data, headers={"Content-Length": str(len(data))}) as resp:
         return resp.status, await resp.text()
 
 
 async def test_edited_urls_are_refused(
-    localstack: S3Server,
-    localstack_bucket: str,
+    seaweedfs_server: S3Server,
+    seaweedfs_bucket: str,
     tmp_path: Path,
     session: aiohttp.ClientSession,
     database: GatewayDatabase,
 ) -> None:
     async with run_gateway(
-        localstack, localstack_bucket, tmp_path, database=database, PART_SIZE=str(PART)
+        seaweedfs_server, seaweedfs_bucket, tmp_path, database=database, PART_SIZE=str(PART)
     ) as gateway:
         _, token = await gateway.add_instance("home")
         api = Api(session, gateway.url, token)
@@ -85,14 +77,14 @@ async def test_edited_urls_are_refused(
 
 
 async def test_expired_urls_are_refused(
-    localstack: S3Server,
-    localstack_bucket: str,
+    seaweedfs_server: S3Server,
+    seaweedfs_bucket: str,
     tmp_path: Path,
     session: aiohttp.ClientSession,
     database: GatewayDatabase,
 ) -> None:
     async with run_gateway(
-        localstack, localstack_bucket, tmp_path, database=database, URL_TTL="2"
+        seaweedfs_server, seaweedfs_bucket, tmp_path, database=database, URL_TTL="2"
     ) as gateway:
         _, token = await gateway.add_instance("home")
         api = Api(session, gateway.url, token)
@@ -111,8 +103,8 @@ async def test_expired_urls_are_refused(
 
 
 async def test_a_part_of_any_other_length_is_refused(
-    localstack: S3Server,
-    localstack_bucket: str,
+    seaweedfs_server: S3Server,
+    seaweedfs_bucket: str,
     tmp_path: Path,
     session: aiohttp.ClientSession,
     database: GatewayDatabase,
@@ -120,7 +112,7 @@ async def test_a_part_of_any_other_length_is_refused(
     """Each part URL signs its exact length (Content-Length): storage refuses a PUT of more or fewer bytes, and
     holds nothing from it, so a token cannot store more than the size it declared (and the quota counted)."""
     async with run_gateway(
-        localstack, localstack_bucket, tmp_path, database=database, PART_SIZE=str(PART)
+        seaweedfs_server, seaweedfs_bucket, tmp_path, database=database, PART_SIZE=str(PART)
     ) as gateway:
         _, token = await gateway.add_instance("home")
         api = Api(session, gateway.url, token)
