@@ -127,3 +127,27 @@ def test_demo_once(tmp_path: Path) -> None:
     assert (demo_dir / "seaweedfs" / "data").is_dir()
     assert list((demo_dir / "seaweedfs" / "tmp").glob("weed.*"))
     assert [path for path in seaweedfs_grpc_sockets(ports.seaweedfs) if path.exists()] == []
+
+
+def test_a_port_seaweedfs_needs_in_use_stops_the_demo_before_it_starts_anything(tmp_path: Path) -> None:
+    """SeaweedFS's filer port (DEMO_S3_PORT + 3) taken: the demo names the variable to change and starts nothing."""
+    ports = demo_ports()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", ports.seaweedfs["filer"]))
+        taken.listen()
+        result = subprocess.run(
+            [str(ROOT / "scripts" / "demo"), "--once"],
+            cwd=ROOT,
+            env=demo_env(f"offsite-demo-test-{uuid.uuid4().hex}", ports, DEMO_DIR=str(tmp_path / "demo")),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert f"port {ports.seaweedfs['filer']} on 127.0.0.1 is already in use" in output
+    assert "SeaweedFS's filer (DEMO_S3_PORT + 3)" in output
+    assert f"DEMO_S3_PORT={ports.s3 + 5} scripts/demo" in output
+    assert "started" not in output
+    assert not (tmp_path / "demo").exists()
