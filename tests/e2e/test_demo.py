@@ -10,6 +10,7 @@ own scripts/setup is skipped (DEMO_SKIP_SETUP).
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 import subprocess
@@ -52,10 +53,25 @@ def _free(port: int) -> bool:
     return True
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (Linux's default: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def demo_ports() -> demo.Ports:
-    """Free ports for every port the demo opens: Home Assistant's, the gateway's and SeaweedFS's ten."""
+    """Free ports for every port the demo opens: Home Assistant's, the gateway's and SeaweedFS's ten.
+
+    SeaweedFS's ten are chosen below the kernel's range for outgoing connections: a port derived from a free
+    ephemeral one may be taken by another test's connection before SeaweedFS binds it (the demo's own defaults,
+    9000 to 9004 and 19000 to 19004, are below it too).
+    """
+    highest = _ephemeral_low() - 1 - demo.SEAWEEDFS_LAST_PORT_OFFSET
     while True:
-        ports = demo.Ports(free_port(), free_port(), free_port())
+        s3 = random.randrange(10000, highest) if highest > 10000 else free_port()
+        ports = demo.Ports(free_port(), free_port(), s3)
         numbers = [port for _, _, port in ports.named()]
         if len(set(numbers)) == len(numbers) and max(numbers) <= 65535 and all(_free(n) for n in numbers[2:]):
             return ports
