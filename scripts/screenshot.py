@@ -29,7 +29,7 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "docs" / "demo-dashboard.png"
-DASHBOARD_PATH = "/lovelace/offsite-backup"
+DASHBOARD_PATH = "/offsite-backup"  # the demo's YAML dashboard (credentials.json names it too)
 PROGRESS = "sensor.home_progress"
 STATUS = "sensor.home_status"
 SLOW_KIB_S = 2048  # 64 MiB at 2 MiB/s: about half a minute of upload to catch

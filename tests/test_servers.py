@@ -1,5 +1,6 @@
 """The local S3 servers the suite relies on start, speak S3, and say why when they cannot start."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,15 +23,42 @@ def test_seaweedfs_roundtrip(seaweedfs_server: S3Server, seaweedfs_bucket: str) 
     assert client.get_object(Bucket=seaweedfs_bucket, Key="a")["Body"].read() == b"hello"
 
 
+def _ports_of(process: subprocess.Popen[bytes]) -> dict[str, int]:
+    """The HTTP ports a `weed mini` was given, by service, read from its command line."""
+    found = {}
+    for argument in process.args:  # type: ignore[union-attr]
+        if match := re.fullmatch(r"-(\w+)\.port=(\d+)", str(argument)):
+            found[match[1]] = int(match[2])
+    return found
+
+
 def test_seaweedfs_listens_on_loopback_only_and_keeps_to_its_folder(seaweedfs_server: S3Server) -> None:
-    """Every port the server opens was given and is bound to 127.0.0.1; nothing lands in /tmp."""
+    """Every port the server opens was given and is bound to 127.0.0.1; in /tmp only the five gRPC sockets whose
+    folder SeaweedFS fixes (seaweedfs_grpc_sockets), named after its ports."""
     assert seaweedfs_server.process is not None
     pid = seaweedfs_server.process.pid
     listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
     mine = [line.split()[3] for line in listening.splitlines() if f"pid={pid}," in line]
     assert mine, listening
     assert all(address.startswith("127.0.0.1:") for address in mine), mine
-    assert not list(Path("/tmp").glob(f"seaweedfs-*-{seaweedfs_server.endpoint.rsplit(':', 1)[1]}.sock"))
+    ports = _ports_of(seaweedfs_server.process)
+    assert set(ports) == set(servers.SEAWEEDFS_SERVICES)
+    numbers = {str(port) for port in ports.values()} | {str(port + 10000) for port in ports.values()}
+    in_tmp = {
+        path
+        for path in Path("/tmp").glob("seaweedfs-*")
+        if (number := re.search(r"(\d+)\.sock$", path.name)) and number[1] in numbers
+    }
+    assert in_tmp <= set(servers.seaweedfs_grpc_sockets(ports)), in_tmp
+
+
+def test_seaweedfs_removes_its_sockets_from_tmp_when_it_stops(tmp_path: Path) -> None:
+    with servers.run_seaweedfs(tmp_path / "seaweedfs") as server:
+        assert server.process is not None
+        sockets = servers.seaweedfs_grpc_sockets(_ports_of(server.process))
+        made = [path for path in sockets if path.exists()]
+        assert made, f"SeaweedFS no longer makes {sockets}: drop the clean-up"
+    assert [path for path in sockets if path.exists()] == [], f"it made {made}"
 
 
 def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:

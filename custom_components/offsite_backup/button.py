@@ -7,9 +7,10 @@ from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-from .const import DOMAIN, LOGGER, JobTrigger
+from .const import DOMAIN, LOGGER, JobStatus, JobTrigger
 from .entity import OffsiteBackupEntity
 from .models import OffsiteBackupConfigEntry
+from .outcome import failure_level
 from .runner import JobError
 
 PARALLEL_UPDATES = 0
@@ -44,6 +45,11 @@ class BackupNowButton(OffsiteBackupEntity, ButtonEntity):
             try:
                 await runner.async_run(JobTrigger.MANUAL)
             except JobError as err:
-                LOGGER.debug("Backup started by the button failed: %s", err)
+                # Nobody else hears of it: its one log line (outcome.py logs the nightly backup's).
+                last = runner.history[0] if runner.history else None
+                if last is not None and last.status is JobStatus.FAILED:
+                    LOGGER.log(failure_level(last.error), "Backup started by the button failed: %s", err)
+                else:  # cancelled, or suspended to resume after a restart
+                    LOGGER.debug("Backup started by the button ended without a backup: %s", err)
 
         self._entry.async_create_background_task(self.hass, run(), f"{DOMAIN} backup now")

@@ -29,6 +29,7 @@ from homeassistant.helpers.selector import (
     TextSelectorType,
     TimeSelector,
 )
+from homeassistant.util import dt as dt_util
 from yarl import URL
 
 from .api import GatewayAuthError, GatewayClient, GatewayError, InstanceInfo
@@ -68,6 +69,21 @@ URL_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.URL))
 # hassfest refuses URLs in translations: the example address is a placeholder.
 URL_PLACEHOLDERS = {"example_url": "https://backup.example.com"}
 TOKEN_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.PASSWORD))
+
+
+class TimeOfDaySelector(TimeSelector):
+    """A time of day in hours and minutes: the frontend's time selector without its seconds field.
+
+    The frontend reads ``no_second`` (its own schedule and time-condition forms use it); Home Assistant's selector
+    schema does not list it, so it is added where the form is serialised for the frontend only.
+    """
+
+    def serialize(self) -> dict[str, dict[str, Any]]:
+        """The selector as the frontend gets it."""
+        return {"selector": {self.selector_type: {**self.config, "no_second": True}}}
+
+
+TIME_OF_DAY_SELECTOR = TimeOfDaySelector()
 
 
 def _normalise_url(value: str) -> str | None:
@@ -214,8 +230,8 @@ def _options_schema(supervised: bool) -> vol.Schema:
                     options=contents, translation_key=CONF_CONTENTS, mode=SelectSelectorMode.LIST
                 )
             ),
-            vol.Required(CONF_WINDOW_START): TimeSelector(),
-            vol.Required(CONF_WINDOW_END): TimeSelector(),
+            vol.Required(CONF_WINDOW_START): TIME_OF_DAY_SELECTOR,
+            vol.Required(CONF_WINDOW_END): TIME_OF_DAY_SELECTOR,
             vol.Required(CONF_PARTS_IN_FLIGHT): NumberSelector(
                 NumberSelectorConfig(
                     min=MIN_PARTS_IN_FLIGHT, max=MAX_PARTS_IN_FLIGHT, step=1, mode=NumberSelectorMode.BOX
@@ -253,8 +269,8 @@ def _current_options(options: Mapping[str, Any]) -> dict[str, Any]:
     settings = Settings.from_options(dict(options))
     current: dict[str, Any] = {
         CONF_NIGHTLY: settings.nightly,
-        CONF_WINDOW_START: settings.window.start.strftime("%H:%M:%S"),
-        CONF_WINDOW_END: settings.window.end.strftime("%H:%M:%S"),
+        CONF_WINDOW_START: settings.window.start.strftime("%H:%M"),
+        CONF_WINDOW_END: settings.window.end.strftime("%H:%M"),
         CONF_PARTS_IN_FLIGHT: settings.parts_in_flight,
         CONF_INCLUDE_DATABASE: settings.include_database,
         CONF_FAILURES_BEFORE_REPAIR: settings.failures_before_repair,
@@ -284,7 +300,10 @@ class OffsiteBackupOptionsFlow(OptionsFlow):
         supervised = is_hassio(self.hass)
         current = _current_options(self.config_entry.options)
         if user_input is not None:
-            if user_input[CONF_WINDOW_START] == user_input[CONF_WINDOW_END]:
+            # "01:00" and "01:00:00" are the same time: compare times, not their texts.
+            if dt_util.parse_time(user_input[CONF_WINDOW_START]) == dt_util.parse_time(
+                user_input[CONF_WINDOW_END]
+            ):
                 errors[CONF_WINDOW_END] = "empty_window"
             else:
                 data = {CONF_ADDONS: current[CONF_ADDONS], CONF_FOLDERS: current[CONF_FOLDERS], **user_input}

@@ -95,6 +95,14 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+# The runner's refusal by the owner's own policy (allow_unencrypted off): logged as a warning, not an error.
+UNENCRYPTED_REFUSED: Final = (
+    "Refusing to send an unencrypted backup off-site. Set this location to encrypted in Settings > System > "
+    "Backups (Home Assistant then encrypts it with its backup key), or allow unencrypted backups in the "
+    "integration's options"
+)
+
+
 class JobTrigger(StrEnum):
     """Why a job ran."""
 

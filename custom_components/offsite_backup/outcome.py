@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from homeassistant.config_entries import ConfigEntry
@@ -14,10 +15,18 @@ from .const import (
     ISSUE_BACKUP_FAILING,
     ISSUE_QUOTA_EXCEEDED,
     LOGGER,
+    UNENCRYPTED_REFUSED,
     JobStatus,
+    JobTrigger,
 )
 from .jobs import Job
 from .repair_issues import clear_issue, issue_id, raise_issue
+
+
+def failure_level(error: str | None) -> int:
+    """How a failed backup is logged: a refusal by the owner's own policy as a warning (its message says which
+    setting to change), any other failure as an error."""
+    return logging.WARNING if error == UNENCRYPTED_REFUSED else logging.ERROR
 
 
 def _size(value: int | None) -> str:
@@ -83,7 +92,13 @@ class OutcomeReporter:
                 EVENT_SUCCEEDED, data | {"partial": job.error is not None, "error": job.error}
             )
         elif job.status is JobStatus.FAILED:
-            LOGGER.error("Offsite backup failed: %s", job.error)
+            # Logged once, by whoever learns of it: here for the nightly backup, which nobody waits for. The button
+            # logs its own (button.py); Home Assistant logs a failed action for its caller, and a failed upload of
+            # a backup it made ("Upload failed for <location>: ...").
+            if job.trigger is JobTrigger.SCHEDULE:
+                LOGGER.log(failure_level(job.error), "Offsite backup failed: %s", job.error)
+            else:
+                LOGGER.debug("Offsite backup (%s) failed: %s", job.trigger.value, job.error)
             self._hass.bus.async_fire(EVENT_FAILED, data | {"error": job.error})
             if failures_in_row >= self._failures_before_repair:
                 raise_issue(

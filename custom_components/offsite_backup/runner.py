@@ -37,7 +37,7 @@ from .api import (
     RemoteBackup,
 )
 from .compat import backup_manager, failed_parts
-from .const import BUSY_RETRY_DELAY, DOMAIN, LOGGER, JobStatus, JobTrigger
+from .const import BUSY_RETRY_DELAY, DOMAIN, LOGGER, UNENCRYPTED_REFUSED, JobStatus, JobTrigger
 from .contents import ContentsChoice, resolve_contents
 from .history import JobHistory
 from .jobs import Job, JobError, JobTracker, UploadSuspended
@@ -53,11 +53,6 @@ type ProgressCallback = Callable[..., None]
 
 __all__ = ["UNENCRYPTED_REFUSED", "BackupRunner", "Job", "JobError", "RunnerOptions"]
 
-UNENCRYPTED_REFUSED = (
-    "Refusing to send an unencrypted backup off-site. Set this location to encrypted in Settings > System > "
-    "Backups (Home Assistant then encrypts it with its backup key), or allow unencrypted backups in the "
-    "integration's options"
-)
 STOPPED = "Stopped: Home Assistant stopped or reloaded the integration"
 CALLER_STOPPED = (
     "Cancelled: the action, script or automation that asked for this backup was stopped before it was sent"

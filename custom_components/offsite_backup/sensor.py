@@ -24,6 +24,10 @@ from .models import OffsiteBackupConfigEntry, OffsiteBackupData
 
 PARALLEL_UPDATES = 0
 
+MIB = 1024 * 1024
+# A state with no error: the frontend shows "No error" (its translation), automations compare it with "none".
+NO_ERROR = "none"
+
 
 @dataclass(frozen=True, kw_only=True)
 class OffsiteBackupSensorDescription(SensorEntityDescription):
@@ -57,7 +61,8 @@ SENSORS: tuple[OffsiteBackupSensorDescription, ...] = (
         key="last_error",
         translation_key="last_error",
         entity_category=EntityCategory.DIAGNOSTIC,
-        value_fn=lambda data: _truncate(data.runner.last_error),
+        # The last failure's message until a backup succeeds; "none" (shown as "No error") when there is none.
+        value_fn=lambda data: _truncate(data.runner.last_error) or NO_ERROR,
     ),
     OffsiteBackupSensorDescription(
         key="last_success",
@@ -75,10 +80,9 @@ SENSORS: tuple[OffsiteBackupSensorDescription, ...] = (
         key="last_size",
         translation_key="last_size",
         device_class=SensorDeviceClass.DATA_SIZE,
-        native_unit_of_measurement=UnitOfInformation.BYTES,
-        suggested_unit_of_measurement=UnitOfInformation.MEBIBYTES,
+        native_unit_of_measurement=UnitOfInformation.MEBIBYTES,
         suggested_display_precision=1,
-        value_fn=lambda data: data.runner.last_size,
+        value_fn=lambda data: _mebibytes(data.runner.last_size),
     ),
     OffsiteBackupSensorDescription(
         key="last_verified",
@@ -96,10 +100,10 @@ SENSORS: tuple[OffsiteBackupSensorDescription, ...] = (
         translation_key="storage_used",
         device_class=SensorDeviceClass.DATA_SIZE,
         state_class=SensorStateClass.MEASUREMENT,
-        native_unit_of_measurement=UnitOfInformation.BYTES,
-        suggested_unit_of_measurement=UnitOfInformation.GIBIBYTES,
-        suggested_display_precision=2,
-        value_fn=lambda data: _usage(data, lambda usage: usage.bytes),
+        # The same unit as the last backup's size, so that the two compare at a glance.
+        native_unit_of_measurement=UnitOfInformation.MEBIBYTES,
+        suggested_display_precision=1,
+        value_fn=lambda data: _mebibytes(_usage(data, lambda usage: usage.bytes)),
         needs_gateway=True,
     ),
     OffsiteBackupSensorDescription(
@@ -115,7 +119,7 @@ SENSORS: tuple[OffsiteBackupSensorDescription, ...] = (
         native_unit_of_measurement=PERCENTAGE,
         state_class=SensorStateClass.MEASUREMENT,
         suggested_display_precision=1,
-        value_fn=lambda data: _usage(data, lambda usage: usage.percent),
+        value_fn=lambda data: _rounded(_usage(data, lambda usage: usage.percent), 2),
         needs_gateway=True,
     ),
 )
@@ -126,6 +130,16 @@ def _usage(data: OffsiteBackupData, read: Callable[[Usage], float | None]) -> fl
     info = data.coordinator.data
     usage = info.usage if info is not None else None
     return None if usage is None else read(usage)
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    """A state rounded to what it can mean (the display precision rounds further, for the eye)."""
+    return None if value is None else round(value, digits)
+
+
+def _mebibytes(size: float | None) -> float | None:
+    """A byte count in MiB, to the KiB (three decimals): the state a person or an automation reads."""
+    return None if size is None else _rounded(size / MIB, 3)
 
 
 def _truncate(text: str | None) -> str | None:

@@ -1,8 +1,8 @@
 """Disaster recovery onto a new machine, end to end, with two real Home Assistant processes (run by
 ``test_disaster_recovery.py`` as ``python -m tests.e2e.disaster_recovery DIR``).
 
-The pieces are the demo's (``scripts/demo.py``): moto's S3 server, the gateway as a process with its CLI, and a real
-Home Assistant onboarded and configured through its HTTP and websocket APIs. The story:
+The pieces are the demo's (``scripts/demo.py``): SeaweedFS (a real S3 server), the gateway as a process with its CLI,
+and a real Home Assistant onboarded and configured through its HTTP and websocket APIs. The story:
 
 1. the first Home Assistant ("the old machine") has a marker file in its configuration and makes a backup to the
    Offsite Backup location; then it is gone (stopped, its folder never used again);

@@ -1,4 +1,4 @@
-"""Disaster recovery onto a new machine: two real Home Assistant processes, the gateway and moto as processes.
+"""Disaster recovery onto a new machine: two real Home Assistant processes, the gateway and SeaweedFS as processes.
 
 The scenario is ``disaster_recovery.py`` (see its docstring), run as a subprocess like the demo's test: nothing runs in
 the test process, so Home Assistant's test harness sees no thread or task left behind, and whatever the scenario
@@ -7,7 +7,6 @@ started is checked to be gone.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_demo import _ports, _processes_with
+from tests.e2e.test_demo import _processes_with, demo_env, demo_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 900
@@ -39,15 +38,7 @@ EXPECTED = [
 @pytest.mark.timeout(TIMEOUT + 120)
 def test_restore_onto_a_new_machine(tmp_path: Path) -> None:
     marker = f"offsite-dr-test-{uuid.uuid4().hex}"
-    ha_port, gateway_port, s3_port = _ports(3)
-    env = {
-        **os.environ,
-        "DEMO_HA_PORT": str(ha_port),
-        "DEMO_GATEWAY_PORT": str(gateway_port),
-        "DEMO_S3_PORT": str(s3_port),
-        "OFFSITE_DEMO_TEST_MARKER": marker,
-        "DEMO_HA_START_TIMEOUT": "300",
-    }
+    env = demo_env(marker, demo_ports(), DEMO_HA_START_TIMEOUT="300")
     started = time.monotonic()
     try:
         result = subprocess.run(

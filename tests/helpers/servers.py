@@ -9,16 +9,18 @@ behind. A server that does not start fails with the last lines of its log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,13 @@ ROOT = Path(__file__).resolve().parents[2]
 WEED = ROOT / ".venv-seaweedfs" / "bin" / "weed"
 SEAWEEDFS_KEY = "offsite-test"
 SEAWEEDFS_SECRET = "offsite-test-secret"
+SEAWEEDFS_SERVICES = (
+    "s3",
+    "master",
+    "volume",
+    "filer",
+    "admin",
+)  # each listens on a port and its port + 10000
 
 
 def free_port() -> int:
@@ -168,19 +177,42 @@ def _free_port_pair(taken: set[int]) -> int:
 
 
 def seaweedfs_command(weed: Path, datadir: Path, identities: Path, ports: dict[str, int]) -> list[str]:
-    """`weed mini` on 127.0.0.1 with every port it opens given (the demo and docs/deploy.md use the same line).
+    """`weed mini` on 127.0.0.1 with every port it opens given (scripts/demo.py and docs/deploy.md use this line).
 
     `ports` names s3, master, volume, filer and admin; each gRPC port is its HTTP port + 10000, as SeaweedFS
     assumes in places. The side servers with fixed default ports (WebDAV 7333, Iceberg 8181, Lance 9101) are off,
-    and so is telemetry.
+    and so is telemetry. Run it with `seaweedfs_env`; what it leaves in /tmp is `seaweedfs_grpc_sockets`.
     """
     command = [str(weed), "mini", f"-dir={datadir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
     command += [f"-s3.config={identities}", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
     command += ["-master.telemetry=false", f"-s3.localSocket={datadir}/s3.sock"]
     command += [f"-filer.localSocket={datadir}/filer.sock"]
-    for name in ("s3", "master", "volume", "filer", "admin"):
+    for name in SEAWEEDFS_SERVICES:
         command += [f"-{name}.port={ports[name]}", f"-{name}.port.grpc={ports[name] + 10000}"]
     return command
+
+
+def seaweedfs_grpc_sockets(ports: dict[str, int]) -> list[Path]:
+    """The Unix sockets `weed mini` (4.48) puts in /tmp whatever TMPDIR says, one per gRPC port; none has a flag.
+
+    SeaweedFS leaves some of them behind when it stops: remove these exact paths once it has exited.
+    """
+    return [Path(f"/tmp/seaweedfs-{name}-grpc-{ports[name] + 10000}.sock") for name in SEAWEEDFS_SERVICES]
+
+
+def remove_seaweedfs_sockets(ports: dict[str, int]) -> None:
+    """Remove the sockets a stopped `weed mini` left in /tmp (only those of its ports, and only sockets)."""
+    for path in seaweedfs_grpc_sockets(ports):
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
+
+
+def seaweedfs_env(workdir: Path) -> dict[str, str]:
+    """The environment of `weed mini`: its home and its temporary files (glog's weed.INFO logs) under `workdir`."""
+    tmp = workdir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), "TMPDIR": str(tmp)}
 
 
 def seaweedfs_identities(access_key: str, secret_key: str) -> dict[str, Any]:
@@ -196,17 +228,19 @@ def seaweedfs_identities(access_key: str, secret_key: str) -> dict[str, Any]:
     }
 
 
-def _wait_s3_writable(server: S3Server, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    """SeaweedFS answers HTTP before its volume server takes writes: wait until a probe object is stored."""
+def wait_s3_writable(server: S3Server, exited: Callable[[], int | None], log: Path, timeout: float) -> None:
+    """SeaweedFS answers HTTP before its volume server takes writes: wait until a probe object is stored.
+
+    `exited` gives the server process's exit code, None while it runs.
+    """
     deadline = time.monotonic() + timeout
     client = server.client()
     probe = "offsite-probe-" + uuid.uuid4().hex[:8]
     last: Exception | None = None
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if (code := exited()) is not None:
             raise ServerDidNotStart(
-                f"SeaweedFS exited with code {process.returncode} before it was ready; its log ends:\n"
-                + log_tail(log)
+                f"SeaweedFS exited with code {code} before it was ready; its log ends:\n" + log_tail(log)
             )
         try:
             client.create_bucket(Bucket=probe)
@@ -235,7 +269,7 @@ def run_seaweedfs(workdir: Path, timeout: float = 90) -> Iterator[S3Server]:
     identities.write_text(json.dumps(seaweedfs_identities(SEAWEEDFS_KEY, SEAWEEDFS_SECRET)))
     taken: set[int] = set()
     ports: dict[str, int] = {}
-    for name in ("s3", "master", "volume", "filer", "admin"):
+    for name in SEAWEEDFS_SERVICES:
         ports[name] = _free_port_pair(taken)
         taken |= {ports[name], ports[name] + 10000}
     log_path = workdir / "seaweedfs.log"
@@ -245,8 +279,7 @@ def run_seaweedfs(workdir: Path, timeout: float = 90) -> Iterator[S3Server]:
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=workdir,
-        # Go puts its gRPC Unix sockets in TMPDIR: keep them in the test's folder.
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), "TMPDIR": str(workdir)},
+        env=seaweedfs_env(workdir),
         start_new_session=True,
     )
     try:
@@ -255,8 +288,9 @@ def run_seaweedfs(workdir: Path, timeout: float = 90) -> Iterator[S3Server]:
             "seaweedfs", endpoint, access_key=SEAWEEDFS_KEY, secret_key=SEAWEEDFS_SECRET, process=process
         )
         _wait_http(endpoint + "/", process, "SeaweedFS", timeout=timeout, log=log_path)
-        _wait_s3_writable(server, process, log_path, timeout)
+        wait_s3_writable(server, process.poll, log_path, timeout)
         yield server
     finally:
         _stop(process)
+        remove_seaweedfs_sockets(ports)
         log.close()

@@ -239,7 +239,7 @@ async def test_thirty_backups_through_chaos(
                 assert job.error, where
                 assert last_error == job.error[:255], where
             elif step.outcome is JobStatus.SUCCEEDED:
-                assert last_error == "unknown", f"{where}: a success clears the last error ({last_error})"
+                assert last_error == "none", f"{where}: a success clears the last error ({last_error})"
             else:
                 assert job.error in (None, CALLER_STOPPED), where
             assert runner.pending_summary() is None, where

@@ -82,7 +82,7 @@ async def test_create_backup_action_end_to_end(
     assert response["size"] > len(marker)
     assert state(hass, loaded_entry, "status") == "succeeded"
     assert float(state(hass, loaded_entry, "progress")) == 100
-    assert state(hass, loaded_entry, "last_error") == "unknown"
+    assert state(hass, loaded_entry, "last_error") == "none"  # no error (shown as "No error")
     assert state(hass, loaded_entry, "last_success") not in ("unknown", "unavailable")
     assert int(float(state(hass, loaded_entry, "last_size")) * 1024 * 1024 + 0.5) == pytest.approx(
         response["size"], abs=1024
@@ -216,7 +216,7 @@ async def test_gateway_down_then_back(
         await create_backup(hass, entry)
         await hass.async_block_till_done()
         assert state(hass, entry, "status") == "succeeded"
-        assert state(hass, entry, "last_error") == "unknown"
+        assert state(hass, entry, "last_error") == "none"
         assert issue_registry.async_get_issue(DOMAIN, issue_id) is None
         assert len(objects(moto_server, moto_bucket)) == 1
         await hass.config_entries.async_unload(entry.entry_id)

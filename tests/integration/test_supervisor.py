@@ -173,7 +173,7 @@ async def test_an_add_on_that_fails_is_named_and_the_backup_still_lands(
     # The next whole backup clears the last error.
     supervisor.failing_addons = set()
     await _back_up(hass, entry)
-    assert state(hass, entry, "last_error") == "unknown"
+    assert state(hass, entry, "last_error") == "none"
 
 
 async def test_a_restore_from_our_location_restores_add_ons_and_folders(

@@ -20,7 +20,7 @@ from offsite_gateway.app import STORE
 from tests.helpers.gateway import RunningGateway
 from tests.integration.common import entity_id, let_upload_progress_settle
 
-GIB = 1024**3
+MIB = 1024**2
 
 
 async def _create_backup(hass: HomeAssistant, entry: MockConfigEntry) -> dict[str, Any]:
@@ -43,7 +43,7 @@ async def test_storage_used_and_backups_stored(
 ) -> None:
     """The sensors show what the gateway reports, again after each backup (not only every 5 minutes)."""
     used = _sensor(hass, loaded_entry, "storage_used")
-    assert used.attributes["unit_of_measurement"] == "GiB"
+    assert used.attributes["unit_of_measurement"] == "MiB"  # as the last backup's size
     assert used.attributes["device_class"] == "data_size"
     assert float(used.state) == 0
     assert _sensor(hass, loaded_entry, "backups_stored").state == "0"
@@ -54,8 +54,8 @@ async def test_storage_used_and_backups_stored(
     assert _sensor(hass, loaded_entry, "backups_stored").attributes["friendly_name"] == "home Backups stored"
 
     response = await _create_backup(hass, loaded_entry)
-    stored = float(_sensor(hass, loaded_entry, "storage_used").state) * GIB
-    assert stored == pytest.approx(response["size"], abs=1)
+    stored = float(_sensor(hass, loaded_entry, "storage_used").state) * MIB
+    assert stored == pytest.approx(response["size"], abs=1024)  # the state is rounded to the KiB
     assert _sensor(hass, loaded_entry, "backups_stored").state == "1"
 
     # The operator sets a quota: the next poll (here, the next backup) shows the share of it in use.
