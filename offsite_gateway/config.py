@@ -77,6 +77,7 @@ class Settings:
     s3_prefix: str = ""
     url_ttl: int = 900
     part_size: int = 20 * MIB
+    max_parts: int = S3_MAX_PARTS  # parts per upload at most: 1,000 on Scaleway (offsite_gateway/parts.py)
     max_backup_bytes: int = 50 * GIB
     # Each instance's policy unless the operator set its own (`instance set`): see offsite_gateway/policy.py.
     quota: int | None = None  # bytes an instance may hold in storage; None: no quota
@@ -280,6 +281,7 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], bool]] = {
     "S3_PREFIX": (_prefix, False),
     "URL_TTL": (_int_in(1, 7 * 24 * 3600), False),
     "PART_SIZE": (_size_in(S3_MIN_PART_SIZE, S3_MAX_PART_SIZE), False),
+    "MAX_PARTS": (_int_in(1, S3_MAX_PARTS), False),
     "MAX_BACKUP_BYTES": (_size_in(1, S3_MAX_OBJECT_SIZE), False),
     "QUOTA": (_quota, False),
     "RETENTION": (_int_in(0, 10_000), False),
@@ -352,6 +354,12 @@ def load_settings(
         else:
             kwargs[name.lower()] = value
     settings = Settings(**kwargs)
+    if settings.max_backup_bytes > settings.max_parts * S3_MAX_PART_SIZE:
+        raise ConfigError(
+            f"{PREFIX}MAX_BACKUP_BYTES={settings.max_backup_bytes} does not fit in {PREFIX}MAX_PARTS="
+            f"{settings.max_parts} parts of at most 5 GiB (S3's largest part): lower MAX_BACKUP_BYTES to "
+            f"{settings.max_parts * S3_MAX_PART_SIZE // GIB} GiB or less, or raise MAX_PARTS"
+        )
     if not (
         settings.retention
         or settings.retention_daily
