@@ -272,7 +272,8 @@ class Storage:
         await self._call("complete_multipart_upload", "POST", key, query={"uploadId": upload_id}, body=body)
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> bool:
-        """Abort; False if storage no longer knew the upload (completed or aborted meanwhile: nothing to do)."""
+        """Abort; False if storage says it no longer knew the upload (completed or aborted meanwhile: nothing to
+        do). True does not prove storage still had it: SeaweedFS answers 204 to an abort of any upload id."""
         try:
             await self._call("abort_multipart_upload", "DELETE", key, query={"uploadId": upload_id})
         except StorageError as err:
