@@ -6,6 +6,7 @@ result.returncode, result.stdout, result.stderr
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -37,3 +38,20 @@ def run_cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.C
     if check:
         assert result.returncode == 0, result.stderr
     return result
+
+
+async def run_cli_async(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`run_cli` for a test whose event loop must keep serving meanwhile (a proxy, a gateway in the test)."""
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(60):
+            stdout, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return subprocess.CompletedProcess(
+        [*COMMAND, *args], process.returncode or 0, stdout.decode(), stderr.decode()
+    )

@@ -13,7 +13,10 @@ Rules of real providers it can enforce (../shared/research/s3-providers.md), eac
 - `sigv4_only` (B2, and AWS in every region opened since 2014): a request not signed with SigV4 gets 400;
 - `equal_parts` (Cloudflare R2, Mega S4): a CompleteMultipartUpload whose parts are not all the size of the first
   but the last gets 400 InvalidPart;
-- `max_parts` (Scaleway: 1,000): an UploadPart numbered above it gets 400 InvalidArgument.
+- `max_parts` (Scaleway: 1,000): an UploadPart numbered above it gets 400 InvalidArgument;
+- `no_object_lock` (Cloudflare R2, Garage): the Object Lock API (`?object-lock`, `?retention`) answers 501
+  NotImplemented;
+- `region` (AWS): a request signed for another region gets 400 AuthorizationHeaderMalformed, naming the right one.
 
     async with S3Proxy(seaweedfs_server.endpoint, no_checksums=True, equal_parts=True) as proxy:
         ...  # proxy.endpoint; proxy.requests; proxy.refused
@@ -121,6 +124,8 @@ class S3Proxy:
     sigv4_only: bool = False
     equal_parts: bool = False
     max_parts: int | None = None
+    no_object_lock: bool = False
+    region: str | None = None
     requests: list[Recorded] = field(default_factory=list)
     refused: list[tuple[Recorded, str]] = field(default_factory=list)
     endpoint: str = ""
@@ -168,6 +173,15 @@ class S3Proxy:
         too_many = self.max_parts is not None and request.operation == "UploadPart"
         if too_many and int(request.query["partNumber"]) > (self.max_parts or 0):
             return "InvalidArgument", f"part number must be at most {self.max_parts}"
+        if self.no_object_lock and ("object-lock" in request.query or "retention" in request.query):
+            return "NotImplemented", "Object Lock is not implemented"
+        if self.region is not None and not request.presigned:
+            scope = request.headers.get("authorization", "").split("Credential=", 1)[-1].split("/")
+            if len(scope) > 2 and scope[2] != self.region:
+                return "AuthorizationHeaderMalformed", (
+                    f"The authorization header is malformed; the region '{scope[2]}' is wrong; expecting "
+                    f"'{self.region}'"
+                )
         if self.equal_parts and request.operation == "CompleteMultipartUpload":
             numbers = [int(n) for n in re.findall(rb"<PartNumber>(\d+)</PartNumber>", body)]
             sizes = self._part_sizes.get(request.query["uploadId"], {})
@@ -192,7 +206,7 @@ class S3Proxy:
             self.refused.append((recorded, refusal[0]))
             code, message = refusal
             return web.Response(
-                status=400,
+                status=501 if code == "NotImplemented" else 400,
                 content_type="application/xml",
                 text=f"<Error><Code>{code}</Code><Message>{message}</Message></Error>",
             )

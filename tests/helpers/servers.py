@@ -31,6 +31,12 @@ ROOT = Path(__file__).resolve().parents[2]
 WEED = ROOT / ".venv-seaweedfs" / "bin" / "weed"
 SEAWEEDFS_KEY = "offsite-test"
 SEAWEEDFS_SECRET = "offsite-test-secret"
+# Narrower keys on the same SeaweedFS, to show what the gateway says of missing permissions (`bucket check`):
+SEAWEEDFS_READ_ONLY = ("offsite-read-only", "offsite-read-only-secret")  # may read and list, not write
+SEAWEEDFS_NO_ADMIN = (
+    "offsite-no-admin",
+    "offsite-no-admin-secret",
+)  # may write, not lock (PutObjectRetention)
 
 
 def free_port() -> int:
@@ -62,6 +68,10 @@ class S3Server:
             region_name=self.region,
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
         )
+
+    def with_keys(self, access_key: str, secret_key: str) -> S3Server:
+        """The same server, reached with other credentials."""
+        return S3Server(self.name, self.endpoint, access_key, secret_key, self.region)
 
     def create_bucket(self, prefix: str = "test", *, object_lock: bool = False) -> str:
         """Create a new, uniquely named bucket (with Object Lock, hence versioning, when asked); its name."""
@@ -184,14 +194,20 @@ def seaweedfs_command(weed: Path, datadir: Path, identities: Path, ports: dict[s
 
 
 def seaweedfs_identities(access_key: str, secret_key: str) -> dict[str, Any]:
-    """SeaweedFS's identity file: one identity with every S3 action."""
+    """SeaweedFS's identity file: one identity with every S3 action (the tests' narrower keys beside it)."""
+
+    def identity(name: str, access_key: str, secret_key: str, actions: list[str]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+            "actions": actions,
+        }
+
     return {
         "identities": [
-            {
-                "name": "offsite",
-                "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
+            identity("offsite", access_key, secret_key, ["Admin", "Read", "Write", "List", "Tagging"]),
+            identity("read-only", *SEAWEEDFS_READ_ONLY, ["Read", "List"]),
+            identity("no-admin", *SEAWEEDFS_NO_ADMIN, ["Read", "Write", "List", "Tagging"]),
         ]
     }
 
