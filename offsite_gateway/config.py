@@ -320,9 +320,9 @@ def read_config_file(path: Path) -> dict[str, str]:
         name = key.upper()
         if name not in _PARSERS:
             raise ConfigError(f"--config {path}: unknown setting {key!r}")
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise ConfigError(f"--config {path}: {key} must be a string or an integer")
-        values[PREFIX + name] = str(value)
+        if not isinstance(value, str | int):  # a bool is an int: `object_lock = true` reads as "true"
+            raise ConfigError(f"--config {path}: {key} must be a string, an integer or a boolean")
+        values[PREFIX + name] = str(value).lower() if isinstance(value, bool) else str(value)
     return values
 
 
