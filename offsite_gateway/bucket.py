@@ -1,8 +1,8 @@
 """The bucket as storage has it, read through the S3 API: the first contact (storage reachable, the credentials
 accepted, the bucket there), versioning, Object Lock and lifecycle rules; and the two commands that act on them
 at once: `bucket create` (with Object Lock when `OBJECT_LOCK` is on, and a clear refusal when an existing bucket
-lacks it) and `serve`'s start-up check. `bucket check` (bucket_check.py) reports all of it, and what it means for
-the settings.
+lacks it) and `serve`'s start-up check. `bucket check` (bucket_check.py, bucket_probes.py) reports all of it as
+findings (`Finding`, each with its word), and what it means for the settings.
 
 Every message names the setting or the command that fixes what it reports, never a secret; what storage said is
 escaped (it is storage's text, not ours).
@@ -31,6 +31,9 @@ WRONG_PLACE = frozenset(
         "TemporaryRedirect",
     )
 )
+
+OK, NOTE, WARNING, CANNOT = "ok", "note", "warning", "cannot work"
+WORDS = (OK, NOTE, WARNING, CANNOT)
 
 LOCK_ONLY_AT_CREATION = (
     "Object Lock can only be enabled when a bucket is created on most providers (AWS can also enable it on a "
@@ -307,3 +310,23 @@ async def startup_check(storage: Storage, settings: Settings) -> StartupCheck:
         )
     problem = lock_problem(lock, settings)
     return StartupCheck([], refuse=problem) if problem else StartupCheck([])
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of `bucket check`'s report: a word (one of WORDS), what it is about, and what it means."""
+
+    word: str
+    topic: str
+    text: str
+
+
+class Findings(list[Finding]):
+    """A report's findings, in the order they were made."""
+
+    def add(self, word: str, topic: str, text: str) -> None:
+        self.append(Finding(word, topic, text))
+
+    @property
+    def usable(self) -> bool:
+        return all(finding.word != CANNOT for finding in self)
