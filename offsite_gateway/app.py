@@ -537,7 +537,7 @@ async def create_backup(request: web.Request) -> web.Response:
             )
     try:
         part_size, part_count = plan_parts(size, settings.part_size, settings.max_parts)
-    except TooLarge as err:  # not after the check above: the settings keep MAX_BACKUP_BYTES within MAX_PARTS
+    except TooLarge as err:  # not past the check above: MAX_BACKUP_BYTES fits in MAX_PARTS parts
         raise ApiError(413, "quota_exceeded", f"size {size}: {err}", details={"needed_bytes": size}) from None
     backup_id = uuid.uuid4().hex
     now = app[CLOCK]()
