@@ -29,6 +29,7 @@ from .config import MIB, S3_MAX_PARTS, Settings
 from .health import Readiness
 from .logs import escape
 from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .parts import TooLarge, plan_parts
 from .policy import Policy, policy_for
 from .purger import Purger
 from .retention import delete_backups, select_expired
@@ -135,14 +136,6 @@ def backup_json(backup: Backup) -> dict[str, Any]:
         "part_count": backup.part_count,
         "metadata": backup.metadata,
     }
-
-
-def plan_parts(size: int, configured_part_size: int) -> tuple[int, int]:
-    """(part_size, part_count): the configured size, raised to a whole MiB so there are at most 10,000 parts."""
-    part_size = configured_part_size
-    if math.ceil(size / part_size) > S3_MAX_PARTS:
-        part_size = math.ceil(size / S3_MAX_PARTS / MIB) * MIB
-    return part_size, math.ceil(size / part_size)
 
 
 # --- request bodies ---------------------------------------------------------------------------------------
@@ -542,7 +535,10 @@ async def create_backup(request: web.Request) -> web.Response:
                 f"used, {max(0, quota - stored)} free",
                 details={"used_bytes": stored, "needed_bytes": size, "quota_bytes": quota},
             )
-    part_size, part_count = plan_parts(size, settings.part_size)
+    try:
+        part_size, part_count = plan_parts(size, settings.part_size, settings.max_parts)
+    except TooLarge as err:  # not past the check above: MAX_BACKUP_BYTES fits in MAX_PARTS parts
+        raise ApiError(413, "quota_exceeded", f"size {size}: {err}", details={"needed_bytes": size}) from None
     backup_id = uuid.uuid4().hex
     now = app[CLOCK]()
     backup = Backup(

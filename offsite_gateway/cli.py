@@ -1,6 +1,7 @@
 """`offsite-gateway`: serve the API, manage instances and their tokens, the database's schema, the bucket.
 
-Exit codes: 0 done, 1 failed (storage, database, unknown instance), 2 bad usage or configuration.
+Exit codes: 0 done, 1 failed (storage, database, unknown instance), 2 bad usage or configuration (`serve`: also
+settings the bucket cannot serve, such as OBJECT_LOCK on a bucket without Object Lock).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _LOGGER = logging.getLogger("offsite_gateway")
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+STARTUP_CHECK_TIMEOUT = 10  # seconds `serve` gives storage to answer its start-up check
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,7 +113,17 @@ def _parser() -> argparse.ArgumentParser:
 
     bucket = commands.add_parser("bucket", parents=[common], help="storage bucket (for local setups)")
     bucket_commands = bucket.add_subparsers(dest="bucket_command", required=True, metavar="ACTION")
-    bucket_commands.add_parser("create", parents=[common], help="create the configured bucket")
+    bucket_commands.add_parser(
+        "create",
+        parents=[common],
+        help="create the configured bucket (with Object Lock if OBJECT_LOCK is on)",
+    )
+    bucket_commands.add_parser(
+        "check",
+        parents=[common],
+        help="report what the bucket supports (versioning, Object Lock, lifecycle, the permissions a backup "
+        "needs) and what that means for the settings",
+    )
     return parser
 
 
@@ -141,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return asyncio.run(serve(settings))
         if args.command == "bucket":
+            if args.bucket_command == "check":
+                return asyncio.run(_bucket_check(settings))
             return asyncio.run(_bucket_create(settings))
         if args.command == "reindex":
             return asyncio.run(_reindex(settings))
@@ -478,19 +492,34 @@ def _quoted(name: str) -> str:
 
 
 async def _bucket_create(settings: Settings) -> int:
-    from .storage import Storage, StorageError  # noqa: PLC0415
+    from .bucket import create  # noqa: PLC0415
+    from .storage import Storage  # noqa: PLC0415
 
     storage = Storage(settings)
     await storage.open()
     try:
-        created = await storage.create_bucket()
-    except StorageError as err:
-        print(f"offsite-gateway: could not create bucket {settings.s3_bucket!r}: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        done, message = await create(storage, settings)
     finally:
         await storage.close()
-    print(f"Bucket {settings.s3_bucket!r} {'created' if created else 'already exists'}.")
+    if not done:
+        print(f"offsite-gateway: {message}", file=sys.stderr)
+        return EXIT_FAILED
+    print(message)
     return 0
+
+
+async def _bucket_check(settings: Settings) -> int:
+    from .bucket_check import check_bucket, report  # noqa: PLC0415
+    from .storage import Storage  # noqa: PLC0415
+
+    storage = Storage(settings)
+    await storage.open()
+    try:
+        findings = await check_bucket(storage, settings)
+    finally:
+        await storage.close()
+    print("\n".join(report(findings, settings)))
+    return 0 if findings.usable else EXIT_FAILED
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
@@ -548,7 +577,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
             min(settings.max_connections, budget.max_connections),
             budget.file_limit,
         )
-        await _warn_if_storage_unreachable(app)
+        refusal = await _check_storage_at_start(app)
+        if refusal is not None:
+            print(f"offsite-gateway: cannot serve: {refusal}", file=sys.stderr)
+            return EXIT_USAGE
         await stop.wait()
         _LOGGER.info("Stopping")
     finally:
@@ -556,12 +588,20 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     return 0
 
 
-async def _warn_if_storage_unreachable(app: web.Application) -> None:
-    from .app import STORAGE  # noqa: PLC0415
-    from .storage import StorageError  # noqa: PLC0415
+async def _check_storage_at_start(app: web.Application) -> str | None:
+    """Log what is wrong with storage (see `bucket.startup_check`); the reason not to serve at all, if any."""
+    from .app import SETTINGS, STORAGE  # noqa: PLC0415
+    from .bucket import startup_check  # noqa: PLC0415
 
     try:
-        async with asyncio.timeout(10):
-            await app[STORAGE].head_bucket()
-    except (StorageError, TimeoutError) as err:
-        _LOGGER.warning("Storage is not reachable yet (GET /readyz reports it): %s", err)
+        async with asyncio.timeout(STARTUP_CHECK_TIMEOUT):
+            check = await startup_check(app[STORAGE], app[SETTINGS])
+    except TimeoutError:
+        _LOGGER.warning(
+            "Storage is not reachable yet (GET /readyz reports it): no answer within %d s",
+            STARTUP_CHECK_TIMEOUT,
+        )
+        return None
+    for level, line in check.lines:
+        _LOGGER.log(level, "%s", line)
+    return check.refuse

@@ -77,6 +77,7 @@ class Settings:
     s3_prefix: str = ""
     url_ttl: int = 900
     part_size: int = 20 * MIB
+    max_parts: int = S3_MAX_PARTS  # parts per upload at most: 1,000 on Scaleway (offsite_gateway/parts.py)
     max_backup_bytes: int = 50 * GIB
     # Each instance's policy unless the operator set its own (`instance set`): see offsite_gateway/policy.py.
     quota: int | None = None  # bytes an instance may hold in storage; None: no quota
@@ -280,6 +281,7 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], bool]] = {
     "S3_PREFIX": (_prefix, False),
     "URL_TTL": (_int_in(1, 7 * 24 * 3600), False),
     "PART_SIZE": (_size_in(S3_MIN_PART_SIZE, S3_MAX_PART_SIZE), False),
+    "MAX_PARTS": (_int_in(1, S3_MAX_PARTS), False),
     "MAX_BACKUP_BYTES": (_size_in(1, S3_MAX_OBJECT_SIZE), False),
     "QUOTA": (_quota, False),
     "RETENTION": (_int_in(0, 10_000), False),
@@ -318,9 +320,9 @@ def read_config_file(path: Path) -> dict[str, str]:
         name = key.upper()
         if name not in _PARSERS:
             raise ConfigError(f"--config {path}: unknown setting {key!r}")
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise ConfigError(f"--config {path}: {key} must be a string or an integer")
-        values[PREFIX + name] = str(value)
+        if not isinstance(value, str | int):  # a bool is an int: `object_lock = true` reads as "true"
+            raise ConfigError(f"--config {path}: {key} must be a string, an integer or a boolean")
+        values[PREFIX + name] = str(value).lower() if isinstance(value, bool) else str(value)
     return values
 
 
@@ -352,6 +354,12 @@ def load_settings(
         else:
             kwargs[name.lower()] = value
     settings = Settings(**kwargs)
+    if settings.max_backup_bytes > settings.max_parts * S3_MAX_PART_SIZE:
+        raise ConfigError(
+            f"{PREFIX}MAX_BACKUP_BYTES={settings.max_backup_bytes} does not fit in {PREFIX}MAX_PARTS="
+            f"{settings.max_parts} parts of at most 5 GiB (S3's largest part): lower MAX_BACKUP_BYTES to "
+            f"{settings.max_parts * S3_MAX_PART_SIZE // GIB} GiB or less, or raise MAX_PARTS"
+        )
     if not (
         settings.retention
         or settings.retention_daily

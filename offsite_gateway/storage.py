@@ -37,10 +37,13 @@ DELETE_BATCH = 1000  # keys in one DeleteObjects call (S3's maximum)
 class StorageError(Exception):
     """Storage refused or could not be reached; the message says what it answered (never a credential)."""
 
-    def __init__(self, operation: str, detail: str, code: str | None = None) -> None:
+    def __init__(
+        self, operation: str, detail: str, code: str | None = None, status: int | None = None
+    ) -> None:
         super().__init__(f"{operation}: {detail}")
         self.operation = operation
         self.code = code
+        self.status = status  # storage's HTTP status; 0: no answer (unreachable, timed out); None: not said
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,10 @@ class PendingUpload:
 
 def _error(operation: str, err: S3Error) -> StorageError:
     if err.status == 0:
-        return StorageError(operation, err.message, err.code)
-    return StorageError(operation, f"{err.code or 'error'} (HTTP {err.status}): {err.message}", err.code)
+        return StorageError(operation, err.message, err.code, 0)
+    return StorageError(
+        operation, f"{err.code or 'error'} (HTTP {err.status}): {err.message}", err.code, err.status
+    )
 
 
 XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -203,6 +208,11 @@ class Storage:
     async def head_bucket(self) -> None:
         await self._call("head_bucket", "HEAD")
 
+    async def bucket_configuration(self, name: str) -> ElementTree.Element:
+        """A configuration of the bucket (`GET ?versioning`, `?object-lock`, `?lifecycle`), as storage answers it."""
+        operation = "get_bucket_" + name.replace("-", "_")
+        return _xml(operation, await self._call(operation, "GET", query={name: ""}))
+
     async def create_bucket(self) -> bool:
         """Create the bucket; False if it already existed (and is ours)."""
         try:
@@ -272,7 +282,8 @@ class Storage:
         await self._call("complete_multipart_upload", "POST", key, query={"uploadId": upload_id}, body=body)
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> bool:
-        """Abort; False if storage no longer knew the upload (completed or aborted meanwhile: nothing to do)."""
+        """Abort; False if storage says it no longer knew the upload (completed or aborted meanwhile: nothing to
+        do). True does not prove storage still had it: SeaweedFS answers 204 to an abort of any upload id."""
         try:
             await self._call("abort_multipart_upload", "DELETE", key, query={"uploadId": upload_id})
         except StorageError as err:
@@ -301,7 +312,7 @@ class Storage:
         is deleted, bypassing governance retention, so that nothing of it stays behind.
         """
         if self.settings.object_lock:
-            await self._delete_versions(key)
+            await self.delete_versions(key)
             return
         try:
             await self._call("delete_object", "DELETE", key)
@@ -339,7 +350,8 @@ class Storage:
                     refused[child_text(error, "Key")] = f"{code}: {child_text(error, 'Message')}"
         return refused
 
-    async def _delete_versions(self, key: str) -> None:
+    async def delete_versions(self, key: str) -> None:
+        """Delete every version of `key` and its delete markers, bypassing governance retention."""
         for version_id in await self.list_versions(key):
             try:
                 await self._call(

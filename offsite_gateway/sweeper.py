@@ -31,7 +31,7 @@ from .config import Settings
 from .metrics import Metrics
 from .retention import purge
 from .storage import PendingUpload, Storage, StorageError
-from .store import UPLOADING, Store
+from .store import COMPLETED, DELETING, UPLOADING, Store
 from .tasks import stop_task
 
 _LOGGER = logging.getLogger(__name__)
@@ -155,14 +155,20 @@ class Sweeper:
 async def abort_orphans(
     store: Store, storage: Storage, uploads: Iterable[PendingUpload], metrics: Metrics | None = None
 ) -> int:
-    """Abort each of `uploads` that the database does not hold as in progress; return how many were aborted."""
+    """Abort each of `uploads` that the database does not hold as in progress; return how many were aborted.
+
+    An upload completed since storage was listed is no orphan: the database holds its backup completed with that
+    upload id, and it is left alone (nothing of it is pending in storage any more). The database says so, not
+    the abort's answer: S3 and moto answer NoSuchUpload to an abort of an upload they no longer have, but
+    SeaweedFS answers 204 as to any abort (the completed object stays either way).
+    """
     aborted = 0
     for upload in uploads:
         if await _known(store, upload.key, upload.upload_id):
             continue
         try:
             if not await storage.abort_multipart_upload(upload.key, upload.upload_id):
-                continue  # completed (or aborted) since storage was listed: not an orphan after all
+                continue  # aborted (or completed) since storage was listed: not an orphan after all
         except StorageError as err:
             _LOGGER.warning("Sweeper: could not abort orphan upload of %s: %s", upload.key, err)
             if metrics is not None:
@@ -183,12 +189,12 @@ async def abort_instance_uploads(
 
 
 async def _known(store: Store, key: str, upload_id: str) -> bool:
-    """Whether the database holds this upload as in progress (or is about to: its id not stored yet)."""
+    """Whether the database holds this upload as in progress (or is about to: its id not stored yet), or as
+    completed (storage completed it after it was listed: it is pending no more)."""
     backup_id = key.rsplit("/", 1)[-1]
     backup = await store.get_backup(backup_id)
-    return (
-        backup is not None
-        and backup.status == UPLOADING
-        and backup.object_key == key
-        and backup.upload_id in (None, upload_id)
-    )
+    if backup is None or backup.object_key != key:
+        return False
+    if backup.status == UPLOADING:
+        return backup.upload_id in (None, upload_id)
+    return backup.status in (COMPLETED, DELETING) and backup.upload_id == upload_id

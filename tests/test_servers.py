@@ -1,6 +1,7 @@
 """The local S3 servers the suite relies on start, speak S3, and say why when they cannot start."""
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,31 @@ def test_seaweedfs_missing_binary_is_named(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(servers, "WEED", tmp_path / "weed")
     with pytest.raises(ServerDidNotStart, match="run scripts/setup"), servers.run_seaweedfs(tmp_path):
         pass
+
+
+def test_seaweedfs_started_again_when_it_loses_a_port_race(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port free when chosen may be taken before SeaweedFS binds it (other processes share the machine): it
+    then exits saying so, and is started again on other ports."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    given: list[int] = []
+    real = servers._free_port_pair
+
+    def first_port_taken(ports: set[int]) -> int:
+        port = taken.getsockname()[1] if not given else real(ports)
+        given.append(port)
+        return port
+
+    monkeypatch.setattr(servers, "_free_port_pair", first_port_taken)
+    try:
+        with servers.run_seaweedfs(tmp_path / "raced") as server:
+            client = server.client()
+            client.create_bucket(Bucket="raced")
+            client.put_object(Bucket="raced", Key="a", Body=b"hello")
+    finally:
+        taken.close()
+    assert servers.PORT_RACE in (tmp_path / "raced" / "seaweedfs.log").read_text()
+    assert len(given) == 10  # five ports a start, twice

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,30 +17,12 @@ import pytest
 
 from offsite_gateway.app import STORE
 from tests.gateway.api import Api
+from tests.helpers.cli import COMMAND
+from tests.helpers.cli import cli_env as _s3_env
+from tests.helpers.cli import run_cli as run
+from tests.helpers.cli import settings_env as _env
 from tests.helpers.gateway import GatewayDatabase, run_gateway
 from tests.helpers.servers import S3Server, free_port
-
-COMMAND = [sys.executable, "-m", "offsite_gateway"]
-
-
-def _env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFSITE_GATEWAY_")}
-    env.update({f"OFFSITE_GATEWAY_{name}": value for name, value in settings.items()})
-    return env
-
-
-def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*COMMAND, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def _s3_env(s3: S3Server, bucket: str, tmp_path: Path, **more: str) -> dict[str, str]:
-    settings = {k.removeprefix("OFFSITE_GATEWAY_"): v for k, v in s3.gateway_env(bucket).items()}
-    return _env(**{**settings, "DB": str(tmp_path / "gw.sqlite3"), **more})
 
 
 def test_instance_commands(database: GatewayDatabase) -> None:

@@ -157,9 +157,11 @@ def test_toml_file_with_the_environment_over_it(tmp_path: Path) -> None:
     path = tmp_path / "gateway.toml"
     path.write_text(
         's3_bucket = "from-file"\ns3_access_key = "a"\ns3_secret_key = "b"\nurl_ttl = 120\nretention = 2\n'
+        "object_lock = true\n"
     )
     settings = load_settings({"OFFSITE_GATEWAY_URL_TTL": "30"}, path)
     assert (settings.s3_bucket, settings.url_ttl, settings.retention) == ("from-file", 30, 2)
+    assert settings.object_lock is True  # a TOML boolean
 
 
 @pytest.mark.parametrize(
@@ -167,8 +169,12 @@ def test_toml_file_with_the_environment_over_it(tmp_path: Path) -> None:
     [
         ("s3_bucket = ", "not valid TOML"),
         ("colour = 'blue'", "unknown setting 'colour'"),
-        ("retention = true", "retention must be a string or an integer"),
-        ("retention = 1.5", "retention must be a string or an integer"),
+        (
+            "retention = true\ns3_bucket='abc'\ns3_access_key='a'\ns3_secret_key='b'",
+            "RETENTION='true' is invalid",
+        ),
+        ("retention = 1.5", "retention must be a string, an integer or a boolean"),
+        ("retention = [1]", "retention must be a string, an integer or a boolean"),
         ("url_ttl = -4\ns3_bucket='abc'\ns3_access_key='a'\ns3_secret_key='b'", "OFFSITE_GATEWAY_URL_TTL="),
     ],
 )

