@@ -250,11 +250,15 @@ class EmailSender:
         assert settings.smtp_host is not None
         timeout = float(settings.notify_timeout)
         context = ssl.create_default_context()
+        # The EHLO name: the sender's domain (not this machine's name, which smtplib would look up and tell).
+        helo = settings.smtp_from.rpartition("@")[2] or "localhost"
         smtp: smtplib.SMTP
         if settings.smtp_security == "tls":
-            smtp = smtplib.SMTP_SSL(settings.smtp_host, settings.smtp_port, timeout=timeout, context=context)
+            smtp = smtplib.SMTP_SSL(
+                settings.smtp_host, settings.smtp_port, helo, timeout=timeout, context=context
+            )
         else:
-            smtp = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=timeout)
+            smtp = smtplib.SMTP(settings.smtp_host, settings.smtp_port, helo, timeout=timeout)
         with smtp:
             if settings.smtp_security == "starttls":
                 smtp.starttls(context=context)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import email
+import json
+import re
 import socket
 import subprocess
 import sys
@@ -25,9 +27,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.header import decode_header, make_header
 from email.message import Message
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -82,7 +87,8 @@ class WebhookReceiver:
     async def __aenter__(self) -> WebhookReceiver:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+        # A client that hangs up (a timeout) ends its request's handler: nothing is left sleeping.
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -161,3 +167,54 @@ def smtp_server(tmp_path: Path) -> Iterator[SmtpServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+# --- what ntfy and Gotify accept ------------------------------------------------------------------------------
+# As their documentation describes their publishing APIs (docs.ntfy.sh/publish, gotify.net/api-docs): the checks a
+# real server would make of the requests the gateway sends.
+
+NTFY_TOPIC = re.compile(r"^/(?:[^/]+/)*[-_A-Za-z0-9]{1,64}$")
+NTFY_PRIORITIES = {"1", "2", "3", "4", "5", "min", "low", "default", "high", "max", "urgent"}
+
+
+def ntfy_message(request: Received) -> dict[str, str]:
+    """What ntfy would publish from a request to a topic URL (a plain body, Title/Priority/Tags headers):
+    {"topic", "title", "message", "priority", "tags"}; AssertionError where ntfy would refuse or garble it."""
+    assert request.method in ("POST", "PUT")
+    assert NTFY_TOPIC.match(request.path), request.path
+    assert request.headers["Content-Type"].startswith("text/plain")
+    message = request.body.decode("utf-8")
+    assert 0 < len(request.body) <= 4096  # ntfy's message limit; longer ones become attachments
+    priority = request.headers.get("Priority", "3")
+    assert priority in NTFY_PRIORITIES
+    title = str(make_header(decode_header(request.headers.get("Title", ""))))  # RFC 2047 words decoded
+    tags = request.headers.get("Tags", "")
+    assert all(re.fullmatch(r"[a-z0-9_+\-]+", tag) for tag in tags.split(",") if tag)
+    return {
+        "topic": request.path.rsplit("/", 1)[1],
+        "title": title,
+        "message": message,
+        "priority": priority,
+        "tags": tags,
+    }
+
+
+def gotify_message(request: Received) -> dict[str, Any]:
+    """What Gotify would store from `POST /message?token=…` (its JSON `{title, message, priority, extras?}`):
+    the body, with the token; AssertionError where Gotify would refuse it."""
+    assert request.method == "POST"
+    assert request.path.endswith("/message")
+    token = parse_qs(request.query).get("token", [request.headers.get("X-Gotify-Key", "")])[0]
+    assert token
+    assert request.headers["Content-Type"].startswith("application/json")
+    document = json.loads(request.body)
+    assert isinstance(document, dict)
+    assert set(document) <= {"title", "message", "priority", "extras"}
+    assert isinstance(document["message"], str)
+    assert document["message"]  # Gotify requires a message
+    assert isinstance(document.get("title", ""), str)
+    priority = document.get("priority", 0)
+    assert isinstance(priority, int)
+    assert not isinstance(priority, bool)
+    assert 0 <= priority <= 10
+    return {**document, "token": token}
