@@ -120,7 +120,7 @@ async def test_two_nodes_looking_at_once_notify_each_recipient_once(
         assert {event for _, _, event in reminders} == {"reminder"}
 
         clock.advance(HOUR)
-        for number, (name, token) in enumerate(tokens.items()):
+        for number, token in enumerate(tokens.values()):
             await Api(session, nodes[number % 2].url, token).upload(b"back")
         await _all_look(nodes, clock)
         back = _events(receiver, secrets) - late - reminders
