@@ -118,6 +118,7 @@ class Settings:
     smtp_user: str | None = None
     smtp_password: str | None = field(default=None, repr=False)
     smtp_from: str = "offsite-gateway@localhost"
+    storage_quota: int | None = None  # bytes the bucket may hold (the provider's plan): a gauge for an alert
 
     @property
     def listen(self) -> str:
@@ -389,6 +390,7 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], bool]] = {
     "SMTP_USER": (_non_empty, False),
     "SMTP_PASSWORD": (_non_empty, False),
     "SMTP_FROM": (_email, False),
+    "STORAGE_QUOTA": (_quota, False),
 }
 
 SETTING_NAMES = tuple(_PARSERS)

@@ -88,6 +88,16 @@ class Metrics:
             "Active instances holding at least 90 % of their quota in completed backups",
             registry=self.registry,
         )
+        self.stored_bytes = Gauge(
+            "offsite_gateway_stored_bytes",
+            "Bytes of every active instance's completed backups (and those being deleted) in storage",
+            registry=self.registry,
+        )
+        self.storage_quota_bytes = Gauge(
+            "offsite_gateway_storage_quota_bytes",
+            "OFFSITE_GATEWAY_STORAGE_QUOTA: what the bucket may hold (only when set)",
+            registry=self.registry,
+        )
         self.notices_sent = Counter(
             "offsite_gateway_notices_sent",
             "Notifications delivered, by recipient (owner, operator) and channel (webhook, email)",

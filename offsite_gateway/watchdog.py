@@ -156,6 +156,7 @@ class WatchReport:
     queued: int = 0  # notices queued
     oldest_late: float = 0.0  # seconds the instance late the longest has been late
     near_quota: int = 0
+    stored: int = 0  # bytes of every active instance
 
 
 class Watchdog:
@@ -176,6 +177,8 @@ class Watchdog:
         self.on_queued = on_queued
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        if settings.storage_quota is not None:
+            metrics.storage_quota_bytes.set(settings.storage_quota)
 
     def start(self) -> None:
         if self.settings.watch_interval > 0 and self._task is None:
@@ -256,6 +259,7 @@ class Watchdog:
             self.metrics.instances_by_state.labels(state).set(report.states[state])
         self.metrics.oldest_late_seconds.set(report.oldest_late)
         self.metrics.instances_near_quota.set(report.near_quota)
+        self.metrics.stored_bytes.set(report.stored)
         if report.changes or report.queued:
             _LOGGER.info(
                 "Watchdog: %d change(s), %d notice(s) queued; %s",
@@ -280,6 +284,7 @@ class Watchdog:
             report.states[now_expected.state] += 1
             if now_expected.state in SILENT and now_expected.due_at is not None:
                 report.oldest_late = max(report.oldest_late, now - now_expected.due_at)
+            report.stored += held.bytes
             quota = policy_for(instance, self.settings).quota_bytes
             if quota and held.bytes >= NEAR_QUOTA * quota:
                 report.near_quota += 1
