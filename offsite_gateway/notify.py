@@ -11,7 +11,8 @@ gateway treats the request it makes as hostile territory:
   URL's host with those addresses and nothing else, so a second lookup cannot swap in another (DNS rebinding).
   The `Host` header and the TLS server name stay the URL's host; certificates are checked against it.
 - Connect and total timeouts; no redirect is followed (a 3xx is a failure); at most 64 KiB of the answer are
-  read, then the connection is closed; no proxy from the environment.
+  read, as sent (no decompression: no archive bomb), then the connection is closed; no proxy from the
+  environment.
 - A failure says why (`DeliveryError.reason`) and whether a retry may help; neither it nor any log line quotes
   the URL's path or query, which may be secret.
 """
@@ -205,15 +206,19 @@ class WebhookSender:
         timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(CONNECT_TIMEOUT, self.timeout))
         try:
             async with (
-                aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as session,
+                aiohttp.ClientSession(
+                    connector=connector, timeout=timeout, trust_env=False, auto_decompress=False
+                ) as session,
                 session.post(
-                    parsed, data=rendered.body, headers=rendered.headers, allow_redirects=False
+                    parsed,
+                    data=rendered.body,
+                    headers={**rendered.headers, "Accept-Encoding": "identity"},
+                    allow_redirects=False,
                 ) as resp,
             ):
                 status = resp.status
-                await resp.content.read(
-                    MAX_ANSWER
-                )  # read a little, so the answer counts; the rest is dropped
+                # A little of the answer is read, as sent, so that it counts; the rest is dropped.
+                await resp.content.read(MAX_ANSWER)
         except TimeoutError:
             raise DeliveryError("timeout", f"no answer within {self.timeout:g} s", retry=True) from None
         except aiohttp.ClientSSLError as err:
