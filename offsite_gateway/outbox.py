@@ -32,10 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import Settings
+from .logs import ThrottledLog, escape
 from .messages import EMAIL, OWNER, email_message, render
 from .metrics import Metrics
 from .notify import DeliveryError, EmailSender, WebhookSender
-from .store import DROPPED, GAVE_UP, SENT, Notice, Store
+from .store import DROPPED, GAVE_UP, SENT, Notice, Store, StoreUnavailable
 from .tasks import stop_task
 
 _LOGGER = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class Outbox:
         self.lease = 2 * settings.notify_timeout + 30
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._unavailable = ThrottledLog(_LOGGER, 60.0)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -114,6 +116,14 @@ class Outbox:
         while True:
             try:
                 await self.run_once()
+            except (
+                StoreUnavailable
+            ) as err:  # every few seconds while the database is down: a line now and then
+                self._unavailable.log(
+                    logging.WARNING,
+                    "Outbox: the database is unavailable (%s); trying again",
+                    escape(str(err)),
+                )
             except Exception:
                 _LOGGER.exception("Outbox: a run failed; trying again in %g s", self.poll)
             with contextlib.suppress(TimeoutError):

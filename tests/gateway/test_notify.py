@@ -19,7 +19,10 @@ import pytest
 from offsite_gateway.app import OUTBOX, STORE, WATCHDOG
 from offsite_gateway.config import load_settings
 from offsite_gateway.messages import Rendered
+from offsite_gateway.metrics import Metrics
 from offsite_gateway.notify import DeliveryError, WebhookSender
+from offsite_gateway.outbox import Outbox
+from offsite_gateway.store import StoreUnavailable
 from tests.gateway.api import Api
 from tests.gateway.watching import (
     HOUR,
@@ -399,3 +402,32 @@ async def test_given_up_after_the_attempts(
     assert len(receiver.received) == 3
     assert re.match(r"^http_5xx: answered 503$", notice.error or "")
     assert json.loads(receiver.received[0].body)["event"] == "late"
+
+
+class _DownStore:
+    """A database that does not answer (a stand-in: an outage cannot be staged on the session's cluster)."""
+
+    calls = 0
+
+    async def claim_notices(self, now: float, lease_until: float, limit: int) -> list[object]:
+        self.calls += 1
+        raise StoreUnavailable("OSError: connection refused")
+
+
+async def test_an_outbox_without_its_database_logs_a_line_now_and_then(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = _DownStore()
+    outbox = Outbox(load_settings({}, require_storage=False), store, Metrics(), poll=0.01)  # type: ignore[arg-type]
+    outbox.start()
+    try:
+        async with asyncio.timeout(5):
+            while store.calls < 20:
+                await asyncio.sleep(0.01)
+    finally:
+        await outbox.stop()
+    lines = [r for r in caplog.records if r.name == "offsite_gateway.outbox"]
+    assert len(lines) == 1
+    assert lines[0].levelno == logging.WARNING
+    assert "the database is unavailable" in lines[0].getMessage()
+    assert lines[0].exc_info is None  # no traceback every few seconds
