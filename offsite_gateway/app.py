@@ -9,11 +9,11 @@ import json
 import logging
 import math
 import re
+import secrets
 import time
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import voluptuous as vol
@@ -28,7 +28,10 @@ from .clients import client_address, source_of
 from .config import MIB, S3_MAX_PARTS, Settings
 from .health import Readiness
 from .logs import escape
+from .messages import FORMATS, JSON, check_notify_url, iso, redact_url
 from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .notify import DeliveryError
+from .outbox import Outbox
 from .parts import TooLarge, plan_parts
 from .policy import Policy, policy_for
 from .purger import Purger
@@ -41,6 +44,7 @@ from .store import (
     UPLOADING,
     Backup,
     Instance,
+    NotifyTarget,
     RateLimited,
     Store,
     StoreUnavailable,
@@ -50,6 +54,7 @@ from .store import (
 )
 from .sweeper import Sweeper
 from .throttle import AuthFailures
+from .watchdog import Watchdog, expectation, watch_json
 
 _LOGGER = logging.getLogger(__name__)
 ACCESS_LOGGER = logging.getLogger("offsite_gateway.access")
@@ -63,6 +68,8 @@ PURGER = web.AppKey("purger", Purger)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 READINESS = web.AppKey("readiness", Readiness)
 AUTH_FAILURES = web.AppKey("auth_failures", AuthFailures)
+WATCHDOG = web.AppKey("watchdog", Watchdog)
+OUTBOX = web.AppKey("outbox", Outbox)
 
 INSTANCE = "offsite_gateway.instance"  # request key: the authenticated instance
 CLIENT = "offsite_gateway.client"  # request key: the client's address (behind a trusted proxy, the real one)
@@ -114,13 +121,6 @@ def error_response(
 
 def _not_found() -> NoReturn:
     raise ApiError(404, "not_found", "no such backup")
-
-
-def iso(timestamp: float | None) -> str | None:
-    """ISO 8601 UTC, whole seconds (rounded down: an expiry is never announced later than it is)."""
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(math.floor(timestamp), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def backup_json(backup: Backup) -> dict[str, Any]:
@@ -192,6 +192,24 @@ INIT_SCHEMA = vol.Schema(
         vol.Optional("sha256"): _sha256,
         vol.Optional("metadata"): _metadata,
         vol.Optional("part_urls"): vol.All(_integer, vol.Range(min=0, max=MAX_PARTS_PER_SIGNING)),
+    },
+    extra=vol.REMOVE_EXTRA,
+)
+
+
+def _notify_url(value: Any) -> str:
+    try:
+        return check_notify_url(value)
+    except ValueError as err:
+        raise vol.Invalid(str(err)) from None
+
+
+NOTIFY_SCHEMA = vol.Schema(
+    {
+        vol.Required("url"): _notify_url,
+        vol.Optional("format", default=JSON): vol.All(
+            _text, vol.In(FORMATS, msg=f"expected one of {FORMATS}")
+        ),
     },
     extra=vol.REMOVE_EXTRA,
 )
@@ -507,8 +525,37 @@ async def get_instance(request: web.Request) -> web.Response:
             },
             "usage": {"bytes": stored, "backups": count, "quota_bytes": policy.quota_bytes},
             "policy": policy_json(policy, settings),
+            "watch": watch_json(
+                instance,
+                expectation(instance, await app[STORE].last_success(instance.id), settings, app[CLOCK]()),
+                settings,
+            ),
         }
     )
+
+
+async def set_notify(request: web.Request) -> web.Response:
+    """The house's notify URL: where the watchdog tells it that its backups stopped (and are back)."""
+    instance = _instance(request)
+    body = await read_body(request, NOTIFY_SCHEMA)
+    url, fmt = body["url"], body["format"]
+    try:
+        await request.app[OUTBOX].webhooks.check(url)  # told now, rather than found out when it is late
+    except DeliveryError as err:
+        code = "forbidden_address" if err.reason == "forbidden_address" else "invalid_request"
+        raise ApiError(400, code, f"url: {err}") from None
+    secret = secrets.token_urlsafe(32)
+    if not await request.app[STORE].set_notify(instance.id, NotifyTarget(url, fmt, secret)):
+        raise ApiError(401, "unauthorized", "this instance was revoked")
+    _LOGGER.info("Instance %s set its notify URL: %s (%s)", instance.id, redact_url(url), fmt)
+    return web.json_response({"notify": {"url": redact_url(url), "format": fmt, "secret": secret}})
+
+
+async def clear_notify(request: web.Request) -> web.Response:
+    instance = _instance(request)
+    await request.app[STORE].set_notify(instance.id, None)
+    _LOGGER.info("Instance %s cleared its notify URL", instance.id)
+    return web.Response(status=204)
 
 
 async def create_backup(request: web.Request) -> web.Response:
@@ -947,6 +994,8 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     app_metrics = request.app[METRICS]
     app_metrics.uploads_in_progress.set(await request.app[STORE].count_uploading())
+    for check, ok in (await request.app[READINESS].check()).items():
+        app_metrics.check_up.labels(check).set(1 if ok else 0)
     response = web.Response(body=app_metrics.render())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
@@ -955,6 +1004,8 @@ async def metrics(request: web.Request) -> web.Response:
 # (method, path, handler): the whole API; tests check it against openapi.yaml.
 ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (
     ("GET", "/v1/instance", get_instance),
+    ("PUT", "/v1/instance/notify", set_notify),
+    ("DELETE", "/v1/instance/notify", clear_notify),
     ("POST", "/v1/backups", create_backup),
     ("GET", "/v1/backups", list_backups),
     ("GET", "/v1/backups/{id}", get_backup),
@@ -1004,6 +1055,8 @@ def create_app(
     app[PURGER] = Purger(app[STORE], app[STORAGE], app[METRICS])
     app[READINESS] = Readiness(app[STORE], app[STORAGE], clock)
     app[AUTH_FAILURES] = AuthFailures(settings.auth_failures_per_minute, app[METRICS])
+    app[OUTBOX] = Outbox(settings, app[STORE], app[METRICS], clock)
+    app[WATCHDOG] = Watchdog(settings, app[STORE], app[METRICS], clock, on_queued=app[OUTBOX].wake)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_lifecycle)
@@ -1012,15 +1065,20 @@ def create_app(
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     store, storage, sweeper, purger = app[STORE], app[STORAGE], app[SWEEPER], app[PURGER]
+    watchdog, outbox = app[WATCHDOG], app[OUTBOX]
     await store.open()
     try:
         await storage.open()
         try:
             sweeper.start()
             purger.start()
+            watchdog.start()
+            outbox.start()
             try:
                 yield
             finally:
+                await outbox.stop()
+                await watchdog.stop()
                 await purger.stop()
                 await sweeper.stop()
         finally:

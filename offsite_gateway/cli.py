@@ -1,4 +1,4 @@
-"""`offsite-gateway`: serve the API, manage instances and their tokens, the database's schema, the bucket.
+"""`offsite-gateway`: serve the API, manage instances and their tokens, the database's schema, the bucket; report.
 
 Exit codes: 0 done, 1 failed (storage, database, unknown instance), 2 bad usage or configuration (`serve`: also
 settings the bucket cannot serve, such as OBJECT_LOCK on a bucket without Object Lock).
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import auth
-from .config import ConfigError, Settings, load_settings, parse_size
+from .config import ConfigError, Settings, load_settings, parse_duration, parse_size
 from .store import DuplicateInstance, Instance, Store, UnknownInstance, create_store
 
 if TYPE_CHECKING:
@@ -73,8 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     policy = instance_commands.add_parser(
         "set",
         parents=[common],
-        help="set an instance's policy (quota, retention, delete protection); `default` puts a field back to "
-        "the gateway's setting",
+        help="set an instance's policy (quota, retention, delete protection, expected backup interval); "
+        "`default` puts a field back to the gateway's setting",
     )
     policy.add_argument("name")
     policy.add_argument("--quota", metavar="SIZE", help="bytes stored at most (KiB/MiB/GiB/TiB; 0: none)")
@@ -86,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
         ("--protect-days", "the instance's token cannot delete a backup younger than N days"),
     ):
         policy.add_argument(option, metavar="N", help=f"keep {what}" if "keep" in option else what)
+    policy.add_argument(
+        "--expect-every",
+        metavar="DURATION",
+        help="the watchdog expects a backup this often (36h, 2d, 90m); `off`: not watched",
+    )
 
     backup = commands.add_parser("backup", parents=[common], help="backups, as the operator")
     backup_commands = backup.add_subparsers(dest="backup_command", required=True, metavar="ACTION")
@@ -109,6 +114,18 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="rebuild the database's instances and backups from the manifests in the bucket "
         "(after the database is lost); then `instance rotate NAME` issues each instance's token",
+    )
+
+    report = commands.add_parser(
+        "report",
+        parents=[common],
+        help="every instance's state, last success, usage and quota on one screen (a daily cron mail)",
+    )
+    report.add_argument("--json", action="store_true", help="everything, as JSON")
+    report.add_argument(
+        "--problems",
+        action="store_true",
+        help="only the instances late or near their quota (and the summary)",
     )
 
     bucket = commands.add_parser("bucket", parents=[common], help="storage bucket (for local setups)")
@@ -160,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_reindex(settings))
         if args.command == "backup":
             return asyncio.run(_backup_delete(settings, args.backup_id))
+        if args.command == "report":
+            return asyncio.run(_report(settings, as_json=args.json, problems=args.problems))
         if args.command == "db":
             return asyncio.run(
                 _db_upgrade(settings) if args.db_command == "upgrade" else _db_status(settings)
@@ -232,6 +251,7 @@ def _size_text(size: int | None) -> str:
 def _policy_text(settings: Settings, instance: Instance) -> str:
     """The policy in force, `*` after each field the operator set for this instance."""
     from .policy import policy_for  # noqa: PLC0415
+    from .watchdog import expect_every_for  # noqa: PLC0415
 
     policy, own = policy_for(instance, settings), instance.policy
 
@@ -243,24 +263,75 @@ def _policy_text(settings: Settings, instance: Instance) -> str:
         f"keep-last={policy.keep_last}{mark('keep_last')} keep-daily={policy.keep_daily}{mark('keep_daily')} "
         f"keep-weekly={policy.keep_weekly}{mark('keep_weekly')} "
         f"keep-monthly={policy.keep_monthly}{mark('keep_monthly')} "
-        f"protect-days={policy.protect_days}{mark('protect_days')}"
+        f"protect-days={policy.protect_days}{mark('protect_days')} "
+        f"expect-every={_duration_text(expect_every_for(instance, settings))}{mark('expect_every')}"
     )
+
+
+def _duration_text(seconds: int) -> str:
+    from .messages import duration_text  # noqa: PLC0415
+
+    return duration_text(seconds).replace(" ", "") if seconds else "off"
+
+
+def _watch_columns(
+    settings: Settings, instance: Instance, last_success: float | None, now: float
+) -> list[str]:
+    """STATE, LAST SUCCESS and ALERTS of `instance list` (the notify URL without its path and query)."""
+    from .messages import redact_url  # noqa: PLC0415
+    from .watchdog import expectation  # noqa: PLC0415
+
+    if instance.revoked_at is not None:
+        return ["-", "-", "-"]
+    expected = expectation(instance, last_success, settings, now)
+    state = expected.state
+    if expected.due_at is not None and now > expected.due_at:
+        state += " " + _duration_text(round(now - expected.due_at))
+    notify = instance.notify
+    alerts = "-" if notify is None else f"{notify.format} {redact_url(notify.url)}"
+    return [state, _when(last_success) if last_success is not None else "-", alerts]
 
 
 async def _instance_list(settings: Settings) -> int:
     async with _open_store(settings) as store:
         instances = await store.list_instances()
+        activity = await store.activity()
     if not instances:
         print("No instances yet: offsite-gateway instance add NAME")
         return 0
+    now = time.time()
+    watch = {
+        instance.id: _watch_columns(
+            settings, instance, activity[instance.id].last_success if instance.id in activity else None, now
+        )
+        for instance in instances
+    }
     width = max(len("NAME"), *(len(instance.name) for instance in instances))
-    print(f"{'ID':<32}  {'NAME':<{width}}  {'CREATED':<20}  {'STATUS':<28}  POLICY (* set for this instance)")
+    state_width = max(len("STATE"), *(len(columns[0]) for columns in watch.values()))
+    alerts_width = max(len("ALERTS"), *(len(columns[2]) for columns in watch.values()))
+    print(
+        f"{'ID':<32}  {'NAME':<{width}}  {'CREATED':<20}  {'STATUS':<28}  {'STATE':<{state_width}}  "
+        f"{'LAST SUCCESS':<20}  {'ALERTS':<{alerts_width}}  POLICY (* set for this instance)"
+    )
     for instance in instances:
         status = "active" if instance.revoked_at is None else f"revoked {_when(instance.revoked_at)}"
+        state, last, alerts = watch[instance.id]
         print(
             f"{instance.id:<32}  {instance.name:<{width}}  {_when(instance.created_at):<20}  {status:<28}  "
-            f"{_policy_text(settings, instance)}"
+            f"{state:<{state_width}}  {last:<20}  {alerts:<{alerts_width}}  {_policy_text(settings, instance)}"
         )
+    return 0
+
+
+async def _report(settings: Settings, *, as_json: bool, problems: bool) -> int:
+    from . import report  # noqa: PLC0415
+
+    async with _open_store(settings) as store:
+        instances = await store.list_instances()
+        activity = await store.activity()
+    now = time.time()
+    lines = report.report_lines(settings, instances, activity, now)
+    print((report.as_json if as_json else report.as_text)(lines, now, problems=problems))
     return 0
 
 
@@ -271,6 +342,7 @@ _POLICY_OPTIONS = {
     "keep_weekly": "keep_weekly",
     "keep_monthly": "keep_monthly",
     "protect_days": "protect_days",
+    "expect_every": "expect_every",
 }
 
 
@@ -286,17 +358,24 @@ def _policy_changes(args: argparse.Namespace) -> dict[str, int | None]:
             changes[field] = None
             continue
         try:
-            value = parse_size(raw) if option == "quota" else int(raw.strip())
+            if option == "expect_every":
+                value = parse_duration(raw)
+            else:
+                value = parse_size(raw) if option == "quota" else int(raw.strip())
         except ValueError:
-            what = "a size such as 200GiB" if option == "quota" else "a whole number"
-            raise ValueError(f"{flag} {raw!r}: expected {what}, or `default`") from None
-        if value < 0 or value > (1 << 62 if option == "quota" else 36_500):
+            what = {"quota": "a size such as 200GiB", "expect_every": "a duration such as 36h or 2d, `off`"}
+            raise ValueError(
+                f"{flag} {raw!r}: expected {what.get(option, 'a whole number')}, or `default`"
+            ) from None
+        if value < 0 or value > (
+            1 << 62 if option == "quota" else 10**8 if option == "expect_every" else 36_500
+        ):
             raise ValueError(f"{flag} {raw!r} is out of range")
         changes[field] = value
     if not changes:
         raise ValueError(
             "nothing to set: give --quota, --keep-last, --keep-daily, --keep-weekly, "
-            "--keep-monthly or --protect-days"
+            "--keep-monthly, --protect-days or --expect-every"
         )
     return changes
 

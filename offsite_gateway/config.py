@@ -100,6 +100,26 @@ class Settings:
     # Wrong tokens per source address and minute before that address gets 429 (0: never).
     auth_failures_per_minute: int = 100
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    # The watchdog (offsite_gateway/watchdog.py): missed-backup alerts, to the operator and to each house.
+    expect_every: int = 36 * 3600  # seconds between backups an instance is expected to keep; 0: not watched
+    remind_every: int = 24 * 3600  # a late instance is notified again this often; 0: once only
+    watch_interval: int = 300  # seconds between two looks at every instance; 0 turns its timers off
+    notify_url: str | None = field(
+        default=None, repr=False
+    )  # the operator's webhook (its path may be secret)
+    notify_format: str = "json"  # json, ntfy or gotify
+    notify_secret: str | None = field(default=None, repr=False)  # HMAC-SHA256 key of the operator's webhooks
+    notify_email: tuple[str, ...] = ()  # the operator's addresses (with an SMTP server)
+    notify_allowed_networks: tuple[IPNetwork, ...] = ()  # private addresses webhooks may still reach
+    notify_timeout: int = 10  # seconds a webhook (or an SMTP exchange) may take
+    notify_attempts: int = 10  # tries of one notification before it is given up
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_security: str = "starttls"  # starttls, tls or none
+    smtp_user: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_from: str = "offsite-gateway@localhost"
+    storage_quota: int | None = None  # bytes the bucket may hold (the provider's plan): a gauge for an alert
 
     @property
     def listen(self) -> str:
@@ -254,6 +274,61 @@ def _listen(text: str) -> tuple[str, int]:
     return host, port
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w|)\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+MAX_DURATION = 366 * 86_400
+
+
+def parse_duration(text: str) -> int:
+    """Seconds from `90m`, `36h`, `2d`, `1w` or plain seconds; `off` (or `0`) is 0."""
+    if text.strip().lower() in ("off", "0"):
+        return 0
+    match = _DURATION_RE.match(text)
+    if match is None:
+        raise ValueError("expected a duration such as 36h, 2d or 90m (or off)")
+    seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+    _check_range(seconds, 1, MAX_DURATION)
+    return seconds
+
+
+def _notify_url(text: str) -> str:
+    """The operator's webhook: an http(s) URL; its path and query may hold a secret (never printed)."""
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL")
+    if parts.username is not None or parts.fragment:
+        raise ValueError("must not have a user name or a fragment")
+    return text.strip()
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected {', '.join(choices[:-1])} or {choices[-1]}")
+        return value
+
+    return parse
+
+
+_EMAIL_RE = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+$")
+
+
+def _emails(text: str) -> tuple[str, ...]:
+    addresses = tuple(item for item in re.split(r"[\s,;]+", text.strip()) if item)
+    for address in addresses:
+        if not _EMAIL_RE.match(address):
+            raise ValueError(f"{address!r} is not an e-mail address")
+    return addresses
+
+
+def _email(text: str) -> str:
+    addresses = _emails(text)
+    if len(addresses) != 1:
+        raise ValueError("expected one e-mail address")
+    return addresses[0]
+
+
 def _networks(text: str) -> tuple[IPNetwork, ...]:
     networks = []
     for item in re.split(r"[\s,]+", text.strip()):
@@ -301,6 +376,23 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], bool]] = {
     "MAX_CONNECTIONS": (_int_in(1, 1_000_000), False),
     "AUTH_FAILURES_PER_MINUTE": (_int_in(0), False),
     "TRUSTED_PROXIES": (_networks, False),
+    "EXPECT_EVERY": (parse_duration, False),
+    "REMIND_EVERY": (parse_duration, False),
+    "WATCH_INTERVAL": (_int_in(0, 86_400), False),
+    "NOTIFY_URL": (_notify_url, False),
+    "NOTIFY_FORMAT": (_choice("json", "ntfy", "gotify"), False),
+    "NOTIFY_SECRET": (_non_empty, False),
+    "NOTIFY_EMAIL": (_emails, False),
+    "NOTIFY_ALLOWED_NETWORKS": (_networks, False),
+    "NOTIFY_TIMEOUT": (_int_in(1, 300), False),
+    "NOTIFY_ATTEMPTS": (_int_in(1, 100), False),
+    "SMTP_HOST": (_non_empty, False),
+    "SMTP_PORT": (_int_in(1, 65535), False),
+    "SMTP_SECURITY": (_choice("starttls", "tls", "none"), False),
+    "SMTP_USER": (_non_empty, False),
+    "SMTP_PASSWORD": (_non_empty, False),
+    "SMTP_FROM": (_email, False),
+    "STORAGE_QUOTA": (_quota, False),
 }
 
 SETTING_NAMES = tuple(_PARSERS)
@@ -369,6 +461,13 @@ def load_settings(
         raise ConfigError(
             f"{PREFIX}RETENTION, _DAILY, _WEEKLY and _MONTHLY are all 0: retention would keep nothing"
         )
+    if settings.notify_url and settings.notify_format == "json" and not settings.notify_secret:
+        raise ConfigError(
+            f"{PREFIX}NOTIFY_URL sends signed JSON: set {PREFIX}NOTIFY_SECRET, the key its receiver checks "
+            "the signature with (or choose NOTIFY_FORMAT=ntfy or gotify)"
+        )
+    if settings.notify_email and not settings.smtp_host:
+        raise ConfigError(f"{PREFIX}NOTIFY_EMAIL needs an SMTP server: set {PREFIX}SMTP_HOST")
     return settings
 
 
@@ -376,4 +475,7 @@ def _shown(name: str, raw: str) -> str:
     """Never echo a secret back in an error message."""
     if name == "DB" and "://" in raw:
         return "<a URL, hidden: it may hold a password>"
-    return "<hidden>" if name in ("S3_SECRET_KEY", "S3_ACCESS_KEY") else repr(raw)
+    if name == "NOTIFY_URL":
+        return "<a URL, hidden: its path may be secret>"
+    secret = name in ("S3_SECRET_KEY", "S3_ACCESS_KEY", "NOTIFY_SECRET", "SMTP_PASSWORD")
+    return "<hidden>" if secret else repr(raw)

@@ -61,6 +61,74 @@ class Metrics:
         self.retention_deleted = Counter(
             "offsite_gateway_retention_deleted", "Backups deleted by retention", registry=self.registry
         )
+        # Readiness (GET /readyz's probes), at each scrape: whether the database and storage answer.
+        self.check_up = Gauge(
+            "offsite_gateway_check_up",
+            "1 if the check (database, storage) answered the last probe, else 0 (probed at most every 5 s)",
+            ["check"],
+            registry=self.registry,
+        )
+        # The watchdog (offsite_gateway/watchdog.py) and its outbox (outbox.py), set at each of their runs.
+        self.watch_runs = Counter(
+            "offsite_gateway_watch_runs", "Looks of the watchdog at every instance", registry=self.registry
+        )
+        self.instances_by_state = Gauge(
+            "offsite_gateway_instances",
+            "Active instances by the watchdog's state (ok, late, never, paused), at its last look",
+            ["state"],
+            registry=self.registry,
+        )
+        self.oldest_late_seconds = Gauge(
+            "offsite_gateway_oldest_late_seconds",
+            "Seconds since the instance late the longest (late or never) was due a backup; 0 if none is late",
+            registry=self.registry,
+        )
+        self.instances_near_quota = Gauge(
+            "offsite_gateway_instances_near_quota",
+            "Active instances holding at least 90 % of their quota in completed backups",
+            registry=self.registry,
+        )
+        self.stored_bytes = Gauge(
+            "offsite_gateway_stored_bytes",
+            "Bytes of every active instance's completed backups (and those being deleted) in storage",
+            registry=self.registry,
+        )
+        self.storage_quota_bytes = Gauge(
+            "offsite_gateway_storage_quota_bytes",
+            "OFFSITE_GATEWAY_STORAGE_QUOTA: what the bucket may hold (only when set)",
+            registry=self.registry,
+        )
+        self.notices_sent = Counter(
+            "offsite_gateway_notices_sent",
+            "Notifications delivered, by recipient (owner, operator) and channel (webhook, email)",
+            ["recipient", "channel"],
+            registry=self.registry,
+        )
+        self.notice_failures = Counter(
+            "offsite_gateway_notice_failures",
+            "Notification attempts that failed, by channel and reason (timeout, connect, http_5xx, "
+            "forbidden_address, redirect, ...)",
+            ["channel", "reason"],
+            registry=self.registry,
+        )
+        self.notices_given_up = Counter(
+            "offsite_gateway_notices_given_up",
+            "Notifications given up (a failure no retry helps, or NOTIFY_ATTEMPTS attempts), by channel",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.notices_pending = Gauge(
+            "offsite_gateway_notices_pending",
+            "Notifications waiting in the outbox (every node's), at this node's last delivery run",
+            registry=self.registry,
+        )
+        self.notice_seconds = Histogram(
+            "offsite_gateway_notice_duration_seconds",
+            "How long a notification attempt took, by channel",
+            ["channel"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -19,7 +19,7 @@ from homeassistant.helpers.storage import Store
 from homeassistant.helpers.typing import ConfigType
 from homeassistant.util.hass_dict import HassKey
 
-from .api import GatewayClient
+from .api import GatewayClient, GatewayError
 from .const import (
     CONF_TOKEN,
     CONF_URL,
@@ -34,6 +34,7 @@ from .const import (
 from .coordinator import GatewayCoordinator
 from .drill_runner import DrillStopped, RestoreDrill
 from .models import OffsiteBackupConfigEntry, OffsiteBackupData, Settings, agent_id_for
+from .outside_alerts import sync as sync_outside_alerts
 from .privacy import MetadataPrivacy
 from .runner import BackupRunner, JobError, RunnerOptions
 from .scheduler import NightlyScheduler
@@ -61,6 +62,14 @@ async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry
     await coordinator.async_config_entry_first_refresh()
 
     settings = Settings.from_options(dict(entry.options))
+    try:  # "Alert me from outside": the gateway holds the URL the options name (it may have lost it)
+        if await sync_outside_alerts(
+            client, coordinator.data, settings.outside_alerts, settings.notify_url, settings.notify_format
+        ):
+            LOGGER.info("%s: the gateway had lost the outside alerts' URL; it has it again", entry.title)
+            await coordinator.async_refresh()
+    except GatewayError as err:
+        LOGGER.warning("%s: cannot give the gateway the outside alerts' URL: %s", entry.title, err.message)
     assert entry.unique_id is not None
     privacy = MetadataPrivacy(await instance_id.async_get(hass), entry.unique_id)
     runner = BackupRunner(

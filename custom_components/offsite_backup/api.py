@@ -40,18 +40,23 @@ from .api_answers import (
     InstanceInfo,
     InstancePolicy,
     Limits,
+    NotifySettings,
+    NotifyTarget,
     PartUrl,
     RemoteBackup,
     StoredPart,
     Usage,
+    Watch,
     parse_backup,
     parse_download_link,
     parse_init,
     parse_instance,
     parse_list,
+    parse_notify_settings,
     parse_part_urls,
     parse_retry_after,
     parse_stored_parts,
+    redact_notify_url,
     redact_urls,
 )
 from .api_errors import (
@@ -83,11 +88,15 @@ __all__ = [
     "InstanceInfo",
     "InstancePolicy",
     "Limits",
+    "NotifySettings",
+    "NotifyTarget",
     "PartUrl",
     "RemoteBackup",
     "StoredPart",
     "Usage",
+    "Watch",
     "parse_retry_after",
+    "redact_notify_url",
     "redact_urls",
 ]
 
@@ -228,6 +237,19 @@ class GatewayClient:
     async def get_instance(self) -> InstanceInfo:
         """``GET /v1/instance``: validate the token and read the limits."""
         return await self._parsed("GET", "/v1/instance", parse_instance)
+
+    async def set_notify(self, url: str, fmt: str) -> NotifySettings:
+        """``PUT /v1/instance/notify``: where the gateway tells this house that its backups stopped (and are back).
+
+        The gateway checks the address at once (``GatewayError`` with code ``forbidden_address`` for a private one
+        it does not allow). Nothing of the URL is in an exception's message."""
+        return await self._parsed(
+            "PUT", "/v1/instance/notify", parse_notify_settings, body={"url": url, "format": fmt}
+        )
+
+    async def clear_notify(self) -> None:
+        """``DELETE /v1/instance/notify``: no more outside alerts to this house."""
+        await self._request("DELETE", "/v1/instance/notify", expect=204)
 
     async def create_backup(
         self,

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 # -------------------------------------------------------------------------------------------- data types
 
@@ -55,14 +56,46 @@ class InstancePolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class NotifyTarget:
+    """The house's notify URL as the gateway shows it: without its path and query (``https://ntfy.sh/…``)."""
+
+    url: str
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """The gateway's view of the instance (its watchdog): the state, and when it expects the next backup."""
+
+    state: str  # ok, late, never, paused
+    expect_every: int | None  # seconds; None while paused
+    last_success_at: datetime | None
+    due_at: datetime | None  # "the gateway expects a backup by"; None while paused
+    notify: NotifyTarget | None  # the house's outside alerts, if set
+    operator_alerts: bool  # the gateway's operator is told too
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySettings:
+    """``PUT /v1/instance/notify``: the notify URL as stored (shown without its path and query) and the key its
+    notifications are signed with."""
+
+    url: str
+    format: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceInfo:
-    """``GET /v1/instance``: who the token belongs to, its limits, and (newer gateways) its usage and policy."""
+    """``GET /v1/instance``: who the token belongs to, its limits, and (newer gateways) its usage, its policy and
+    the watchdog's view."""
 
     id: str
     name: str
     limits: Limits
     usage: Usage | None = None
     policy: InstancePolicy | None = None
+    watch: Watch | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +260,41 @@ def _policy(value: Any) -> InstancePolicy | None:
     )
 
 
+def _optional_time(value: Any) -> datetime | None:
+    return None if value is None else _time(value)
+
+
+def _notify_target(value: Any) -> NotifyTarget | None:
+    if value is None:
+        return None
+    data = _obj(value)
+    return NotifyTarget(url=_str(data, "url"), format=_str(data, "format"))
+
+
+def _watch(value: Any) -> Watch | None:
+    if value is None:
+        return None  # a gateway older than its watchdog
+    data = _obj(value)
+    every = data.get("expect_every")
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool)):
+        raise BadAnswer
+    return Watch(
+        state=_str(data, "state"),
+        expect_every=every,
+        last_success_at=_optional_time(data.get("last_success_at")),
+        due_at=_optional_time(data.get("due_at")),
+        notify=_notify_target(data.get("notify")),
+        operator_alerts=data.get("operator_alerts") is True,
+    )
+
+
+def parse_notify_settings(data: dict[str, Any]) -> NotifySettings:
+    notify = _obj(data["notify"])
+    return NotifySettings(
+        url=_str(notify, "url"), format=_str(notify, "format"), secret=_str(notify, "secret")
+    )
+
+
 def parse_instance(data: dict[str, Any]) -> InstanceInfo:
     limits = _obj(data["limits"])
     return InstanceInfo(
@@ -240,6 +308,7 @@ def parse_instance(data: dict[str, Any]) -> InstanceInfo:
         ),
         usage=_usage(data.get("usage")),
         policy=_policy(data.get("policy")),
+        watch=_watch(data.get("watch")),
     )
 
 
@@ -279,3 +348,18 @@ _URL_IN_TEXT = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*")
 def redact_urls(text: str) -> str:
     """Drop the query (signature, credentials) of any URL in ``text``."""
     return _URL_IN_TEXT.sub(r"\1?…", text)
+
+
+def redact_notify_url(url: str) -> str:
+    """A notify URL as logs, diagnostics and the gateway show it: scheme, host and port; the path and the query,
+    which may be secret (an ntfy topic, a Gotify token), become ``…``."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "…"
+    if ":" in host:
+        host = f"[{host}]"
+    where = f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+    return where + ("/…" if parts.path.strip("/") or parts.query else "/")

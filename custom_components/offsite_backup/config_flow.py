@@ -32,7 +32,15 @@ from homeassistant.helpers.selector import (
 from homeassistant.util import dt as dt_util
 from yarl import URL
 
-from .api import GatewayAuthError, GatewayClient, GatewayError, InstanceInfo
+from .api import (
+    GatewayAuthError,
+    GatewayClient,
+    GatewayError,
+    GatewayNotFoundError,
+    GatewayUnavailableError,
+    InstanceInfo,
+    redact_notify_url,
+)
 from .compat import vol
 from .const import (
     CONF_ADDONS,
@@ -44,6 +52,9 @@ from .const import (
     CONF_INCLUDE_DATABASE,
     CONF_KEEP_LOCAL,
     CONF_NIGHTLY,
+    CONF_NOTIFY_FORMAT,
+    CONF_NOTIFY_URL,
+    CONF_OUTSIDE_ALERTS,
     CONF_PARTS_IN_FLIGHT,
     CONF_RESTORE_DRILL,
     CONF_STALE_AFTER,
@@ -54,12 +65,14 @@ from .const import (
     CONTENTS_AUTOMATIC,
     CONTENTS_CUSTOM,
     CONTENTS_FULL,
+    DEFAULT_NOTIFY_FORMAT,
     DOMAIN,
     LOGGER,
     MAX_FAILURES_BEFORE_REPAIR,
     MAX_PARTS_IN_FLIGHT,
     MAX_STALE_AFTER,
     MIN_PARTS_IN_FLIGHT,
+    NOTIFY_FORMATS,
     DrillSchedule,
 )
 from .contents import FOLDERS
@@ -68,6 +81,7 @@ from .models import Settings
 URL_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.URL))
 # hassfest refuses URLs in translations: the example address is a placeholder.
 URL_PLACEHOLDERS = {"example_url": "https://backup.example.com"}
+NOTIFY_PLACEHOLDERS = {"ntfy_example": "https://ntfy.sh/a-long-random-topic"}
 TOKEN_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.PASSWORD))
 
 
@@ -84,6 +98,15 @@ class TimeOfDaySelector(TimeSelector):
 
 
 TIME_OF_DAY_SELECTOR = TimeOfDaySelector()
+
+
+def _is_notify_url(value: str) -> bool:
+    """An http(s) URL with a host and no fragment (the gateway checks the rest: where it points)."""
+    try:
+        url = URL(value)
+    except (TypeError, ValueError):
+        return False
+    return url.scheme in ("http", "https") and bool(url.host) and not url.fragment and not url.user
 
 
 def _normalise_url(value: str) -> str | None:
@@ -260,6 +283,15 @@ def _options_schema(supervised: bool) -> vol.Schema:
                     mode=SelectSelectorMode.DROPDOWN,
                 )
             ),
+            vol.Optional(CONF_OUTSIDE_ALERTS, default=False): BooleanSelector(),
+            vol.Optional(CONF_NOTIFY_URL): URL_SELECTOR,
+            vol.Optional(CONF_NOTIFY_FORMAT, default=DEFAULT_NOTIFY_FORMAT): SelectSelector(
+                SelectSelectorConfig(
+                    options=list(NOTIFY_FORMATS),
+                    translation_key=CONF_NOTIFY_FORMAT,
+                    mode=SelectSelectorMode.DROPDOWN,
+                )
+            ),
         }
     )
 
@@ -281,7 +313,11 @@ def _current_options(options: Mapping[str, Any]) -> dict[str, Any]:
         CONF_ADDONS: list(settings.contents.addons),
         CONF_FOLDERS: list(settings.contents.folders),
         CONF_RESTORE_DRILL: settings.restore_drill.value,
+        CONF_OUTSIDE_ALERTS: settings.outside_alerts,
+        CONF_NOTIFY_FORMAT: settings.notify_format,
     }
+    if settings.notify_url:
+        current[CONF_NOTIFY_URL] = settings.notify_url
     if settings.bandwidth_limit:
         current[CONF_BANDWIDTH_LIMIT] = settings.bandwidth_limit // 1024
     return current
@@ -317,17 +353,71 @@ class OffsiteBackupOptionsFlow(OptionsFlow):
                         data[key] = int(data[key])
                 if not data.get(CONF_BANDWIDTH_LIMIT):
                     data.pop(CONF_BANDWIDTH_LIMIT, None)
-                if supervised and data[CONF_CONTENTS] == CONTENTS_CUSTOM:
+                errors = await self._apply_outside_alerts(data)
+                if not errors and supervised and data[CONF_CONTENTS] == CONTENTS_CUSTOM:
                     self._chosen = data
                     return await self.async_step_contents()
-                return self.async_create_entry(data=data)
+                if not errors:
+                    return self.async_create_entry(data=data)
         return self.async_show_form(
             step_id="init",
             data_schema=self.add_suggested_values_to_schema(
                 _options_schema(supervised), user_input or current
             ),
+            description_placeholders=NOTIFY_PLACEHOLDERS,
             errors=errors,
         )
+
+    async def _apply_outside_alerts(self, data: dict[str, Any]) -> dict[str, str]:
+        """Give the gateway the URL of "Alert me from outside if backups stop", or take it back, when the option
+        changed; the form's errors (the URL never in a log but as ``scheme://host/…``)."""
+        url = str(data.get(CONF_NOTIFY_URL) or "").strip()
+        if url:
+            data[CONF_NOTIFY_URL] = url
+        else:
+            data.pop(CONF_NOTIFY_URL, None)
+        enabled = bool(data.get(CONF_OUTSIDE_ALERTS))
+        fmt = str(data.get(CONF_NOTIFY_FORMAT) or DEFAULT_NOTIFY_FORMAT)
+        if url and not _is_notify_url(url):
+            return {CONF_NOTIFY_URL: "invalid_notify_url"}
+        if enabled and not url:
+            return {CONF_NOTIFY_URL: "notify_url_required"}
+        before = Settings.from_options(dict(self.config_entry.options))
+        if enabled == before.outside_alerts and (
+            not enabled or (url, fmt) == (before.notify_url, before.notify_format)
+        ):
+            return {}
+        entry = self.config_entry
+        loaded = getattr(entry, "runtime_data", None)
+        client = (
+            loaded.client
+            if loaded is not None
+            else GatewayClient(
+                async_get_clientsession(self.hass), entry.data[CONF_URL], entry.data[CONF_TOKEN]
+            )
+        )
+        try:
+            if enabled:
+                await client.set_notify(url, fmt)
+            else:
+                await client.clear_notify()
+        except GatewayAuthError:
+            return {"base": "invalid_auth"}
+        except GatewayNotFoundError:
+            return {"base": "gateway_too_old"}
+        except GatewayUnavailableError as err:
+            LOGGER.debug("%s: cannot reach the gateway for the outside alerts: %s", entry.title, err.message)
+            return {"base": "cannot_connect"}
+        except GatewayError as err:
+            return {
+                CONF_NOTIFY_URL: "notify_url_forbidden"
+                if err.code == "forbidden_address"
+                else "invalid_notify_url"
+            }
+        LOGGER.info(
+            "%s: outside alerts %s", entry.title, f"to {redact_notify_url(url)} ({fmt})" if enabled else "off"
+        )
+        return {}
 
     async def async_step_contents(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """On a Supervisor install: the add-ons and folders a backup holds."""

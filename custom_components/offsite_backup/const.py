@@ -36,6 +36,14 @@ CONTENTS_AUTOMATIC: Final = (
 CONTENTS_CUSTOM: Final = "custom"  # Home Assistant, its database (option), the add-ons and folders chosen
 CONTENTS_CHOICES: Final = (CONTENTS_FULL, CONTENTS_AUTOMATIC, CONTENTS_CUSTOM)
 CONF_RESTORE_DRILL: Final = "restore_drill"
+# "Alert me from outside if backups stop": the gateway's watchdog tells this URL (an ntfy topic, say).
+CONF_OUTSIDE_ALERTS: Final = "outside_alerts"
+CONF_NOTIFY_URL: Final = (
+    "notify_url"  # its path and query may be secret: never logged, redacted in diagnostics
+)
+CONF_NOTIFY_FORMAT: Final = "notify_format"
+NOTIFY_FORMATS: Final = ("ntfy", "gotify", "json")
+DEFAULT_NOTIFY_FORMAT: Final = "ntfy"
 
 DEFAULT_NIGHTLY: Final = True
 DEFAULT_WINDOW_START: Final = time(0, 0)

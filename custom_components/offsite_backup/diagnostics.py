@@ -1,17 +1,28 @@
-"""Diagnostics: configuration (token redacted), the gateway's limits, the schedule, the recent jobs, the last drill."""
+"""Diagnostics: configuration (token redacted, the outside alerts' URL without its path and query), the gateway's
+limits and view of the instance, the schedule, the recent jobs, the last drill."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
 from homeassistant.components.diagnostics import async_redact_data
 from homeassistant.core import HomeAssistant
 
-from .const import CONF_TOKEN
+from .api import Watch, redact_notify_url
+from .const import CONF_NOTIFY_URL, CONF_TOKEN
 from .models import OffsiteBackupConfigEntry
 
 TO_REDACT = {CONF_TOKEN}
+
+
+def _options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options, the notify URL without its path and query (an ntfy topic is a password)."""
+    shown = dict(options)
+    if isinstance(shown.get(CONF_NOTIFY_URL), str):
+        shown[CONF_NOTIFY_URL] = redact_notify_url(shown[CONF_NOTIFY_URL])
+    return shown
 
 
 async def async_get_config_entry_diagnostics(
@@ -25,12 +36,13 @@ async def async_get_config_entry_diagnostics(
         "entry": {
             "title": entry.title,
             "data": async_redact_data(dict(entry.data), TO_REDACT),
-            "options": dict(entry.options),
+            "options": _options(entry.options),
         },
         "gateway": {
             "reachable": data.coordinator.last_update_success,
             "instance_id": instance.id if instance else None,
             "limits": asdict(instance.limits) if instance else None,
+            "watch": _watch(instance.watch) if instance and instance.watch else None,
         },
         "schedule": {
             "enabled": data.scheduler.enabled,
@@ -51,4 +63,16 @@ async def async_get_config_entry_diagnostics(
             "last": data.drill.last.as_dict() if data.drill.last else None,
             "last_verified": data.drill.last_verified.as_dict() if data.drill.last_verified else None,
         },
+    }
+
+
+def _watch(watch: Watch) -> dict[str, Any]:
+    """The gateway's view of the instance (its notify URL already without its path and query)."""
+    return {
+        "state": watch.state,
+        "expect_every": watch.expect_every,
+        "last_success_at": watch.last_success_at.isoformat() if watch.last_success_at else None,
+        "due_at": watch.due_at.isoformat() if watch.due_at else None,
+        "notify": asdict(watch.notify) if watch.notify else None,
+        "operator_alerts": watch.operator_alerts,
     }

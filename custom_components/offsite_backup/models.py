@@ -22,6 +22,9 @@ from .const import (
     CONF_INCLUDE_DATABASE,
     CONF_KEEP_LOCAL,
     CONF_NIGHTLY,
+    CONF_NOTIFY_FORMAT,
+    CONF_NOTIFY_URL,
+    CONF_OUTSIDE_ALERTS,
     CONF_PARTS_IN_FLIGHT,
     CONF_RESTORE_DRILL,
     CONF_STALE_AFTER,
@@ -34,6 +37,7 @@ from .const import (
     DEFAULT_INCLUDE_DATABASE,
     DEFAULT_KEEP_LOCAL,
     DEFAULT_NIGHTLY,
+    DEFAULT_NOTIFY_FORMAT,
     DEFAULT_PARTS_IN_FLIGHT,
     DEFAULT_RESTORE_DRILL,
     DEFAULT_STALE_AFTER,
@@ -44,6 +48,7 @@ from .const import (
     MAX_PARTS_IN_FLIGHT,
     MAX_STALE_AFTER,
     MIN_PARTS_IN_FLIGHT,
+    NOTIFY_FORMATS,
     DrillSchedule,
 )
 from .contents import ContentsChoice
@@ -105,6 +110,11 @@ def _drill_schedule(value: Any) -> DrillSchedule:
         return DEFAULT_RESTORE_DRILL
 
 
+def _notify_url(value: Any) -> str | None:
+    """The "Alert me from outside" URL as stored (the options flow checked it); None for anything else."""
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
 def _time(value: Any, default: time) -> time:
     if isinstance(value, time):
         return value
@@ -128,6 +138,9 @@ class Settings:
     keep_local: bool
     contents: ContentsChoice
     restore_drill: DrillSchedule = DEFAULT_RESTORE_DRILL
+    outside_alerts: bool = False
+    notify_url: str | None = field(default=None, repr=False)  # its path and query may be secret
+    notify_format: str = DEFAULT_NOTIFY_FORMAT
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Settings:
@@ -166,6 +179,9 @@ class Settings:
                 folders=_strings(options.get(CONF_FOLDERS)),
             ),
             restore_drill=_drill_schedule(options.get(CONF_RESTORE_DRILL)),
+            outside_alerts=bool(options.get(CONF_OUTSIDE_ALERTS, False)),
+            notify_url=_notify_url(options.get(CONF_NOTIFY_URL)),
+            notify_format=_choice(options.get(CONF_NOTIFY_FORMAT), NOTIFY_FORMATS, DEFAULT_NOTIFY_FORMAT),
         )
 
 

@@ -1,10 +1,12 @@
-"""Sensors: progress, status, last error, last success, next run, last backup size, last verified restore."""
+"""Sensors: progress, status, last error, last success, next run, last backup size, last verified restore, the
+gateway's usage report, and when the gateway expects the next backup."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from homeassistant.components.sensor import (
     SensorDeviceClass,
@@ -16,7 +18,7 @@ from homeassistant.const import PERCENTAGE, EntityCategory, UnitOfInformation
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-from .api import Usage
+from .api import Usage, Watch
 from .const import DrillStatus, JobStatus
 from .drill_runner import shown_status
 from .entity import OffsiteBackupEntity
@@ -34,7 +36,7 @@ class OffsiteBackupSensorDescription(SensorEntityDescription):
     """A sensor and how to read its value."""
 
     value_fn: Callable[[OffsiteBackupData], str | int | float | datetime | None]
-    attributes_fn: Callable[[OffsiteBackupData], dict[str, str | None]] | None = None
+    attributes_fn: Callable[[OffsiteBackupData], Mapping[str, Any]] | None = None
     needs_gateway: bool = False
 
 
@@ -122,7 +124,40 @@ SENSORS: tuple[OffsiteBackupSensorDescription, ...] = (
         value_fn=lambda data: _rounded(_usage(data, lambda usage: usage.percent), 2),
         needs_gateway=True,
     ),
+    # The gateway's watchdog: when it expects the next backup, and whether anyone is told if none comes (the
+    # house, by "Alert me from outside if backups stop"; the gateway's operator).
+    OffsiteBackupSensorDescription(
+        key="gateway_expects",
+        translation_key="gateway_expects",
+        device_class=SensorDeviceClass.TIMESTAMP,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value_fn=lambda data: _due(_watch(data)),
+        attributes_fn=lambda data: _watch_attributes(_watch(data)),
+        needs_gateway=True,
+    ),
 )
+
+
+def _watch(data: OffsiteBackupData) -> Watch | None:
+    """The gateway's view of the instance; None from a gateway without a watchdog."""
+    info = data.coordinator.data
+    return info.watch if info is not None else None
+
+
+def _due(watch: Watch | None) -> datetime | None:
+    return watch.due_at if watch is not None else None
+
+
+def _watch_attributes(watch: Watch | None) -> dict[str, Any]:
+    if watch is None:
+        return {}
+    return {
+        "state": watch.state,
+        "expect_every_hours": round(watch.expect_every / 3600, 2) if watch.expect_every else None,
+        "last_success": watch.last_success_at.isoformat() if watch.last_success_at else None,
+        "outside_alerts": watch.notify is not None,
+        "operator_alerts": watch.operator_alerts,
+    }
 
 
 def _usage(data: OffsiteBackupData, read: Callable[[Usage], float | None]) -> float | None:
@@ -172,7 +207,7 @@ class OffsiteBackupSensor(OffsiteBackupEntity, SensorEntity):
         return self.entity_description.value_fn(self._data)
 
     @property
-    def extra_state_attributes(self) -> dict[str, str | None] | None:
+    def extra_state_attributes(self) -> Mapping[str, Any] | None:
         """Attributes, for the sensors that have some."""
         attributes_fn = self.entity_description.attributes_fn
         return attributes_fn(self._data) if attributes_fn is not None else None

@@ -63,7 +63,15 @@ class UnknownInstance(StoreError, LookupError):
     """No active instance has this name (there is none, or it was revoked)."""
 
 
-POLICY_FIELDS = ("quota_bytes", "keep_last", "keep_daily", "keep_weekly", "keep_monthly", "protect_days")
+POLICY_FIELDS = (
+    "quota_bytes",
+    "keep_last",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "protect_days",
+    "expect_every",
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,17 @@ class PolicyOverrides:
     keep_weekly: int | None = None
     keep_monthly: int | None = None
     protect_days: int | None = None
+    expect_every: int | None = None  # seconds between backups the watchdog expects; 0: not watched
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """Where a house asked to be told when its backups stop (its notify URL), in which format, signed with which
+    key. The URL's path and query may be secret (an ntfy topic, a Gotify token): never logged or shown."""
+
+    url: str = field(repr=False)
+    format: str
+    secret: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,63 @@ class Instance:
     created_at: float
     revoked_at: float | None = None
     policy: PolicyOverrides = field(default_factory=PolicyOverrides)
+    notify: NotifyTarget | None = field(default=None, repr=False)
+
+
+# The watchdog's states of an instance (offsite_gateway/watchdog.py).
+OK = "ok"
+LATE = "late"
+NEVER = "never"
+PAUSED = "paused"
+WATCH_STATES = (OK, LATE, NEVER, PAUSED)
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What the database holds of one instance's backups: when the newest completed one completed, the bytes of
+    those it holds (those being deleted too) and how many are completed."""
+
+    last_success: float | None
+    bytes: int
+    backups: int
+
+
+@dataclass(frozen=True)
+class Watched:
+    """The state the watchdog last recorded for an instance: since when, and when it last told anyone of it.
+
+    `version` counts the changes (0: no row yet); a change is made only from the version it was decided on.
+    """
+
+    instance_id: str
+    state: str
+    since: float
+    notified_at: float | None
+    version: int = 0
+
+
+PENDING = "pending"
+SENT = "sent"
+GAVE_UP = "failed"
+DROPPED = "dropped"  # its recipient is gone (the house cleared its URL, the instance was revoked)
+
+
+@dataclass
+class Notice:
+    """A notification in the outbox: one event, for one recipient, on one channel."""
+
+    id: str
+    instance_id: str
+    event: str  # late, reminder, recovered
+    recipient: str  # owner, operator
+    channel: str  # webhook, email
+    payload: dict[str, Any]  # the facts, as the JSON body carries them
+    created_at: float
+    next_at: float  # due from then; while a node sends it, held ahead of now (its lease)
+    attempts: int = 0
+    status: str = PENDING
+    done_at: float | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -239,4 +315,51 @@ class Store(Protocol):
     async def prune_init_events(self, before: float) -> None: ...
     async def completed_backups(self, after_id: str, limit: int) -> list[Backup]:
         """Completed backups of every instance by id, a page after `after_id` (reindex's backfill)."""
+        ...
+
+    # --- the watchdog (offsite_gateway/watchdog.py, outbox.py) --------------------------------------------
+
+    async def set_notify(self, instance_id: str, target: NotifyTarget | None) -> bool:
+        """Set (or clear) the active instance's notify URL; False if it is not active."""
+        ...
+
+    async def instance_by_id(self, instance_id: str) -> Instance | None:
+        """The instance with this id, active or revoked."""
+        ...
+
+    async def last_success(self, instance_id: str) -> float | None:
+        """When the instance's newest completed backup completed; None if it has none."""
+        ...
+
+    async def activity(self) -> dict[str, Activity]:
+        """`Activity` of every instance that has backups in storage, by id (one query)."""
+        ...
+
+    async def watched(self) -> dict[str, Watched]:
+        """The state recorded for every instance the watchdog has seen, by id."""
+        ...
+
+    async def change_watch(self, expected_version: int, new: Watched, notices: Sequence[Notice]) -> bool:
+        """Record `new` for its instance, if its record is still at `expected_version` (0: none yet), and queue
+        `notices`, in one transaction; False, and nothing changed, if another node changed it first."""
+        ...
+
+    async def claim_notices(self, now: float, lease_until: float, limit: int) -> list[Notice]:
+        """Up to `limit` pending notices due at `now`, claimed for this node: each one's attempts counted and
+        its `next_at` moved to `lease_until`, so that no other node takes it meanwhile (PostgreSQL: FOR UPDATE
+        SKIP LOCKED, so nodes claiming at once take different ones)."""
+        ...
+
+    async def retry_notice(self, notice_id: str, next_at: float, error: str) -> None: ...
+    async def finish_notice(self, notice_id: str, status: str, now: float, error: str | None = None) -> None:
+        """A pending notice is done: `sent`, `failed` (given up) or `dropped`."""
+        ...
+
+    async def pending_notices(self) -> int: ...
+    async def list_notices(self) -> list[Notice]:
+        """Every notice in the outbox, oldest first (tests, and an operator's look)."""
+        ...
+
+    async def prune_notices(self, before: float) -> int:
+        """Delete the notices done before `before`; how many."""
         ...

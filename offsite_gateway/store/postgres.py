@@ -49,30 +49,41 @@ import asyncpg
 from ..config import PostgresDatabase
 from ..tasks import stop_task
 from .base import (
+    PENDING,
     POLICY_FIELDS,
+    Activity,
     Backup,
     DuplicateInstance,
     Instance,
+    Notice,
+    NotifyTarget,
     RateLimited,
     SchemaStatus,
     SchemaTooNew,
     StoreUnavailable,
     UploadInProgress,
+    Watched,
 )
 from .locks import KeyedLocks
 from .migrations import MIGRATIONS, SCHEMA_VERSION, pending, statements, too_new_message
 from .rows import (
     BACKUP_COLUMNS,
     INSTANCE_COLUMNS,
+    NOTICE_COLUMNS,
+    WATCH_COLUMNS,
     backup_from_row,
     backup_values,
     instance_from_row,
     newest_first,
+    notice_from_row,
+    notice_values,
+    watched_from_row,
 )
 
 _LOGGER = logging.getLogger(__name__)
 
 _BACKUP_PLACEHOLDERS = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14"
+_NOTICE_PLACEHOLDERS = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12"
 
 _MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -814,3 +825,134 @@ class PostgresStore:
     async def prune_init_events(self, before: float) -> None:
         async with self._conn() as conn:
             await conn.execute("DELETE FROM init_events WHERE at < $1", before)
+
+    # --- the watchdog -------------------------------------------------------------------------------------
+
+    async def set_notify(self, instance_id: str, target: NotifyTarget | None) -> bool:
+        try:
+            async with self._conn() as conn:
+                status: str = await conn.execute(
+                    "UPDATE instances SET notify_url = $2, notify_format = $3, notify_secret = $4 "
+                    "WHERE id = $1 AND revoked_at IS NULL",
+                    instance_id,
+                    target.url if target else None,
+                    target.format if target else None,
+                    target.secret if target else None,
+                )
+        finally:
+            self._forget_tokens()
+        return status.endswith(" 1")
+
+    async def instance_by_id(self, instance_id: str) -> Instance | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1", instance_id)  # noqa: S608
+        return None if row is None else instance_from_row(row)
+
+    async def last_success(self, instance_id: str) -> float | None:
+        async with self._conn() as conn:
+            value = await conn.fetchval(
+                "SELECT max(completed_at) FROM backups WHERE instance_id = $1 AND status = 'completed'",
+                instance_id,
+            )
+        return None if value is None else float(value)
+
+    async def activity(self) -> dict[str, Activity]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT instance_id, max(completed_at) FILTER (WHERE status = 'completed') AS last_success, "
+                "coalesce(sum(size), 0) AS bytes, count(*) FILTER (WHERE status = 'completed') AS backups "
+                "FROM backups WHERE status IN ('completed', 'deleting') GROUP BY instance_id"
+            )
+        return {
+            row["instance_id"]: Activity(row["last_success"], int(row["bytes"]), int(row["backups"]))
+            for row in rows
+        }
+
+    async def watched(self) -> dict[str, Watched]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(f"SELECT {WATCH_COLUMNS} FROM watch")  # noqa: S608
+        return {row["instance_id"]: watched_from_row(row) for row in rows}
+
+    async def change_watch(self, expected_version: int, new: Watched, notices: Sequence[Notice]) -> bool:
+        async with self._conn() as conn, conn.transaction():
+            if expected_version == 0:
+                status: str = await conn.execute(
+                    f"INSERT INTO watch ({WATCH_COLUMNS}) VALUES ($1, $2, $3, $4, 1) "  # noqa: S608
+                    "ON CONFLICT (instance_id) DO NOTHING",
+                    new.instance_id,
+                    new.state,
+                    new.since,
+                    new.notified_at,
+                )
+            else:
+                # Under READ COMMITTED a second node's update waits for the first's row lock, then finds the
+                # version moved on: it changes nothing, and queues nothing.
+                status = await conn.execute(
+                    "UPDATE watch SET state = $2, since = $3, notified_at = $4, version = version + 1 "
+                    "WHERE instance_id = $1 AND version = $5",
+                    new.instance_id,
+                    new.state,
+                    new.since,
+                    new.notified_at,
+                    expected_version,
+                )
+            if not status.endswith(" 1"):
+                return False
+            if notices:
+                await conn.executemany(
+                    f"INSERT INTO notices ({NOTICE_COLUMNS}) VALUES ({_NOTICE_PLACEHOLDERS})",  # noqa: S608
+                    [notice_values(notice) for notice in notices],
+                )
+        return True
+
+    async def claim_notices(self, now: float, lease_until: float, limit: int) -> list[Notice]:
+        async with self._conn() as conn:
+            # Rows another node is claiming right now are skipped, not waited for; those it claimed already
+            # are no longer due (their next_at is its lease).
+            rows = await conn.fetch(
+                "UPDATE notices SET next_at = $1, attempts = attempts + 1 WHERE id IN ("  # noqa: S608
+                "SELECT id FROM notices WHERE status = 'pending' AND next_at <= $2 ORDER BY next_at, id "
+                f"LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING {NOTICE_COLUMNS}",
+                lease_until,
+                now,
+                limit,
+            )
+        return sorted((notice_from_row(row) for row in rows), key=lambda notice: notice.created_at)
+
+    async def retry_notice(self, notice_id: str, next_at: float, error: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE notices SET next_at = $2, error = $3 WHERE id = $1 AND status = $4",
+                notice_id,
+                next_at,
+                error,
+                PENDING,
+            )
+
+    async def finish_notice(self, notice_id: str, status: str, now: float, error: str | None = None) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE notices SET status = $2, done_at = $3, error = $4 WHERE id = $1 AND status = $5",
+                notice_id,
+                status,
+                now,
+                error,
+                PENDING,
+            )
+
+    async def pending_notices(self) -> int:
+        async with self._conn() as conn:
+            count: int = await conn.fetchval("SELECT count(*) FROM notices WHERE status = $1", PENDING)
+        return count
+
+    async def list_notices(self) -> list[Notice]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(f"SELECT {NOTICE_COLUMNS} FROM notices ORDER BY created_at, id")  # noqa: S608
+        return [notice_from_row(row) for row in rows]
+
+    async def prune_notices(self, before: float) -> int:
+        async with self._conn() as conn:
+            status: str = await conn.execute(
+                "DELETE FROM notices WHERE status <> $1 AND done_at < $2", PENDING, before
+            )
+        return int(status.rsplit(maxsplit=1)[-1])

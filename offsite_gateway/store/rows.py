@@ -10,13 +10,19 @@ import json
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from .base import POLICY_FIELDS, Backup, Instance, PolicyOverrides
+from .base import POLICY_FIELDS, Backup, Instance, Notice, NotifyTarget, PolicyOverrides, Watched
 
 BACKUP_COLUMNS = (
     "id, instance_id, name, size, sha256, status, created_at, completed_at, part_size, part_count, "
     "object_key, upload_id, metadata, last_activity"
 )
-INSTANCE_COLUMNS = "id, name, created_at, revoked_at, " + ", ".join(POLICY_FIELDS)
+INSTANCE_COLUMNS = (
+    "id, name, created_at, revoked_at, "
+    + ", ".join(POLICY_FIELDS)
+    + ", notify_url, notify_format, notify_secret"
+)
+WATCH_COLUMNS = "instance_id, state, since, notified_at, version"
+NOTICE_COLUMNS = "id, instance_id, event, recipient, channel, payload, created_at, next_at, attempts, status, done_at, error"
 
 
 def newest_first(backups: Iterable[Backup]) -> list[Backup]:
@@ -77,4 +83,50 @@ def backup_values(backup: Backup) -> tuple[Any, ...]:
 def instance_from_row(row: Row) -> Instance:
     """The instance a row of `INSTANCE_COLUMNS` holds."""
     policy = PolicyOverrides(**{name: row[name] for name in POLICY_FIELDS})
-    return Instance(row["id"], row["name"], row["created_at"], row["revoked_at"], policy)
+    notify = (
+        NotifyTarget(row["notify_url"], row["notify_format"], row["notify_secret"])
+        if row["notify_url"] is not None
+        else None
+    )
+    return Instance(row["id"], row["name"], row["created_at"], row["revoked_at"], policy, notify)
+
+
+def watched_from_row(row: Row) -> Watched:
+    """The watchdog's record a row of `WATCH_COLUMNS` holds."""
+    return Watched(row["instance_id"], row["state"], row["since"], row["notified_at"], row["version"])
+
+
+def notice_from_row(row: Row) -> Notice:
+    """The notice a row of `NOTICE_COLUMNS` holds."""
+    return Notice(
+        id=row["id"],
+        instance_id=row["instance_id"],
+        event=row["event"],
+        recipient=row["recipient"],
+        channel=row["channel"],
+        payload=json.loads(row["payload"]),
+        created_at=row["created_at"],
+        next_at=row["next_at"],
+        attempts=row["attempts"],
+        status=row["status"],
+        done_at=row["done_at"],
+        error=row["error"],
+    )
+
+
+def notice_values(notice: Notice) -> tuple[Any, ...]:
+    """The values of `NOTICE_COLUMNS`, in their order, for an INSERT."""
+    return (
+        notice.id,
+        notice.instance_id,
+        notice.event,
+        notice.recipient,
+        notice.channel,
+        json.dumps(notice.payload, separators=(",", ":"), sort_keys=True),
+        notice.created_at,
+        notice.next_at,
+        notice.attempts,
+        notice.status,
+        notice.done_at,
+        notice.error,
+    )

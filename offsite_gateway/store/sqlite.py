@@ -15,20 +15,37 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 from .base import (
+    PENDING,
     POLICY_FIELDS,
+    Activity,
     Backup,
     DuplicateInstance,
     Instance,
+    Notice,
+    NotifyTarget,
     RateLimited,
     SchemaStatus,
     SchemaTooNew,
     UploadInProgress,
+    Watched,
 )
 from .locks import KeyedLocks
 from .migrations import MIGRATIONS, SCHEMA_VERSION, pending, statements, too_new_message
-from .rows import BACKUP_COLUMNS, INSTANCE_COLUMNS, backup_from_row, backup_values, instance_from_row
+from .rows import (
+    BACKUP_COLUMNS,
+    INSTANCE_COLUMNS,
+    NOTICE_COLUMNS,
+    WATCH_COLUMNS,
+    backup_from_row,
+    backup_values,
+    instance_from_row,
+    notice_from_row,
+    notice_values,
+    watched_from_row,
+)
 
 _BACKUP_PLACEHOLDERS = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+_NOTICE_PLACEHOLDERS = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
 
 
 @contextlib.contextmanager
@@ -354,3 +371,108 @@ class SQLiteStore:
 
     async def prune_init_events(self, before: float) -> None:
         self.conn.execute("DELETE FROM init_events WHERE at < ?", (before,))
+
+    # --- the watchdog -------------------------------------------------------------------------------------
+
+    async def set_notify(self, instance_id: str, target: NotifyTarget | None) -> bool:
+        cursor = self.conn.execute(
+            "UPDATE instances SET notify_url = ?, notify_format = ?, notify_secret = ? "
+            "WHERE id = ? AND revoked_at IS NULL",
+            (
+                target.url if target else None,
+                target.format if target else None,
+                target.secret if target else None,
+                instance_id,
+            ),
+        )
+        return cursor.rowcount > 0
+
+    async def instance_by_id(self, instance_id: str) -> Instance | None:
+        row = self.conn.execute(
+            f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?",  # noqa: S608
+            (instance_id,),
+        ).fetchone()
+        return None if row is None else instance_from_row(row)
+
+    async def last_success(self, instance_id: str) -> float | None:
+        row = self.conn.execute(
+            "SELECT max(completed_at) FROM backups WHERE instance_id = ? AND status = 'completed'",
+            (instance_id,),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    async def activity(self) -> dict[str, Activity]:
+        rows = self.conn.execute(
+            "SELECT instance_id, max(completed_at) FILTER (WHERE status = 'completed') AS last_success, "
+            "coalesce(sum(size), 0) AS bytes, count(*) FILTER (WHERE status = 'completed') AS backups "
+            "FROM backups WHERE status IN ('completed', 'deleting') GROUP BY instance_id"
+        ).fetchall()
+        return {
+            row["instance_id"]: Activity(row["last_success"], int(row["bytes"]), int(row["backups"]))
+            for row in rows
+        }
+
+    async def watched(self) -> dict[str, Watched]:
+        rows = self.conn.execute(f"SELECT {WATCH_COLUMNS} FROM watch").fetchall()  # noqa: S608
+        return {row["instance_id"]: watched_from_row(row) for row in rows}
+
+    async def change_watch(self, expected_version: int, new: Watched, notices: Sequence[Notice]) -> bool:
+        conn = self.conn
+        with _write_transaction(conn):
+            if expected_version == 0:
+                cursor = conn.execute(
+                    f"INSERT INTO watch ({WATCH_COLUMNS}) VALUES (?, ?, ?, ?, 1) "  # noqa: S608
+                    "ON CONFLICT (instance_id) DO NOTHING",
+                    (new.instance_id, new.state, new.since, new.notified_at),
+                )
+            else:
+                cursor = conn.execute(
+                    "UPDATE watch SET state = ?, since = ?, notified_at = ?, version = version + 1 "
+                    "WHERE instance_id = ? AND version = ?",
+                    (new.state, new.since, new.notified_at, new.instance_id, expected_version),
+                )
+            if cursor.rowcount == 0:
+                return False
+            conn.executemany(
+                f"INSERT INTO notices ({NOTICE_COLUMNS}) VALUES ({_NOTICE_PLACEHOLDERS})",  # noqa: S608
+                [notice_values(notice) for notice in notices],
+            )
+        return True
+
+    async def claim_notices(self, now: float, lease_until: float, limit: int) -> list[Notice]:
+        # One node serves a SQLite file: the statement's own write lock is the whole claim.
+        rows = self.conn.execute(
+            "UPDATE notices SET next_at = ?, attempts = attempts + 1 WHERE id IN ("  # noqa: S608
+            "SELECT id FROM notices WHERE status = 'pending' AND next_at <= ? ORDER BY next_at, id LIMIT ?) "
+            f"RETURNING {NOTICE_COLUMNS}",
+            (lease_until, now, limit),
+        ).fetchall()
+        return sorted((notice_from_row(row) for row in rows), key=lambda notice: notice.created_at)
+
+    async def retry_notice(self, notice_id: str, next_at: float, error: str) -> None:
+        self.conn.execute(
+            "UPDATE notices SET next_at = ?, error = ? WHERE id = ? AND status = ?",
+            (next_at, error, notice_id, PENDING),
+        )
+
+    async def finish_notice(self, notice_id: str, status: str, now: float, error: str | None = None) -> None:
+        self.conn.execute(
+            "UPDATE notices SET status = ?, done_at = ?, error = ? WHERE id = ? AND status = ?",
+            (status, now, error, notice_id, PENDING),
+        )
+
+    async def pending_notices(self) -> int:
+        count: int = self.conn.execute(
+            "SELECT count(*) FROM notices WHERE status = ?", (PENDING,)
+        ).fetchone()[0]
+        return count
+
+    async def list_notices(self) -> list[Notice]:
+        rows = self.conn.execute(
+            f"SELECT {NOTICE_COLUMNS} FROM notices ORDER BY created_at, id"  # noqa: S608
+        ).fetchall()
+        return [notice_from_row(row) for row in rows]
+
+    async def prune_notices(self, before: float) -> int:
+        cursor = self.conn.execute("DELETE FROM notices WHERE status <> ? AND done_at < ?", (PENDING, before))
+        return cursor.rowcount

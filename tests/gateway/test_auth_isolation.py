@@ -67,6 +67,8 @@ async def test_revoked_instance_gets_401(gateway: RunningGateway, session: aioht
 async def test_instance_info(gateway: RunningGateway, session: aiohttp.ClientSession) -> None:
     instance_id, token = await gateway.add_instance("home")
     body = await Api(session, gateway.url, token).ok("GET", "/v1/instance")
+    watch = body.pop("watch")  # the watchdog's view: tests/gateway/test_watchdog.py
+    assert (watch["state"], watch["expect_every"], watch["notify"]) == ("ok", 36 * 3600, None)
     assert body == {
         "id": instance_id,
         "name": "home",

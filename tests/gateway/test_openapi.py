@@ -84,6 +84,14 @@ async def test_answers_follow_the_document(
         return status, answer
 
     await call("GET", "/v1/instance")
+    # The house's notify URL: set (a public address literal: checked, never connected to), refused, cleared.
+    await call("PUT", "/v1/instance/notify", body={"url": "https://93.184.215.14/topic", "format": "ntfy"})
+    _, info = await call("GET", "/v1/instance")
+    assert info["watch"]["notify"] == {"url": "https://93.184.215.14/…", "format": "ntfy"}
+    _, refused = await call("PUT", "/v1/instance/notify", body={"url": "http://127.0.0.1:9/x"})  # 400
+    assert refused["error"]["code"] == "forbidden_address"
+    await call("PUT", "/v1/instance/notify", body={"url": "ftp://example.com"})  # 400
+    await call("DELETE", "/v1/instance/notify")
     data = os.urandom(100)
     _, init = await call("POST", "/v1/backups", body={"name": "n", "size": len(data), "metadata": {"a": 1}})
     backup_id = init["id"]

@@ -31,6 +31,7 @@ async def test_one_service_device_with_every_entity(
     assert sorted(e.unique_id.removeprefix(f"{loaded_entry.unique_id}_") for e in entities) == [
         "backup_now",
         "backups_stored",
+        "gateway_expects",
         "last_error",
         "last_size",
         "last_success",
