@@ -94,11 +94,15 @@ class Settings:
     # Connections (offsite_gateway/server.py): what an idle, slow or crowded client may hold.
     header_timeout: int = 10
     body_timeout: int = 30
+    write_timeout: int = 30
     keepalive_timeout: int = 20
     max_connections: int = 4096
     # Wrong tokens per source address and minute before that address gets 429 (0: never).
     auth_failures_per_minute: int = 100
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    # /metrics: on a listener of its own (host, port), and/or behind a token; with neither, not served.
+    metrics_listen: tuple[str, int] | None = None
+    metrics_token: str | None = field(default=None, repr=False)
 
     @property
     def listen(self) -> str:
@@ -253,6 +257,18 @@ def _listen(text: str) -> tuple[str, int]:
     return host, port
 
 
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
+
+
+def _metrics_token(text: str) -> str:
+    value = text.strip()
+    if not _TOKEN_RE.match(value):
+        raise ValueError(
+            "expected 16 to 512 letters, digits or ._~+/=- (e.g. the output of `openssl rand -hex 32`)"
+        )
+    return value
+
+
 def _networks(text: str) -> tuple[IPNetwork, ...]:
     networks = []
     for item in re.split(r"[\s,]+", text.strip()):
@@ -295,10 +311,13 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], bool]] = {
     "LOG_LEVEL": (_log_level, False),
     "HEADER_TIMEOUT": (_int_in(1, 3600), False),
     "BODY_TIMEOUT": (_int_in(1, 3600), False),
+    "WRITE_TIMEOUT": (_int_in(1, 3600), False),
     "KEEPALIVE_TIMEOUT": (_int_in(1, 3600), False),
     "MAX_CONNECTIONS": (_int_in(1, 1_000_000), False),
     "AUTH_FAILURES_PER_MINUTE": (_int_in(0), False),
     "TRUSTED_PROXIES": (_networks, False),
+    "METRICS_LISTEN": (_listen, False),
+    "METRICS_TOKEN": (_metrics_token, False),
 }
 
 SETTING_NAMES = tuple(_PARSERS)
@@ -352,6 +371,8 @@ def load_settings(
         else:
             kwargs[name.lower()] = value
     settings = Settings(**kwargs)
+    if settings.metrics_listen == (settings.listen_host, settings.listen_port) and settings.listen_port:
+        raise ConfigError(f"{PREFIX}METRICS_LISTEN must be another address than {PREFIX}LISTEN")
     if not (
         settings.retention
         or settings.retention_daily
@@ -368,4 +389,4 @@ def _shown(name: str, raw: str) -> str:
     """Never echo a secret back in an error message."""
     if name == "DB" and "://" in raw:
         return "<a URL, hidden: it may hold a password>"
-    return "<hidden>" if name in ("S3_SECRET_KEY", "S3_ACCESS_KEY") else repr(raw)
+    return "<hidden>" if name in ("S3_SECRET_KEY", "S3_ACCESS_KEY", "METRICS_TOKEN") else repr(raw)
