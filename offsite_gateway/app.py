@@ -458,8 +458,8 @@ async def _touch(request: web.Request, backup: Backup) -> None:
 
 
 async def stored_bytes(app: web.Application, instance: Instance) -> tuple[int, int]:
-    """(bytes, backups): what storage holds for the instance, its completed backups (each checked, at complete,
-    to be what storage listed) and the parts of its upload in progress as ListParts reports them."""
+    """(bytes, backups): what storage holds for the instance, its completed backups (each one's size read back
+    from storage at complete) and the parts of its upload in progress as ListParts reports them."""
     store, storage = app[STORE], app[STORAGE]
     stored, count = await store.usage(instance.id)
     for backup in await store.list_backups(instance.id, UPLOADING):

@@ -199,7 +199,7 @@ class Store(Protocol):
 
     async def usage(self, instance_id: str) -> tuple[int, int]:
         """(bytes, count) of the instance's completed backups (bytes: those being deleted too, which storage
-        still holds); each backup's size is what storage holds (complete checks the parts storage lists)."""
+        still holds); each backup's size is what storage holds (complete reads it back from storage)."""
         ...
 
     async def instance_by_token_hash(self, token_hash: str) -> Instance | None: ...
