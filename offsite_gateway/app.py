@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hmac
 import json
 import logging
 import math
@@ -22,10 +23,11 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from . import bodies, manifest
+from . import backups, bodies, manifest
 from .auth import authenticate
 from .clients import client_address, source_of
 from .config import MIB, S3_MAX_PARTS, Settings
+from .errors import ApiError, error_response
 from .health import Readiness
 from .logs import escape
 from .messages import FORMATS, JSON, check_notify_url, iso, redact_url
@@ -35,9 +37,9 @@ from .outbox import Outbox
 from .parts import TooLarge, plan_parts
 from .policy import Policy, policy_for
 from .purger import Purger
-from .retention import delete_backups, select_expired
+from .retention import delete_backups, protected
 from .server import PROTOCOL_ERROR, SERVER_NAME, GatewayRunner
-from .storage import Storage, StorageError, StoredPart
+from .storage import Storage, StorageError
 from .store import (
     COMPLETED,
     DELETING,
@@ -45,13 +47,14 @@ from .store import (
     Backup,
     Instance,
     NotifyTarget,
+    QuotaExceeded,
     RateLimited,
     Store,
     StoreUnavailable,
     UploadInProgress,
     create_store,
-    newest_first,
 )
+from .store.locks import KeyedLocks
 from .sweeper import Sweeper
 from .throttle import AuthFailures
 from .watchdog import Watchdog, expectation, watch_json
@@ -70,6 +73,7 @@ READINESS = web.AppKey("readiness", Readiness)
 AUTH_FAILURES = web.AppKey("auth_failures", AuthFailures)
 WATCHDOG = web.AppKey("watchdog", Watchdog)
 OUTBOX = web.AppKey("outbox", Outbox)
+BODY_READS = web.AppKey("body_reads", KeyedLocks)  # one complete body of an upload read at a time, per node
 
 INSTANCE = "offsite_gateway.instance"  # request key: the authenticated instance
 CLIENT = "offsite_gateway.client"  # request key: the client's address (behind a trusted proxy, the real one)
@@ -84,39 +88,6 @@ ETAG_MAX = 256
 PART_ENTRY_MAX = (
     64 + ETAG_MAX
 )  # bytes a part of a complete body may take: {"part_number": 10000, "etag": "…"},
-
-
-class ApiError(Exception):
-    """An answer `{"error": {"code", "message", **details}}` with an HTTP status."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        headers: dict[str, str] | None = None,
-        *,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
-        self.details = details
-
-
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    headers: dict[str, str] | None = None,
-    details: dict[str, Any] | None = None,
-) -> web.Response:
-    """`{"error": {"code", "message"}}`, plus the code's own extra fields (`details`) if any."""
-    error: dict[str, Any] = {"code": code, "message": message}
-    error.update((key, value) for key, value in (details or {}).items() if key not in error)
-    return web.json_response({"error": error}, status=status, headers=headers)
 
 
 def _not_found() -> NoReturn:
@@ -310,9 +281,10 @@ def _route_name(request: web.Request) -> str:
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 
 
-def _method_name(request: web.Request) -> str:
-    """The method as a metric label: any other is "other" (a client may invent as many as it likes)."""
-    return request.method if request.method in METHODS else "other"
+def _method_name(request: web.Request, route: str) -> str:
+    """The method as a metric label: any other is "other" (a client may invent as many as it likes), and so is
+    any method of a request that matched no route (each would be a series of its own)."""
+    return request.method if request.method in METHODS and route != "unmatched" else "other"
 
 
 @web.middleware
@@ -357,7 +329,8 @@ async def errors_and_metrics(
         _LOGGER.exception("Unexpected error on %s %s", request.method, _route_name(request))
         response = error_response(500, "internal_error", "the gateway failed unexpectedly; see its log")
     response.headers[hdrs.SERVER] = SERVER_NAME  # not aiohttp's, which names its version and Python's
-    route, method = _route_name(request), _method_name(request)
+    route = _route_name(request)
+    method = _method_name(request, route)
     metrics.requests.labels(method, route, str(response.status)).inc()
     metrics.request_seconds.labels(method, route).observe(time.perf_counter() - started)
     return response
@@ -373,31 +346,39 @@ def _storage_failed(err: StorageError) -> str:
     return f"storage failed ({err.operation}{code}); try again later"
 
 
+def _refuse_throttled(request: web.Request) -> None:
+    """429 for a source that sent too many requests without a valid token within the last minute."""
+    retry_after = request.app[AUTH_FAILURES].retry_after(source_of(request[CLIENT]), request.app[CLOCK]())
+    if retry_after is not None:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many requests without a valid token from this address; retry in {retry_after} s",
+            {"Retry-After": str(retry_after)},
+        )
+
+
+def _unauthorized(request: web.Request) -> ApiError:
+    """A request without a valid token: counted for its source; the 401 to answer."""
+    request.app[AUTH_FAILURES].failed(source_of(request[CLIENT]), request.app[CLOCK]())
+    return ApiError(
+        401,
+        "unauthorized",
+        "a valid token is required: Authorization: Bearer <token>",
+        {"WWW-Authenticate": 'Bearer realm="offsite-gateway"'},
+    )
+
+
 @web.middleware
 async def bearer_auth(
     request: web.Request, handler: Callable[[web.Request], Awaitable[StreamResponse]]
 ) -> StreamResponse:
     """Every /v1 route needs an active instance's token; a source sending wrong ones is throttled."""
     if request.path == "/v1" or request.path.startswith("/v1/"):
-        failures, now = request.app[AUTH_FAILURES], request.app[CLOCK]()
-        source = source_of(request[CLIENT])
-        retry_after = failures.retry_after(source, now)
-        if retry_after is not None:
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"too many requests without a valid token from this address; retry in {retry_after} s",
-                {"Retry-After": str(retry_after)},
-            )
+        _refuse_throttled(request)
         instance = await authenticate(request.app[STORE], request.headers.get("Authorization"))
         if instance is None:
-            failures.failed(source, now)
-            raise ApiError(
-                401,
-                "unauthorized",
-                "a valid token is required: Authorization: Bearer <token>",
-                {"WWW-Authenticate": 'Bearer realm="offsite-gateway"'},
-            )
+            raise _unauthorized(request)
         request[INSTANCE] = instance
     return await handler(request)
 
@@ -488,8 +469,8 @@ async def _touch(request: web.Request, backup: Backup) -> None:
 
 
 async def stored_bytes(app: web.Application, instance: Instance) -> tuple[int, int]:
-    """(bytes, backups): what storage holds for the instance, its completed backups (each checked, at complete,
-    to be what storage listed) and the parts of its upload in progress as ListParts reports them."""
+    """(bytes, backups): what storage holds for the instance, its completed backups (each one's size read back
+    from storage at complete) and the parts of its upload in progress as ListParts reports them."""
     store, storage = app[STORE], app[STORAGE]
     stored, count = await store.usage(instance.id)
     for backup in await store.list_backups(instance.id, UPLOADING):
@@ -571,20 +552,11 @@ async def create_backup(request: web.Request) -> web.Response:
             f"size {size} is over this gateway's limit of {settings.max_backup_bytes} bytes",
             details={"needed_bytes": size, "max_backup_bytes": settings.max_backup_bytes},
         )
+    # Checked by the database with the create, atomically: an upload that is completing counts (see begin_backup).
     quota = policy_for(instance, settings).quota_bytes
-    if quota is not None:
-        stored, _ = await stored_bytes(app, instance)
-        if stored + size > quota:
-            raise ApiError(
-                413,
-                "quota_exceeded",
-                f"this backup needs {size} bytes; {stored} of this instance's quota of {quota} bytes are "
-                f"used, {max(0, quota - stored)} free",
-                details={"used_bytes": stored, "needed_bytes": size, "quota_bytes": quota},
-            )
     try:
         part_size, part_count = plan_parts(size, settings.part_size, settings.max_parts)
-    except TooLarge as err:  # not past the check above: MAX_BACKUP_BYTES fits in MAX_PARTS parts
+    except TooLarge as err:  # not past the size check above: MAX_BACKUP_BYTES fits in MAX_PARTS parts
         raise ApiError(413, "quota_exceeded", f"size {size}: {err}", details={"needed_bytes": size}) from None
     backup_id = uuid.uuid4().hex
     now = app[CLOCK]()
@@ -605,7 +577,16 @@ async def create_backup(request: web.Request) -> web.Response:
     )
     # The row goes in before the upload exists in storage: the sweeper never takes it for an orphan.
     try:
-        await store.begin_backup(backup, now, settings.init_rate)
+        await store.begin_backup(backup, now, settings.init_rate, quota)
+    except QuotaExceeded as err:
+        assert quota is not None
+        raise ApiError(
+            413,
+            "quota_exceeded",
+            f"this backup needs {size} bytes; {err.used} of this instance's quota of {quota} bytes are "
+            f"used, {max(0, quota - err.used)} free",
+            details={"used_bytes": err.used, "needed_bytes": size, "quota_bytes": quota},
+        ) from None
     except UploadInProgress as err:
         # Its id, so a client that lost the answer to its create can abort its own stale upload at once.
         raise ApiError(
@@ -684,7 +665,7 @@ def _part_urls(
         {
             "part_number": number,
             "url": presigner.upload_part(
-                backup.object_key, upload_id, number, ttl, part_length(backup, number)
+                backup.object_key, upload_id, number, ttl, backups.part_length(backup, number)
             ),
             "expires_at": expires_at,
         }
@@ -702,41 +683,6 @@ async def list_parts(request: web.Request) -> web.Response:
     return web.json_response(
         {"parts": [{"part_number": p.part_number, "etag": p.etag, "size": p.size} for p in stored]}
     )
-
-
-def part_length(backup: Backup, number: int) -> int:
-    """The exact length of part `number`: `part_size`, or what is left for the last one."""
-    if number < backup.part_count:
-        return backup.part_size
-    return backup.size - (backup.part_count - 1) * backup.part_size
-
-
-def _unquoted(etag: str) -> str:
-    return etag.strip().strip('"')
-
-
-def _check_parts(backup: Backup, declared: dict[int, str], stored: list[StoredPart]) -> None:
-    """409 unless the stored parts are all there, with the declared ETags and their signed lengths."""
-    by_number = {part.part_number: part for part in stored}
-    chosen: list[StoredPart] = []
-    for number in range(1, backup.part_count + 1):
-        part = by_number.get(number)
-        if part is None:
-            raise ApiError(409, "parts_missing", f"storage does not hold part {number}")
-        if _unquoted(part.etag) != _unquoted(declared[number]):
-            raise ApiError(
-                409, "parts_missing", f"part {number} in storage has ETag {part.etag}, not {declared[number]}"
-            )
-        chosen.append(part)
-    for part in chosen:
-        expected = part_length(backup, part.part_number)
-        if part.size != expected:
-            raise ApiError(
-                409,
-                "size_mismatch",
-                f"part {part.part_number} holds {part.size} bytes, {expected} expected "
-                f"(declared size {backup.size}, part size {backup.part_size})",
-            )
 
 
 COMPLETE_YIELD_EVERY = 500  # parts checked between two turns given back to the event loop
@@ -789,39 +735,21 @@ async def _declared_parts(body: dict[str, Any]) -> tuple[dict[int, str], str | N
     return declared, sha256
 
 
-# What storage answers a CompleteMultipartUpload whose parts are not all there as listed (a part missing, another
-# ETag, a part too small): the parts are then listed, to tell the client which one.
-PART_REFUSALS = frozenset(("InvalidPart", "InvalidPartOrder", "EntityTooSmall"))
+async def _complete_body(request: web.Request, backup_id: str) -> bytes:
+    """The complete's body, read whole before any lock or database connection is held: a client trickling its
+    body holds neither (its checks come once the lock is held).
 
-
-async def _complete_in_storage(
-    storage: Storage, backup: Backup, upload_id: str, declared: dict[int, str]
-) -> None:
-    """CompleteMultipartUpload with the parts the client declared, in one call.
-
-    Nothing is listed first: storage checks that each part is there with that ETag, and each part's length was
-    fixed when its URL was signed (`Content-Length` is signed: storage refuses a PUT of any other length,
-    tests/gateway/test_seaweedfs_urls.py), so the object is `backup.size` bytes. Only when storage refuses are the
-    parts listed, to say which one is missing or wrong. An upload storage no longer knows may have been completed
-    by an earlier call that stopped before recording it (a crash, a lost answer): then the object is there.
+    A body that is all here already (sent with its head, as clients do) is taken as it is (up to the largest a
+    complete may send; its upload's own limit is checked under the lock). One still arriving is read only for an
+    upload of the caller's in progress (the cheap refusal first), one such body of an upload at a time on this
+    node, and no longer than its part count needs.
     """
-    parts = [StoredPart(number, f'"{_unquoted(declared[number])}"', 0) for number in sorted(declared)]
-    try:
-        await storage.complete_multipart_upload(backup.object_key, upload_id, parts)
-    except StorageError as err:
-        if err.code == "NoSuchUpload":
-            if await storage.object_size(backup.object_key) != backup.size:
-                raise ApiError(
-                    409, "not_uploading", "storage no longer knows this upload: abort it and start again"
-                ) from None
-            _LOGGER.info("Backup %s was already complete in storage; recording it", backup.id)
-            return
-        if err.code not in PART_REFUSALS:
-            raise
-        _check_parts(backup, declared, await storage.list_parts(backup.object_key, upload_id))
-        raise ApiError(
-            409, "parts_missing", f"storage refused the parts as listed ({err.code}); list them and retry"
-        ) from None
+    if request.content.is_eof():
+        return await read_raw(request, MAX_COMPLETE_BODY)
+    backup = await _owned(request)
+    _require_uploading(backup)
+    async with request.app[BODY_READS].hold(backup_id):
+        return await read_raw(request, _complete_body_limit(backup.part_count))
 
 
 async def complete_backup(request: web.Request) -> web.Response:
@@ -829,13 +757,16 @@ async def complete_backup(request: web.Request) -> web.Response:
     settings, store, storage, metrics = app[SETTINGS], app[STORE], app[STORAGE], app[METRICS]
     policy = policy_for(_instance(request), settings)
     backup_id = _backup_id(request)
+    raw = await _complete_body(request, backup_id)
     # One complete, abort or delete of a backup at a time, on every node (its parsing included); on PostgreSQL
     # the lock's round trip also reads the backup, which `_owned` then takes, and its instance's completed
     # backups, which retention then takes.
     async with _backup_lock(request, backup_id, completing=True):
         backup = await _owned(request)
-        upload_id = _require_uploading(backup)  # the cheap refusal first: before a byte of the body is read
-        raw = await read_raw(request, _complete_body_limit(backup.part_count))
+        upload_id = _require_uploading(backup)  # the cheap refusal first: before the body is parsed
+        limit = _complete_body_limit(backup.part_count)
+        if len(raw) > limit:
+            raise ApiError(413, "body_too_large", f"the body is larger than {limit // 1024} KiB")
         declared, sha256 = await _declared_parts(parse_json(raw))
         expected = set(range(1, backup.part_count + 1))
         if set(declared) != expected:
@@ -847,8 +778,10 @@ async def complete_backup(request: web.Request) -> web.Response:
             raise ApiError(
                 400, "invalid_request", "sha256: differs from the one declared when the upload began"
             )
-        await _complete_in_storage(storage, backup, upload_id, declared)
+        stored = await backups.complete_in_storage(storage, backup, upload_id, declared)
         now = app[CLOCK]()
+        if stored != backup.size:
+            raise await backups.refuse_stored_size(store, storage, metrics, backup, stored=stored, now=now)
         # The manifest goes in before the database records the backup: no completed row lacks its manifest.
         recorded = dataclasses.replace(
             backup, status=COMPLETED, completed_at=now, sha256=sha256 or backup.sha256
@@ -863,7 +796,7 @@ async def complete_backup(request: web.Request) -> web.Response:
             await storage.lock_object(key, until)
         # Retention's choice among the instance's completed backups and this one, recorded with the complete.
         completed = await store.list_backups(backup.instance_id, COMPLETED)
-        expired = select_expired(newest_first([recorded, *completed]), policy)
+        expired = backups.retention_choice(recorded, completed, policy, now)
         if not await store.complete_backup(backup.id, sha256, now, [old.id for old in expired]):
             current = await store.get_backup(backup.id)
             if current is not None and current.status == COMPLETED:
@@ -949,12 +882,11 @@ async def delete_backup(request: web.Request) -> web.Response:
 
 
 def _refuse_if_protected(request: web.Request, backup: Backup) -> None:
-    """403 `protected` for a completed backup younger than the instance's protect-days (the token's limit only:
-    retention and the operator's `backup delete` are not bound by it)."""
+    """403 `protected` for a completed backup younger than the instance's protect-days (retention does not delete
+    it either; the operator's `backup delete` can)."""
     policy = policy_for(_instance(request), request.app[SETTINGS])
-    completed_at = backup.completed_at or backup.created_at
-    deletable_at = policy.deletable_at(completed_at)
-    if policy.protect_days > 0 and request.app[CLOCK]() < deletable_at:
+    deletable_at = policy.deletable_at(backup.completed_at or backup.created_at)
+    if protected(backup, policy, request.app[CLOCK]()):
         # Rounded up to the second: never announced earlier than it is.
         when = iso(math.ceil(deletable_at))
         raise ApiError(
@@ -991,14 +923,60 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "unavailable", "checks": answer}, status=503)
 
 
+METRICS_ONLY = web.AppKey("metrics_only", bool)  # the app of the metrics listener (`create_metrics_app`)
+
+
 async def metrics(request: web.Request) -> web.Response:
-    app_metrics = request.app[METRICS]
-    app_metrics.uploads_in_progress.set(await request.app[STORE].count_uploading())
-    for check, ok in (await request.app[READINESS].check()).items():
+    """Prometheus text: on the metrics listener (`METRICS_LISTEN`) if there is one, else on the API's listener
+    behind `METRICS_TOKEN`; with neither, not served (404, as for any route that is not there). Wherever it is
+    served, `METRICS_TOKEN` (if set) is required, and wrong ones count as wrong tokens (throttled)."""
+    app = request.app
+    settings = app[SETTINGS]
+    here = app.get(METRICS_ONLY, False) or (settings.metrics_listen is None and settings.metrics_token)
+    if not here:
+        raise web.HTTPNotFound()
+    if settings.metrics_token is not None:
+        _refuse_throttled(request)
+        sent = request.headers.get("Authorization", "")
+        scheme, _, given = sent.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode("utf-8", "replace"), settings.metrics_token.encode()
+        ):
+            raise _unauthorized(request)
+    app_metrics = app[METRICS]
+    app_metrics.uploads_in_progress.set(await app[STORE].count_uploading())
+    for check, ok in (await app[READINESS].check()).items():
         app_metrics.check_up.labels(check).set(1 if ok else 0)
     response = web.Response(body=app_metrics.render())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
+
+
+DOCS_URL = "https://github.com/offsite-backup/offsite-backup"
+ROOT_PAGE = f"""<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Offsite Backup gateway</title></head>
+<body>
+<h1>Offsite Backup gateway</h1>
+<p>This server sends Home Assistant's backups off-site: Home Assistant talks to it with the token its operator
+gave it. There is nothing else to see here.</p>
+<p><a href="{DOCS_URL}">Offsite Backup's documentation</a></p>
+</body>
+</html>
+""".encode()
+ROOT_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+async def root(request: web.Request) -> web.Response:
+    """A page for people who open the gateway's address (Home Assistant's device page links it): what it is and
+    where its documentation is; no version, nothing of its configuration or state."""
+    return web.Response(body=ROOT_PAGE, content_type="text/html", charset="utf-8", headers=ROOT_HEADERS)
 
 
 # (method, path, handler): the whole API; tests check it against openapi.yaml.
@@ -1018,6 +996,7 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
     ("GET", "/metrics", metrics),
+    ("GET", "/", root),
 )
 
 
@@ -1032,6 +1011,7 @@ def make_runner(
         max_connections=min(settings.max_connections, max_connections or settings.max_connections),
         header_timeout=settings.header_timeout,
         keepalive_timeout=settings.keepalive_timeout,
+        write_timeout=settings.write_timeout,
         shutdown_timeout=shutdown_timeout,
         access_log_class=AccessLogger,
         access_log=ACCESS_LOGGER,
@@ -1057,6 +1037,7 @@ def create_app(
     app[AUTH_FAILURES] = AuthFailures(settings.auth_failures_per_minute, app[METRICS])
     app[OUTBOX] = Outbox(settings, app[STORE], app[METRICS], clock)
     app[WATCHDOG] = Watchdog(settings, app[STORE], app[METRICS], clock, on_queued=app[OUTBOX].wake)
+    app[BODY_READS] = KeyedLocks()
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_lifecycle)
@@ -1085,3 +1066,23 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await storage.close()
     finally:
         await store.close()
+
+
+METRICS_CONNECTIONS = 64  # what the metrics listener holds at most: a few scrapers
+
+
+def create_metrics_app(app: web.Application) -> web.Application:
+    """The application of the metrics listener (`METRICS_LISTEN`): `/metrics` (and `/healthz`) of `app`, whose
+    store and metrics it uses; `app` opens and closes them. Serve it with `make_runner(..., max_connections=
+    METRICS_CONNECTIONS)`, set up after `app`'s runner and cleaned up before it."""
+    metrics_app = web.Application(middlewares=[errors_and_metrics], client_max_size=MAX_BODY)
+    metrics_app[SETTINGS] = app[SETTINGS]
+    metrics_app[STORE] = app[STORE]
+    metrics_app[METRICS] = app[METRICS]
+    metrics_app[CLOCK] = app[CLOCK]
+    metrics_app[AUTH_FAILURES] = app[AUTH_FAILURES]
+    metrics_app[READINESS] = app[READINESS]  # the check_up gauges
+    metrics_app[METRICS_ONLY] = True
+    metrics_app.router.add_route("GET", "/metrics", metrics)
+    metrics_app.router.add_route("GET", "/healthz", healthz)
+    return metrics_app

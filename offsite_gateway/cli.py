@@ -109,11 +109,18 @@ def _parser() -> argparse.ArgumentParser:
     database_commands.add_parser(
         "status", parents=[common], help="show the schema's version and the migrations pending"
     )
-    commands.add_parser(
+    reindex = commands.add_parser(
         "reindex",
         parents=[common],
-        help="rebuild the database's instances and backups from the manifests in the bucket "
-        "(after the database is lost); then `instance rotate NAME` issues each instance's token",
+        help="rebuild the database's instances, backups and policies from the manifests in the bucket "
+        "(after the database is lost or restored from an older dump); then `instance rotate NAME` issues each "
+        "re-created instance's token",
+    )
+    reindex.add_argument(
+        "--prune-missing",
+        action="store_true",
+        help="remove the completed backups the database lists whose archive is gone from the bucket "
+        "(without it they are only reported)",
     )
 
     report = commands.add_parser(
@@ -174,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return asyncio.run(_bucket_check(settings))
             return asyncio.run(_bucket_create(settings))
         if args.command == "reindex":
-            return asyncio.run(_reindex(settings))
+            return asyncio.run(_reindex(settings, prune_missing=args.prune_missing))
         if args.command == "backup":
             return asyncio.run(_backup_delete(settings, args.backup_id))
         if args.command == "report":
@@ -402,7 +409,29 @@ async def _instance_set(settings: Settings, name: str, changes: dict[str, int | 
         print(f"offsite-gateway: no active instance is named {name!r}", file=sys.stderr)
         return EXIT_FAILED
     print(f"Instance {name!r}: {_policy_text(settings, instance)}")
+    await _record_policy(settings, instance)
     return 0
+
+
+async def _record_policy(settings: Settings, instance: Instance) -> None:
+    """Write the instance's policy to the bucket (`instance.json`), so that `reindex` brings it back after the
+    database is lost or restored from an older dump. The policy stands whatever happens here."""
+    from . import manifest  # noqa: PLC0415
+    from .storage import Storage  # noqa: PLC0415
+
+    later = "the bucket records it with the instance's next backup"
+    if not (settings.s3_bucket and settings.s3_access_key and settings.s3_secret_key):
+        print(f"Storage is not configured here: {later}.")
+        return
+    storage = Storage(settings)
+    try:
+        await storage.open()
+        key = manifest.instance_manifest_key(settings.s3_prefix, instance.id)
+        await storage.put_object(key, manifest.build_instance(instance))
+    except Exception as err:  # reported: the database has the policy whatever storage said
+        print(f"Could not write the policy to the bucket ({type(err).__name__}): {later}.")
+    finally:
+        await storage.close()
 
 
 async def _backup_delete(settings: Settings, backup_id: str) -> int:
@@ -532,7 +561,7 @@ async def _db_upgrade(settings: Settings) -> int:
     return 0
 
 
-async def _reindex(settings: Settings) -> int:
+async def _reindex(settings: Settings, *, prune_missing: bool = False) -> int:
     from .reindex import reindex  # noqa: PLC0415
     from .storage import Storage  # noqa: PLC0415
 
@@ -540,13 +569,35 @@ async def _reindex(settings: Settings) -> int:
     await storage.open()
     try:
         async with _open_store(settings) as store:
-            report = await reindex(store, storage, settings)
+            report = await reindex(store, storage, settings, prune_missing=prune_missing)
     finally:
         await storage.close()
     print(
         f"Read {report.manifests} manifest(s): {report.backups_added} backup(s) added, "
         f"{report.backups_known} already known, {len(report.skipped)} skipped."
     )
+    if report.backups_promoted:
+        print(
+            f"{len(report.backups_promoted)} backup(s) the database held as uploading or failed completed in "
+            "storage: now completed: " + ", ".join(report.backups_promoted)
+        )
+    if report.policies_restored:
+        print(
+            f"Restored the policy of {len(report.policies_restored)} instance(s) from the bucket (newer than the "
+            "database's): " + ", ".join(sorted(_quoted(name) for name in report.policies_restored))
+        )
+    if report.missing:
+        if prune_missing:
+            print(
+                f"Removed {len(report.pruned)} of {len(report.missing)} listed backup(s) whose archive is gone: "
+                + ", ".join(report.pruned)
+            )
+        else:
+            print(
+                f"{len(report.missing)} listed backup(s) have no archive in the bucket any more (deleted after "
+                "the database's copy was made?): " + ", ".join(report.missing)
+            )
+            print("Run `offsite-gateway reindex --prune-missing` to remove them.")
     for key, why in sorted(report.skipped.items()):
         print(f"  skipped {key if key.isprintable() else repr(key)}: {why}")
     if report.manifests_written:
@@ -630,6 +681,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
             loop.add_signal_handler(signum, stop.set)
     app = create_app(settings)
     runner = make_runner(app, max_connections=budget.max_connections)
+    metrics_runner: web.AppRunner | None = None
     try:
         await runner.setup()
     except Exception as err:
@@ -651,6 +703,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         sock.listen(LISTEN_BACKLOG)
         for address in runner.addresses:
             _LOGGER.info("Listening on http://%s:%s", *address[:2])
+        try:
+            metrics_runner = await _serve_metrics(app, settings)
+        except OSError as err:
+            print(f"offsite-gateway: cannot listen on METRICS_LISTEN: {err.strerror or err}", file=sys.stderr)
+            return EXIT_FAILED
         _LOGGER.info(
             "Serving up to %d connections (open-file limit %d; over it, idle ones are closed)",
             min(settings.max_connections, budget.max_connections),
@@ -663,8 +720,33 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         await stop.wait()
         _LOGGER.info("Stopping")
     finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()
     return 0
+
+
+async def _serve_metrics(app: web.Application, settings: Settings) -> web.AppRunner | None:
+    """The metrics listener (`METRICS_LISTEN`), if one is set: `/metrics` alone, off the API's listener."""
+    from aiohttp import web  # noqa: PLC0415
+
+    from .app import METRICS_CONNECTIONS, create_metrics_app, make_runner  # noqa: PLC0415
+
+    if settings.metrics_listen is None:
+        if settings.metrics_token is None:
+            _LOGGER.info("/metrics is not served: set METRICS_LISTEN or METRICS_TOKEN to serve it")
+        return None
+    runner = make_runner(create_metrics_app(app), max_connections=METRICS_CONNECTIONS)
+    await runner.setup()
+    try:
+        host, port = settings.metrics_listen
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    for address in runner.addresses:
+        _LOGGER.info("Serving /metrics on http://%s:%s", *address[:2])
+    return runner
 
 
 async def _check_storage_at_start(app: web.Application) -> str | None:

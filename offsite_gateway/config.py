@@ -95,6 +95,7 @@ class Settings:
     # Connections (offsite_gateway/server.py): what an idle, slow or crowded client may hold.
     header_timeout: int = 10
     body_timeout: int = 30
+    write_timeout: int = 30
     keepalive_timeout: int = 20
     max_connections: int = 4096
     # Wrong tokens per source address and minute before that address gets 429 (0: never).
@@ -120,6 +121,9 @@ class Settings:
     smtp_password: str | None = field(default=None, repr=False)
     smtp_from: str = "offsite-gateway@localhost"
     storage_quota: int | None = None  # bytes the bucket may hold (the provider's plan): a gauge for an alert
+    # /metrics: on a listener of its own (host, port), and/or behind a token; with neither, not served.
+    metrics_listen: tuple[str, int] | None = None
+    metrics_token: str | None = field(default=None, repr=False)
 
     @property
     def listen(self) -> str:
@@ -329,6 +333,18 @@ def _email(text: str) -> str:
     return addresses[0]
 
 
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
+
+
+def _metrics_token(text: str) -> str:
+    value = text.strip()
+    if not _TOKEN_RE.match(value):
+        raise ValueError(
+            "expected 16 to 512 letters, digits or ._~+/=- (e.g. the output of `openssl rand -hex 32`)"
+        )
+    return value
+
+
 def _networks(text: str) -> tuple[IPNetwork, ...]:
     networks = []
     for item in re.split(r"[\s,]+", text.strip()):
@@ -372,6 +388,7 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], bool]] = {
     "LOG_LEVEL": (_log_level, False),
     "HEADER_TIMEOUT": (_int_in(1, 3600), False),
     "BODY_TIMEOUT": (_int_in(1, 3600), False),
+    "WRITE_TIMEOUT": (_int_in(1, 3600), False),
     "KEEPALIVE_TIMEOUT": (_int_in(1, 3600), False),
     "MAX_CONNECTIONS": (_int_in(1, 1_000_000), False),
     "AUTH_FAILURES_PER_MINUTE": (_int_in(0), False),
@@ -393,6 +410,8 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], bool]] = {
     "SMTP_PASSWORD": (_non_empty, False),
     "SMTP_FROM": (_email, False),
     "STORAGE_QUOTA": (_quota, False),
+    "METRICS_LISTEN": (_listen, False),
+    "METRICS_TOKEN": (_metrics_token, False),
 }
 
 SETTING_NAMES = tuple(_PARSERS)
@@ -452,6 +471,8 @@ def load_settings(
             f"{settings.max_parts} parts of at most 5 GiB (S3's largest part): lower MAX_BACKUP_BYTES to "
             f"{settings.max_parts * S3_MAX_PART_SIZE // GIB} GiB or less, or raise MAX_PARTS"
         )
+    if settings.metrics_listen == (settings.listen_host, settings.listen_port) and settings.listen_port:
+        raise ConfigError(f"{PREFIX}METRICS_LISTEN must be another address than {PREFIX}LISTEN")
     if not (
         settings.retention
         or settings.retention_daily
@@ -477,5 +498,5 @@ def _shown(name: str, raw: str) -> str:
         return "<a URL, hidden: it may hold a password>"
     if name == "NOTIFY_URL":
         return "<a URL, hidden: its path may be secret>"
-    secret = name in ("S3_SECRET_KEY", "S3_ACCESS_KEY", "NOTIFY_SECRET", "SMTP_PASSWORD")
+    secret = name in ("S3_SECRET_KEY", "S3_ACCESS_KEY", "NOTIFY_SECRET", "SMTP_PASSWORD", "METRICS_TOKEN")
     return "<hidden>" if secret else repr(raw)

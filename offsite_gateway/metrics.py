@@ -1,4 +1,9 @@
-"""Prometheus metrics, in a registry of the app's own (several apps may live in one test process)."""
+"""Prometheus metrics, in a registry of the app's own (several apps may live in one test process).
+
+Every label has a bounded set of values that no request can extend: a route is the pattern of one the app serves
+(anything else is `unmatched`, with the method `other`), a method one of the usual seven, a status one the app
+answers, an operation or reason one of the gateway's own.
+"""
 
 from __future__ import annotations
 
@@ -51,11 +56,16 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        # No label anyone could multiply (an address, a path, a method of their own): the sources are in the log.
         self.auth_failures = Counter(
             "offsite_gateway_auth_failures",
-            "Requests to /v1 without a valid token, by source (an IPv4 address or an IPv6 /64; the first 100 "
-            'sources seen, then "other")',
-            ["source"],
+            "Requests to /v1 (or /metrics) without a valid token",
+            registry=self.registry,
+        )
+        self.uploads_refused = Counter(
+            "offsite_gateway_uploads_refused",
+            "Completes refused because storage holds something else than was declared and signed, by reason",
+            ["reason"],
             registry=self.registry,
         )
         self.retention_deleted = Counter(

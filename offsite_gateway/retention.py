@@ -8,8 +8,16 @@ stays `deleting` and the sweeper retries it. Deletes go in batches (`purge`: one
 and the node's `Purger` deletes what the completes of the last moments marked, together. Several nodes may delete
 the same backup at once (retention after two completes, the sweeper, a DELETE): every step is idempotent.
 
-Retention is not bound by delete protection (`protect_days` binds the instance's token only) and, where Object Lock
-holds the objects, deletes them with governance bypass.
+Retention never deletes a backup that is still under delete protection (`protect_days` after it completed): the
+instance's token may cause a retention run (each of its completes does), and nothing the token can cause may
+shorten the protected history. The rules choose among all the completed backups, protected or not; a backup they
+do not keep is deleted at the first complete after its protection ended (where Object Lock holds its objects, with
+governance bypass: the gateway's lock and its protection end together). Nor is the backup being completed ever
+expired, whatever the clocks say: "newest" is the order backups completed in (`completion_seq`), not a time.
+
+Copies of one Home Assistant backup (the same `backup_id` in the description each upload carries) are backups like
+any other: the description is the client's word, so it cannot make the gateway delete anything; the integration
+lists the newest copy of each, and Home Assistant's delete removes every copy.
 """
 
 from __future__ import annotations
@@ -45,12 +53,6 @@ def _month(backup: Backup) -> Hashable:
     return moment.year, moment.month
 
 
-def _ha_backup_id(backup: Backup) -> str | None:
-    """Home Assistant's id of the backup, from its description (the same backup sent twice has it twice)."""
-    value = backup.metadata.get("backup_id")
-    return value if isinstance(value, str) and value else None
-
-
 def _newest_per_period(
     newest_first: Sequence[Backup], periods: int, period: Callable[[Backup], Hashable]
 ) -> set[str]:
@@ -70,30 +72,38 @@ def _newest_per_period(
     return kept
 
 
-def select_expired(newest_first: Sequence[Backup], policy: Policy) -> list[Backup]:
-    """The completed backups retention removes (`newest_first`: an instance's completed backups, newest first).
+def protected(backup: Backup, policy: Policy, now: float) -> bool:
+    """Whether the backup is still under the instance's delete protection at `now`."""
+    return policy.protect_days > 0 and now < policy.deletable_at(backup.completed_at or backup.created_at)
+
+
+def select_expired(
+    newest_first: Sequence[Backup],
+    policy: Policy,
+    now: float | None = None,
+    completing: str | None = None,
+) -> list[Backup]:
+    """The completed backups retention removes (`newest_first`: an instance's completed backups in completion
+    order, newest first; with a complete, the backup being completed first).
 
     Kept, when any rule keeps it (UTC; a period counts when it has a backup, so nights without one never cost a
     generation): the `keep_last` newest; the newest of each of the last `keep_daily` days, `keep_weekly` ISO weeks
-    and `keep_monthly` months. Older copies of a Home Assistant backup that was sent more than once (the same
-    `backup_id` in its description) are duplicates of a newer copy and go too.
+    and `keep_monthly` months. Never removed, whatever the rules say: the backup `completing`, and a backup still
+    under delete protection at `now` (required when the policy protects backups).
     """
-    unique: list[Backup] = []
-    duplicates: set[str] = set()
-    seen_ids: set[str] = set()
-    for backup in newest_first:
-        ha_id = _ha_backup_id(backup)
-        if ha_id is not None and ha_id in seen_ids:
-            duplicates.add(backup.id)
-            continue
-        if ha_id is not None:
-            seen_ids.add(ha_id)
-        unique.append(backup)
-    kept = {backup.id for backup in unique[: policy.keep_last]}
-    kept |= _newest_per_period(unique, policy.keep_daily, _day)
-    kept |= _newest_per_period(unique, policy.keep_weekly, _iso_week)
-    kept |= _newest_per_period(unique, policy.keep_monthly, _month)
-    return [backup for backup in newest_first if backup.id not in kept or backup.id in duplicates]
+    if policy.protect_days > 0 and now is None:
+        raise ValueError("the policy protects backups: retention needs the time")
+    kept = {backup.id for backup in newest_first[: policy.keep_last]}
+    kept |= _newest_per_period(newest_first, policy.keep_daily, _day)
+    kept |= _newest_per_period(newest_first, policy.keep_weekly, _iso_week)
+    kept |= _newest_per_period(newest_first, policy.keep_monthly, _month)
+    return [
+        backup
+        for backup in newest_first
+        if backup.id not in kept
+        and backup.id != completing
+        and not (now is not None and protected(backup, policy, now))
+    ]
 
 
 PURGE_BATCH = 500  # backups purged together: their archives and manifests fill one DeleteObjects call

@@ -1,7 +1,7 @@
 """Wrong tokens, per source: counted in a metric, warned about now and then, and refused (429) past a threshold.
 
 A 256-bit token cannot be guessed, so this is not what keeps tokens safe: it makes a misconfigured client or a
-scan visible (the `offsite_gateway_auth_failures_total{source}` metric, a warning in the log), and makes a scan
+scan visible (the `offsite_gateway_auth_failures_total` metric, a warning in the log naming the source), and makes a scan
 cheap to answer (a blocked source gets 429 before any token is looked at). Counts live in this process's memory,
 for the last minute, for at most `MAX_SOURCES` sources; with several gateway nodes each counts its own.
 """
@@ -19,7 +19,6 @@ _LOGGER = logging.getLogger(__name__)
 
 WINDOW = 60.0
 MAX_SOURCES = 10_000  # sources remembered (the least recent forgotten first)
-MAX_LABELS = 100  # sources with a metric label of their own; the others are counted as "other"
 
 
 class AuthFailures:
@@ -29,7 +28,6 @@ class AuthFailures:
         self.per_minute = per_minute
         self._metrics = metrics
         self._recent: OrderedDict[str, deque[float]] = OrderedDict()
-        self._labelled: set[str] = set()
         self._warnings = ThrottledLog(_LOGGER)
 
     def retry_after(self, source: str, now: float) -> int | None:
@@ -43,6 +41,14 @@ class AuthFailures:
             return None
         return max(1, math.ceil(times[0] + WINDOW - now))
 
+    def recent(self, now: float) -> dict[str, int]:
+        """The failures of each source within the last minute (diagnostics, tests)."""
+        return {
+            source: count
+            for source, times in self._recent.items()
+            if (count := sum(1 for moment in times if moment > now - WINDOW))
+        }
+
     def failed(self, source: str, now: float) -> None:
         """A request from `source` had no valid token."""
         times = self._recent.pop(source, None)
@@ -54,12 +60,7 @@ class AuthFailures:
         self._recent[source] = times  # the most recent last
         if len(self._recent) > MAX_SOURCES:
             self._recent.popitem(last=False)
-        if source in self._labelled or len(self._labelled) < MAX_LABELS:
-            self._labelled.add(source)
-            label = source
-        else:
-            label = "other"
-        self._metrics.auth_failures.labels(label).inc()
+        self._metrics.auth_failures.inc()
         blocked = self.per_minute > 0 and len(times) >= self.per_minute
         self._warnings.log(
             logging.WARNING,

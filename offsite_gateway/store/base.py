@@ -15,7 +15,9 @@ requests is kept by the database, never in one process's memory:
 
 Backup status: `uploading` → `completed` | `failed`; `completed` → `deleting` (retention or DELETE) → row removed
 once the object is gone from storage. A row stays `deleting` until its object delete succeeded: the sweeper
-retries it, so nothing is forgotten half-way.
+retries it, so nothing is forgotten half-way. A backup that becomes `completed` gets its `completion_seq` from the
+database (a trigger, migration 9), the next of a sequence: "newest" means the highest, never a clock's reading. A
+failed upload keeps no metadata (it is dropped as it fails: nothing needs it after).
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ class RateLimited(StoreError):
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"too many uploads started; retry in {retry_after} s")
         self.retry_after = retry_after
+
+
+class QuotaExceeded(StoreError):
+    """A new upload would take the instance over its quota: `used` bytes are held already."""
+
+    def __init__(self, used: int) -> None:
+        super().__init__(f"{used} bytes are used")
+        self.used = used
 
 
 class DuplicateInstance(StoreError):
@@ -107,6 +117,7 @@ class Instance:
     revoked_at: float | None = None
     policy: PolicyOverrides = field(default_factory=PolicyOverrides)
     notify: NotifyTarget | None = field(default=None, repr=False)
+    policy_set_at: float | None = None  # when the operator last changed `policy` (None: never)
 
 
 # The watchdog's states of an instance (offsite_gateway/watchdog.py).
@@ -184,6 +195,10 @@ class Backup:
     metadata: dict[str, Any] = field(default_factory=dict)
     # An upload's last sign of life (created, parts signed or listed), or when it failed: the sweeper's clock.
     last_activity: float | None = None
+    # The order backups of an instance completed in, which the database assigns as a backup becomes completed
+    # (migration 9): newest is highest, whatever the clocks of the nodes said. Not part of what a backup is (a
+    # backup read back from its manifest is the same backup), so not compared.
+    completion_seq: int | None = field(default=None, compare=False)
 
 
 class SchemaTooNew(StoreError, RuntimeError):
@@ -238,21 +253,29 @@ class Store(Protocol):
     async def list_instances(self) -> list[Instance]: ...
     async def revoke_instance(self, name: str, now: float) -> Instance | None:
         """Revoke the active instance with this name and, in the same transaction, mark its uploads in progress
-        failed at `now` (their storage uploads become orphans: see `sweeper`); None if there is none."""
+        failed at `now` (their metadata dropped) (their storage uploads become orphans: see `sweeper`); None if there is none."""
         ...
 
     async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
         """Replace the token hash of the active instance with this name; None if there is none."""
         ...
 
-    async def set_policy(self, name: str, changes: dict[str, int | None]) -> Instance | None:
-        """Set some of the active instance's policy fields (POLICY_FIELDS; None: back to the default); the
-        instance as it then is, or None if no active instance has this name."""
+    async def set_policy(
+        self, name: str, changes: dict[str, int | None], now: float | None = None
+    ) -> Instance | None:
+        """Set some of the active instance's policy fields (POLICY_FIELDS; None: back to the default), and its
+        `policy_set_at` (`now`, else the time); the instance as it then is, or None if no active instance has
+        this name. No change: the instance as it is."""
+        ...
+
+    async def restore_policy(self, instance_id: str, policy: PolicyOverrides, set_at: float) -> bool:
+        """Give the instance (active or not) this policy, set at `set_at`, unless its own was set at `set_at` or
+        later (reindex: the newest record wins); whether it was given."""
         ...
 
     async def usage(self, instance_id: str) -> tuple[int, int]:
         """(bytes, count) of the instance's completed backups (bytes: those being deleted too, which storage
-        still holds); each backup's size is what storage holds (complete checks the parts storage lists)."""
+        still holds); each backup's size is what storage holds (complete reads it back from storage)."""
         ...
 
     async def instance_by_token_hash(self, token_hash: str) -> Instance | None: ...
@@ -264,8 +287,17 @@ class Store(Protocol):
         """Insert a completed backup as it was (reindex); False if that id is already there."""
         ...
 
-    async def begin_backup(self, backup: Backup, now: float, init_rate: int) -> None:
-        """Insert an `uploading` backup; raise UploadInProgress (naming the upload) or RateLimited, atomically."""
+    async def begin_backup(
+        self, backup: Backup, now: float, init_rate: int, quota: int | None = None
+    ) -> None:
+        """Insert an `uploading` backup; raise UploadInProgress (naming the upload), QuotaExceeded (what the
+        instance holds: its completed backups, those being deleted, and an upload in progress by its declared
+        size, plus this one, would be over `quota`) or RateLimited, in that order, atomically."""
+        ...
+
+    async def promote_backup(self, backup: Backup) -> bool:
+        """An `uploading` or `failed` row → `completed` as `backup` (a manifest) describes it (reindex, after a
+        database restore lost its complete); False if there is no such row in either state."""
         ...
 
     async def set_upload_id(self, backup_id: str, upload_id: str) -> bool:
@@ -274,7 +306,8 @@ class Store(Protocol):
 
     async def get_backup(self, backup_id: str) -> Backup | None: ...
     async def list_backups(self, instance_id: str, status: str) -> list[Backup]:
-        """Backups of one instance with one status, newest first (completion, then creation)."""
+        """Backups of one instance with one status, newest first (`newest_first`: completion order, then
+        completion time, then creation)."""
         ...
 
     async def complete_backup(
@@ -285,8 +318,9 @@ class Store(Protocol):
         ...
 
     async def fail_backup(self, backup_id: str, now: float) -> Backup | None:
-        """`uploading` → `failed` (its last activity: `now`), atomically; the backup as it then was (its storage
-        upload id, if the create had recorded one by then), or None if it was not uploading any more."""
+        """`uploading` → `failed` (its last activity: `now`; its metadata dropped), atomically; the backup as it
+        then was (its storage upload id, if the create had recorded one by then), or None if it was not uploading
+        any more."""
         ...
 
     async def touch_backup(self, backup_id: str, now: float) -> None:

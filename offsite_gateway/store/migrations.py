@@ -323,9 +323,111 @@ MIGRATIONS += (
     ),
 )
 
-# Number 9 is another branch's (the coordinator puts it here at merge); this no-op holds its place so that the
-# numbers stay contiguous until then.
-MIGRATIONS += (Migration(9, "reserved (no-op)", sqlite="SELECT 1", postgresql=("SELECT 1",)),)
+MIGRATIONS += (
+    Migration(
+        9,
+        "backups' completion order (a trigger assigns it: retention never trusts a clock); when each instance's "
+        "policy was set; the quota checked with the create; failed uploads keep no metadata",
+        sqlite=(
+            "ALTER TABLE backups ADD COLUMN completion_seq INTEGER",
+            # Existing backups in the order their clocks gave, the best there is for them.
+            "UPDATE backups SET completion_seq = o.n FROM (SELECT id, row_number() OVER "
+            "(ORDER BY completed_at, created_at, id) AS n FROM backups WHERE completed_at IS NOT NULL) AS o "
+            "WHERE o.id = backups.id",
+            "CREATE INDEX backups_by_completion ON backups(completion_seq)",
+            # SQLite's BEFORE triggers cannot change the row: AFTER, an update of the row just written.
+            """
+            CREATE TRIGGER backups_completion_seq_on_update AFTER UPDATE OF status ON backups FOR EACH ROW
+            WHEN NEW.status = 'completed' AND NEW.completion_seq IS NULL
+            BEGIN
+                UPDATE backups SET completion_seq = (SELECT coalesce(max(completion_seq), 0) + 1 FROM backups)
+                    WHERE id = NEW.id;
+            END
+            """,
+            """
+            CREATE TRIGGER backups_completion_seq_on_insert AFTER INSERT ON backups FOR EACH ROW
+            WHEN NEW.status = 'completed' AND NEW.completion_seq IS NULL
+            BEGIN
+                UPDATE backups SET completion_seq = (SELECT coalesce(max(completion_seq), 0) + 1 FROM backups)
+                    WHERE id = NEW.id;
+            END
+            """,
+            "ALTER TABLE instances ADD COLUMN policy_set_at REAL",
+            "UPDATE backups SET metadata = '{}' WHERE status = 'failed'",
+        ),
+        postgresql=(
+            "ALTER TABLE backups ADD COLUMN IF NOT EXISTS completion_seq bigint",
+            "CREATE SEQUENCE IF NOT EXISTS backups_completion_seq",
+            "UPDATE backups b SET completion_seq = o.n FROM (SELECT id, row_number() OVER "
+            "(ORDER BY completed_at, created_at, id) AS n FROM backups WHERE completed_at IS NOT NULL) o "
+            "WHERE b.id = o.id",
+            "SELECT setval('backups_completion_seq', (SELECT coalesce(max(completion_seq), 0) + 1 FROM backups), "
+            "false)",
+            """
+            CREATE OR REPLACE FUNCTION offsite_completion_seq() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                -- One sequence for all: increasing in the order backups complete, on every node (and per
+                -- instance, whose completes come one at a time), whatever their clocks say.
+                NEW.completion_seq := nextval('backups_completion_seq');
+                RETURN NEW;
+            END
+            $$
+            """,
+            "DROP TRIGGER IF EXISTS offsite_completion_seq ON backups",
+            "CREATE TRIGGER offsite_completion_seq BEFORE INSERT OR UPDATE OF status ON backups FOR EACH ROW "
+            "WHEN (NEW.status = 'completed' AND NEW.completion_seq IS NULL) "
+            "EXECUTE FUNCTION offsite_completion_seq()",
+            "ALTER TABLE instances ADD COLUMN IF NOT EXISTS policy_set_at double precision",
+            "UPDATE backups SET metadata = '{}' WHERE status = 'failed'",
+            # The create with the instance's quota, checked while its row is held (a new overload: the function
+            # without `p_quota` stays for nodes of the previous version during a rolling upgrade).
+            """
+            CREATE OR REPLACE FUNCTION offsite_begin_backup(
+                p_id text, p_instance_id text, p_name text, p_size bigint, p_sha256 text,
+                p_created_at double precision, p_part_size bigint, p_part_count integer, p_object_key text,
+                p_metadata text, p_now double precision, p_init_rate integer, p_quota bigint,
+                OUT busy text, OUT recent bigint, OUT oldest double precision, OUT began boolean,
+                OUT used bigint)
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                -- Committed asynchronously (migration 8): a database crash may forget a create of its last
+                -- moments, whose client then starts again; completes and deletes stay durable.
+                PERFORM set_config('synchronous_commit', 'off', true);
+                began := false;
+                -- Holding the instance's row: its creates are counted one at a time, whichever node runs them.
+                PERFORM 1 FROM instances WHERE id = p_instance_id FOR UPDATE;
+                SELECT b.id INTO busy FROM backups b
+                    WHERE b.instance_id = p_instance_id AND b.status = 'uploading' LIMIT 1;
+                IF busy IS NOT NULL THEN
+                    RETURN;
+                END IF;
+                IF p_quota IS NOT NULL THEN
+                    -- What storage holds or will: completed backups, those being deleted, and an upload in
+                    -- progress by its declared size (none here, but a complete racing this one counts as one).
+                    SELECT coalesce(sum(b.size), 0) INTO used FROM backups b
+                        WHERE b.instance_id = p_instance_id AND b.status IN ('completed', 'deleting', 'uploading');
+                    IF used + p_size > p_quota THEN
+                        RETURN;
+                    END IF;
+                END IF;
+                SELECT count(*), min(e.at) INTO recent, oldest FROM init_events e
+                    WHERE e.instance_id = p_instance_id AND e.at > p_now - 3600;
+                IF recent >= p_init_rate THEN
+                    RETURN;
+                END IF;
+                INSERT INTO backups (id, instance_id, name, size, sha256, status, created_at, completed_at,
+                                     part_size, part_count, object_key, upload_id, metadata, last_activity)
+                    VALUES (p_id, p_instance_id, p_name, p_size, p_sha256, 'uploading', p_created_at, NULL,
+                            p_part_size, p_part_count, p_object_key, NULL, p_metadata, p_created_at);
+                INSERT INTO init_events (instance_id, at) VALUES (p_instance_id, p_now);
+                began := true;
+            END
+            $$
+            """,
+        ),
+    ),
+)
 
 MIGRATIONS += (
     Migration(

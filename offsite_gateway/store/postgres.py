@@ -57,6 +57,8 @@ from .base import (
     Instance,
     Notice,
     NotifyTarget,
+    PolicyOverrides,
+    QuotaExceeded,
     RateLimited,
     SchemaStatus,
     SchemaTooNew,
@@ -82,8 +84,8 @@ from .rows import (
 
 _LOGGER = logging.getLogger(__name__)
 
-_BACKUP_PLACEHOLDERS = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14"
-_NOTICE_PLACEHOLDERS = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12"
+_BACKUP_PLACEHOLDERS = ", ".join(f"${n}" for n in range(1, 16))
+_NOTICE_PLACEHOLDERS = ", ".join(f"${n}" for n in range(1, 13))
 
 _MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -561,7 +563,7 @@ class PostgresStore:
                 )
                 if row is not None:
                     await conn.execute(
-                        "UPDATE backups SET status = 'failed', last_activity = $2 "
+                        "UPDATE backups SET status = 'failed', last_activity = $2, metadata = '{}' "
                         "WHERE instance_id = $1 AND status = 'uploading'",
                         row["id"],
                         now,
@@ -583,7 +585,9 @@ class PostgresStore:
             self._forget_tokens()
         return None if row is None else instance_from_row(row)
 
-    async def set_policy(self, name: str, changes: dict[str, int | None]) -> Instance | None:
+    async def set_policy(
+        self, name: str, changes: dict[str, int | None], now: float | None = None
+    ) -> Instance | None:
         unknown = set(changes) - set(POLICY_FIELDS)
         if unknown:
             raise ValueError(f"not policy fields: {sorted(unknown)}")
@@ -596,16 +600,32 @@ class PostgresStore:
                     )
                 else:
                     # Field names checked above; every value a bound parameter.
-                    assignments = ", ".join(f"{field} = ${index}" for index, field in enumerate(changes, 2))
+                    assignments = ", ".join(f"{field} = ${index}" for index, field in enumerate(changes, 3))
                     row = await conn.fetchrow(
-                        f"UPDATE instances SET {assignments} WHERE name = $1 AND revoked_at IS NULL "  # noqa: S608
-                        f"RETURNING {INSTANCE_COLUMNS}",
+                        f"UPDATE instances SET {assignments}, policy_set_at = $2 "  # noqa: S608
+                        f"WHERE name = $1 AND revoked_at IS NULL RETURNING {INSTANCE_COLUMNS}",
                         name,
+                        time.time() if now is None else now,
                         *changes.values(),
                     )
         finally:
             self._forget_tokens()
         return None if row is None else instance_from_row(row)
+
+    async def restore_policy(self, instance_id: str, policy: PolicyOverrides, set_at: float) -> bool:
+        assignments = ", ".join(f"{field} = ${index}" for index, field in enumerate(POLICY_FIELDS, 3))
+        try:
+            async with self._conn() as conn:
+                status: str = await conn.execute(
+                    f"UPDATE instances SET {assignments}, policy_set_at = $2 WHERE id = $1 "  # noqa: S608
+                    "AND (policy_set_at IS NULL OR policy_set_at < $2)",
+                    instance_id,
+                    set_at,
+                    *(getattr(policy, field) for field in POLICY_FIELDS),
+                )
+        finally:
+            self._forget_tokens()
+        return status.endswith(" 1")
 
     async def usage(self, instance_id: str) -> tuple[int, int]:
         async with self._conn() as conn:
@@ -642,16 +662,18 @@ class PostgresStore:
 
     # --- backups --------------------------------------------------------------------------------------
 
-    async def begin_backup(self, backup: Backup, now: float, init_rate: int) -> None:
+    async def begin_backup(
+        self, backup: Backup, now: float, init_rate: int, quota: int | None = None
+    ) -> None:
         # A create's writes (this and `set_upload_id`) commit asynchronously (migration 8): a database crash may
         # forget those of its last moments; their clients get 404 at complete, and the sweeper aborts the storage
         # uploads. Everything after (completes, deletes) commits durably, and flushes these too.
-        # One round trip: offsite_begin_backup (migration 3) holds the instance's row, checks the upload in
-        # progress and the init rate, and inserts, in the statement's own transaction.
+        # One round trip: offsite_begin_backup (migration 9) holds the instance's row, checks the upload in
+        # progress, the quota and the init rate, and inserts, in the statement's own transaction.
         async with self._conn() as conn:
             row = await conn.fetchrow(
-                "SELECT busy, recent, oldest, began FROM offsite_begin_backup("
-                "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                "SELECT busy, recent, oldest, began, used FROM offsite_begin_backup("
+                "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::bigint)",
                 backup.id,
                 backup.instance_id,
                 backup.name,
@@ -664,10 +686,14 @@ class PostgresStore:
                 json.dumps(backup.metadata, separators=(",", ":")),
                 now,
                 init_rate,
+                quota,
             )
         assert row is not None
         if row["busy"] is not None:
             raise UploadInProgress(row["busy"])
+        used = row["used"]
+        if not row["began"] and quota is not None and used is not None and used + backup.size > quota:
+            raise QuotaExceeded(int(used))
         if not row["began"]:
             window_start = now - 3600
             raise RateLimited(max(1, int(row["oldest"] - window_start) + 1))
@@ -678,6 +704,27 @@ class PostgresStore:
                 f"INSERT INTO backups ({BACKUP_COLUMNS}) VALUES ({_BACKUP_PLACEHOLDERS}) "  # noqa: S608
                 "ON CONFLICT (id) DO NOTHING",
                 *backup_values(backup),
+            )
+        return status.endswith(" 1")
+
+    async def promote_backup(self, backup: Backup) -> bool:
+        self._forget_ahead()
+        async with self._conn() as conn:
+            status: str = await conn.execute(
+                "UPDATE backups SET status = 'completed', name = $4, size = $5, sha256 = $6, created_at = $7, "
+                "completed_at = $8, part_size = $9, part_count = $10, metadata = $11, upload_id = NULL "
+                "WHERE id = $1 AND instance_id = $2 AND object_key = $3 AND status IN ('uploading', 'failed')",
+                backup.id,
+                backup.instance_id,
+                backup.object_key,
+                backup.name,
+                backup.size,
+                backup.sha256,
+                backup.created_at,
+                backup.completed_at,
+                backup.part_size,
+                backup.part_count,
+                json.dumps(backup.metadata, separators=(",", ":")),
             )
         return status.endswith(" 1")
 
@@ -703,7 +750,7 @@ class PostgresStore:
         async with self._conn() as conn:
             rows = await conn.fetch(
                 f"SELECT {BACKUP_COLUMNS} FROM backups WHERE instance_id = $1 AND status = $2 "  # noqa: S608
-                "ORDER BY completed_at DESC NULLS LAST, created_at DESC, id DESC",
+                "ORDER BY completion_seq DESC NULLS LAST, completed_at DESC NULLS LAST, created_at DESC, id DESC",
                 instance_id,
                 status,
             )
@@ -743,7 +790,7 @@ class PostgresStore:
         self._forget_ahead()
         async with self._conn() as conn:
             row = await conn.fetchrow(
-                "UPDATE backups SET status = 'failed', last_activity = $2 "  # noqa: S608
+                "UPDATE backups SET status = 'failed', last_activity = $2, metadata = '{}' "  # noqa: S608
                 f"WHERE id = $1 AND status = 'uploading' RETURNING {BACKUP_COLUMNS}",
                 backup_id,
                 now,

@@ -14,22 +14,30 @@ from .base import POLICY_FIELDS, Backup, Instance, Notice, NotifyTarget, PolicyO
 
 BACKUP_COLUMNS = (
     "id, instance_id, name, size, sha256, status, created_at, completed_at, part_size, part_count, "
-    "object_key, upload_id, metadata, last_activity"
+    "object_key, upload_id, metadata, last_activity, completion_seq"
 )
 INSTANCE_COLUMNS = (
     "id, name, created_at, revoked_at, "
     + ", ".join(POLICY_FIELDS)
-    + ", notify_url, notify_format, notify_secret"
+    + ", notify_url, notify_format, notify_secret, policy_set_at"
 )
 WATCH_COLUMNS = "instance_id, state, since, notified_at, version"
 NOTICE_COLUMNS = "id, instance_id, event, recipient, channel, payload, created_at, next_at, attempts, status, done_at, error"
 
 
 def newest_first(backups: Iterable[Backup]) -> list[Backup]:
-    """Backups in `list_backups`' order: completion time, newest first (none last), then creation, then id."""
+    """Backups in `list_backups`' order, newest first: by the order they completed in (`completion_seq`, which
+    the database assigns: no clock decides it), then completion time (none last), then creation, then id."""
     return sorted(
         backups,
-        key=lambda b: (b.completed_at is not None, b.completed_at or 0.0, b.created_at, b.id),
+        key=lambda b: (
+            b.completion_seq is not None,
+            b.completion_seq or 0,
+            b.completed_at is not None,
+            b.completed_at or 0.0,
+            b.created_at,
+            b.id,
+        ),
         reverse=True,
     )
 
@@ -57,6 +65,7 @@ def backup_from_row(row: Row) -> Backup:
         upload_id=row["upload_id"],
         metadata=json.loads(row["metadata"]),
         last_activity=row["last_activity"],
+        completion_seq=row["completion_seq"],
     )
 
 
@@ -77,6 +86,7 @@ def backup_values(backup: Backup) -> tuple[Any, ...]:
         backup.upload_id,
         json.dumps(backup.metadata, separators=(",", ":")),
         backup.last_activity if backup.last_activity is not None else backup.created_at,
+        backup.completion_seq,  # None: the database assigns the next one if the row is completed
     )
 
 
@@ -88,7 +98,15 @@ def instance_from_row(row: Row) -> Instance:
         if row["notify_url"] is not None
         else None
     )
-    return Instance(row["id"], row["name"], row["created_at"], row["revoked_at"], policy, notify)
+    return Instance(
+        row["id"],
+        row["name"],
+        row["created_at"],
+        row["revoked_at"],
+        policy,
+        notify=notify,
+        policy_set_at=row["policy_set_at"],
+    )
 
 
 def watched_from_row(row: Row) -> Watched:

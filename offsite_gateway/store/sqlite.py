@@ -9,8 +9,10 @@ per-backup lock, which is enough because one SQLite file serves one node.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from .base import (
     Instance,
     Notice,
     NotifyTarget,
+    PolicyOverrides,
+    QuotaExceeded,
     RateLimited,
     SchemaStatus,
     SchemaTooNew,
@@ -44,8 +48,8 @@ from .rows import (
     watched_from_row,
 )
 
-_BACKUP_PLACEHOLDERS = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
-_NOTICE_PLACEHOLDERS = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+_BACKUP_PLACEHOLDERS = ", ".join("?" * 15)
+_NOTICE_PLACEHOLDERS = ", ".join("?" * 12)
 
 
 @contextlib.contextmanager
@@ -190,7 +194,7 @@ class SQLiteStore:
             ).fetchall()
             if rows:
                 conn.execute(
-                    "UPDATE backups SET status = 'failed', last_activity = ? "
+                    "UPDATE backups SET status = 'failed', last_activity = ?, metadata = '{}' "
                     "WHERE instance_id = ? AND status = 'uploading'",
                     (now, rows[0]["id"]),
                 )
@@ -204,7 +208,9 @@ class SQLiteStore:
         ).fetchall()
         return instance_from_row(rows[0]) if rows else None
 
-    async def set_policy(self, name: str, changes: dict[str, int | None]) -> Instance | None:
+    async def set_policy(
+        self, name: str, changes: dict[str, int | None], now: float | None = None
+    ) -> Instance | None:
         unknown = set(changes) - set(POLICY_FIELDS)
         if unknown:
             raise ValueError(f"not policy fields: {sorted(unknown)}")
@@ -216,11 +222,20 @@ class SQLiteStore:
             return None if row is None else instance_from_row(row)
         assignments = ", ".join(f"{field} = ?" for field in changes)  # names checked above
         rows = self.conn.execute(
-            f"UPDATE instances SET {assignments} WHERE name = ? AND revoked_at IS NULL "  # noqa: S608
+            f"UPDATE instances SET {assignments}, policy_set_at = ? WHERE name = ? AND revoked_at IS NULL "  # noqa: S608
             f"RETURNING {INSTANCE_COLUMNS}",
-            (*changes.values(), name),
+            (*changes.values(), time.time() if now is None else now, name),
         ).fetchall()
         return instance_from_row(rows[0]) if rows else None
+
+    async def restore_policy(self, instance_id: str, policy: PolicyOverrides, set_at: float) -> bool:
+        assignments = ", ".join(f"{field} = ?" for field in POLICY_FIELDS)
+        cursor = self.conn.execute(
+            f"UPDATE instances SET {assignments}, policy_set_at = ? WHERE id = ? "  # noqa: S608
+            "AND (policy_set_at IS NULL OR policy_set_at < ?)",
+            (*(getattr(policy, field) for field in POLICY_FIELDS), set_at, instance_id, set_at),
+        )
+        return cursor.rowcount > 0
 
     async def usage(self, instance_id: str) -> tuple[int, int]:
         row = self.conn.execute(
@@ -237,7 +252,9 @@ class SQLiteStore:
         ).fetchone()
         return None if row is None else instance_from_row(row)
 
-    async def begin_backup(self, backup: Backup, now: float, init_rate: int) -> None:
+    async def begin_backup(
+        self, backup: Backup, now: float, init_rate: int, quota: int | None = None
+    ) -> None:
         conn = self.conn
         with _write_transaction(conn):
             busy = conn.execute(
@@ -245,6 +262,16 @@ class SQLiteStore:
             ).fetchone()
             if busy is not None:
                 raise UploadInProgress(busy["id"])
+            if quota is not None:
+                used = int(
+                    conn.execute(
+                        "SELECT coalesce(sum(size), 0) FROM backups WHERE instance_id = ? "
+                        "AND status IN ('completed', 'deleting', 'uploading')",
+                        (backup.instance_id,),
+                    ).fetchone()[0]
+                )
+                if used + backup.size > quota:
+                    raise QuotaExceeded(used)
             window_start = now - 3600
             recent = conn.execute(
                 "SELECT count(*), min(at) FROM init_events WHERE instance_id = ? AND at > ?",
@@ -266,6 +293,27 @@ class SQLiteStore:
         )
         return cursor.rowcount > 0
 
+    async def promote_backup(self, backup: Backup) -> bool:
+        cursor = self.conn.execute(
+            "UPDATE backups SET status = 'completed', name = ?, size = ?, sha256 = ?, created_at = ?, "
+            "completed_at = ?, part_size = ?, part_count = ?, metadata = ?, upload_id = NULL "
+            "WHERE id = ? AND instance_id = ? AND object_key = ? AND status IN ('uploading', 'failed')",
+            (
+                backup.name,
+                backup.size,
+                backup.sha256,
+                backup.created_at,
+                backup.completed_at,
+                backup.part_size,
+                backup.part_count,
+                json.dumps(backup.metadata, separators=(",", ":")),
+                backup.id,
+                backup.instance_id,
+                backup.object_key,
+            ),
+        )
+        return cursor.rowcount > 0
+
     async def set_upload_id(self, backup_id: str, upload_id: str) -> bool:
         cursor = self.conn.execute(
             "UPDATE backups SET upload_id = ? WHERE id = ? AND status = 'uploading'", (upload_id, backup_id)
@@ -282,7 +330,7 @@ class SQLiteStore:
     async def list_backups(self, instance_id: str, status: str) -> list[Backup]:
         rows = self.conn.execute(
             f"SELECT {BACKUP_COLUMNS} FROM backups WHERE instance_id = ? AND status = ? "  # noqa: S608
-            "ORDER BY completed_at DESC, created_at DESC, id DESC",
+            "ORDER BY completion_seq DESC, completed_at DESC, created_at DESC, id DESC",
             (instance_id, status),
         ).fetchall()
         return [backup_from_row(row) for row in rows]
@@ -308,7 +356,8 @@ class SQLiteStore:
 
     async def fail_backup(self, backup_id: str, now: float) -> Backup | None:
         row = self.conn.execute(
-            "UPDATE backups SET status = 'failed', last_activity = ? WHERE id = ? AND status = 'uploading' "  # noqa: S608
+            "UPDATE backups SET status = 'failed', last_activity = ?, metadata = '{}' "  # noqa: S608
+            "WHERE id = ? AND status = 'uploading' "
             f"RETURNING {BACKUP_COLUMNS}",
             (now, backup_id),
         ).fetchone()

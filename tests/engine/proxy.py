@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from yarl import URL
 
 # A plain MD5 ETag (quoted, or quoted as XML does) and its opaque form: the same with "-kms" appended.
@@ -229,6 +229,8 @@ class FaultProxy:
         ) as resp:
             payload = await resp.read()
             answer_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP}
+            if request.method == "HEAD" and hdrs.CONTENT_LENGTH in resp.headers:
+                answer_headers[hdrs.CONTENT_LENGTH] = resp.headers[hdrs.CONTENT_LENGTH]  # the object's size
             if self.opaque_etags:
                 payload = _MD5_ETAG.sub(rb"\1\2-kms\3", payload)
                 for name in [name for name in answer_headers if name.lower() == "etag"]:

@@ -2,6 +2,9 @@
 
     python -m tests.gateway.attackers idle URL SOCKETS
     python -m tests.gateway.attackers complete URL TOKEN BACKUP_ID... PARTS
+    python -m tests.gateway.attackers heads URL SOCKETS BYTES
+    python -m tests.gateway.attackers pipeline URL ADDRESSES
+    python -m tests.gateway.attackers slowread URL ADDRESSES
 
 Each prints "attacking" once under way, and on SIGTERM stops and prints one JSON line of what it saw. `attack`
 runs one as a subprocess for the length of a block. Bounded: each stops by itself after 120 s.
@@ -12,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -95,6 +100,99 @@ async def complete(
     return {"requests": len(statuses), "statuses": sorted(set(statuses)), "body_bytes": len(body)}
 
 
+def _source(number: int) -> str:
+    """The number-th of the attackers' addresses, 127.0.1.0 onwards (none is a test client's 127.0.0.1)."""
+    return f"127.0.{1 + number // 250}.{number % 250 + 1}"
+
+
+async def heads(url: str, sockets: int, size: int, stop: asyncio.Event) -> dict[str, Any]:
+    """`sockets` connections (from 50 addresses) each sending a request head of `size` bytes that never ends
+    (header lines of 8,000 bytes, as fast as the server reads them), reading what the server answers meanwhile;
+    each is then held open until the server closes it or `stop`."""
+    parts = urlsplit(url)
+    seen: dict[str, int] = {}
+
+    async def one(number: int) -> None:
+        reader, writer = await asyncio.open_connection(
+            parts.hostname, parts.port, local_addr=(_source(number % 50), 0)
+        )
+        answer = asyncio.ensure_future(reader.read(4096))
+        outcome = "none"
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            sent, line = 0, 0
+            while sent < size and not answer.done() and not stop.is_set():
+                chunk = f"X-Pad-{line}: ".encode() + b"a" * 7980 + b"\r\n"
+                writer.write(chunk)
+                sent += len(chunk)
+                line += 1
+                if line % 2 == 0:
+                    await writer.drain()
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([answer, stopped], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if answer.done():
+                data = answer.result()
+                outcome = data.split(b" ", 2)[1].decode() if data.startswith(b"HTTP/1.1 ") else "closed"
+        except OSError:
+            if answer.done() and not answer.cancelled() and answer.exception() is None:
+                data = answer.result()
+                outcome = data.split(b" ", 2)[1].decode() if data.startswith(b"HTTP/1.1 ") else "reset"
+            else:
+                outcome = "reset"
+        finally:
+            answer.cancel()
+            writer.close()
+        seen[outcome] = seen.get(outcome, 0) + 1
+
+    await asyncio.gather(*(one(n) for n in range(sockets)))
+    return {"outcomes": seen}
+
+
+async def pipeline(
+    url: str, addresses: int, stop: asyncio.Event, *, burst: int, pause: float
+) -> dict[str, Any]:
+    """One connection per address, each sending requests for the root page `burst` at a time every `pause`
+    seconds (pipelined, keep-alive) and never reading an answer, with a receive buffer of 4 KiB; a connection
+    the server closes is opened again 0.2 to 1 s later (a crowd that reconnects at once is a flood of
+    connections, which a gateway alone cannot keep out: README, "What it does not do")."""
+    parts = urlsplit(url)
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * burst
+    seen = {"opened": 0, "closed_by_server": 0, "refused": 0}
+
+    async def one(number: int) -> None:
+        while not stop.is_set():
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.bind((_source(number), 0))
+            sock.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, (parts.hostname, parts.port))
+                _, writer = await asyncio.open_connection(sock=sock)
+            except OSError:
+                sock.close()
+                seen["refused"] += 1
+                await asyncio.sleep(0.05)
+                continue
+            seen["opened"] += 1
+            try:
+                while not stop.is_set():
+                    writer.write(request)
+                    await asyncio.wait_for(writer.drain(), 1)
+                    await asyncio.sleep(pause)
+                    if writer.transport.is_closing():
+                        seen["closed_by_server"] += 1
+                        break
+            except (OSError, TimeoutError):
+                seen["closed_by_server"] += 1
+            finally:
+                writer.close()
+            await asyncio.sleep(random.uniform(0.2, 1.0))
+
+    await asyncio.gather(*(one(n) for n in range(addresses)))
+    return seen
+
+
 async def main(argv: list[str]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -103,6 +201,12 @@ async def main(argv: list[str]) -> None:
     kind, url, *rest = argv
     if kind == "idle":
         work = asyncio.create_task(idle(url, int(rest[0]), stop))
+    elif kind == "heads":
+        work = asyncio.create_task(heads(url, int(rest[0]), int(rest[1]), stop))
+    elif kind == "pipeline":  # a burst far beyond what a connection may queue
+        work = asyncio.create_task(pipeline(url, int(rest[0]), stop, burst=2000, pause=0.5))
+    elif kind == "slowread":  # a few at a time, each answered, never read
+        work = asyncio.create_task(pipeline(url, int(rest[0]), stop, burst=4, pause=0.002))
     else:
         work = asyncio.create_task(complete(url, rest[0], rest[1:-1], int(rest[-1]), stop))
     await asyncio.sleep(0.2)

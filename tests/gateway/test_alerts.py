@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from offsite_gateway.app import WATCHDOG
-from tests.gateway.watching import Clock, watching_gateway
+from tests.gateway.watching import Clock, metrics_text, watching_gateway
 from tests.helpers.gateway import GatewayDatabase
 from tests.helpers.servers import ROOT, S3Server
 
@@ -54,8 +54,8 @@ async def test_the_rules_use_metrics_the_gateway_exposes(
         moto_server, moto_bucket, tmp_path, database, clock, STORAGE_QUOTA="1TiB"
     ) as gateway:
         await gateway.app[WATCHDOG].run_once(clock())
-        async with aiohttp.ClientSession() as session, session.get(gateway.url + "/metrics") as resp:
-            exposed = await resp.text()
+        async with aiohttp.ClientSession() as session:
+            exposed = await metrics_text(session, gateway)
     series = set(re.findall(r"^# TYPE (\S+) \w+$", exposed, re.MULTILINE))  # counters' names end in _total
     groups = yaml.safe_load(RULES.read_text())["groups"]
     used = {

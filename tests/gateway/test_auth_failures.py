@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from offsite_gateway.app import METRICS
+from offsite_gateway.app import AUTH_FAILURES, METRICS
 from tests.gateway.api import Api
 from tests.helpers.gateway import GatewayDatabase, run_gateway
 from tests.helpers.servers import S3Server
-
-
-def failures_metric(text: str) -> dict[str, float]:
-    counts = {}
-    for line in text.splitlines():
-        if line.startswith("offsite_gateway_auth_failures_total{"):
-            labels, value = line.rsplit(" ", 1)
-            counts[labels.split('source="')[1].split('"')[0]] = float(value)
-    return counts
 
 
 async def test_wrong_tokens_are_counted_warned_about_and_then_refused(
@@ -58,7 +50,8 @@ async def test_wrong_tokens_are_counted_warned_about_and_then_refused(
         async with session.get(gateway.url + "/healthz") as resp:
             assert resp.status == 200
         metrics = gateway.app[METRICS].render().decode()
-        assert failures_metric(metrics) == {"127.0.0.1": 10.0}
+        assert "offsite_gateway_auth_failures_total 10.0" in metrics  # one series: no label per source
+        assert gateway.app[AUTH_FAILURES].recent(now[0]) == {"127.0.0.1": 10}
         assert 'offsite_gateway_requests_total{method="GET",route="/v1/instance",status="429"} 3.0' in metrics
 
         # A minute later, the address is welcome again.
@@ -97,8 +90,20 @@ async def test_a_scan_is_throttled_quickly(
         ("203.0.113.7", "127.0.0.1", "203.0.113.7"),
         ("198.51.100.1, 203.0.113.7", "127.0.0.0/8", "203.0.113.7"),  # the proxy's own entry is the last one
         ("203.0.113.7, 10.0.0.2", "127.0.0.1, 10.0.0.0/8", "203.0.113.7"),  # two proxies
-        ("not an address", "127.0.0.1", "127.0.0.1"),
         ("2001:db8:1:2:aaaa::1", "127.0.0.1", "2001:db8:1:2::/64"),  # IPv6: its /64
+        # The forms proxies write besides a bare address (issue 24, A8): never the proxy's own address.
+        ("203.0.113.7:51234", "127.0.0.1", "203.0.113.7"),
+        ("[2001:db8:1:2:aaaa::1]", "127.0.0.1", "2001:db8:1:2::/64"),
+        ("[2001:db8:1:2:aaaa::1]:51234", "127.0.0.1", "2001:db8:1:2::/64"),
+        ("[::ffff:203.0.113.7]:443", "127.0.0.1", "203.0.113.7"),
+        ("203.0.113.7:51234, 10.0.0.2:8080", "127.0.0.1, 10.0.0.0/8", "203.0.113.7"),
+        ("203.0.113.7, ", "127.0.0.1", "203.0.113.7"),  # an empty entry is none (HTTP's list syntax)
+        # What is not an address is the client as the proxy named it: a source of its own.
+        ("not an address", "127.0.0.1", "forwarded:not an address"),
+        ("unknown", "127.0.0.1", "forwarded:unknown"),
+        ("203.0.113.7:port", "127.0.0.1", "forwarded:203.0.113.7:port"),
+        ("[2001:db8::1", "127.0.0.1", "forwarded:[2001:db8::1"),
+        ("x" * 500, "127.0.0.1", "forwarded:" + "x" * 64),
     ],
 )
 async def test_the_source_behind_a_trusted_proxy(
@@ -117,4 +122,37 @@ async def test_the_source_behind_a_trusted_proxy(
         headers = {"Authorization": "Bearer nope", "X-Forwarded-For": forwarded}
         async with session.get(gateway.url + "/v1/instance", headers=headers) as resp:
             assert resp.status == 401
-        assert failures_metric(gateway.app[METRICS].render().decode()) == {source: 1.0}
+        assert gateway.app[AUTH_FAILURES].recent(time.time()) == {source: 1}
+
+
+async def test_one_clients_garbage_never_throttles_the_proxys_other_clients(
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
+) -> None:
+    """Behind a trusted proxy, a burst of wrong tokens from a client the proxy names by `IP:port`, `[IPv6]:port`
+    or junk gets that client 429, and the proxy's other clients (and the proxy itself) go on."""
+    async with run_gateway(
+        moto_server,
+        moto_bucket,
+        tmp_path,
+        database=database,
+        TRUSTED_PROXIES="127.0.0.1",
+        AUTH_FAILURES_PER_MINUTE="5",
+    ) as gateway:
+        _, token = await gateway.add_instance("home")
+        for attacker in ("198.51.100.9:40000", "[2001:db8:9::9]:40000", "garbage"):
+            wrong = {"Authorization": "Bearer nope", "X-Forwarded-For": attacker}
+            statuses = []
+            for _ in range(6):
+                async with session.get(gateway.url + "/v1/instance", headers=wrong) as resp:
+                    statuses.append(resp.status)
+            assert statuses == [401] * 5 + [429], attacker
+        for client in ("198.51.100.10:40000", "[2001:db8:10::1]:1", "203.0.113.1", None):
+            headers = {"Authorization": f"Bearer {token}"}
+            if client is not None:
+                headers["X-Forwarded-For"] = client
+            async with session.get(gateway.url + "/v1/instance", headers=headers) as resp:
+                assert resp.status == 200, client

@@ -63,10 +63,14 @@ class Node:
     log: Path
 
 
+METRICS_TOKEN = "nodes-metrics-token-0123"
+
+
 def _env(s3: S3Server, bucket: str, database: GatewayDatabase, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OFFSITE_GATEWAY_")}
     env.update(s3.gateway_env(bucket))
     env["OFFSITE_GATEWAY_DB"] = database.setting
+    env["OFFSITE_GATEWAY_METRICS_TOKEN"] = METRICS_TOKEN
     env.update({f"OFFSITE_GATEWAY_{name}": value for name, value in settings.items()})
     return env
 
@@ -123,7 +127,9 @@ async def _add_instances(database: GatewayDatabase, count: int) -> list[tuple[st
 
 
 async def _metric(session: aiohttp.ClientSession, node: Node, name: str) -> float:
-    async with session.get(node.url + "/metrics") as resp:
+    async with session.get(
+        node.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    ) as resp:
         text = await resp.text()
     match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0

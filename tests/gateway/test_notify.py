@@ -32,6 +32,7 @@ from tests.gateway.watching import (
     by_path,
     check_signature,
     look,
+    metrics_text,
     set_notify,
     watching_gateway,
 )
@@ -190,8 +191,7 @@ async def test_private_addresses_are_refused_without_the_operators_permission(
         assert (notice.status, notice.attempts) == ("failed", 1)
         assert notice.error is not None
         assert notice.error.startswith("forbidden_address")
-        async with session.get(gateway.url + "/metrics") as resp:
-            metrics = await resp.text()
+        metrics = await metrics_text(session, gateway)
     assert receiver.received == []
     assert (
         'offsite_gateway_notice_failures_total{channel="webhook",reason="forbidden_address"} 1.0' in metrics
@@ -349,8 +349,7 @@ async def test_a_slow_or_failing_receiver_never_slows_the_api_and_is_retried(
         reason = "timeout" if trouble == "slow" else "http_5xx"
         assert {(n.status, n.attempts) for n in notices} == {("pending", 1)}
         assert all(n.error is not None and n.error.startswith(reason) for n in notices)
-        async with session.get(gateway.url + "/metrics") as resp:
-            metrics = await resp.text()
+        metrics = await metrics_text(session, gateway)
         assert (
             f'offsite_gateway_notice_failures_total{{channel="webhook",reason="{reason}"}} {2 * houses}.0'
             in metrics

@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import os
+import platform
+import re
 import stat
 from pathlib import Path
 
@@ -156,14 +158,31 @@ async def test_authenticated_502s_do_not_echo_storage_internals(
         assert internal not in text, internal
 
 
-async def test_metrics(gateway: RunningGateway, session: aiohttp.ClientSession) -> None:
+METRICS_TOKEN = "m" * 16 + "-scraper-secret"
+
+
+async def test_metrics(
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
+) -> None:
+    async with run_gateway(
+        moto_server, moto_bucket, tmp_path, database=database, METRICS_TOKEN=METRICS_TOKEN
+    ) as gateway:
+        await _metrics_counted(gateway, session)
+
+
+async def _metrics_counted(gateway: RunningGateway, session: aiohttp.ClientSession) -> None:
     _, token = await gateway.add_instance("home")
     api = Api(session, gateway.url, token)
     await api.upload(b"x" * 1234)
     init = await api.init(10)
     await api.sign(init["id"], [1])
     await api.call("GET", "/v1/backups/whatever")
-    async with session.get(gateway.url + "/metrics") as resp:
+    headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    async with session.get(gateway.url + "/metrics", headers=headers) as resp:
         assert resp.status == 200
         assert resp.content_type == "text/plain"
         text = await resp.text()
@@ -218,3 +237,31 @@ async def test_the_database_is_private_to_its_owner(tmp_path: Path) -> None:
         await store.close()
     finally:
         os.umask(old_umask)
+
+
+async def test_the_root_is_a_small_page_that_reveals_nothing(
+    gateway: RunningGateway, session: aiohttp.ClientSession
+) -> None:
+    """Home Assistant's device page links the gateway's address ("Visit"): a page naming the service and linking
+    its documentation, not a 404; no version of anything, no setting, no state (issue 24, B2)."""
+    async with session.get(gateway.url + "/") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/html"
+        page = await resp.text()
+        headers = resp.headers
+    assert "Offsite Backup gateway" in page
+    assert 'href="https://github.com/offsite-backup/offsite-backup"' in page
+    manifest = json.loads(
+        (Path(__file__).parents[2] / "custom_components/offsite_backup/manifest.json").read_text()
+    )
+    versions = {manifest["version"], aiohttp.__version__, platform.python_version(), "0.1.0"}
+    for text in (page, str(dict(headers))):
+        assert not any(version in text for version in versions), text
+        assert not re.search(r"\d+\.\d+", text.replace("width=device-width, initial-scale=1", "")), text
+    settings = gateway.settings
+    for internal in (settings.s3_bucket, str(settings.s3_endpoint), "sqlite", "postgres", "moto"):
+        assert internal not in page.lower()
+    assert headers["Server"] == "offsite-gateway"
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert "<script" not in page.lower()

@@ -259,8 +259,8 @@ async def test_delete_protection(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The token cannot delete a completed backup younger than protect-days (403 `protected`, with the date);
-    retention and the operator's `backup delete` can."""
+    """The token cannot delete a completed backup younger than protect-days (403 `protected`, with the date),
+    nor does retention (which the token's uploads trigger); the operator's `backup delete` can."""
     clock = Clock(datetime(2026, 11, 26, 1, 0, tzinfo=UTC).timestamp())
     async with run_gateway(
         moto_server, moto_bucket, tmp_path, database=database, clock=clock, PROTECT_DAYS="2", RETENTION="2"
@@ -282,21 +282,21 @@ async def test_delete_protection(
         clock.now = datetime(2026, 11, 28, 1, 0, 0, tzinfo=UTC).timestamp()
         await api.ok("DELETE", f"/v1/backups/{first['id']}", expect=204)
 
-        # Retention is not bound by it: keep-last 2, three backups within the hour.
+        # Retention is bound by it too: keep-last 2, three backups within the hour, all kept while protected.
         made = []
         for n in range(3):
             clock.now += 60
             made.append((await api.upload(f"b{n}".encode()))["id"])
         listed = [b["id"] for b in (await api.ok("GET", "/v1/backups"))["backups"]]
-        assert listed == [made[2], made[1]]
-        # Nor is the operator.
+        assert listed == [made[2], made[1], made[0]]
+        # The operator is not.
         monkeypatch.setenv("OFFSITE_GATEWAY_DB", database.setting)
         for name, value in moto_server.gateway_env(moto_bucket).items():
             monkeypatch.setenv(name, value)
         code = await asyncio.to_thread(cli.main, ["backup", "delete", made[2]])
         assert code == 0, capsys.readouterr()
         assert "deleted" in capsys.readouterr().out
-        assert [b["id"] for b in (await api.ok("GET", "/v1/backups"))["backups"]] == [made[1]]
+        assert [b["id"] for b in (await api.ok("GET", "/v1/backups"))["backups"]] == [made[1], made[0]]
         assert not any(made[2] in key for key in _keys(moto_server, moto_bucket))
         code = await asyncio.to_thread(cli.main, ["backup", "delete", made[2]])
         assert code == 1
@@ -375,8 +375,8 @@ async def test_object_lock_on_moto(
     moto_server: S3Server, tmp_path: Path, session: aiohttp.ClientSession, database: GatewayDatabase
 ) -> None:
     """With OBJECT_LOCK, each completed archive and its manifest are under governance-mode Object Lock until
-    protect-days after completion: storage itself refuses to delete them without bypass; the operator's delete
-    (and retention) bypass it and leave no version behind."""
+    protect-days after completion: storage itself refuses to delete them without bypass; retention (once the
+    gateway's protection has ended) and the operator's delete bypass it and leave no version behind."""
     bucket = f"locked-{uuid.uuid4().hex[:12]}"
     # Storage compares the lock's date with its own clock: the gateway's is the real one here.
     clock = Clock(float(int(time.time())))
@@ -407,11 +407,16 @@ async def test_object_lock_on_moto(
         status, body = await api.call("DELETE", f"/v1/backups/{backup['id']}")
         assert (status, body["error"]["code"]) == (403, "protected")
 
-        # Retention deletes it all the same (keep-last 1 after two more), bypassing governance, every version.
+        # Retention keeps it while protected; once the gateway's protection has ended (moto's lock, on moto's own
+        # clock, still holds) it deletes it, bypassing governance, every version (keep-last 1).
         await gateway.app[STORE].set_policy("home", {"keep_last": 1})
         clock.now += 60
-        await api.upload(b"second")
-        clock.now += 60
+        second = await api.upload(b"second")
+        assert [b["id"] for b in (await api.ok("GET", "/v1/backups"))["backups"]] == [
+            second["id"],
+            backup["id"],
+        ]
+        clock.now += 3 * DAY
         newest = await api.upload(b"third")
         await gateway.purged()
         versions = s3.list_object_versions(Bucket=bucket)

@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from offsite_gateway import manifest
+from offsite_gateway import cli, manifest
 from offsite_gateway.app import STORE
 from offsite_gateway.store import Backup, Instance
-from tests.gateway.api import Api
+from tests.gateway.api import Api, put
 from tests.gateway.conftest import PART
 from tests.helpers.gateway import GatewayDatabase, RunningGateway, run_gateway
 from tests.helpers.servers import S3Server
@@ -44,6 +44,10 @@ def _keys(s3: S3Server, bucket: str) -> dict[str, int]:
 def _read(s3: S3Server, bucket: str, key: str) -> dict[str, Any]:
     document: dict[str, Any] = json.loads(s3.client().get_object(Bucket=bucket, Key=key)["Body"].read())
     return document
+
+
+async def _listed(api: Api) -> list[str]:
+    return [backup["id"] for backup in (await api.ok("GET", "/v1/backups"))["backups"]]
 
 
 async def _download(session: aiohttp.ClientSession, api: Api, backup_id: str) -> bytes:
@@ -289,3 +293,147 @@ async def test_reindex_command(
     async with run_gateway(moto_server, moto_bucket, tmp_path, database=database) as gateway:
         api = Api(session, gateway.url, rotated.stdout.strip().splitlines()[-1])
         assert [b["name"] for b in (await api.ok("GET", "/v1/backups"))["backups"]] == ["kept"]
+
+
+async def _cli(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *args: str) -> int:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return await asyncio.to_thread(cli.main, list(args))
+
+
+async def test_reindex_after_an_older_dump_is_restored_loses_nothing_it_could_keep(
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Last night's dump restored today, then `reindex` (issue 21, 6): the backup that completed after the dump
+    (Home Assistant was told it succeeded) is completed again, not left `uploading` to be swept and pruned; the
+    backup deleted after the dump is reported, and with `--prune-missing` removed; the policy set after the dump
+    comes back from the bucket, so the next complete does not apply the default retention."""
+    async with run_gateway(moto_server, moto_bucket, tmp_path, database=database, RETENTION="2") as gateway:
+        env = {**moto_server.gateway_env(moto_bucket), "OFFSITE_GATEWAY_DB": database.setting}
+        _, token = await gateway.add_instance("home")
+        api = Api(session, gateway.url, token)
+        assert await _cli(monkeypatch, env, "instance", "set", "home", "--keep-last", "4") == 0
+        first = (await api.upload(b"first", "first"))["id"]
+        second = (await api.upload(b"second", "second"))["id"]
+        late = await api.init(4, "completed after the dump")
+        url = (await api.sign(late["id"], [1]))[0]["url"]
+        etag = await put(session, url, b"late")
+
+        dump = tmp_path / "last-night.dump"
+        await asyncio.to_thread(database.dump, dump)
+
+        await api.ok(
+            "POST", f"/v1/backups/{late['id']}/complete", {"parts": [{"part_number": 1, "etag": etag}]}
+        )
+        await api.ok("DELETE", f"/v1/backups/{first}", expect=204)
+        assert await _cli(monkeypatch, env, "instance", "set", "home", "--keep-last", "6") == 0
+        assert "instance.json" in " ".join(_keys(moto_server, moto_bucket))
+        capsys.readouterr()
+
+        await gateway.restore_database(dump)
+        assert await _listed(api) == [second, first]  # as the dump had it
+        assert (await api.ok("GET", "/v1/instance"))["policy"]["keep_last"] == 4
+
+        report = await gateway.reindex()
+        assert report.backups_promoted == [late["id"]]
+        assert report.missing == [first]
+        assert report.pruned == []
+        assert report.policies_restored == ["home"]
+        assert report.skipped == {}
+        assert await _listed(api) == [late["id"], second, first]  # the missing one only reported
+        assert await _download(session, api, late["id"]) == b"late"
+        assert (await api.ok("GET", "/v1/instance"))["policy"]["keep_last"] == 6
+
+        pruned = await gateway.reindex(prune_missing=True)
+        assert (pruned.missing, pruned.pruned, pruned.backups_promoted, pruned.policies_restored) == (
+            [first],
+            [first],
+            [],
+            [],
+        )
+        assert await _listed(api) == [late["id"], second]
+        # The next completes keep what the policy keeps: six, not the default two.
+        made = [(await api.upload(f"new {n}".encode(), f"new {n}"))["id"] for n in range(4)]
+        await gateway.purged()
+        assert await _listed(api) == [*reversed(made), late["id"], second]
+        again = await gateway.reindex()
+        assert (again.backups_promoted, again.missing, again.policies_restored) == ([], [], [])
+
+
+async def test_reindex_command_reports_and_prunes(
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`offsite-gateway reindex` says what it promoted, which listed backups lost their archive and how to remove
+    them, and `--prune-missing` removes them."""
+    async with run_gateway(moto_server, moto_bucket, tmp_path, database=database) as gateway:
+        env = {**moto_server.gateway_env(moto_bucket), "OFFSITE_GATEWAY_DB": database.setting}
+        _, token = await gateway.add_instance("home")
+        api = Api(session, gateway.url, token)
+        gone = (await api.upload(b"gone", "gone"))["id"]
+        dump = tmp_path / "dump"
+        await asyncio.to_thread(database.dump, dump)
+        await api.ok("DELETE", f"/v1/backups/{gone}", expect=204)
+        await gateway.restore_database(dump)
+        capsys.readouterr()
+        assert await _cli(monkeypatch, env, "reindex") == 0
+        out = capsys.readouterr().out
+        assert (
+            f"1 listed backup(s) have no archive in the bucket any more (deleted after the database's copy was made?): {gone}"
+            in out
+        )
+        assert "offsite-gateway reindex --prune-missing" in out
+        assert await _listed(api) == [gone]
+        assert await _cli(monkeypatch, env, "reindex", "--prune-missing") == 0
+        assert f"Removed 1 of 1 listed backup(s) whose archive is gone: {gone}" in capsys.readouterr().out
+        assert await _listed(api) == []
+
+
+async def test_policies_come_back_from_the_backups_manifests(
+    gateway: RunningGateway, session: aiohttp.ClientSession, moto_server: S3Server
+) -> None:
+    """A policy set where the bucket could not be written (`instance set` without the storage settings) is in
+    every later backup's manifest: a lost database gets it back with its backups."""
+    _, token = await gateway.add_instance("home")
+    api = Api(session, gateway.url, token)
+    await api.upload(b"before the policy")
+    await gateway.app[STORE].set_policy(
+        "home", {"keep_last": 9, "quota_bytes": 10**9, "expect_every": 8 * 86400}
+    )
+    await api.upload(b"after the policy")
+    assert not any(key.endswith("instance.json") for key in _keys(moto_server, gateway.settings.s3_bucket))
+    await gateway.lose_database()
+    report = await gateway.reindex()
+    assert report.policies_restored == ["home"]
+    api.token = await gateway.rotate_token("home")
+    answer = await api.ok("GET", "/v1/instance")
+    assert (answer["policy"]["keep_last"], answer["policy"]["quota_bytes"]) == (9, 10**9)
+    assert answer["watch"]["expect_every"] == 8 * 86400  # the watchdog's interval is part of the policy
+
+
+async def test_an_instance_manifest_that_is_not_one_is_skipped(
+    gateway: RunningGateway, session: aiohttp.ClientSession, moto_server: S3Server
+) -> None:
+    instance_id, token = await gateway.add_instance("home")
+    await Api(session, gateway.url, token).upload(b"data")
+    bucket = gateway.settings.s3_bucket
+    key = manifest.instance_manifest_key("", instance_id)
+    moto_server.client().put_object(Bucket=bucket, Key=key, Body=b'{"format": "offsite-backup-instance"}')
+    other = manifest.instance_manifest_key("", "f" * 32)
+    document = json.loads(manifest.build_instance(Instance(instance_id, "home", 1.0, policy_set_at=2.0)))
+    moto_server.client().put_object(Bucket=bucket, Key=other, Body=json.dumps(document).encode())
+    report = await gateway.reindex()
+    assert set(report.skipped) == {key, other}
+    assert "no format version" in report.skipped[key]
+    assert "another instance" in report.skipped[other]

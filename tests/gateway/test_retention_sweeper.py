@@ -90,13 +90,35 @@ def test_select_expired_weekly_uses_iso_weeks_across_a_year() -> None:
     assert expired == ["2026-12-31T01:00:00"]  # W53 is kept by its newest, 2027-01-03
 
 
-def test_older_copies_of_one_home_assistant_backup_go() -> None:
+def test_copies_of_one_home_assistant_backup_are_backups_like_any_other() -> None:
+    """The description is the client's word: a newer upload naming an older one's Home Assistant id deletes
+    nothing (issue 24, A2); the rules alone decide."""
     newest_first = [
         _backup("b", "2026-11-30T02:00:00", "ha1"),
         _backup("a", "2026-11-30T01:00:00", "ha1"),
         _backup("c", "2026-11-29T01:00:00", "ha0"),
     ]
-    assert [b.id for b in select_expired(newest_first, _policy(7))] == ["a"]
+    assert select_expired(newest_first, _policy(7)) == []
+    assert [b.id for b in select_expired(newest_first, _policy(2))] == ["c"]
+
+
+def test_retention_never_expires_a_protected_backup_nor_the_one_completing() -> None:
+    """Keep-last 1 over ten backups, three of them still protected: the seven others go, the three stay; the
+    backup being completed stays whatever its place (issue 24, A1; issue 21, 5)."""
+    day = 86_400
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp()
+    newest_first = [_backup(f"n{n}", f"2026-11-{30 - n:02d}T01:00:00") for n in range(10)]
+    policy = Policy(None, 1, 0, 0, 0, protect_days=3)
+    expired = [b.id for b in select_expired(newest_first, policy, now)]
+    assert expired == [f"n{n}" for n in range(3, 10)]  # n0..n2 completed less than 3 days ago
+    assert [b.id for b in select_expired(newest_first, policy, now + 2 * day)] == [
+        f"n{n}" for n in range(1, 10)
+    ]
+    with pytest.raises(ValueError, match="needs the time"):
+        select_expired(newest_first, policy)
+    # The one completing is never chosen, even last in the order given and with no rule keeping it.
+    unprotected = _policy(1)
+    assert "n9" not in [b.id for b in select_expired(newest_first, unprotected, now, completing="n9")]
 
 
 def _independent_keep(backups: list[tuple[str, datetime]], policy: Policy) -> set[str]:

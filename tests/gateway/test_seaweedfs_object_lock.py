@@ -4,8 +4,9 @@ ignores a bucket's default retention: test_policy.py's moto test shows only the 
 The operator creates the bucket with `offsite-gateway bucket create` and OBJECT_LOCK=true; a completed backup is
 put under governance retention until protect-days after it completed; a stolen instance token cannot delete it
 (403 `protected`), nor can storage's own keys without the governance bypass (403 AccessDenied: they can only hide
-it behind a delete marker); retention and `offsite-gateway backup delete` delete it before its date, as
-docs/gateway.md says, leaving no version and no delete marker of it behind.
+it behind a delete marker); retention leaves it alone until its protection ends and then deletes it, and
+`offsite-gateway backup delete` deletes it before its date, as docs/gateway.md says, each leaving no version and
+no delete marker of it behind.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from botocore.exceptions import ClientError
 from offsite_gateway.app import STORE
 from offsite_gateway.manifest import SUFFIX
 from tests.gateway.api import Api
+from tests.gateway.watching import Clock
 from tests.helpers.cli import cli_env, run_cli
 from tests.helpers.gateway import GatewayDatabase, run_gateway
 from tests.helpers.servers import S3Server
@@ -52,10 +54,13 @@ async def test_object_lock_end_to_end(
     }  # no default retention: the gateway sets each backup's own
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
 
-    async with run_gateway(seaweedfs_server, bucket, tmp_path, database=database, **settings) as gateway:
+    clock = Clock()  # the gateway's: moved past the protection below
+    async with run_gateway(
+        seaweedfs_server, bucket, tmp_path, database=database, clock=clock, **settings
+    ) as gateway:
         _, token = await gateway.add_instance("home")
         api = Api(session, gateway.url, token)
-        before = int(time.time())
+        before = int(clock())  # the gateway's time, which stands still until the test moves it
         first = await api.upload(b"the first backup")
         assert (await api.ok("GET", "/v1/instance"))["policy"]["object_lock"] is True
         row = await gateway.app[STORE].get_backup(first["id"])
@@ -88,22 +93,34 @@ async def test_object_lock_end_to_end(
         ) == 1
         assert len(_versions(seaweedfs_server, bucket, row.object_key)) == 2
 
-        # Retention is not bound by the lock (docs/gateway.md): keep-last 1, and the next backup deletes the
-        # first before its date, every version of the archive and the manifest, the delete marker too.
+        # Retention never deletes a backup under protection (docs/gateway.md): keep-last 1, and the next backup
+        # leaves the first as it is, listed, every version of it there ...
         await gateway.app[STORE].set_policy("home", {"keep_last": 1})
+        held = {key: _versions(seaweedfs_server, bucket, key) for key in keys}
         second = await api.upload(b"the second backup")
+        await gateway.purged()
+        assert {b["id"] for b in (await api.ok("GET", "/v1/backups"))["backups"]} == {
+            first["id"],
+            second["id"],
+        }
+        assert {key: _versions(seaweedfs_server, bucket, key) for key in keys} == held
+        # ... until its protection ends: the next complete deletes it (bypassing the lock, whose date storage
+        # still holds), every version of the archive and the manifest, the delete marker too; the second, past
+        # its protection as well, goes with it.
+        clock.advance(3 * DAY + 1)
+        third = await api.upload(b"the third backup")
         await gateway.purged()
         for key in keys:
             assert _versions(seaweedfs_server, bucket, key) == []
-        assert [b["id"] for b in (await api.ok("GET", "/v1/backups"))["backups"]] == [second["id"]]
+        assert [b["id"] for b in (await api.ok("GET", "/v1/backups"))["backups"]] == [third["id"]]
 
         # The operator's `backup delete`: not bound by delete protection nor by the lock.
-        second_row = await gateway.app[STORE].get_backup(second["id"])
-        assert second_row is not None
-        assert s3.head_object(Bucket=bucket, Key=second_row.object_key)["ObjectLockMode"] == "GOVERNANCE"
-        deleted = run_cli("backup", "delete", second["id"], env=env)
-        assert f"Backup {second['id']} of instance" in deleted.stdout
-        for key in (second_row.object_key, second_row.object_key + SUFFIX):
+        third_row = await gateway.app[STORE].get_backup(third["id"])
+        assert third_row is not None
+        assert s3.head_object(Bucket=bucket, Key=third_row.object_key)["ObjectLockMode"] == "GOVERNANCE"
+        deleted = run_cli("backup", "delete", third["id"], env=env)
+        assert f"Backup {third['id']} of instance" in deleted.stdout
+        for key in (third_row.object_key, third_row.object_key + SUFFIX):
             assert _versions(seaweedfs_server, bucket, key) == []
         assert (await api.ok("GET", "/v1/backups"))["backups"] == []
     listed = s3.list_object_versions(Bucket=bucket)

@@ -4,7 +4,6 @@ upload."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from offsite_gateway.manifest import SUFFIX
 from offsite_gateway.storage import PendingUpload
 from offsite_gateway.sweeper import abort_orphans
 from tests.gateway.api import Api
+from tests.gateway.watching import Clock
 from tests.helpers.gateway import GatewayDatabase, run_gateway
 from tests.helpers.servers import S3Server
 
@@ -93,7 +93,10 @@ async def test_sweeper_and_purger_touch_only_the_gateways_keys(
     settings: dict[str, str] = {"RETENTION": "1", "S3_PREFIX": prefix}
     if object_lock:
         settings |= {"OBJECT_LOCK": "true", "PROTECT_DAYS": "1"}
-    async with run_gateway(seaweedfs_server, bucket, tmp_path, database=database, **settings) as gateway:
+    clock = Clock()  # the gateway's: each backup below past the one-day protection of the one before
+    async with run_gateway(
+        seaweedfs_server, bucket, tmp_path, database=database, clock=clock, **settings
+    ) as gateway:
         store = gateway.app[STORE]
         instance_id, token = await gateway.add_instance("home")
         api = Api(session, gateway.url, token)
@@ -123,12 +126,14 @@ async def test_sweeper_and_purger_touch_only_the_gateways_keys(
         foreign_versions = {v for v in _versions(seaweedfs_server, bucket) if v[0] in foreign_objects}
         orphan = s3.create_multipart_upload(Bucket=bucket, Key=f"{ours}lost")["UploadId"]
 
+        clock.advance(DAY + 1)
         second = await api.upload(b"second")  # retention (keep-last 1) deletes the first: the purger
         await gateway.purged()
+        clock.advance(DAY + 1)
         third = await api.upload(b"third")  # and the second; but its delete is left to the sweeper
         await gateway.purged()
         stale = await api.init(10)
-        report = await gateway.run_sweeper_once(now=time.time() + 2 * DAY)
+        report = await gateway.run_sweeper_once(now=clock() + 2 * DAY)
         assert (report.stale_failed, report.orphans_aborted) == (1, 1)
         await store.mark_deleting([third["id"]])  # as if storage had refused its delete: the sweeper retries
         assert (await gateway.run_sweeper_once()).deletions_done == 1

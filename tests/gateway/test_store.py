@@ -393,3 +393,96 @@ async def test_names_the_database_could_not_hold_are_refused(
     # Control characters elsewhere in the request are stored escaped and given back as they were.
     init = await api.init(10, "fine", metadata={"note": "a\x00b\n"})
     assert (await api.ok("GET", f"/v1/backups/{init['id']}"))["backup"]["metadata"] == {"note": "a\x00b\n"}
+
+
+async def _make_version(database: GatewayDatabase, version: int) -> None:
+    """A database as the gateway of schema `version` left it."""
+    if database.path is not None:
+        with closing(sqlite3.connect(database.path)) as conn, conn:
+            for migration in MIGRATIONS[:version]:
+                for statement in statements(migration.sqlite):
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+        return
+    conn = await asyncpg.connect(database.setting)
+    try:
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, description text NOT NULL, "
+            "applied_at double precision NOT NULL)"
+        )
+        for migration in MIGRATIONS[:version]:
+            for statement in statements(migration.postgresql):
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations VALUES ($1, $2, $3)",
+                migration.version,
+                migration.description,
+                time.time(),
+            )
+    finally:
+        await conn.close()
+
+
+async def _execute(database: GatewayDatabase, sql: str, *values: object) -> None:
+    """One statement on the database, `?` for each value (`$n` on PostgreSQL)."""
+    if database.path is not None:
+        with closing(sqlite3.connect(database.path)) as conn, conn:
+            conn.execute(sql, values)
+        return
+    for number in range(1, len(values) + 1):
+        sql = sql.replace("?", f"${number}", 1)
+    conn = await asyncpg.connect(database.setting)
+    try:
+        await conn.execute(sql, *values)
+    finally:
+        await conn.close()
+
+
+async def test_migration_9_orders_completions_and_drops_failed_uploads_metadata(
+    database: GatewayDatabase,
+) -> None:
+    """Existing backups get their completion order from their times; from then on the database gives each backup
+    that completes the next one, whatever time it is recorded with; failed uploads lose their metadata."""
+    await _make_version(database, 8)
+    instance = "d" * 32
+    await _execute(
+        database,
+        "INSERT INTO instances (id, name, token_hash, created_at) VALUES (?, 'home', 'h', 1)",
+        instance,
+    )
+    insert = (
+        "INSERT INTO backups (id, instance_id, name, size, sha256, status, created_at, completed_at, part_size, "
+        "part_count, object_key, upload_id, metadata, last_activity) VALUES (?, ?, 'n', 1, NULL, ?, 1, ?, 1, 1, "
+        "?, NULL, ?, 1)"
+    )
+    for backup_id, status, completed_at, metadata in (
+        ("b" * 32, "completed", 30.0, "{}"),
+        ("a" * 32, "completed", 10.0, "{}"),
+        ("c" * 32, "deleting", 20.0, "{}"),
+        ("e" * 32, "failed", None, '{"big": "' + "x" * 60_000 + '"}'),
+    ):
+        await _execute(
+            database, insert, backup_id, instance, status, completed_at, f"{instance}/{backup_id}", metadata
+        )
+    store = _store(database)
+    await store.open()
+    try:
+        assert (await store.schema_status()).current == SCHEMA_VERSION
+        seq = {b.id[0]: b.completion_seq for b in [await store.get_backup(c * 32) for c in "abce"] if b}
+        assert seq == {"a": 1, "c": 2, "b": 3, "e": None}
+        failed = await store.get_backup("e" * 32)
+        assert failed is not None
+        assert failed.metadata == {}
+        # A backup completed with a time before every other one is the newest all the same.
+        current = _backup(instance)
+        await store.begin_backup(current, 40.0, 60)
+        assert await store.complete_backup(current.id, None, 5.0)
+        listed = await store.list_backups(instance, "completed")
+        assert [backup.id for backup in listed] == [current.id, "b" * 32, "a" * 32]
+        assert listed[0].completion_seq == 4
+        # Restored (reindex) and promoted rows get theirs as they become completed.
+        restored = dataclasses.replace(_backup(instance, "completed"), completed_at=1.0)
+        assert await store.restore_backup(restored)
+        assert (await store.get_backup(restored.id)).completion_seq == 5  # type: ignore[union-attr]
+    finally:
+        await store.close()

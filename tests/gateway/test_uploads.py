@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from offsite_gateway.app import STORAGE, STORE
+from offsite_gateway.app import METRICS, STORAGE, STORE
 from offsite_gateway.config import GIB, MIB
 from offsite_gateway.manifest import SUFFIX
 from offsite_gateway.parts import plan_parts
@@ -394,3 +397,167 @@ async def test_storage_listings_follow_pages(
         moto_server.client().create_multipart_upload(Bucket=gateway.settings.s3_bucket, Key=f"k/{n}")
     uploads = await storage.list_multipart_uploads("")
     assert len(uploads) == 6
+
+
+@pytest.mark.parametrize("sent", [5000, 999], ids=["longer", "shorter"])
+async def test_complete_checks_what_storage_holds(
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
+    caplog: pytest.LogCaptureFixture,
+    sent: int,
+) -> None:
+    """Storage that does not enforce a URL's signed length (moto; LocalStack with `Transfer-Encoding: chunked`)
+    keeps a part of any length. The complete reads back what storage holds: another size than declared is
+    refused (409 `size_mismatch`), the upload failed and its object deleted, a warning logged, and the quota
+    never counts the declared size for bytes storage holds otherwise (issue 24, A3)."""
+    caplog.set_level(logging.INFO, logger="offsite_gateway")
+    async with run_gateway(
+        moto_server, moto_bucket, tmp_path, database=database, PART_SIZE=str(PART), QUOTA="6000"
+    ) as gateway:
+        _, token = await gateway.add_instance("home")
+        api = Api(session, gateway.url, token)
+        init = await api.init(1000)
+        url = (await api.sign(init["id"], [1]))[0]["url"]
+        etag = await put(session, url, b"z" * sent)  # moto stores it: it checks no signed header
+        status, body = await api.call(
+            "POST", f"/v1/backups/{init['id']}/complete", {"parts": [{"part_number": 1, "etag": etag}]}
+        )
+        assert (status, body["error"]["code"]) == (409, "size_mismatch"), body
+        assert (
+            f"storage holds {sent} bytes for this backup, not the 1000 declared" in body["error"]["message"]
+        )
+        await gateway.purged()
+        assert (await api.ok("GET", f"/v1/backups/{init['id']}"))["backup"]["status"] == "failed"
+        assert _objects(moto_server, moto_bucket) == []
+        assert (await api.ok("GET", "/v1/instance"))["usage"] == {
+            "bytes": 0,
+            "backups": 0,
+            "quota_bytes": 6000,
+        }
+        assert (await api.ok("GET", "/v1/backups"))["backups"] == []
+        refusals = [r.getMessage() for r in caplog.records if "Refused the complete" in r.getMessage()]
+        assert len(refusals) == 1, refusals
+        assert f"storage holds {sent} bytes where 1000 were declared" in refusals[0]
+        assert token not in caplog.text
+        assert "X-Amz-Signature" not in caplog.text
+        metrics = gateway.app[METRICS].render().decode()
+        assert 'offsite_gateway_uploads_refused_total{reason="size_mismatch"} 1.0' in metrics
+        # The quota counts what storage holds: five backups of 1000 bytes fit in 6000, a sixth and a 1001-byte one
+        # do not (had the refused one been recorded, only four would have).
+        for n in range(5):
+            await api.upload(bytes([n]) * 1000, f"ok {n}")
+        status, body = await api.call("POST", "/v1/backups", {"name": "over", "size": 1001})
+        assert (status, body["error"]["used_bytes"]) == (413, 5000)
+
+
+async def test_creates_during_a_complete_count_the_completing_upload(
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Quota 15,000 with 10,000 held: creates fired while a 5,000-byte upload completes (storage has completed it,
+    the database not yet) must not pass because the completing upload counted as nothing. The interleaving is
+    pinned: storage's complete returns only once every create has reached the database, and those reach it only
+    once the complete is recorded (issue 24, A4)."""
+    async with run_gateway(
+        moto_server, moto_bucket, tmp_path, database=database, PART_SIZE=str(PART), QUOTA="15000"
+    ) as gateway:
+        _, token = await gateway.add_instance("home")
+        api = Api(session, gateway.url, token)
+        for n in range(2):
+            await api.upload(bytes([n]) * 5000, f"held {n}")
+        init = await api.init(5000, "completing")
+        url = (await api.sign(init["id"], [1]))[0]["url"]
+        etag = await put(session, url, b"c" * 5000)
+
+        creates = 4
+        storage_completed, creates_waiting, recorded = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        arrived = 0
+        storage, store = gateway.app[STORAGE], gateway.app[STORE]
+        real_complete, real_begin = storage.complete_multipart_upload, store.begin_backup
+
+        async def complete_then_wait(*args: Any, **kwargs: Any) -> None:
+            await real_complete(*args, **kwargs)
+            storage_completed.set()
+            await asyncio.wait_for(creates_waiting.wait(), 10)
+
+        async def begin_once_recorded(*args: Any, **kwargs: Any) -> None:
+            nonlocal arrived
+            arrived += 1
+            if arrived == creates:
+                creates_waiting.set()
+            await asyncio.wait_for(recorded.wait(), 10)
+            await real_begin(*args, **kwargs)
+
+        monkeypatch.setattr(storage, "complete_multipart_upload", complete_then_wait)
+        monkeypatch.setattr(store, "begin_backup", begin_once_recorded)
+        completing = asyncio.create_task(
+            api.call(
+                "POST", f"/v1/backups/{init['id']}/complete", {"parts": [{"part_number": 1, "etag": etag}]}
+            )
+        )
+        await asyncio.wait_for(storage_completed.wait(), 10)
+        fired = [
+            asyncio.create_task(api.call("POST", "/v1/backups", {"name": f"racing {n}", "size": 5000}))
+            for n in range(creates)
+        ]
+        status, _ = await completing
+        assert status == 200
+        recorded.set()
+        answers = await asyncio.gather(*fired)
+        monkeypatch.undo()
+
+        assert [(status, body.get("error", {}).get("code")) for status, body in answers] == [
+            (413, "quota_exceeded")
+        ] * creates
+        assert all(body["error"]["used_bytes"] == 15000 for _, body in answers)
+        assert (await api.ok("GET", "/v1/instance"))["usage"]["bytes"] == 15000
+        assert [b["name"] for b in (await api.ok("GET", "/v1/backups"))["backups"]] == [
+            "completing",
+            "held 1",
+            "held 0",
+        ]
+
+
+async def test_a_failed_upload_keeps_no_metadata(
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
+) -> None:
+    """Up to 64 KiB of description per create, kept 7 days for every failed upload, would be a database's worth a
+    week per token outside any quota: the description is dropped as the upload fails, whether aborted, swept
+    as stale, or failed by a revocation (issue 24, A10). Nothing needs it after: it is what a completed backup
+    is listed and restored with."""
+    big = {"backup_id": "x", "padding": "p" * 60_000}
+    async with run_gateway(
+        moto_server, moto_bucket, tmp_path, database=database, STALE_UPLOAD_AFTER="3600"
+    ) as gateway:
+        store = gateway.app[STORE]
+        _, token = await gateway.add_instance("home")
+        api = Api(session, gateway.url, token)
+        aborted = await api.init(10, metadata=big)
+        assert (await store.get_backup(aborted["id"])).metadata == big  # type: ignore[union-attr]
+        await api.ok("DELETE", f"/v1/backups/{aborted['id']}/upload", expect=204)
+        stale = await api.init(10, metadata=big)
+        assert (await gateway.run_sweeper_once(time.time() + 7200)).stale_failed == 1
+        _, cottage_token = await gateway.add_instance("cottage")
+        revoked = await Api(session, gateway.url, cottage_token).init(10, metadata=big)
+        await gateway.revoke_instance("cottage")
+        for backup_id in (aborted["id"], stale["id"], revoked["id"]):
+            row = await store.get_backup(backup_id)
+            assert row is not None
+            assert (row.status, row.metadata) == ("failed", {}), backup_id
+        answer = await api.ok("GET", f"/v1/backups/{aborted['id']}")
+        assert answer["backup"]["metadata"] == {}
+        # A completed backup keeps its description.
+        done = await api.upload(b"kept", metadata=big)
+        assert done["metadata"] == big
+        assert (await store.get_backup(done["id"])).metadata == big  # type: ignore[union-attr]

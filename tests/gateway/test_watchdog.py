@@ -25,6 +25,7 @@ from tests.gateway.watching import (
     add_instance,
     by_path,
     look,
+    metrics_text,
     set_notify,
     verify,
     watching_gateway,
@@ -227,8 +228,7 @@ async def test_the_gauges_follow_the_states(
         clock.advance(EVERY + 3 * HOUR)
         await _backup(session, gateway.url, token)  # 16 bytes of a quota of 17: near it
         await look(gateway, clock)
-        async with session.get(gateway.url + "/metrics") as resp:
-            text = await resp.text()
+        text = await metrics_text(session, gateway)
 
     def gauge(name: str) -> float:
         match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)

@@ -25,6 +25,17 @@ from tests.helpers.servers import S3Server
 HOUR = 3600
 DAY = 24 * HOUR
 OPERATOR_SECRET = "the operator's signing key"
+METRICS_TOKEN = (
+    "watchdog-tests-metrics-token"  # /metrics is served only behind a token or on its own listener
+)
+
+
+async def metrics_text(session: aiohttp.ClientSession, gateway: RunningGateway) -> str:
+    """The gateway's /metrics, asked with the token `watching_gateway` gives it."""
+    headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    async with session.get(gateway.url + "/metrics", headers=headers) as resp:
+        assert resp.status == 200, resp.status
+        return await resp.text()
 
 
 class Clock:
@@ -53,7 +64,12 @@ async def watching_gateway(
 ) -> AsyncIterator[RunningGateway]:
     """A gateway whose watchdog the test drives (its timer off), allowed to notify 127.0.0.1, telling the operator's
     webhook `/operator` on `receiver` (signed JSON) unless `settings` say otherwise."""
-    defaults = {"WATCH_INTERVAL": "0", "NOTIFY_ALLOWED_NETWORKS": "127.0.0.0/8", "NOTIFY_TIMEOUT": "2"}
+    defaults = {
+        "WATCH_INTERVAL": "0",
+        "NOTIFY_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "NOTIFY_TIMEOUT": "2",
+        "METRICS_TOKEN": METRICS_TOKEN,
+    }
     if receiver is not None:
         defaults |= {"NOTIFY_URL": receiver.url("/operator"), "NOTIFY_SECRET": OPERATOR_SECRET}
     async with run_gateway(

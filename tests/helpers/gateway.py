@@ -15,6 +15,7 @@ Losing the database and getting it back from the bucket (what an operator does a
 
     await gateway.lose_database()       # the gateway's database is now empty (schema only)
     report = await gateway.reindex()    # `offsite-gateway reindex`: instances and backups from the manifests
+    gateway.database.dump(path); ...; await gateway.restore_database(path)  # back to an older dump
     token = await gateway.rotate_token("home")  # `offsite-gateway instance rotate home`: the token to reauth with
 
 Where a test needs process-level behaviour (a low file limit, what `serve` logs), `serve_process` runs
@@ -27,8 +28,11 @@ Where a test needs process-level behaviour (a low file limit, what `serve` logs)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
+import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -90,6 +94,28 @@ class GatewayDatabase:
         else:
             assert self.cluster is not None
             self.cluster.wipe(self.setting)
+
+    def dump(self, path: Path) -> None:
+        """Back it up as an operator does: SQLite's online backup, or `pg_dump -Fc`."""
+        if self.path is not None:
+            with (
+                contextlib.closing(sqlite3.connect(self.path)) as source,
+                contextlib.closing(sqlite3.connect(path)) as target,
+            ):
+                source.backup(target)
+            return
+        assert self.cluster is not None
+        self.cluster.dump(self.setting, path)
+
+    def restore(self, path: Path) -> None:
+        """Put back what `dump` saved: everything since is lost (the gateway must have closed it)."""
+        self.wipe()
+        if self.path is not None:
+            shutil.copyfile(path, self.path)
+            self.path.chmod(0o600)
+            return
+        assert self.cluster is not None
+        self.cluster.restore(self.setting, path)
 
     def contents(self) -> bytes:
         """Everything it stores, as bytes (to check what is and is not in it)."""
@@ -158,9 +184,16 @@ class RunningGateway:
         await asyncio.to_thread(self.database.wipe)
         await store.open()
 
-    async def reindex(self) -> ReindexReport:
+    async def restore_database(self, dump: Path) -> None:
+        """The database is restored from a dump (`GatewayDatabase.dump`) taken earlier: what happened since is lost."""
+        store = self.app[STORE]
+        await store.close()
+        await asyncio.to_thread(self.database.restore, dump)
+        await store.open()
+
+    async def reindex(self, *, prune_missing: bool = False) -> ReindexReport:
         """Rebuild the database from the bucket's manifests, as `offsite-gateway reindex` does."""
-        return await reindex(self.app[STORE], self.app[STORAGE], self.settings)
+        return await reindex(self.app[STORE], self.app[STORAGE], self.settings, prune_missing=prune_missing)
 
 
 def gateway_settings(

@@ -103,6 +103,28 @@ class PostgresCluster:
         self.drop_database(url)
         self.psql(f"CREATE DATABASE {url.rsplit('/', 1)[1]} OWNER {GATEWAY_ROLE} STRATEGY FILE_COPY")
 
+    def _client(self, tool: str, url: str, *args: str) -> None:
+        """Run pg_dump or pg_restore (from the same binaries) as the gateway's role on the database of `url`."""
+        result = subprocess.run(
+            [str(self.bindir / tool), "-h", self.host, "-p", str(self.port), "-U", GATEWAY_ROLE, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "PGPASSWORD": GATEWAY_PASSWORD, "PGCONNECT_TIMEOUT": "10"},
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({result.returncode}): {result.stderr.strip()}")
+
+    def dump(self, url: str, path: Path) -> None:
+        """`pg_dump -Fc` of the database, as an operator backs it up."""
+        self._client("pg_dump", url, "--format=custom", f"--file={path}", url.rsplit("/", 1)[1])
+
+    def restore(self, url: str, path: Path) -> None:
+        """The database as `dump` saved it: emptied, then `pg_restore` (everything since is lost)."""
+        self.wipe(url)
+        self._client("pg_restore", url, "--no-owner", f"--dbname={url.rsplit('/', 1)[1]}", str(path))
+
     def dump_text(self, url: str) -> str:
         """Every row of every table of the database, as text (to check what it stores)."""
         name = url.rsplit("/", 1)[1]
