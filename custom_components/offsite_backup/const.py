@@ -54,6 +54,12 @@ MAX_STALE_AFTER: Final = 24 * 31  # hours
 
 GATEWAY_POLL_INTERVAL: Final = timedelta(minutes=5)
 BUSY_RETRY_DELAY: Final = timedelta(minutes=10)
+# Transient failures (network, timeouts, 5xx, 429, 408, the gateway or storage unreachable) are retried until a
+# deadline: a nightly backup's is the end of its window plus RETRY_GRACE; a backup started by hand (the button,
+# the action, Settings > System > Backups) gets RETRY_MANUAL from its start. A failure that begins later still
+# gets the engine's patience (UploadOptions.patience, 10 minutes).
+RETRY_GRACE: Final = timedelta(hours=1)
+RETRY_MANUAL: Final = timedelta(hours=1)
 HISTORY_SIZE: Final = 30
 
 # The entry's stores in Home Assistant's .storage: offsite_backup.<entry id>.<name>.
@@ -70,6 +76,7 @@ def store_key(entry_id: str, name: str) -> str:
 
 EVENT_SUCCEEDED: Final = "offsite_backup_succeeded"
 EVENT_FAILED: Final = "offsite_backup_failed"
+EVENT_WAITING: Final = "offsite_backup_waiting"
 EVENT_DRILL_SUCCEEDED: Final = "offsite_backup_drill_succeeded"
 EVENT_DRILL_FAILED: Final = "offsite_backup_drill_failed"
 
@@ -90,6 +97,7 @@ class JobStatus(StrEnum):
     IDLE = "idle"
     CREATING = "creating"
     UPLOADING = "uploading"
+    WAITING = "waiting"  # for a transient failure to pass (or Home Assistant's busy backup manager)
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"

@@ -11,6 +11,7 @@ from .api import GatewayQuotaError
 from .const import (
     EVENT_FAILED,
     EVENT_SUCCEEDED,
+    EVENT_WAITING,
     ISSUE_BACKUP_FAILING,
     ISSUE_QUOTA_EXCEEDED,
     LOGGER,
@@ -33,7 +34,8 @@ def _size(value: int | None) -> str:
 
 
 class OutcomeReporter:
-    """Logs each ended job, fires ``offsite_backup_succeeded``/``_failed``, and raises or clears the Repairs issue."""
+    """Logs each ended job, fires ``offsite_backup_succeeded``/``_failed`` (and ``_waiting`` when a job begins to
+    wait for a failure to pass), and raises or clears the Repairs issue."""
 
     def __init__(self, hass: HomeAssistant, entry: ConfigEntry[Any], failures_before_repair: int) -> None:
         """Report for ``entry``; the issue appears after ``failures_before_repair`` failures in a row."""
@@ -62,6 +64,19 @@ class OutcomeReporter:
             needed=_size(err.needed_bytes),
             quota=_size(err.quota_bytes),
         )
+
+    @callback
+    def waiting(self, job: Job) -> None:
+        """A job began to wait for a failure to pass: ``offsite_backup_waiting`` (once per outage)."""
+        assert job.waiting is not None
+        LOGGER.warning("Offsite backup waiting: %s", job.waiting.describe())
+        data: dict[str, Any] = {
+            "config_entry_id": self._entry.entry_id,
+            "job_id": job.id,
+            "trigger": job.trigger.value,
+            "backup_id": job.backup_id,
+        }
+        self._hass.bus.async_fire(EVENT_WAITING, data | job.waiting.as_dict())
 
     @callback
     def report(self, job: Job, failures_in_row: int) -> None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from homeassistant.components.backup import AgentBackup, BackupAgentError, BackupManagerError
@@ -37,16 +37,16 @@ from .api import (
     RemoteBackup,
 )
 from .compat import backup_manager, failed_parts
-from .const import BUSY_RETRY_DELAY, DOMAIN, LOGGER, JobStatus, JobTrigger
+from .const import BUSY_RETRY_DELAY, DOMAIN, LOGGER, RETRY_GRACE, RETRY_MANUAL, JobStatus, JobTrigger
 from .contents import ContentsChoice, resolve_contents
 from .history import JobHistory
-from .jobs import Job, JobError, JobTracker, UploadSuspended
+from .jobs import Job, JobError, JobTracker, UploadSuspended, Wait
 from .listeners import Listeners
 from .local_copy import LocalCopies
 from .outcome import OutcomeReporter
 from .privacy import MetadataPrivacy
 from .upload_errors import UploadError, describe
-from .uploader import SUSPEND, UploadOptions, UploadState, upload
+from .uploader import SUSPEND, Clock, UploadOptions, UploadState, Waiting, upload
 
 type OpenStream = Callable[[], Coroutine[Any, Any, AsyncIterator[bytes]]]
 type ProgressCallback = Callable[..., None]
@@ -66,6 +66,12 @@ SUSPENDED = (
     "Upload suspended while Home Assistant stops or reloads the integration; it resumes at the next start if the "
     "backup is still on disk"
 )
+# The engine reads Home Assistant's wall clock, the one the deadlines are computed with.
+CLOCK = Clock(now=lambda: dt_util.utcnow().timestamp())
+
+
+def _instant(timestamp: float) -> datetime:
+    return dt_util.utc_from_timestamp(timestamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,8 @@ class RunnerOptions:
     failures_before_repair: int
     upload: UploadOptions
     keep_local: bool = False
+    retry_grace: timedelta = RETRY_GRACE  # a nightly backup retries until the end of its window plus this
+    retry_manual: timedelta = RETRY_MANUAL  # a backup started by hand retries for this long from its start
 
 
 class BackupRunner:
@@ -150,8 +158,17 @@ class BackupRunner:
 
     @property
     def last_error(self) -> str | None:
-        """The error of the last failed job, cleared by the next success."""
+        """While a job waits for a failure to pass: that it waits, the next try and the failure. Else the error of
+        the last failed job, cleared by the next success."""
+        if (job := self.current) is not None and job.waiting is not None:
+            return job.waiting.describe()
         return self._history.last_error
+
+    @property
+    def waiting(self) -> Wait | None:
+        """What the running job waits for, if it waits."""
+        job = self.current
+        return job.waiting if job is not None else None
 
     @property
     def last_size(self) -> int | None:
@@ -195,9 +212,15 @@ class BackupRunner:
         """Make a backup for this location and send it; returns the finished job.
 
         While Home Assistant's backup manager is busy, tries again every 10 minutes until ``retry_until``.
-        Raises :class:`JobError` with the reason when no backup reached the gateway.
+        Transient failures of the upload are retried until ``retry_until`` plus an hour (an hour from now without
+        it). Raises :class:`JobError` with the reason when no backup reached the gateway.
         """
         job = Job(id=uuid.uuid4().hex, trigger=trigger, started=dt_util.utcnow())
+        job.deadline = (
+            retry_until + self.options.retry_grace
+            if retry_until is not None
+            else job.started + self.options.retry_manual
+        )
         try:
             async with self._jobs.run(job):
                 try:
@@ -232,13 +255,15 @@ class BackupRunner:
             # Refused before Home Assistant spends minutes on an archive that could not be sent.
             self._jobs.settle(job, JobStatus.FAILED, UNENCRYPTED_REFUSED)
             return
+        busy_since: datetime | None = None
         while True:
             if job.cancel_requested:
                 self._jobs.settle(job, JobStatus.CANCELLED, None)
             if job.done:
                 return
             if manager.state != "idle":
-                if retry_until is None or dt_util.utcnow() + BUSY_RETRY_DELAY >= retry_until:
+                now = dt_util.utcnow()
+                if retry_until is None or now + BUSY_RETRY_DELAY >= retry_until:
                     self._jobs.settle(
                         job,
                         JobStatus.FAILED,
@@ -249,12 +274,25 @@ class BackupRunner:
                 LOGGER.info(
                     "Home Assistant's backup manager is busy (%s); trying again in 10 minutes", manager.state
                 )
+                busy_since = busy_since or now
+                job.status = JobStatus.WAITING
+                job.waiting = Wait(
+                    error=f"Home Assistant's backup manager is busy ({manager.state}) with another backup",
+                    next_try=now + BUSY_RETRY_DELAY,
+                    retry_until=retry_until,
+                    since=busy_since,
+                )
+                self._listeners.notify()
                 try:
                     async with asyncio.timeout(BUSY_RETRY_DELAY.total_seconds()):
                         await job.wakeup.wait()
                 except TimeoutError:
                     pass
                 continue
+            if job.waiting is not None:
+                job.waiting = None
+                job.status = JobStatus.CREATING
+                self._listeners.notify()
             contents = resolve_contents(
                 self.options.contents,
                 supervised=is_hassio(self.hass),
@@ -333,6 +371,7 @@ class BackupRunner:
                 raise BackupAgentError("Another upload to this location is in progress")
             else:
                 job = Job(id=uuid.uuid4().hex, trigger=JobTrigger.HOME_ASSISTANT, started=dt_util.utcnow())
+                job.deadline = job.started + self.options.retry_manual
                 async with self._jobs.run(job):
                     await self._upload(job, backup, open_stream, on_progress, state=None)
         except UploadSuspended as err:
@@ -377,7 +416,29 @@ class BackupRunner:
         def persist(upload_state: UploadState) -> None:
             self._history.update_pending(upload_state.to_dict())
 
+        def waiting(wait: Waiting | None) -> None:
+            if job.done:
+                return
+            if wait is None:
+                job.waiting = None
+                job.status = JobStatus.UPLOADING
+            else:
+                first = job.waiting is None
+                job.waiting = Wait(
+                    error=wait.error,
+                    next_try=_instant(wait.next_try),
+                    retry_until=_instant(wait.give_up_at),
+                    since=_instant(wait.since),
+                )
+                job.status = JobStatus.WAITING
+                if first:
+                    self._outcome.waiting(job)
+            self._listeners.notify()
+
         metadata = self._privacy.outgoing(backup.as_dict())
+        options = replace(
+            self.options.upload, deadline=job.deadline.timestamp() if job.deadline is not None else None
+        )
 
         async def send() -> RemoteBackup:
             def attempt() -> Coroutine[Any, Any, RemoteBackup]:
@@ -387,10 +448,12 @@ class BackupRunner:
                     size=backup.size,
                     name=backup.name,
                     metadata=metadata,
-                    options=self.options.upload,
+                    options=options,
                     progress=progress,
                     state=state,
                     on_state=persist,
+                    clock=CLOCK,
+                    on_wait=waiting,
                 )
 
             try:

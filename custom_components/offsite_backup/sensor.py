@@ -52,6 +52,8 @@ SENSORS: tuple[OffsiteBackupSensorDescription, ...] = (
         device_class=SensorDeviceClass.ENUM,
         options=[*(status.value for status in JobStatus), *(status.value for status in DrillStatus)],
         value_fn=lambda data: shown_status(data.runner, data.drill),
+        # While it waits for a failure to pass: what failed, the next try, until when at the latest.
+        attributes_fn=lambda data: dict(data.runner.waiting.as_dict()) if data.runner.waiting else {},
     ),
     OffsiteBackupSensorDescription(
         key="last_error",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -46,13 +47,20 @@ from tests.integration.common import (
 )
 from tests.integration.conftest import BACKUP_PASSWORD
 
-FAST = UploadOptions(retry_base=0.01, retry_cap=0.02, retry_after_cap=0.05)
+FAST = UploadOptions(retry_base=0.01, retry_cap=0.02, retry_after_cap=0.05, patience=0.3)
 
 
 def fast_retries(entry: MockConfigEntry) -> None:
-    """Keep the engine's backoff short so a test of an unreachable gateway takes milliseconds, not a minute."""
+    """Keep the retries short so a test of an unreachable gateway takes a moment, not an hour: the deadline is the
+    job's start, and a transient failure is retried for 0.3 s (tests/integration/test_outage.py moves the clock
+    instead, through the real deadlines)."""
     runner = entry.runtime_data.runner
-    runner.options = replace(runner.options, upload=replace(FAST, parallel=runner.options.upload.parallel))
+    runner.options = replace(
+        runner.options,
+        upload=replace(FAST, parallel=runner.options.upload.parallel),
+        retry_manual=timedelta(0),
+        retry_grace=timedelta(0),
+    )
 
 
 async def create_backup(hass: HomeAssistant, entry: MockConfigEntry) -> dict[str, Any]:
@@ -205,7 +213,7 @@ async def test_gateway_down_then_back(
     issue_id = f"{ISSUE_BACKUP_FAILING}_{entry.entry_id}"
     assert issue_registry.async_get_issue(DOMAIN, issue_id) is None, "one failure is not yet an issue"
 
-    await _failing_backup(hass, entry)
+    error = await _failing_backup(hass, entry)
     issue = issue_registry.async_get_issue(DOMAIN, issue_id)
     assert issue is not None
     assert issue.translation_placeholders == {"title": "home", "failures": "2", "error": error}
