@@ -54,11 +54,12 @@ async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) -> bool:
-    """Connect to the gateway, then start the job runner and the nightly schedule."""
+    """Ask the gateway (reachable or not), then start the job runner and the nightly schedule."""
     client = GatewayClient(async_get_clientsession(hass), entry.data[CONF_URL], entry.data[CONF_TOKEN])
     coordinator = GatewayCoordinator(hass, entry, client)
-    # Raises ConfigEntryAuthFailed (reauth) or ConfigEntryNotReady (retried) when the gateway refuses or is down.
-    await coordinator.async_config_entry_first_refresh()
+    # Raises ConfigEntryAuthFailed (reauth) when the gateway refuses the token; an unreachable gateway does not
+    # hold the entry back: what needs the gateway is unavailable until the next poll reaches it.
+    await coordinator.async_first_contact()
 
     settings = Settings.from_options(dict(entry.options))
     assert entry.unique_id is not None

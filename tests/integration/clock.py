@@ -15,7 +15,7 @@ import freezegun.api
 from freezegun.api import FrozenDateTimeFactory
 from homeassistant.core import HomeAssistant
 from homeassistant.util import dt as dt_util
-from pytest_homeassistant_custom_component.common import async_fire_time_changed
+from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 
 from custom_components.offsite_backup.runner import BackupRunner
 
@@ -75,3 +75,17 @@ async def ride_out(
         moves += 1
         await until(hass, lambda seen=wait: done() or runner.waiting is not seen, seconds=real_seconds)
     return moves
+
+
+async def tonight(
+    hass: HomeAssistant, entry: MockConfigEntry, freezer: FrozenDateTimeFactory
+) -> tuple[datetime, datetime]:
+    """Move to tonight's planned instant: the nightly backup starts. Returns that instant and the window's end."""
+    scheduler = entry.runtime_data.scheduler
+    run_at = scheduler.next_run
+    assert run_at is not None
+    assert scheduler.plan is not None
+    _, window_end = scheduler.window.bounds(scheduler.plan.day, dt_util.get_default_time_zone())
+    await move_to(hass, freezer, run_at)
+    await until(hass, lambda: entry.runtime_data.runner.busy)
+    return run_at, window_end

@@ -33,7 +33,7 @@ from custom_components.offsite_backup.const import (
 )
 from tests.engine.proxy import FaultProxy, Outage, gate, status
 from tests.helpers.servers import S3Server
-from tests.integration.clock import move_to, real_time, ride_out, until
+from tests.integration.clock import real_time, ride_out, tonight, until
 from tests.integration.common import backup_now, entry_behind_proxy, multipart_uploads, objects, state
 from tests.integration.gateway_process import Gateway, add_instance
 
@@ -77,20 +77,6 @@ async def nightly(
         yield entry, proxy
 
 
-async def _tonight(
-    hass: HomeAssistant, entry: MockConfigEntry, freezer: FrozenDateTimeFactory
-) -> tuple[datetime, datetime]:
-    """Move to tonight's planned instant: the nightly backup starts. Returns that instant and the window's end."""
-    scheduler = entry.runtime_data.scheduler
-    run_at = scheduler.next_run
-    assert run_at is not None
-    assert scheduler.plan is not None
-    _, window_end = scheduler.window.bounds(scheduler.plan.day, dt_util.get_default_time_zone())
-    await move_to(hass, freezer, run_at)
-    await until(hass, lambda: entry.runtime_data.runner.busy)
-    return run_at, window_end
-
-
 async def test_storage_refusing_every_part_for_five_minutes_lands_that_night(
     hass: HomeAssistant,
     nightly: tuple[MockConfigEntry, FaultProxy],
@@ -110,7 +96,7 @@ async def test_storage_refusing_every_part_for_five_minutes_lands_that_night(
     )
     proxy.outage = outage
     real_started = real_time()
-    started, window_end = await _tonight(hass, entry, freezer)
+    started, window_end = await tonight(hass, entry, freezer)
 
     await until(hass, lambda: runner.waiting is not None)
     # Waiting, and saying so: the status, its attributes, the last error, the event.
@@ -249,7 +235,7 @@ async def test_an_outage_past_the_deadline_fails_with_the_real_reason_and_a_repa
     issue_id = f"{ISSUE_BACKUP_FAILING}_{entry.entry_id}"
     for night in (1, 2):
         real_started = real_time()
-        started, window_end = await _tonight(hass, entry, freezer)
+        started, window_end = await tonight(hass, entry, freezer)
         moves = await ride_out(hass, freezer, runner, lambda: not runner.busy, real_seconds=300)
 
         job = runner.history[0]
