@@ -12,13 +12,26 @@ import pytest
 from homeassistant.components.backup.const import DATA_MANAGER
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers import issue_registry as ir
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events
 
-from custom_components.offsite_backup.const import CONF_KEEP_LOCAL, DOMAIN, EVENT_FAILED, JobTrigger
+from custom_components.offsite_backup.const import (
+    CONF_KEEP_LOCAL,
+    CONF_TOKEN,
+    CONF_URL,
+    DOMAIN,
+    EVENT_FAILED,
+    ISSUE_BACKUP_FAILING,
+    ISSUE_QUOTA_EXCEEDED,
+    JobTrigger,
+)
 from custom_components.offsite_backup.runner import JobError
-from tests.engine.proxy import FaultProxy, delay, status
+from offsite_gateway.app import STORE
+from tests.engine.proxy import FaultProxy, delay, gate, status
+from tests.helpers.gateway import run_gateway
 from tests.helpers.servers import S3Server
 from tests.integration.common import (
+    backup_now,
     entry_behind_proxy,
     let_upload_progress_settle,
     multipart_uploads,
@@ -236,3 +249,75 @@ async def test_the_local_copy_of_a_failed_backup_is_removed_too(
         )
     await let_upload_progress_settle(hass)
     assert await backup_manager.backup_agents["backup.local"].async_list_backups() == []
+
+
+async def test_a_stop_during_complete_is_not_sent_again_under_a_tight_quota(
+    hass: HomeAssistant,
+    backup_manager: object,
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    config_dir: Path,
+    issue_registry: ir.IssueRegistry,
+) -> None:
+    """Home Assistant stops while the gateway completes the backup: the answer is lost, the backup is complete.
+
+    The resume asks the gateway instead of sending it all again, which a quota with room for one copy would
+    refuse (a false failure and a false quota issue).
+    """
+    (config_dir / "big.bin").write_bytes(os.urandom(12 * 1024 * 1024))  # three 5 MiB parts
+    async with (
+        FaultProxy(moto_server.endpoint) as storage,
+        run_gateway(
+            moto_server,
+            moto_bucket,
+            tmp_path / "gw",
+            PART_SIZE=str(5 * 1024 * 1024),
+            S3_PUBLIC_ENDPOINT=storage.url,
+        ) as gateway,
+        FaultProxy(gateway.url) as front,  # the gateway as Home Assistant reaches it
+    ):
+        instance_id, token = await gateway.add_instance("home")
+        await gateway.app[STORE].set_policy(
+            "home", {"quota_bytes": 20 * 1024 * 1024}
+        )  # one copy fits, not two
+        entry = MockConfigEntry(
+            domain=DOMAIN, title="home", unique_id=instance_id, data={CONF_URL: front.url, CONF_TOKEN: token}
+        )
+        entry.add_to_hass(hass)
+        assert await hass.config_entries.async_setup(entry.entry_id)
+        await hass.async_block_till_done()
+        failed = async_capture_events(hass, EVENT_FAILED)
+        runner = entry.runtime_data.runner
+        storage.fail(3, gate())  # the last part waits, so that the complete can be caught
+        action = hass.async_create_task(backup_now(hass, entry))
+        async with asyncio.timeout(60):
+            while not ((pending := runner.pending_summary()) and storage.arrived[3].is_set()):
+                await asyncio.sleep(0.02)
+        complete = ("POST", f"/v1/backups/{pending['remote_id']}/complete")
+        front.answer_late(*complete, 3600)  # the gateway completes it; the answer never comes back
+        storage.open_gate()
+        async with asyncio.timeout(60):
+            await front.held[complete].wait()
+
+        assert await hass.config_entries.async_unload(entry.entry_id)  # Home Assistant stops now
+        with pytest.raises(HomeAssistantError, match="suspended"):
+            await action
+        await let_upload_progress_settle(hass)
+        assert len(objects(moto_server, moto_bucket)) == 1, "the gateway completed it"
+        storage.reset_counts()
+
+        assert await hass.config_entries.async_setup(entry.entry_id)
+        await hass.async_block_till_done(wait_background_tasks=True)
+
+        runner = entry.runtime_data.runner
+        assert [(job.trigger.value, job.status.value) for job in runner.history] == [("manual", "succeeded")]
+        assert runner.history[0].remote_id == pending["remote_id"], "the completed backup, not a new one"
+        assert dict(storage.puts) == {}, "nothing was sent again"
+        assert failed == []
+        assert issue_registry.async_get_issue(DOMAIN, f"{ISSUE_QUOTA_EXCEEDED}_{entry.entry_id}") is None
+        assert issue_registry.async_get_issue(DOMAIN, f"{ISSUE_BACKUP_FAILING}_{entry.entry_id}") is None
+        assert len(objects(moto_server, moto_bucket)) == 1
+        local = hass.data[DATA_MANAGER].backup_agents["backup.local"]
+        assert await local.async_list_backups() == [], "the local copy went with the outcome"
+        assert await hass.config_entries.async_unload(entry.entry_id)
