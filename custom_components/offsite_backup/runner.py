@@ -527,24 +527,36 @@ class BackupRunner:
         backup = AgentBackup.from_dict(pending["backup"])
         state = UploadState.from_dict(pending["state"]) if pending["state"] else None
         async with self._jobs.run(job):
+            copy = await self._local.find(
+                backup, backup_manager(self.hass).config.data.create_backup.password
+            )
+            if copy is None:
+                # Nothing of it is removed: what is not found cannot be known to be this backup's copy.
+                self._history.clear_pending()
+                await self._abort_left_behind(state)
+                self._jobs.settle(
+                    job,
+                    JobStatus.FAILED,
+                    "The upload was interrupted by a restart of Home Assistant, and the backup is no longer "
+                    "on disk to finish it",
+                )
+                return
+            if not copy.same_bytes and state is not None:
+                # Read again through Home Assistant's encryption, it makes other bytes: the parts storage holds
+                # belong to another encryption of it. The upload starts over, cleanly.
+                LOGGER.info(
+                    "Backup %s is kept unencrypted on disk and encrypted on its way here: its upload starts over",
+                    backup.backup_id,
+                )
+                await self._abort_left_behind(state)
+                state = None
+            LOGGER.info("Resuming the upload of backup %s interrupted by a restart", backup.backup_id)
             try:
-                open_stream = await self._local.find(backup)
-                if open_stream is None:
-                    self._history.clear_pending()
-                    await self._abort_left_behind(state)
-                    self._jobs.settle(
-                        job,
-                        JobStatus.FAILED,
-                        "The upload was interrupted by a restart of Home Assistant, and the backup is no longer "
-                        "on disk to finish it",
-                    )
-                    return
-                LOGGER.info("Resuming the upload of backup %s interrupted by a restart", backup.backup_id)
-                try:
-                    await self._upload(job, backup, open_stream, None, state=state)
-                except UploadSuspended:
-                    return
+                await self._upload(job, backup, copy.open_stream, None, state=state)
+            except UploadSuspended:
+                return
             finally:
+                await copy.finish()
                 if not job.suspended:
                     await self._remove_local_copy(job)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from homeassistant.components.backup.config import AgentConfig
 from homeassistant.components.backup.const import DATA_MANAGER
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
@@ -16,6 +17,7 @@ from homeassistant.helpers import issue_registry as ir
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events
 
 from custom_components.offsite_backup.const import (
+    CONF_ALLOW_UNENCRYPTED,
     CONF_KEEP_LOCAL,
     CONF_TOKEN,
     CONF_URL,
@@ -36,6 +38,7 @@ from tests.integration.common import (
     let_upload_progress_settle,
     multipart_uploads,
     objects,
+    read_from_backup,
     sha256,
 )
 from tests.integration.conftest import BACKUP_PASSWORD
@@ -321,3 +324,128 @@ async def test_a_stop_during_complete_is_not_sent_again_under_a_tight_quota(
         local = hass.data[DATA_MANAGER].backup_agents["backup.local"]
         assert await local.async_list_backups() == [], "the local copy went with the outcome"
         assert await hass.config_entries.async_unload(entry.entry_id)
+
+
+async def test_resume_from_an_unencrypted_local_copy_starts_the_upload_over(
+    hass: HomeAssistant,
+    proxied: tuple[MockConfigEntry, FaultProxy],
+    backup_manager: Any,
+    config_dir: Path,
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+) -> None:
+    """ "This system" set to unencrypted: the copy on disk is unencrypted, the upload was Home Assistant's
+    encryption of it, which draws new nonces each time. The resume reads the copy through that encryption again
+    and starts the upload over (the parts storage holds are of another encryption); nothing is deleted early."""
+    entry, proxy = proxied
+    backup_manager.config.data.agents["backup.local"] = AgentConfig(protected=False)
+    marker = os.urandom(12 * 1024 * 1024)
+    (config_dir / "big.bin").write_bytes(marker)
+    old_remote = await _interrupt_after_two_parts(
+        hass, entry, proxy, ["backup.local", f"{DOMAIN}.{entry.unique_id}"]
+    )
+    local = backup_manager.backup_agents["backup.local"]
+    (on_disk,) = await local.async_list_backups()
+    assert on_disk.protected is False, "kept unencrypted on disk"
+    proxy.plan.clear()
+    proxy.reset_counts()
+
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done(wait_background_tasks=True)
+
+    runner = entry.runtime_data.runner
+    assert [(job.trigger.value, job.status.value) for job in runner.history] == [
+        ("home_assistant", "succeeded")
+    ], runner.history[0].error
+    assert runner.history[0].remote_id != old_remote, "a new upload"
+    assert dict(proxy.stored) == dict.fromkeys(range(1, 4), 1), "every part of the new encryption, once"
+    assert multipart_uploads(moto_server, moto_bucket) == [], "the old upload was aborted"
+    (stored,) = objects(moto_server, moto_bucket).values()
+    assert marker not in stored
+    assert read_from_backup(stored, BACKUP_PASSWORD, "data/big.bin", tmp_path) == marker, "whole, encrypted"
+    remote = await entry.runtime_data.client.get_backup(runner.history[0].remote_id or "")
+    assert remote.sha256 == sha256(stored)
+    assert [b.backup_id for b in await local.async_list_backups()] == [on_disk.backup_id], (
+        "a backup made from Settings > System > Backups keeps its local copy"
+    )
+
+
+async def test_resume_to_an_unencrypted_location_from_an_encrypted_copy_sends_the_same_bytes(
+    hass: HomeAssistant,
+    proxied: tuple[MockConfigEntry, FaultProxy],
+    backup_manager: Any,
+    config_dir: Path,
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+) -> None:
+    """The other way round: this location set to unencrypted (and allowed), the copy on disk encrypted. Home
+    Assistant's decryption gives the same bytes again: the resume carries the same upload on."""
+    entry, proxy = proxied
+    agent_id = f"{DOMAIN}.{entry.unique_id}"
+    backup_manager.config.data.agents[agent_id] = AgentConfig(protected=False)
+    hass.config_entries.async_update_entry(entry, options={CONF_ALLOW_UNENCRYPTED: True})
+    await hass.async_block_till_done()
+    marker = os.urandom(12 * 1024 * 1024)
+    (config_dir / "big.bin").write_bytes(marker)
+    remote_id = await _interrupt_after_two_parts(hass, entry, proxy, ["backup.local", agent_id])
+    local = backup_manager.backup_agents["backup.local"]
+    (on_disk,) = await local.async_list_backups()
+    assert on_disk.protected is True, "kept encrypted on disk"
+    proxy.plan.clear()
+    proxy.reset_counts()
+
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done(wait_background_tasks=True)
+
+    runner = entry.runtime_data.runner
+    assert [(job.trigger.value, job.status.value) for job in runner.history] == [
+        ("home_assistant", "succeeded")
+    ], runner.history[0].error
+    assert runner.history[0].remote_id == remote_id, "the same upload was carried on"
+    assert dict(proxy.stored) == {3: 1}, "parts 1 and 2 matched what storage holds: not sent again"
+    (stored,) = objects(moto_server, moto_bucket).values()
+    assert read_from_backup(stored, None, "data/big.bin", tmp_path) == marker, "whole, and unencrypted"
+    remote = await entry.runtime_data.client.get_backup(remote_id)
+    assert remote.sha256 == sha256(stored)
+
+
+async def test_our_own_backup_with_an_unencrypted_local_copy_resumes_and_its_copy_goes_after(
+    hass: HomeAssistant,
+    proxied: tuple[MockConfigEntry, FaultProxy],
+    backup_manager: Any,
+    config_dir: Path,
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+) -> None:
+    """The integration's own backup, its resume copy kept unencrypted: not taken for gone (and deleted) any more;
+    it is read through the encryption again, sent, and only then removed."""
+    entry, proxy = proxied
+    backup_manager.config.data.agents["backup.local"] = AgentConfig(protected=False)
+    marker = os.urandom(12 * 1024 * 1024)
+    (config_dir / "big.bin").write_bytes(marker)
+    proxy.fail(3, delay(60))
+    runner = entry.runtime_data.runner
+    job = hass.async_create_task(runner.async_run(JobTrigger.MANUAL))
+    async with asyncio.timeout(60):
+        while not ((pending := runner.pending_summary()) and pending["parts_acknowledged"] == 2):
+            await asyncio.sleep(0.05)
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    with pytest.raises(JobError, match="suspended"):
+        await job
+    local = backup_manager.backup_agents["backup.local"]
+    (on_disk,) = await local.async_list_backups()
+    assert on_disk.protected is False
+    proxy.plan.clear()
+
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done(wait_background_tasks=True)
+
+    history = entry.runtime_data.runner.history
+    assert [(j.trigger.value, j.status.value) for j in history] == [("manual", "succeeded")], history[0].error
+    (stored,) = objects(moto_server, moto_bucket).values()
+    assert read_from_backup(stored, BACKUP_PASSWORD, "data/big.bin", tmp_path) == marker
+    assert multipart_uploads(moto_server, moto_bucket) == []
+    assert await local.async_list_backups() == [], "the resume copy went once the job had its outcome"
