@@ -14,13 +14,16 @@ from homeassistant.core import Event, HomeAssistant, callback
 from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers import instance_id
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.helpers.event import async_track_time_interval
 from homeassistant.helpers.start import async_at_started
 from homeassistant.helpers.storage import Store
 from homeassistant.helpers.typing import ConfigType
+from homeassistant.util import dt as dt_util
 from homeassistant.util.hass_dict import HassKey
 
 from .api import GatewayClient
 from .const import (
+    CLOCK_CHECK_INTERVAL,
     CONF_TOKEN,
     CONF_URL,
     DOMAIN,
@@ -109,6 +112,12 @@ async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     await scheduler.async_start()
     entry.async_on_unload(scheduler.async_stop)
+
+    @callback
+    def check_clock(_now: datetime) -> None:
+        runner.check_clock(dt_util.utcnow())
+
+    entry.async_on_unload(async_track_time_interval(hass, check_clock, CLOCK_CHECK_INTERVAL))
 
     @callback
     def resume(_hass: HomeAssistant) -> None:

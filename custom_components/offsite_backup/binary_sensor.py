@@ -78,7 +78,7 @@ class BackupStaleSensor(OffsiteBackupEntity, BinarySensorEntity):
 
     @callback
     def _handle_update(self) -> None:
-        """Write the state and re-arm the timer (the runner calls this after each job)."""
+        """Write the state and arm the timer again: the instant it turns on may have moved (a success, a last
+        success set aside because the clock had been ahead)."""
         super()._handle_update()
-        if self._unsub_timer is None and not self.is_on:
-            self._arm()
+        self._arm()

@@ -61,6 +61,10 @@ BUSY_RETRY_DELAY: Final = timedelta(minutes=10)
 RETRY_GRACE: Final = timedelta(hours=1)
 RETRY_MANUAL: Final = timedelta(hours=1)
 HISTORY_SIZE: Final = 30
+# A stored time (the last success, the start of the history) further ahead than now plus CLOCK_MARGIN was
+# recorded while the clock was ahead: it is set aside with a warning, checked at setup and every CLOCK_CHECK_INTERVAL.
+CLOCK_MARGIN: Final = timedelta(days=1)
+CLOCK_CHECK_INTERVAL: Final = timedelta(hours=1)
 
 # The entry's stores in Home Assistant's .storage: offsite_backup.<entry id>.<name>.
 STORE_JOBS: Final = "jobs"

@@ -9,7 +9,7 @@ from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers.storage import Store
 from homeassistant.util import dt as dt_util
 
-from .const import HISTORY_SIZE, STORE_JOBS, JobStatus, store_key
+from .const import CLOCK_MARGIN, HISTORY_SIZE, LOGGER, STORE_JOBS, JobStatus, store_key
 from .jobs import Job
 
 STORAGE_VERSION = 1
@@ -59,6 +59,33 @@ class JobHistory:
         self.failures_in_row = int(data.get("failures_in_row", 0))
         self.since = datetime.fromisoformat(data["since"]) if data.get("since") else self.since
         self.pending = data.get("pending")
+        self.check_clock(dt_util.utcnow())
+
+    @callback
+    def check_clock(self, now: datetime) -> bool:
+        """Set aside a last success (or a start) further ahead than ``now`` plus a margin; whether it did.
+
+        Recorded while the clock was ahead, it would keep "Backup stale" off until that date: the last success is
+        forgotten (the jobs stay in the history, with their dates) and staleness counts from now.
+        """
+        changed = False
+        if self.last_success is not None and self.last_success > now + CLOCK_MARGIN:
+            LOGGER.warning(
+                "Ignoring the last success recorded for %s: it is ahead of the clock (now %s), so it was recorded "
+                'while the clock was wrong; "Backup stale" counts from now',
+                self.last_success.isoformat(),
+                now.isoformat(),
+            )
+            self.last_success = None
+            self.since = now
+            changed = True
+        if self.since > now + CLOCK_MARGIN:
+            LOGGER.warning("The history's start (%s) is ahead of the clock; counting from now", self.since)
+            self.since = now
+            changed = True
+        if changed:
+            self.save()
+        return changed
 
     def _data_to_save(self) -> StoredHistory:
         return {

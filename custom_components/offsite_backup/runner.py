@@ -120,6 +120,12 @@ class BackupRunner:
         await self._history.async_load()
 
     @callback
+    def check_clock(self, now: datetime) -> None:
+        """Set aside a last success further ahead than the clock allows (it was recorded while it was ahead)."""
+        if self._history.check_clock(now):
+            self._listeners.notify()
+
+    @callback
     def async_add_listener(self, listener: CALLBACK_TYPE) -> CALLBACK_TYPE:
         """Call ``listener`` whenever the state changes; returns the function that stops it."""
         return self._listeners.add(listener)
