@@ -38,6 +38,7 @@ from .coordinator import GatewayCoordinator
 from .drill_runner import DrillStopped, RestoreDrill
 from .models import OffsiteBackupConfigEntry, OffsiteBackupData, Settings, agent_id_for
 from .privacy import MetadataPrivacy
+from .repair_issues import clear_all
 from .runner import BackupRunner, JobError, RunnerOptions
 from .scheduler import NightlyScheduler
 from .services import async_setup_services
@@ -188,6 +189,7 @@ async def _async_reload(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) ->
 
 
 async def async_remove_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) -> None:
-    """Forget the entry's stored history and schedule."""
+    """Forget the entry's stored history and schedule, and its Repairs issues (they are kept across restarts)."""
+    clear_all(hass, entry)
     for name in STORES:
         await Store[dict[str, object]](hass, 1, store_key(entry.entry_id, name)).async_remove()

@@ -66,6 +66,31 @@ class OutcomeReporter:
         )
 
     @callback
+    def restore(self, last_job: Job | None, failures_in_row: int) -> None:
+        """At setup: the issues as the stored history has them (raised again, or cleared when they no longer hold:
+        the threshold option was raised, a success came while issues were not kept)."""
+        if (
+            last_job is not None
+            and last_job.status is JobStatus.FAILED
+            and (failures_in_row >= self._failures_before_repair)
+        ):
+            self._raise_failing(failures_in_row, last_job.error)
+        else:
+            clear_issue(self._hass, self._entry, ISSUE_BACKUP_FAILING)
+        if last_job is not None and last_job.status is JobStatus.SUCCEEDED:
+            clear_issue(self._hass, self._entry, ISSUE_QUOTA_EXCEEDED)
+
+    @callback
+    def _raise_failing(self, failures_in_row: int, error: str | None) -> None:
+        raise_issue(
+            self._hass,
+            self._entry,
+            ISSUE_BACKUP_FAILING,
+            failures=str(failures_in_row),
+            error=error or "",
+        )
+
+    @callback
     def waiting(self, job: Job) -> None:
         """A job began to wait for a failure to pass: ``offsite_backup_waiting`` (once per outage)."""
         assert job.waiting is not None
@@ -101,12 +126,6 @@ class OutcomeReporter:
             LOGGER.error("Offsite backup failed: %s", job.error)
             self._hass.bus.async_fire(EVENT_FAILED, data | {"error": job.error})
             if failures_in_row >= self._failures_before_repair:
-                raise_issue(
-                    self._hass,
-                    self._entry,
-                    ISSUE_BACKUP_FAILING,
-                    failures=str(failures_in_row),
-                    error=job.error or "",
-                )
+                self._raise_failing(failures_in_row, job.error)
         else:
             LOGGER.info("Offsite backup cancelled%s", f": {job.error}" if job.error else "")

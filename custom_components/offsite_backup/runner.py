@@ -116,8 +116,9 @@ class BackupRunner:
         self._suspending = False
 
     async def async_load(self) -> None:
-        """Read the history and any interrupted upload from the store."""
+        """Read the history and any interrupted upload from the store; the Repairs issues as it has them."""
         await self._history.async_load()
+        self._outcome.restore(self._history.last_job, self._history.failures_in_row)
 
     @callback
     def check_clock(self, now: datetime) -> None:
