@@ -44,6 +44,7 @@ from .jobs import Job, JobError, JobTracker, UploadSuspended, Wait
 from .listeners import Listeners
 from .local_copy import LocalCopies
 from .outcome import OutcomeReporter
+from .own_retention import MARKER, OwnRetention
 from .privacy import MetadataPrivacy
 from .upload_errors import UploadError, describe
 from .uploader import SUSPEND, Clock, UploadOptions, UploadState, Waiting, upload
@@ -108,6 +109,7 @@ class BackupRunner:
         self._history = JobHistory(hass, entry.entry_id)
         self._outcome = OutcomeReporter(hass, entry, options.failures_before_repair)
         self._local = LocalCopies(hass)
+        self.retention = OwnRetention(hass, options.agent_id)
         self._listeners = Listeners()
         self._jobs = JobTracker(
             record=self._record, changed=self._listeners.notify, cancel_reason=self._why_stopped
@@ -253,7 +255,18 @@ class BackupRunner:
             raise JobError(SUSPENDED)
         if job.status is not JobStatus.SUCCEEDED:
             raise JobError(job.error or job.status.value)
+        if job.trigger is JobTrigger.SCHEDULE:
+            await self._apply_retention(job)
         return job
+
+    async def _apply_retention(self, job: Job) -> None:
+        """After a nightly backup: Home Assistant's retention settings where they apply to ours (own_retention)."""
+        try:
+            await self.retention.async_apply(
+                local_copies_at=job.local_copy if self.options.keep_local else None
+            )
+        except Exception:
+            LOGGER.exception("Unexpected error applying the retention after backup %s", job.backup_id)
 
     async def _create_backup(self, job: Job, retry_until: datetime | None) -> None:
         manager = backup_manager(self.hass)
@@ -307,13 +320,16 @@ class BackupRunner:
             )
             job.local_copy = self._local.location()
             agent_ids = [self.options.agent_id, *([job.local_copy] if job.local_copy else [])]
+            kind = "nightly backup" if job.trigger is JobTrigger.SCHEDULE else "backup"
             await manager.async_create_backup(
                 agent_ids=agent_ids,
-                name=f"Offsite backup {dt_util.now().strftime('%Y-%m-%d %H:%M')}",
+                name=f"Offsite {kind} {dt_util.now().strftime('%Y-%m-%d %H:%M')}",
                 password=password,
-                # The nightly backups are Home Assistant's automatic ones (its "last automatic backup", its
-                # retention of automatic backups); a backup made by hand is not.
-                with_automatic_settings=job.trigger is JobTrigger.SCHEDULE,
+                # Not Home Assistant's automatic backups, on purpose: its retention of those counts them across
+                # every location and would cut its own local backups and this location to its count
+                # (own_retention.py). The metadata says which backups are ours, and why they were made.
+                with_automatic_settings=False,
+                extra_metadata={MARKER: job.trigger.value},
                 **contents.as_kwargs(),
             )
             self._note_partial(job)

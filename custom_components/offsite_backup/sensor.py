@@ -109,6 +109,12 @@ SENSORS: tuple[OffsiteBackupSensorDescription, ...] = (
         translation_key="backups_stored",
         state_class=SensorStateClass.MEASUREMENT,
         value_fn=lambda data: _usage(data, lambda usage: usage.backups),
+        # What keeps them: the gateway's policy, or Home Assistant's retention set for this location as well.
+        attributes_fn=lambda data: {
+            "retention": data.runner.retention.summary(
+                data.coordinator.data.policy if data.coordinator.data is not None else None
+            )
+        },
         needs_gateway=True,
     ),
     OffsiteBackupSensorDescription(

@@ -32,6 +32,7 @@ from custom_components.offsite_backup.const import (
     JobTrigger,
 )
 from custom_components.offsite_backup.models import agent_id_for
+from custom_components.offsite_backup.own_retention import MARKER
 from custom_components.offsite_backup.runner import UNENCRYPTED_REFUSED
 from custom_components.offsite_backup.uploader import UploadOptions
 from tests.helpers.gateway import RunningGateway, run_gateway
@@ -430,17 +431,25 @@ async def test_an_upload_left_behind_on_the_gateway_is_aborted_and_the_backup_ma
     assert len(stored) == response["size"]
 
 
-async def test_the_nightly_backup_is_one_of_home_assistants_automatic_backups(
+async def test_our_backups_are_not_home_assistants_automatic_ones_and_say_whose_they_are(
     hass: HomeAssistant, loaded_entry: MockConfigEntry, backup_manager: Any
 ) -> None:
-    """Settings > System > Backups counts the nightly backups as automatic; one made by hand stays manual."""
-    assert backup_manager.config.data.last_completed_automatic_backup is None
+    """Home Assistant's retention of automatic backups would count ours against its own (test_retention.py):
+    they are made as its manual ones are, named and marked for what they are."""
     nightly = await loaded_entry.runtime_data.runner.async_run(JobTrigger.SCHEDULE)
     manual = await create_backup(hass, loaded_entry)
     backups, _ = await backup_manager.async_get_backups()
-    assert backups[nightly.backup_id].with_automatic_settings is True
+    assert backups[nightly.backup_id].with_automatic_settings is False
     assert backups[manual["backup_id"]].with_automatic_settings is False
-    assert backup_manager.config.data.last_completed_automatic_backup is not None
+    assert backup_manager.config.data.last_completed_automatic_backup is None
+    assert backups[nightly.backup_id].name.startswith("Offsite nightly backup ")
+    assert backups[manual["backup_id"]].name.startswith("Offsite backup ")
+    listed = {
+        b.backup_id: b
+        for b in await backup_manager.backup_agents[agent_id_for(loaded_entry)].async_list_backups()
+    }
+    assert listed[nightly.backup_id].extra_metadata[MARKER] == "schedule"
+    assert listed[manual["backup_id"]].extra_metadata[MARKER] == "manual"
 
 
 async def test_backup_contents_on_core(
