@@ -29,6 +29,7 @@ from .const import (
     DOMAIN,
     EVENT_FAILED,
     EVENT_SUCCEEDED,
+    LEFTOVER_CHECK_INTERVAL,
     LOGGER,
     STORES,
     JobTrigger,
@@ -119,6 +120,16 @@ async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry
         runner.check_clock(dt_util.utcnow())
 
     entry.async_on_unload(async_track_time_interval(hass, check_clock, CLOCK_CHECK_INTERVAL))
+
+    @callback
+    def remove_leftovers(_now: datetime) -> None:
+        """What a stop left on this machine (the Supervisor may finish writing it after the restart)."""
+        if runner.leftovers and not runner.busy:
+            entry.async_create_background_task(
+                hass, runner.async_remove_leftovers(), f"{DOMAIN} remove a backup left by a stop"
+            )
+
+    entry.async_on_unload(async_track_time_interval(hass, remove_leftovers, LEFTOVER_CHECK_INTERVAL))
 
     @callback
     def resume(_hass: HomeAssistant) -> None:

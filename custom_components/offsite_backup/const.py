@@ -65,6 +65,8 @@ HISTORY_SIZE: Final = 30
 # recorded while the clock was ahead: it is set aside with a warning, checked at setup and every CLOCK_CHECK_INTERVAL.
 CLOCK_MARGIN: Final = timedelta(days=1)
 CLOCK_CHECK_INTERVAL: Final = timedelta(hours=1)
+# After Home Assistant stopped while creating a backup, what it left on this machine is looked for this often.
+LEFTOVER_CHECK_INTERVAL: Final = timedelta(minutes=10)
 
 # The entry's stores in Home Assistant's .storage: offsite_backup.<entry id>.<name>.
 STORE_JOBS: Final = "jobs"

@@ -118,6 +118,32 @@ class LocalCopies:
             return None
         return _downloader(agent, local.backup_id)
 
+    async def remove_left_by(self, job_ids: set[str], marker: str) -> set[str]:
+        """Remove the backups whose ``extra_metadata[marker]`` is one of ``job_ids`` from the local locations
+        (what Home Assistant left when it stopped while they were written); the job ids whose backup was removed."""
+        manager = backup_manager(self._hass)
+        removed: set[str] = set()
+        for agent_id in self._locations():
+            agent = manager.backup_agents[agent_id]
+            try:
+                listed = await agent.async_list_backups()
+            except Exception as err:  # the location's failure: logged, looked for again later
+                LOGGER.warning("Could not list the backups of %s: %s", agent_id, err)
+                continue
+            for backup in listed:
+                job_id = backup.extra_metadata.get(marker)
+                if isinstance(job_id, str) and job_id in job_ids:
+                    LOGGER.warning(
+                        "Removing backup %s (%s) from %s: Home Assistant stopped while it was being written for "
+                        "Offsite Backup, which never sent it",
+                        backup.name,
+                        backup.backup_id,
+                        agent_id,
+                    )
+                    await self.remove(backup.backup_id, agent_id)
+                    removed.add(job_id)
+        return removed
+
     async def remove(self, backup_id: str, location: str) -> None:
         """Remove the copy of ``backup_id`` from ``location`` (best effort: a failure is logged).
 

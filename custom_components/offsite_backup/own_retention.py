@@ -38,6 +38,8 @@ from .const import LOGGER, JobTrigger
 
 MARKER = "offsite_backup"
 """The key of ``extra_metadata`` that marks a backup this integration made; its value is the job's trigger."""
+JOB_MARKER = "offsite_backup_job"
+"""The key of ``extra_metadata`` holding the id of the job that made it (to find what a stop left behind)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ from .jobs import Job, JobError, JobTracker, UploadSuspended, Wait
 from .listeners import Listeners
 from .local_copy import LocalCopies
 from .outcome import OutcomeReporter
-from .own_retention import MARKER, OwnRetention
+from .own_retention import JOB_MARKER, MARKER, OwnRetention
 from .privacy import MetadataPrivacy
 from .upload_errors import UploadError, describe
 from .uploader import SUSPEND, Clock, UploadOptions, UploadState, Waiting, upload
@@ -67,6 +67,12 @@ SUSPENDED = (
     "Upload suspended while Home Assistant stops or reloads the integration; it resumes at the next start if the "
     "backup is still on disk"
 )
+STOPPED_CREATING = (
+    "Home Assistant stopped while it was creating the backup, which was never sent; what it may have left on "
+    "this machine is removed"
+)
+LEFTOVER_WATCH = timedelta(hours=12)
+"""How long after such a stop a backup it left is looked for (the Supervisor may still be writing it)."""
 # The engine reads Home Assistant's wall clock, the one the deadlines are computed with.
 CLOCK = Clock(now=lambda: dt_util.utcnow().timestamp())
 
@@ -238,6 +244,13 @@ class BackupRunner:
                     self._jobs.settle(
                         job, JobStatus.FAILED, f"Home Assistant could not create the backup: {err}"
                     )
+                except asyncio.CancelledError:
+                    if self._suspending and not job.suspended and job.backup_id is None:
+                        # Home Assistant stops while it creates the backup (on a Supervisor install, the
+                        # Supervisor goes on writing it): the next start counts the job as failed and removes
+                        # what was left (async_resume_interrupted).
+                        job.suspended = True
+                    raise
                 finally:
                     if not job.suspended:
                         await self._remove_local_copy(job)
@@ -275,6 +288,7 @@ class BackupRunner:
             # Refused before Home Assistant spends minutes on an archive that could not be sent.
             self._jobs.settle(job, JobStatus.FAILED, UNENCRYPTED_REFUSED)
             return
+        self._history.set_creating(job)
         busy_since: datetime | None = None
         while True:
             if job.cancel_requested:
@@ -319,6 +333,7 @@ class BackupRunner:
                 automatic=manager.config.data.create_backup,
             )
             job.local_copy = self._local.location()
+            self._history.set_creating(job)
             agent_ids = [self.options.agent_id, *([job.local_copy] if job.local_copy else [])]
             kind = "nightly backup" if job.trigger is JobTrigger.SCHEDULE else "backup"
             await manager.async_create_backup(
@@ -329,7 +344,7 @@ class BackupRunner:
                 # every location and would cut its own local backups and this location to its count
                 # (own_retention.py). The metadata says which backups are ours, and why they were made.
                 with_automatic_settings=False,
-                extra_metadata={MARKER: job.trigger.value},
+                extra_metadata={MARKER: job.trigger.value, JOB_MARKER: job.id},
                 **contents.as_kwargs(),
             )
             self._note_partial(job)
@@ -541,7 +556,10 @@ class BackupRunner:
     # ------------------------------------------------------------------------------------------ resume
 
     async def async_resume_interrupted(self) -> None:
-        """Carry on an upload a restart interrupted, when the same backup is still on disk; else record why not."""
+        """At start: count a job a stop interrupted while its backup was created, remove what that left, and carry
+        on an upload a restart interrupted when the same backup is still on disk (else record why not)."""
+        await self._count_stopped_creation()
+        await self.async_remove_leftovers()
         pending = self._history.pending
         if pending is None or self.busy:
             return
@@ -582,6 +600,35 @@ class BackupRunner:
                 await copy.finish()
                 if not job.suspended:
                     await self._remove_local_copy(job)
+
+    async def _count_stopped_creation(self) -> None:
+        """A job Home Assistant stopped while creating its backup: failed (the night is lost), and what the
+        Supervisor may still be writing for it is looked for, to be removed."""
+        creating = self._history.creating
+        if creating is None or self.busy:
+            return
+        try:
+            job = Job.from_dict(creating)
+        except (KeyError, TypeError, ValueError):
+            self._history.creating = None
+            return
+        if job.local_copy and not self.options.keep_local:
+            self._history.add_leftover(job.id, dt_util.utcnow() + LEFTOVER_WATCH)
+        async with self._jobs.run(job):
+            self._jobs.settle(job, JobStatus.FAILED, STOPPED_CREATING)
+
+    @property
+    def leftovers(self) -> bool:
+        """Whether backups left by a stop are still looked for."""
+        return bool(self._history.leftovers)
+
+    async def async_remove_leftovers(self) -> None:
+        """Remove the backups a stop left on this machine, once they show (at start, then every few minutes)."""
+        if not self._history.leftovers:
+            return
+        job_ids = {item["job_id"] for item in self._history.leftovers}
+        removed = await self._local.remove_left_by(job_ids, JOB_MARKER)
+        self._history.drop_leftovers(removed, dt_util.utcnow())
 
     async def _abort_left_behind(self, state: UploadState | None) -> None:
         if state is None:
