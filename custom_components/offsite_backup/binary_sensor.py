@@ -1,4 +1,5 @@
-"""A problem sensor that turns on when no backup has succeeded for too long: it catches every silent failure."""
+"""A problem sensor that turns on when no backup has succeeded for too long, whatever stopped it (it needs no failure
+to be noticed: it counts from the last success, or from the first setup)."""
 
 from __future__ import annotations
 
