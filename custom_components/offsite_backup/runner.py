@@ -30,29 +30,29 @@ from homeassistant.util import dt as dt_util
 from .api import (
     GatewayAuthError,
     GatewayClient,
-    GatewayConflictError,
     GatewayError,
-    GatewayNotFoundError,
     GatewayQuotaError,
     RemoteBackup,
 )
 from .compat import backup_manager, failed_parts
-from .const import BUSY_RETRY_DELAY, DOMAIN, LOGGER, RETRY_GRACE, RETRY_MANUAL, JobStatus, JobTrigger
+from .const import BUSY_RETRY_DELAY, LOGGER, RETRY_GRACE, RETRY_MANUAL, JobStatus, JobTrigger
 from .contents import ContentsChoice, resolve_contents
 from .history import JobHistory
+from .job_sender import JobSender
 from .jobs import Job, JobError, JobTracker, UploadSuspended, Wait
 from .listeners import Listeners
 from .local_copy import LocalCopies
 from .outcome import OutcomeReporter
 from .own_retention import JOB_MARKER, MARKER, OwnRetention
 from .privacy import MetadataPrivacy
+from .restart import STOPPED_CREATING, RestartRecovery
 from .upload_errors import UploadError, describe
-from .uploader import SUSPEND, Clock, UploadOptions, UploadState, Waiting, upload
+from .uploader import SUSPEND, UploadOptions, UploadState
 
 type OpenStream = Callable[[], Coroutine[Any, Any, AsyncIterator[bytes]]]
 type ProgressCallback = Callable[..., None]
 
-__all__ = ["UNENCRYPTED_REFUSED", "BackupRunner", "Job", "JobError", "RunnerOptions"]
+__all__ = ["STOPPED_CREATING", "UNENCRYPTED_REFUSED", "BackupRunner", "Job", "JobError", "RunnerOptions"]
 
 UNENCRYPTED_REFUSED = (
     "Refusing to send an unencrypted backup off-site. Set this location to encrypted in Settings > System > "
@@ -67,18 +67,6 @@ SUSPENDED = (
     "Upload suspended while Home Assistant stops or reloads the integration; it resumes at the next start if the "
     "backup is still on disk"
 )
-STOPPED_CREATING = (
-    "Home Assistant stopped while it was creating the backup, which was never sent; what it may have left on "
-    "this machine is removed"
-)
-LEFTOVER_WATCH = timedelta(hours=12)
-"""How long after such a stop a backup it left is looked for (the Supervisor may still be writing it)."""
-# The engine reads Home Assistant's wall clock, the one the deadlines are computed with.
-CLOCK = Clock(now=lambda: dt_util.utcnow().timestamp())
-
-
-def _instant(timestamp: float) -> datetime:
-    return dt_util.utc_from_timestamp(timestamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +110,24 @@ class BackupRunner:
         )
         self._upload_task: asyncio.Task[RemoteBackup] | None = None
         self._suspending = False
+        self._sender = JobSender(
+            hass,
+            client=client,
+            history=self._history,
+            outcome=self._outcome,
+            listeners=self._listeners,
+            privacy=privacy,
+        )
+        self._restart = RestartRecovery(
+            hass,
+            history=self._history,
+            jobs=self._jobs,
+            local=self._local,
+            client=client,
+            keep_local=lambda: self.options.keep_local,
+            upload=self._upload,
+            remove_local_copy=self._remove_local_copy,
+        )
 
     async def async_load(self) -> None:
         """Read the history and any interrupted upload from the store; the Repairs issues as it has them."""
@@ -445,69 +451,12 @@ class BackupRunner:
         self._history.set_pending(job, backup.as_dict())
         self._listeners.notify()
 
-        def progress(done: int, total: int) -> None:
-            job.progress = 100.0 * done / total if total else 100.0
-            if on_progress is not None:
-                on_progress(bytes_uploaded=done)
-            self._listeners.notify()
-
-        def persist(upload_state: UploadState) -> None:
-            self._history.update_pending(upload_state.to_dict())
-
-        def waiting(wait: Waiting | None) -> None:
-            if job.done:
-                return
-            if wait is None:
-                job.waiting = None
-                job.status = JobStatus.UPLOADING
-            else:
-                first = job.waiting is None
-                job.waiting = Wait(
-                    error=wait.error,
-                    next_try=_instant(wait.next_try),
-                    retry_until=_instant(wait.give_up_at),
-                    since=_instant(wait.since),
-                )
-                job.status = JobStatus.WAITING
-                if first:
-                    self._outcome.waiting(job)
-            self._listeners.notify()
-
-        metadata = self._privacy.outgoing(backup.as_dict())
         options = replace(
             self.options.upload, deadline=job.deadline.timestamp() if job.deadline is not None else None
         )
-
-        async def send() -> RemoteBackup:
-            def attempt() -> Coroutine[Any, Any, RemoteBackup]:
-                return upload(
-                    client=self.client,
-                    open_stream=open_stream,
-                    size=backup.size,
-                    name=backup.name,
-                    metadata=metadata,
-                    options=options,
-                    progress=progress,
-                    state=state,
-                    on_state=persist,
-                    clock=CLOCK,
-                    on_wait=waiting,
-                )
-
-            try:
-                return await attempt()
-            except GatewayConflictError as err:
-                stuck = err.details.get("backup_id") if err.code == "upload_in_progress" else None
-                if not isinstance(stuck, str):
-                    raise
-                # This runner is the instance's only uploader: an upload in progress on the gateway was left
-                # behind (the answer to its creation was lost). Abort it and start again, rather than wait
-                # hours for the gateway's sweeper.
-                LOGGER.warning("Aborting upload %s left behind on the gateway, then starting again", stuck)
-                await self.client.abort_upload(stuck)
-                return await attempt()
-
-        task = self.hass.async_create_task(send(), f"{DOMAIN} upload {backup.backup_id}", eager_start=False)
+        task = self._sender.start(
+            job, backup=backup, open_stream=open_stream, on_progress=on_progress, state=state, options=options
+        )
         self._upload_task = task
         try:
             remote = await asyncio.shield(task)
@@ -556,89 +505,18 @@ class BackupRunner:
     # ------------------------------------------------------------------------------------------ resume
 
     async def async_resume_interrupted(self) -> None:
-        """At start: count a job a stop interrupted while its backup was created, remove what that left, and carry
-        on an upload a restart interrupted when the same backup is still on disk (else record why not)."""
-        await self._count_stopped_creation()
-        await self.async_remove_leftovers()
-        pending = self._history.pending
-        if pending is None or self.busy:
-            return
-        job = Job.from_dict(pending["job"])
-        job.status = JobStatus.UPLOADING
-        backup = AgentBackup.from_dict(pending["backup"])
-        state = UploadState.from_dict(pending["state"]) if pending["state"] else None
-        async with self._jobs.run(job):
-            copy = await self._local.find(
-                backup, backup_manager(self.hass).config.data.create_backup.password
-            )
-            if copy is None:
-                # Nothing of it is removed: what is not found cannot be known to be this backup's copy.
-                self._history.clear_pending()
-                await self._abort_left_behind(state)
-                self._jobs.settle(
-                    job,
-                    JobStatus.FAILED,
-                    "The upload was interrupted by a restart of Home Assistant, and the backup is no longer "
-                    "on disk to finish it",
-                )
-                return
-            if not copy.same_bytes and state is not None:
-                # Read again through Home Assistant's encryption, it makes other bytes: the parts storage holds
-                # belong to another encryption of it. The upload starts over, cleanly.
-                LOGGER.info(
-                    "Backup %s is kept unencrypted on disk and encrypted on its way here: its upload starts over",
-                    backup.backup_id,
-                )
-                await self._abort_left_behind(state)
-                state = None
-            LOGGER.info("Resuming the upload of backup %s interrupted by a restart", backup.backup_id)
-            try:
-                await self._upload(job, backup, copy.open_stream, None, state=state)
-            except UploadSuspended:
-                return
-            finally:
-                await copy.finish()
-                if not job.suspended:
-                    await self._remove_local_copy(job)
-
-    async def _count_stopped_creation(self) -> None:
-        """A job Home Assistant stopped while creating its backup: failed (the night is lost), and what the
-        Supervisor may still be writing for it is looked for, to be removed."""
-        creating = self._history.creating
-        if creating is None or self.busy:
-            return
-        try:
-            job = Job.from_dict(creating)
-        except (KeyError, TypeError, ValueError):
-            self._history.creating = None
-            return
-        if job.local_copy and not self.options.keep_local:
-            self._history.add_leftover(job.id, dt_util.utcnow() + LEFTOVER_WATCH)
-        async with self._jobs.run(job):
-            self._jobs.settle(job, JobStatus.FAILED, STOPPED_CREATING)
+        """At start: what a restart left to do (``restart.RestartRecovery``)."""
+        if not self.busy:
+            await self._restart.async_run()
 
     @property
     def leftovers(self) -> bool:
         """Whether backups left by a stop are still looked for."""
-        return bool(self._history.leftovers)
+        return self._restart.leftovers
 
     async def async_remove_leftovers(self) -> None:
         """Remove the backups a stop left on this machine, once they show (at start, then every few minutes)."""
-        if not self._history.leftovers:
-            return
-        job_ids = {item["job_id"] for item in self._history.leftovers}
-        removed = await self._local.remove_left_by(job_ids, JOB_MARKER)
-        self._history.drop_leftovers(removed, dt_util.utcnow())
-
-    async def _abort_left_behind(self, state: UploadState | None) -> None:
-        if state is None:
-            return
-        try:
-            await self.client.abort_upload(state.backup_id)
-        except GatewayNotFoundError:
-            pass
-        except GatewayError as err:
-            LOGGER.warning("Could not abort the interrupted upload (the gateway's sweeper will): %s", err)
+        await self._restart.async_remove_leftovers()
 
     async def async_shutdown(self) -> None:
         """Stop an upload in progress without aborting it, so it resumes at the next start."""
