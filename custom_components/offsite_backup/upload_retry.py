@@ -69,7 +69,8 @@ class Retrier:
         self._options = options
         self.clock = clock
         self._on_wait = on_wait
-        self._failing: dict[object, Waiting] = {}
+        self._failing: dict[object, Waiting] = {}  # every failing operation: its last wait
+        self._sleeping: set[object] = set()  # those waiting for their next try now
         self._shown: Waiting | None = None
 
     def give_up_at(self, since: float) -> float:
@@ -97,9 +98,14 @@ class Retrier:
         if not self._failing:
             _LOGGER.info("Upload waiting: %s; trying again for up to %s", error, duration(give_up_at - now))
         self._failing[key] = Waiting(error=error, next_try=now + delay, give_up_at=give_up_at, since=since)
+        self._sleeping.add(key)
         self._report()
         _LOGGER.debug("Try %d failed (%s); next in %.2f s", tries, error, delay)
-        await self.clock.sleep(delay)
+        try:
+            await self.clock.sleep(delay)
+        finally:
+            self._sleeping.discard(key)
+            self._report()
         return True
 
     def recovered(self, key: object) -> None:
@@ -111,16 +117,23 @@ class Retrier:
 
     def forget(self, key: object) -> None:
         """Operation ``key`` is no longer tried (it went through, gave up or was cancelled)."""
+        self._sleeping.discard(key)
         if self._failing.pop(key, None) is not None:
             self._report()
 
     def _report(self) -> None:
         shown: Waiting | None = None
         if self._failing:
-            soonest = min(self._failing.values(), key=lambda item: item.next_try)
+            # The next try is the soonest one scheduled; when none is (they are being tried), now.
+            sleeping = [self._failing[key] for key in self._sleeping]
+            soonest = (
+                min(sleeping, key=lambda item: item.next_try)
+                if sleeping
+                else max(self._failing.values(), key=lambda item: item.next_try)
+            )
             shown = Waiting(
                 error=soonest.error,
-                next_try=soonest.next_try,
+                next_try=soonest.next_try if sleeping else max(soonest.next_try, self.clock.now()),
                 give_up_at=min(item.give_up_at for item in self._failing.values()),
                 since=min(item.since for item in self._failing.values()),
             )

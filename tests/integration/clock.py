@@ -7,9 +7,11 @@ keeps running), and move the clock to each next try of a waiting job.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import freezegun.api
 from freezegun.api import FrozenDateTimeFactory
@@ -38,8 +40,25 @@ async def until(hass: HomeAssistant, predicate: Callable[[], bool], *, seconds: 
     end = real_time() + seconds
     while not predicate():
         if real_time() > end:
-            raise TimeoutError(f"still not true after {seconds} s of real time")
+            raise TimeoutError(f"still not true after {seconds} s of real time; tasks:\n{_tasks()}")
         await real_pause(hass)
+
+
+def _tasks() -> str:
+    """Where each task waits (coroutine by coroutine): what a stalled test needs to be understood."""
+    lines = []
+    for task in asyncio.all_tasks():
+        chain = []
+        coro: Any = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+            if frame is not None:
+                chain.append(
+                    f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno} {frame.f_code.co_name}"
+                )
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+        lines.append(f"{task.get_name()}: {' <- '.join(chain)}")
+    return "\n".join(lines)
 
 
 async def move_to(hass: HomeAssistant, freezer: FrozenDateTimeFactory, when: datetime) -> None:
