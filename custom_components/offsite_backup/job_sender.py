@@ -89,6 +89,7 @@ class JobSender:
                     next_try=_instant(wait.next_try),
                     retry_until=_instant(wait.give_up_at),
                     since=_instant(wait.since),
+                    requests=wait.requests,
                 )
                 job.status = JobStatus.WAITING
                 if first:

@@ -38,6 +38,7 @@ class Wait:
     next_try: datetime
     retry_until: datetime
     since: datetime
+    requests: int = 0  # requests of the upload under way meanwhile
 
     def as_dict(self) -> dict[str, str]:
         """For events and attributes."""

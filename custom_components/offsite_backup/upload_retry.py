@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .upload_model import UploadOptions
@@ -44,6 +45,8 @@ class Waiting:
     """After this, the failure ends the upload."""
     since: float
     """When the failure began."""
+    requests: int = 0
+    """Requests of the upload (to storage or the gateway) under way meanwhile."""
 
 
 def duration(seconds: float) -> str:
@@ -71,7 +74,19 @@ class Retrier:
         self._on_wait = on_wait
         self._failing: dict[object, Waiting] = {}  # every failing operation: its last wait
         self._sleeping: set[object] = set()  # those waiting for their next try now
+        self._requests = 0  # requests under way
         self._shown: Waiting | None = None
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """Around one request to storage or the gateway: counted while it is under way."""
+        self._requests += 1
+        self._report()
+        try:
+            yield
+        finally:
+            self._requests -= 1
+            self._report()
 
     def give_up_at(self, since: float) -> float:
         """When an operation failing since ``since`` stops being retried."""
@@ -136,6 +151,7 @@ class Retrier:
                 next_try=soonest.next_try if sleeping else max(soonest.next_try, self.clock.now()),
                 give_up_at=min(item.give_up_at for item in self._failing.values()),
                 since=min(item.since for item in self._failing.values()),
+                requests=self._requests,
             )
         if shown == self._shown or self._on_wait is None:
             self._shown = shown

@@ -176,7 +176,8 @@ class PartSender:
             while True:
                 tries += 1
                 url = await self._urls.get(number)
-                outcome = await self._attempt(body, url)
+                with self._retrier.request():
+                    outcome = await self._attempt(body, url)
                 if outcome.kind == "ok" and outcome.etag is not None:
                     expected = etag_md5(outcome.etag) if outcome.etag_is_md5 else None
                     if expected is None or expected == await md5:

@@ -436,7 +436,8 @@ class _Upload:
             while True:
                 tries += 1
                 try:
-                    result = await func(*args, **kwargs)
+                    with self.retrier.request():
+                        result = await func(*args, **kwargs)
                 except GatewayUnavailableError as err:
                     if since is None:
                         since = self.retrier.clock.now()

@@ -144,6 +144,7 @@ class FaultProxy:
         self.outage: Callable[[int | None], Fault | None] | None = None
         """Asked for every request (its part number, ``None`` for a request that is not a part PUT): a fault to
         apply, before the per-part plan. An outage of storage or of the gateway, lasting as long as it says."""
+        self.in_flight = 0  # requests being handled now
         self.url = ""
         self._gate = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -201,6 +202,13 @@ class FaultProxy:
             await self._session.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            return await self._handle_one(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle_one(self, request: web.Request) -> web.StreamResponse:
         part: int | None = None
         if request.method == "PUT" and "partNumber" in request.query and "uploadId" in request.query:
             part = int(request.query["partNumber"])

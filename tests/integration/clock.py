@@ -74,12 +74,14 @@ async def ride_out(
     runner: BackupRunner,
     done: Callable[[], bool],
     *,
+    quiet: Callable[[], bool] = lambda: True,
     real_seconds: float = 120.0,
 ) -> int:
     """Move the clock to each next try of the running job until ``done()``; returns how many moves it took.
 
     Between moves it waits, in real time, until the engine tried again (what the job waits for changed) or
-    stopped waiting.
+    stopped waiting, until no request of the upload is under way and until ``quiet()`` (nothing else in flight):
+    a move while a request is under way could run out its timeout, which no real outage does in an instant.
     """
     moves = 0
     end = real_time() + real_seconds
@@ -87,7 +89,7 @@ async def ride_out(
         if real_time() > end:
             raise TimeoutError(f"not done after {real_seconds} s of real time ({moves} moves)")
         wait = runner.waiting
-        if wait is None:
+        if wait is None or wait.requests or not quiet():  # a request of the upload is under way
             await real_pause(hass)
             continue
         await move_to(hass, freezer, max(dt_util.utcnow(), wait.next_try) + timedelta(seconds=1))

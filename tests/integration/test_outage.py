@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from custom_components.offsite_backup.const import (
 from tests.engine.proxy import FaultProxy, Outage, gate, status
 from tests.helpers.servers import S3Server
 from tests.integration.clock import real_time, ride_out, tonight, until
-from tests.integration.common import backup_now, entry_behind_proxy, multipart_uploads, objects, state
+from tests.integration.common import backup_now, multipart_uploads, objects, state
 from tests.integration.gateway_process import Gateway, add_instance
 
 NOON = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -53,9 +55,46 @@ def _report(what: str, simulated: timedelta, real_started: float, **figures: obj
     )
 
 
+def _no_timeout_runs_out(entry: MockConfigEntry) -> None:
+    """The test moves the clock by minutes at a time; a part's PUT in flight meanwhile must not run out its
+    timeout (in a real outage, time does not jump while a request is under way)."""
+    runner = entry.runtime_data.runner
+    runner.options = replace(runner.options, upload=replace(runner.options.upload, timeout_base=10**7))
+
+
 def _resent(proxy: FaultProxy) -> int:
     """Parts storage acknowledged more than once."""
     return sum(count - 1 for count in proxy.stored.values() if count > 1)
+
+
+@asynccontextmanager
+async def _entry_on_a_gateway_process(
+    hass: HomeAssistant, s3: S3Server, bucket: str, path: Path
+) -> AsyncIterator[tuple[MockConfigEntry, FaultProxy, Gateway]]:
+    """An entry on the gateway as a process (its own clock: the freezer moves only Home Assistant's), whose part
+    URLs go through a fault proxy in front of ``s3``; no restore drill, no request timeout run out by the moves."""
+    async with FaultProxy(s3.endpoint) as proxy:
+        gateway = Gateway(
+            s3, bucket, path, PART_SIZE=str(5 * MIB), S3_PUBLIC_ENDPOINT=proxy.url, SWEEP_INTERVAL="3600"
+        )
+        try:
+            gateway.start()
+            instance_id, token = await add_instance(gateway)
+            entry = MockConfigEntry(
+                domain=DOMAIN,
+                title="home",
+                unique_id=instance_id,
+                data={CONF_URL: gateway.url, CONF_TOKEN: token},
+                options={CONF_RESTORE_DRILL: "off"},
+            )
+            entry.add_to_hass(hass)
+            assert await hass.config_entries.async_setup(entry.entry_id)
+            await hass.async_block_till_done()
+            _no_timeout_runs_out(entry)
+            yield entry, proxy, gateway
+            assert await hass.config_entries.async_unload(entry.entry_id)
+        finally:
+            gateway.stop()
 
 
 @pytest.fixture
@@ -71,9 +110,8 @@ async def nightly(
     """Noon on 1 June: an entry behind a fault proxy (5 MiB parts), a 22 MiB backup (5 parts), no drill."""
     freezer.move_to(NOON)
     (config_dir / "big.bin").write_bytes(os.urandom(22 * MIB))
-    async with entry_behind_proxy(hass, moto_server, moto_bucket, tmp_path / "gw") as (entry, proxy):
-        hass.config_entries.async_update_entry(entry, options={CONF_RESTORE_DRILL: "off"})
-        await hass.async_block_till_done()
+    async with _entry_on_a_gateway_process(hass, moto_server, moto_bucket, tmp_path / "gateway") as made:
+        entry, proxy, _ = made
         yield entry, proxy
 
 
@@ -117,7 +155,7 @@ async def test_storage_refusing_every_part_for_five_minutes_lands_that_night(
     local = hass.data[DATA_MANAGER].backup_agents["backup.local"]
     assert len(await local.async_list_backups()) == 1
 
-    moves = await ride_out(hass, freezer, runner, lambda: not runner.busy)
+    moves = await ride_out(hass, freezer, runner, lambda: not runner.busy, quiet=lambda: proxy.in_flight == 0)
 
     job = runner.history[0]
     assert job.status is JobStatus.SUCCEEDED, job.error
@@ -152,64 +190,45 @@ async def test_the_gateway_down_for_three_minutes_mid_upload(
 ) -> None:
     freezer.move_to(NOON)
     (config_dir / "big.bin").write_bytes(os.urandom(22 * MIB))
-    async with FaultProxy(moto_server.endpoint) as proxy:
-        gateway = Gateway(
-            moto_server,
-            moto_bucket,
-            tmp_path / "gateway",
-            PART_SIZE=str(5 * MIB),
-            S3_PUBLIC_ENDPOINT=proxy.url,
-            SWEEP_INTERVAL="3600",
+    async with _entry_on_a_gateway_process(hass, moto_server, moto_bucket, tmp_path / "gateway") as made:
+        entry, proxy, gateway = made
+        runner = entry.runtime_data.runner
+        waiting = async_capture_events(hass, EVENT_WAITING)
+        proxy.fail(3, gate())  # part 3 waits at the proxy while the gateway goes down
+        real_started = real_time()
+        started = dt_util.utcnow()
+        action = hass.async_create_task(backup_now(hass, entry))
+        await until(hass, lambda: proxy.arrived[3].is_set() and proxy.stored[1] == 1)
+
+        await hass.async_add_executor_job(gateway.kill)
+        down_at = dt_util.utcnow()
+        proxy.open_gate()  # the parts whose URLs it holds go on; the next URLs need the gateway
+        await until(hass, lambda: runner.waiting is not None)
+        assert state(hass, entry, "status") == "waiting"
+        moves = await ride_out(
+            hass,
+            freezer,
+            runner,
+            lambda: dt_util.utcnow() >= down_at + timedelta(minutes=3),
+            quiet=lambda: proxy.in_flight == 0,
         )
-        try:
-            gateway.start()
-            instance_id, token = await add_instance(gateway)
-            entry = MockConfigEntry(
-                domain=DOMAIN,
-                title="home",
-                unique_id=instance_id,
-                data={CONF_URL: gateway.url, CONF_TOKEN: token},
-                options={CONF_RESTORE_DRILL: "off"},
-            )
-            entry.add_to_hass(hass)
-            assert await hass.config_entries.async_setup(entry.entry_id)
-            await hass.async_block_till_done()
-            runner = entry.runtime_data.runner
-            waiting = async_capture_events(hass, EVENT_WAITING)
-            proxy.fail(3, gate())  # part 3 waits at the proxy while the gateway goes down
-            real_started = real_time()
-            started = dt_util.utcnow()
-            action = hass.async_create_task(backup_now(hass, entry))
-            await until(hass, lambda: proxy.arrived[3].is_set() and proxy.stored[1] == 1)
+        await hass.async_add_executor_job(gateway.start)  # back, three minutes later
+        moves += await ride_out(hass, freezer, runner, action.done, quiet=lambda: proxy.in_flight == 0)
 
-            await hass.async_add_executor_job(gateway.kill)
-            down_at = dt_util.utcnow()
-            proxy.open_gate()  # the parts whose URLs it holds go on; the next URLs need the gateway
-            await until(hass, lambda: runner.waiting is not None)
-            assert state(hass, entry, "status") == "waiting"
-            moves = await ride_out(
-                hass, freezer, runner, lambda: dt_util.utcnow() >= down_at + timedelta(minutes=3)
-            )
-            await hass.async_add_executor_job(gateway.start)  # back, three minutes later
-            moves += await ride_out(hass, freezer, runner, action.done)
-
-            backup_id = await action
-            job = runner.history[0]
-            assert job.status is JobStatus.SUCCEEDED
-            assert job.backup_id == backup_id
-            assert dict(proxy.stored) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}, "no part was sent twice"
-            assert "Cannot reach the gateway" in waiting[0].data["error"]
-            assert len(objects(moto_server, moto_bucket)) == 1
-            _report(
-                "gateway down 3 min mid-upload",
-                dt_util.utcnow() - started,
-                real_started,
-                clock_moves=moves,
-                resent=_resent(proxy),
-            )
-            assert await hass.config_entries.async_unload(entry.entry_id)
-        finally:
-            gateway.stop()
+        backup_id = await action
+        job = runner.history[0]
+        assert job.status is JobStatus.SUCCEEDED
+        assert job.backup_id == backup_id
+        assert dict(proxy.stored) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}, "no part was sent twice"
+        assert "Cannot reach the gateway" in waiting[0].data["error"]
+        assert len(objects(moto_server, moto_bucket)) == 1
+        _report(
+            "gateway down 3 min mid-upload",
+            dt_util.utcnow() - started,
+            real_started,
+            clock_moves=moves,
+            resent=_resent(proxy),
+        )
 
 
 async def test_an_outage_past_the_deadline_fails_with_the_real_reason_and_a_repair(
@@ -236,7 +255,14 @@ async def test_an_outage_past_the_deadline_fails_with_the_real_reason_and_a_repa
     for night in (1, 2):
         real_started = real_time()
         started, window_end = await tonight(hass, entry, freezer)
-        moves = await ride_out(hass, freezer, runner, lambda: not runner.busy, real_seconds=300)
+        moves = await ride_out(
+            hass,
+            freezer,
+            runner,
+            lambda: not runner.busy,
+            quiet=lambda: proxy.in_flight == 0,
+            real_seconds=300,
+        )
 
         job = runner.history[0]
         assert job.status is JobStatus.FAILED
