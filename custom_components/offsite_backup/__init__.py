@@ -14,18 +14,22 @@ from homeassistant.core import Event, HomeAssistant, callback
 from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers import instance_id
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.helpers.event import async_track_time_interval
 from homeassistant.helpers.start import async_at_started
 from homeassistant.helpers.storage import Store
 from homeassistant.helpers.typing import ConfigType
+from homeassistant.util import dt as dt_util
 from homeassistant.util.hass_dict import HassKey
 
 from .api import GatewayClient, GatewayError
 from .const import (
+    CLOCK_CHECK_INTERVAL,
     CONF_TOKEN,
     CONF_URL,
     DOMAIN,
     EVENT_FAILED,
     EVENT_SUCCEEDED,
+    LEFTOVER_CHECK_INTERVAL,
     LOGGER,
     STORES,
     JobTrigger,
@@ -36,6 +40,7 @@ from .drill_runner import DrillStopped, RestoreDrill
 from .models import OffsiteBackupConfigEntry, OffsiteBackupData, Settings, agent_id_for
 from .outside_alerts import sync as sync_outside_alerts
 from .privacy import MetadataPrivacy
+from .repair_issues import clear_all
 from .runner import BackupRunner, JobError, RunnerOptions
 from .scheduler import NightlyScheduler
 from .services import async_setup_services
@@ -55,11 +60,12 @@ async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) -> bool:
-    """Connect to the gateway, then start the job runner and the nightly schedule."""
+    """Ask the gateway (reachable or not), then start the job runner and the nightly schedule."""
     client = GatewayClient(async_get_clientsession(hass), entry.data[CONF_URL], entry.data[CONF_TOKEN])
     coordinator = GatewayCoordinator(hass, entry, client)
-    # Raises ConfigEntryAuthFailed (reauth) or ConfigEntryNotReady (retried) when the gateway refuses or is down.
-    await coordinator.async_config_entry_first_refresh()
+    # Raises ConfigEntryAuthFailed (reauth) when the gateway refuses the token; an unreachable gateway does not
+    # hold the entry back: what needs the gateway is unavailable until the next poll reaches it.
+    await coordinator.async_first_contact()
 
     settings = Settings.from_options(dict(entry.options))
     try:  # "Alert me from outside": the gateway holds the URL the options name (it may have lost it)
@@ -117,6 +123,22 @@ async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     await scheduler.async_start()
     entry.async_on_unload(scheduler.async_stop)
+
+    @callback
+    def check_clock(_now: datetime) -> None:
+        runner.check_clock(dt_util.utcnow())
+
+    entry.async_on_unload(async_track_time_interval(hass, check_clock, CLOCK_CHECK_INTERVAL))
+
+    @callback
+    def remove_leftovers(_now: datetime) -> None:
+        """What a stop left on this machine (the Supervisor may finish writing it after the restart)."""
+        if runner.leftovers and not runner.busy:
+            entry.async_create_background_task(
+                hass, runner.async_remove_leftovers(), f"{DOMAIN} remove a backup left by a stop"
+            )
+
+    entry.async_on_unload(async_track_time_interval(hass, remove_leftovers, LEFTOVER_CHECK_INTERVAL))
 
     @callback
     def resume(_hass: HomeAssistant) -> None:
@@ -187,6 +209,7 @@ async def _async_reload(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) ->
 
 
 async def async_remove_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) -> None:
-    """Forget the entry's stored history and schedule."""
+    """Forget the entry's stored history and schedule, and its Repairs issues (they are kept across restarts)."""
+    clear_all(hass, entry)
     for name in STORES:
         await Store[dict[str, object]](hass, 1, store_key(entry.entry_id, name)).async_remove()

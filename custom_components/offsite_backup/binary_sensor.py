@@ -1,4 +1,5 @@
-"""A problem sensor that turns on when no backup has succeeded for too long: it catches every silent failure."""
+"""A problem sensor that turns on when no backup has succeeded for too long, whatever stopped it (it needs no failure
+to be noticed: it counts from the last success, or from the first setup)."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ class BackupStaleSensor(OffsiteBackupEntity, BinarySensorEntity):
 
     @callback
     def _handle_update(self) -> None:
-        """Write the state and re-arm the timer (the runner calls this after each job)."""
+        """Write the state and arm the timer again: the instant it turns on may have moved (a success, a last
+        success set aside because the clock had been ahead)."""
         super()._handle_update()
-        if self._unsub_timer is None and not self.is_on:
-            self._arm()
+        self._arm()

@@ -62,7 +62,19 @@ MAX_STALE_AFTER: Final = 24 * 31  # hours
 
 GATEWAY_POLL_INTERVAL: Final = timedelta(minutes=5)
 BUSY_RETRY_DELAY: Final = timedelta(minutes=10)
+# Transient failures (network, timeouts, 5xx, 429, 408, the gateway or storage unreachable) are retried until a
+# deadline: a nightly backup's is the end of its window plus RETRY_GRACE; a backup started by hand (the button,
+# the action, Settings > System > Backups) gets RETRY_MANUAL from its start. A failure that begins later still
+# gets the engine's patience (UploadOptions.patience, 10 minutes).
+RETRY_GRACE: Final = timedelta(hours=1)
+RETRY_MANUAL: Final = timedelta(hours=1)
 HISTORY_SIZE: Final = 30
+# A stored time (the last success, the start of the history) further ahead than now plus CLOCK_MARGIN was
+# recorded while the clock was ahead: it is set aside with a warning, checked at setup and every CLOCK_CHECK_INTERVAL.
+CLOCK_MARGIN: Final = timedelta(days=1)
+CLOCK_CHECK_INTERVAL: Final = timedelta(hours=1)
+# After Home Assistant stopped while creating a backup, what it left on this machine is looked for this often.
+LEFTOVER_CHECK_INTERVAL: Final = timedelta(minutes=10)
 
 # The entry's stores in Home Assistant's .storage: offsite_backup.<entry id>.<name>.
 STORE_JOBS: Final = "jobs"
@@ -78,6 +90,7 @@ def store_key(entry_id: str, name: str) -> str:
 
 EVENT_SUCCEEDED: Final = "offsite_backup_succeeded"
 EVENT_FAILED: Final = "offsite_backup_failed"
+EVENT_WAITING: Final = "offsite_backup_waiting"
 EVENT_DRILL_SUCCEEDED: Final = "offsite_backup_drill_succeeded"
 EVENT_DRILL_FAILED: Final = "offsite_backup_drill_failed"
 
@@ -98,6 +111,7 @@ class JobStatus(StrEnum):
     IDLE = "idle"
     CREATING = "creating"
     UPLOADING = "uploading"
+    WAITING = "waiting"  # for a transient failure to pass (or Home Assistant's busy backup manager)
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"

@@ -34,6 +34,27 @@ class GatewayCoordinator(DataUpdateCoordinator[InstanceInfo]):
         )
         self.client = client
 
+    async def async_first_contact(self) -> None:
+        """At setup: one poll that does not hold the entry back when the gateway cannot be reached.
+
+        The entry sets up either way (the schedule, the history's sensors, the backup location all work without
+        the gateway; the night's backup waits for it, then fails visibly); only a gateway refusing the token stops
+        it (``ConfigEntryAuthFailed``: reauth).
+        """
+        try:
+            info = await self._async_update_data()
+        except UpdateFailed as err:
+            LOGGER.warning(
+                "The gateway cannot be reached at setup (%s); backups wait for it, and fail with the reason if it "
+                "stays away",
+                err,
+            )
+            # What async_set_update_error does, without its second log line (no listener is there yet).
+            self.last_exception = err
+            self.last_update_success = False
+        else:
+            self.async_set_updated_data(info)
+
     async def _async_update_data(self) -> InstanceInfo:
         try:
             return await self.client.get_instance()

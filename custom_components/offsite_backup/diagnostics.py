@@ -55,6 +55,8 @@ async def async_get_config_entry_diagnostics(
             "failures_in_row": runner.failures_in_row,
             "last_success": runner.last_success.isoformat() if runner.last_success else None,
             "upload_to_resume": runner.pending_summary(),
+            "waiting": runner.waiting.as_dict() if runner.waiting else None,
+            "retention": runner.retention.summary(instance.policy if instance else None),
         },
         "jobs": [job.as_dict() for job in runner.history],
         "restore_drill": {

@@ -296,9 +296,10 @@ def weekly_due(today: date, last_verified: date | None, last_failed: bool) -> bo
 
     Due when no drill has succeeded yet, when the last drill failed (so that a repaired problem shows the next
     night), or when the last success is a calendar week old or more (dates, not hours: tonight's backup may run a
-    little earlier in the window than last week's).
+    little earlier in the window than last week's). A last success dated after today (the clock was ahead when it
+    was recorded) is no reason to wait: due.
     """
-    return last_verified is None or last_failed or today >= last_verified + WEEK
+    return last_verified is None or last_failed or today >= last_verified + WEEK or last_verified > today
 
 
 def pick_backup[T](newest: T, older: Sequence[T], today: date, rng: random.Random) -> T:

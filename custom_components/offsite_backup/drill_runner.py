@@ -163,6 +163,11 @@ class RestoreDrill:
         deleted = data.get("deleted")
         if isinstance(deleted, list):
             self._deleted = [item for item in deleted if isinstance(item, str)][-HISTORY_SIZE:]
+        # The Repairs issue as the last drill has it (raised again after a restart, or cleared).
+        if self.last is not None and not self.last.ok:
+            self._raise_issue(self.last)
+        else:
+            clear_issue(self.hass, self._entry, ISSUE_DRILL_FAILED)
 
     def _data_to_save(self) -> dict[str, Any]:
         return {
@@ -395,6 +400,10 @@ class RestoreDrill:
             return
         LOGGER.error("Restore drill failed: %s", result.error)
         self.hass.bus.async_fire(EVENT_DRILL_FAILED, data)
+        self._raise_issue(result)
+
+    @callback
+    def _raise_issue(self, result: DrillResult) -> None:
         raise_issue(
             self.hass,
             self._entry,

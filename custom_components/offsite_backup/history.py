@@ -9,7 +9,7 @@ from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers.storage import Store
 from homeassistant.util import dt as dt_util
 
-from .const import HISTORY_SIZE, STORE_JOBS, JobStatus, store_key
+from .const import CLOCK_MARGIN, HISTORY_SIZE, LOGGER, STORE_JOBS, JobStatus, store_key
 from .jobs import Job
 
 STORAGE_VERSION = 1
@@ -31,6 +31,15 @@ class StoredHistory(TypedDict):
     failures_in_row: int
     since: str
     pending: PendingUpload | None
+    creating: dict[str, Any] | None
+    leftovers: list[Leftover]
+
+
+class Leftover(TypedDict):
+    """A backup Home Assistant may have left on this machine: it stopped while the backup was being written."""
+
+    job_id: str
+    until: str  # looked for until then (the Supervisor may still be writing it after the restart)
 
 
 class JobHistory:
@@ -46,6 +55,8 @@ class JobHistory:
             dt_util.utcnow()
         )  # the first setup: "Backup stale" counts from it before any success
         self.pending: PendingUpload | None = None
+        self.creating: dict[str, Any] | None = None  # the job whose backup Home Assistant is creating
+        self.leftovers: list[Leftover] = []
 
     async def async_load(self) -> None:
         """Read what was stored (nothing on a new entry)."""
@@ -59,6 +70,43 @@ class JobHistory:
         self.failures_in_row = int(data.get("failures_in_row", 0))
         self.since = datetime.fromisoformat(data["since"]) if data.get("since") else self.since
         self.pending = data.get("pending")
+        creating = data.get("creating")
+        self.creating = creating if isinstance(creating, dict) else None
+        leftovers = data.get("leftovers")
+        self.leftovers = [
+            item
+            for item in (leftovers if isinstance(leftovers, list) else [])
+            if isinstance(item, dict)
+            and isinstance(item.get("job_id"), str)
+            and isinstance(item.get("until"), str)
+        ]
+        self.check_clock(dt_util.utcnow())
+
+    @callback
+    def check_clock(self, now: datetime) -> bool:
+        """Set aside a last success (or a start) further ahead than ``now`` plus a margin; whether it did.
+
+        Recorded while the clock was ahead, it would keep "Backup stale" off until that date: the last success is
+        forgotten (the jobs stay in the history, with their dates) and staleness counts from now.
+        """
+        changed = False
+        if self.last_success is not None and self.last_success > now + CLOCK_MARGIN:
+            LOGGER.warning(
+                "Ignoring the last success recorded for %s: it is ahead of the clock (now %s), so it was recorded "
+                'while the clock was wrong; "Backup stale" counts from now',
+                self.last_success.isoformat(),
+                now.isoformat(),
+            )
+            self.last_success = None
+            self.since = now
+            changed = True
+        if self.since > now + CLOCK_MARGIN:
+            LOGGER.warning("The history's start (%s) is ahead of the clock; counting from now", self.since)
+            self.since = now
+            changed = True
+        if changed:
+            self.save()
+        return changed
 
     def _data_to_save(self) -> StoredHistory:
         return {
@@ -67,6 +115,8 @@ class JobHistory:
             "failures_in_row": self.failures_in_row,
             "since": self.since.isoformat(),
             "pending": self.pending,
+            "creating": self.creating,
+            "leftovers": self.leftovers,
         }
 
     @callback
@@ -81,6 +131,8 @@ class JobHistory:
     @callback
     def record(self, job: Job) -> None:
         """Add an ended job; count a success or a failure."""
+        if self.creating is not None and self.creating.get("id") == job.id:
+            self.creating = None
         self.jobs.insert(0, job)
         del self.jobs[HISTORY_SIZE:]
         if job.status is JobStatus.SUCCEEDED:
@@ -93,8 +145,33 @@ class JobHistory:
     # ------------------------------------------------------------------------------------ the upload to resume
 
     @callback
+    def set_creating(self, job: Job) -> None:
+        """Home Assistant is asked for the job's backup: if it stops meanwhile, the next start counts the job."""
+        self.creating = job.as_dict()
+        self.save()
+
+    @callback
+    def add_leftover(self, job_id: str, until: datetime) -> None:
+        """Look for a backup of ``job_id`` left on this machine, until ``until``."""
+        self.leftovers = [*self.leftovers, {"job_id": job_id, "until": until.isoformat()}]
+        self.save()
+
+    @callback
+    def drop_leftovers(self, job_ids: set[str], now: datetime) -> None:
+        """Stop looking for these (found and removed), and for those looked for long enough."""
+        kept = [
+            item
+            for item in self.leftovers
+            if item["job_id"] not in job_ids and datetime.fromisoformat(item["until"]) > now
+        ]
+        if kept != self.leftovers:
+            self.leftovers = kept
+            self.save()
+
+    @callback
     def set_pending(self, job: Job, backup: dict[str, Any]) -> None:
         """An upload starts: what a restart needs to carry it on."""
+        self.creating = None
         self.pending = {"job": job.as_dict(), "backup": backup, "state": None}
         self.save()
 

@@ -30,6 +30,32 @@ class UploadSuspended(Exception):
     """The upload was stopped to be resumed later (Home Assistant stops, the entry unloads)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """What a job waits for: the failure, when it is tried again, until when at the latest, since when."""
+
+    error: str
+    next_try: datetime
+    retry_until: datetime
+    since: datetime
+    requests: int = 0  # requests of the upload under way meanwhile
+
+    def as_dict(self) -> dict[str, str]:
+        """For events and attributes."""
+        return {
+            "error": self.error,
+            "next_try": self.next_try.isoformat(),
+            "retry_until": self.retry_until.isoformat(),
+            "waiting_since": self.since.isoformat(),
+        }
+
+    def describe(self) -> str:
+        """One line for the last-error sensor: that it waits, the next try, and what failed."""
+        next_try = dt_util.as_local(self.next_try).strftime("%H:%M:%S")
+        until = dt_util.as_local(self.retry_until).strftime("%Y-%m-%d %H:%M")
+        return f"Waiting to try again at {next_try} (until {until} at the latest): {self.error}"
+
+
 @dataclass(slots=True)
 class Job:
     """One backup job, from request to outcome; the last ones are kept as history."""
@@ -45,7 +71,9 @@ class Job:
     error: str | None = None
     local_copy: str | None = None  # the local backup location this job also wrote to, only to resume from
     name: str | None = None  # the backup's name (what Settings > System > Backups shows)
+    deadline: datetime | None = None  # transient failures are retried until then
     progress: float = 0.0
+    waiting: Wait | None = field(default=None, repr=False)  # while it waits for a failure to pass
     cancel_requested: bool = field(default=False, repr=False)
     suspended: bool = field(default=False, repr=False)  # stopped to resume after a restart: no outcome yet
     wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set on cancel and on outcome
@@ -75,12 +103,14 @@ class Job:
             "error": self.error,
             "local_copy": self.local_copy,
             "name": self.name,
+            "deadline": self.deadline.isoformat() if self.deadline else None,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
         """Read back what ``as_dict`` stored."""
         ended = data.get("ended")
+        deadline = data.get("deadline")
         return cls(
             id=data["id"],
             trigger=JobTrigger(data["trigger"]),
@@ -93,6 +123,7 @@ class Job:
             error=data.get("error"),
             local_copy=data.get("local_copy"),
             name=data.get("name"),
+            deadline=datetime.fromisoformat(deadline) if isinstance(deadline, str) else None,
         )
 
 
@@ -163,6 +194,7 @@ class JobTracker:
         """Give the job its outcome (once)."""
         if job.done:
             return
+        job.waiting = None
         job.status = status
         job.error = error
         job.ended = dt_util.utcnow()

@@ -12,6 +12,7 @@ from .api import GatewayQuotaError
 from .const import (
     EVENT_FAILED,
     EVENT_SUCCEEDED,
+    EVENT_WAITING,
     ISSUE_BACKUP_FAILING,
     ISSUE_QUOTA_EXCEEDED,
     LOGGER,
@@ -42,7 +43,8 @@ def _size(value: int | None) -> str:
 
 
 class OutcomeReporter:
-    """Logs each ended job, fires ``offsite_backup_succeeded``/``_failed``, and raises or clears the Repairs issue."""
+    """Logs each ended job, fires ``offsite_backup_succeeded``/``_failed`` (and ``_waiting`` when a job begins to
+    wait for a failure to pass), and raises or clears the Repairs issue."""
 
     def __init__(self, hass: HomeAssistant, entry: ConfigEntry[Any], failures_before_repair: int) -> None:
         """Report for ``entry``; the issue appears after ``failures_before_repair`` failures in a row."""
@@ -73,6 +75,44 @@ class OutcomeReporter:
         )
 
     @callback
+    def restore(self, last_job: Job | None, failures_in_row: int) -> None:
+        """At setup: the issues as the stored history has them (raised again, or cleared when they no longer hold:
+        the threshold option was raised, a success came while issues were not kept)."""
+        if (
+            last_job is not None
+            and last_job.status is JobStatus.FAILED
+            and (failures_in_row >= self._failures_before_repair)
+        ):
+            self._raise_failing(failures_in_row, last_job.error)
+        else:
+            clear_issue(self._hass, self._entry, ISSUE_BACKUP_FAILING)
+        if last_job is not None and last_job.status is JobStatus.SUCCEEDED:
+            clear_issue(self._hass, self._entry, ISSUE_QUOTA_EXCEEDED)
+
+    @callback
+    def _raise_failing(self, failures_in_row: int, error: str | None) -> None:
+        raise_issue(
+            self._hass,
+            self._entry,
+            ISSUE_BACKUP_FAILING,
+            failures=str(failures_in_row),
+            error=error or "",
+        )
+
+    @callback
+    def waiting(self, job: Job) -> None:
+        """A job began to wait for a failure to pass: ``offsite_backup_waiting`` (once per outage)."""
+        assert job.waiting is not None
+        LOGGER.warning("Offsite backup waiting: %s", job.waiting.describe())
+        data: dict[str, Any] = {
+            "config_entry_id": self._entry.entry_id,
+            "job_id": job.id,
+            "trigger": job.trigger.value,
+            "backup_id": job.backup_id,
+        }
+        self._hass.bus.async_fire(EVENT_WAITING, data | job.waiting.as_dict())
+
+    @callback
     def report(self, job: Job, failures_in_row: int) -> None:
         """Tell how ``job`` ended (``failures_in_row`` counts it already)."""
         data = {
@@ -101,12 +141,6 @@ class OutcomeReporter:
                 LOGGER.debug("Offsite backup (%s) failed: %s", job.trigger.value, job.error)
             self._hass.bus.async_fire(EVENT_FAILED, data | {"error": job.error})
             if failures_in_row >= self._failures_before_repair:
-                raise_issue(
-                    self._hass,
-                    self._entry,
-                    ISSUE_BACKUP_FAILING,
-                    failures=str(failures_in_row),
-                    error=job.error or "",
-                )
+                self._raise_failing(failures_in_row, job.error)
         else:
             LOGGER.info("Offsite backup cancelled%s", f": {job.error}" if job.error else "")

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from homeassistant.components.backup import AgentBackup, BackupAgentError, BackupManagerError
@@ -30,28 +30,37 @@ from homeassistant.util import dt as dt_util
 from .api import (
     GatewayAuthError,
     GatewayClient,
-    GatewayConflictError,
     GatewayError,
-    GatewayNotFoundError,
     GatewayQuotaError,
     RemoteBackup,
 )
 from .compat import backup_manager, failed_parts
-from .const import BUSY_RETRY_DELAY, DOMAIN, LOGGER, UNENCRYPTED_REFUSED, JobStatus, JobTrigger
+from .const import (
+    BUSY_RETRY_DELAY,
+    LOGGER,
+    RETRY_GRACE,
+    RETRY_MANUAL,
+    UNENCRYPTED_REFUSED,
+    JobStatus,
+    JobTrigger,
+)
 from .contents import ContentsChoice, resolve_contents
 from .history import JobHistory
-from .jobs import Job, JobError, JobTracker, UploadSuspended
+from .job_sender import JobSender
+from .jobs import Job, JobError, JobTracker, UploadSuspended, Wait
 from .listeners import Listeners
 from .local_copy import LocalCopies
 from .outcome import OutcomeReporter
+from .own_retention import JOB_MARKER, MARKER, OwnRetention
 from .privacy import MetadataPrivacy
+from .restart import STOPPED_CREATING, RestartRecovery
 from .upload_errors import UploadError, describe
-from .uploader import SUSPEND, UploadOptions, UploadState, upload
+from .uploader import SUSPEND, UploadOptions, UploadState
 
 type OpenStream = Callable[[], Coroutine[Any, Any, AsyncIterator[bytes]]]
 type ProgressCallback = Callable[..., None]
 
-__all__ = ["UNENCRYPTED_REFUSED", "BackupRunner", "Job", "JobError", "RunnerOptions"]
+__all__ = ["STOPPED_CREATING", "UNENCRYPTED_REFUSED", "BackupRunner", "Job", "JobError", "RunnerOptions"]
 
 STOPPED = "Stopped: Home Assistant stopped or reloaded the integration"
 CALLER_STOPPED = (
@@ -73,6 +82,8 @@ class RunnerOptions:
     failures_before_repair: int
     upload: UploadOptions
     keep_local: bool = False
+    retry_grace: timedelta = RETRY_GRACE  # a nightly backup retries until the end of its window plus this
+    retry_manual: timedelta = RETRY_MANUAL  # a backup started by hand retries for this long from its start
 
 
 class BackupRunner:
@@ -95,16 +106,42 @@ class BackupRunner:
         self._history = JobHistory(hass, entry.entry_id)
         self._outcome = OutcomeReporter(hass, entry, options.failures_before_repair)
         self._local = LocalCopies(hass)
+        self.retention = OwnRetention(hass, options.agent_id)
         self._listeners = Listeners()
         self._jobs = JobTracker(
             record=self._record, changed=self._listeners.notify, cancel_reason=self._why_stopped
         )
         self._upload_task: asyncio.Task[RemoteBackup] | None = None
         self._suspending = False
+        self._sender = JobSender(
+            hass,
+            client=client,
+            history=self._history,
+            outcome=self._outcome,
+            listeners=self._listeners,
+            privacy=privacy,
+        )
+        self._restart = RestartRecovery(
+            hass,
+            history=self._history,
+            jobs=self._jobs,
+            local=self._local,
+            client=client,
+            keep_local=lambda: self.options.keep_local,
+            upload=self._upload,
+            remove_local_copy=self._remove_local_copy,
+        )
 
     async def async_load(self) -> None:
-        """Read the history and any interrupted upload from the store."""
+        """Read the history and any interrupted upload from the store; the Repairs issues as it has them."""
         await self._history.async_load()
+        self._outcome.restore(self._history.last_job, self._history.failures_in_row)
+
+    @callback
+    def check_clock(self, now: datetime) -> None:
+        """Set aside a last success further ahead than the clock allows (it was recorded while it was ahead)."""
+        if self._history.check_clock(now):
+            self._listeners.notify()
 
     @callback
     def async_add_listener(self, listener: CALLBACK_TYPE) -> CALLBACK_TYPE:
@@ -145,8 +182,17 @@ class BackupRunner:
 
     @property
     def last_error(self) -> str | None:
-        """The error of the last failed job, cleared by the next success."""
+        """While a job waits for a failure to pass: that it waits, the next try and the failure. Else the error of
+        the last failed job, cleared by the next success."""
+        if (job := self.current) is not None and job.waiting is not None:
+            return job.waiting.describe()
         return self._history.last_error
+
+    @property
+    def waiting(self) -> Wait | None:
+        """What the running job waits for, if it waits."""
+        job = self.current
+        return job.waiting if job is not None else None
 
     @property
     def last_size(self) -> int | None:
@@ -190,9 +236,15 @@ class BackupRunner:
         """Make a backup for this location and send it; returns the finished job.
 
         While Home Assistant's backup manager is busy, tries again every 10 minutes until ``retry_until``.
-        Raises :class:`JobError` with the reason when no backup reached the gateway.
+        Transient failures of the upload are retried until ``retry_until`` plus an hour (an hour from now without
+        it). Raises :class:`JobError` with the reason when no backup reached the gateway.
         """
         job = Job(id=uuid.uuid4().hex, trigger=trigger, started=dt_util.utcnow())
+        job.deadline = (
+            retry_until + self.options.retry_grace
+            if retry_until is not None
+            else job.started + self.options.retry_manual
+        )
         try:
             async with self._jobs.run(job):
                 try:
@@ -201,6 +253,13 @@ class BackupRunner:
                     self._jobs.settle(
                         job, JobStatus.FAILED, f"Home Assistant could not create the backup: {err}"
                     )
+                except asyncio.CancelledError:
+                    if self._suspending and not job.suspended and job.backup_id is None:
+                        # Home Assistant stops while it creates the backup (on a Supervisor install, the
+                        # Supervisor goes on writing it): the next start counts the job as failed and removes
+                        # what was left (async_resume_interrupted).
+                        job.suspended = True
+                    raise
                 finally:
                     if not job.suspended:
                         await self._remove_local_copy(job)
@@ -218,7 +277,18 @@ class BackupRunner:
             raise JobError(SUSPENDED)
         if job.status is not JobStatus.SUCCEEDED:
             raise JobError(job.error or job.status.value)
+        if job.trigger is JobTrigger.SCHEDULE:
+            await self._apply_retention(job)
         return job
+
+    async def _apply_retention(self, job: Job) -> None:
+        """After a nightly backup: Home Assistant's retention settings where they apply to ours (own_retention)."""
+        try:
+            await self.retention.async_apply(
+                local_copies_at=job.local_copy if self.options.keep_local else None
+            )
+        except Exception:
+            LOGGER.exception("Unexpected error applying the retention after backup %s", job.backup_id)
 
     async def _create_backup(self, job: Job, retry_until: datetime | None) -> None:
         manager = backup_manager(self.hass)
@@ -227,13 +297,16 @@ class BackupRunner:
             # Refused before Home Assistant spends minutes on an archive that could not be sent.
             self._jobs.settle(job, JobStatus.FAILED, UNENCRYPTED_REFUSED)
             return
+        self._history.set_creating(job)
+        busy_since: datetime | None = None
         while True:
             if job.cancel_requested:
                 self._jobs.settle(job, JobStatus.CANCELLED, None)
             if job.done:
                 return
             if manager.state != "idle":
-                if retry_until is None or dt_util.utcnow() + BUSY_RETRY_DELAY >= retry_until:
+                now = dt_util.utcnow()
+                if retry_until is None or now + BUSY_RETRY_DELAY >= retry_until:
                     self._jobs.settle(
                         job,
                         JobStatus.FAILED,
@@ -244,26 +317,43 @@ class BackupRunner:
                 LOGGER.info(
                     "Home Assistant's backup manager is busy (%s); trying again in 10 minutes", manager.state
                 )
+                busy_since = busy_since or now
+                job.status = JobStatus.WAITING
+                job.waiting = Wait(
+                    error=f"Home Assistant's backup manager is busy ({manager.state}) with another backup",
+                    next_try=now + BUSY_RETRY_DELAY,
+                    retry_until=retry_until,
+                    since=busy_since,
+                )
+                self._listeners.notify()
                 try:
                     async with asyncio.timeout(BUSY_RETRY_DELAY.total_seconds()):
                         await job.wakeup.wait()
                 except TimeoutError:
                     pass
                 continue
+            if job.waiting is not None:
+                job.waiting = None
+                job.status = JobStatus.CREATING
+                self._listeners.notify()
             contents = resolve_contents(
                 self.options.contents,
                 supervised=is_hassio(self.hass),
                 automatic=manager.config.data.create_backup,
             )
             job.local_copy = self._local.location()
+            self._history.set_creating(job)
             agent_ids = [self.options.agent_id, *([job.local_copy] if job.local_copy else [])]
+            kind = "nightly backup" if job.trigger is JobTrigger.SCHEDULE else "backup"
             await manager.async_create_backup(
                 agent_ids=agent_ids,
-                name=f"Offsite backup {dt_util.now().strftime('%Y-%m-%d %H:%M')}",
+                name=f"Offsite {kind} {dt_util.now().strftime('%Y-%m-%d %H:%M')}",
                 password=password,
-                # The nightly backups are Home Assistant's automatic ones (its "last automatic backup", its
-                # retention of automatic backups); a backup made by hand is not.
-                with_automatic_settings=job.trigger is JobTrigger.SCHEDULE,
+                # Not Home Assistant's automatic backups, on purpose: its retention of those counts them across
+                # every location and would cut its own local backups and this location to its count
+                # (own_retention.py). The metadata says which backups are ours, and why they were made.
+                with_automatic_settings=False,
+                extra_metadata={MARKER: job.trigger.value, JOB_MARKER: job.id},
                 **contents.as_kwargs(),
             )
             self._note_partial(job)
@@ -328,6 +418,7 @@ class BackupRunner:
                 raise BackupAgentError("Another upload to this location is in progress")
             else:
                 job = Job(id=uuid.uuid4().hex, trigger=JobTrigger.HOME_ASSISTANT, started=dt_util.utcnow())
+                job.deadline = job.started + self.options.retry_manual
                 async with self._jobs.run(job):
                     await self._upload(job, backup, open_stream, on_progress, state=None)
         except UploadSuspended as err:
@@ -363,45 +454,12 @@ class BackupRunner:
         self._history.set_pending(job, backup.as_dict())
         self._listeners.notify()
 
-        def progress(done: int, total: int) -> None:
-            job.progress = 100.0 * done / total if total else 100.0
-            if on_progress is not None:
-                on_progress(bytes_uploaded=done)
-            self._listeners.notify()
-
-        def persist(upload_state: UploadState) -> None:
-            self._history.update_pending(upload_state.to_dict())
-
-        metadata = self._privacy.outgoing(backup.as_dict())
-
-        async def send() -> RemoteBackup:
-            def attempt() -> Coroutine[Any, Any, RemoteBackup]:
-                return upload(
-                    client=self.client,
-                    open_stream=open_stream,
-                    size=backup.size,
-                    name=backup.name,
-                    metadata=metadata,
-                    options=self.options.upload,
-                    progress=progress,
-                    state=state,
-                    on_state=persist,
-                )
-
-            try:
-                return await attempt()
-            except GatewayConflictError as err:
-                stuck = err.details.get("backup_id") if err.code == "upload_in_progress" else None
-                if not isinstance(stuck, str):
-                    raise
-                # This runner is the instance's only uploader: an upload in progress on the gateway was left
-                # behind (the answer to its creation was lost). Abort it and start again, rather than wait
-                # hours for the gateway's sweeper.
-                LOGGER.warning("Aborting upload %s left behind on the gateway, then starting again", stuck)
-                await self.client.abort_upload(stuck)
-                return await attempt()
-
-        task = self.hass.async_create_task(send(), f"{DOMAIN} upload {backup.backup_id}", eager_start=False)
+        options = replace(
+            self.options.upload, deadline=job.deadline.timestamp() if job.deadline is not None else None
+        )
+        task = self._sender.start(
+            job, backup=backup, open_stream=open_stream, on_progress=on_progress, state=state, options=options
+        )
         self._upload_task = task
         try:
             remote = await asyncio.shield(task)
@@ -450,45 +508,18 @@ class BackupRunner:
     # ------------------------------------------------------------------------------------------ resume
 
     async def async_resume_interrupted(self) -> None:
-        """Carry on an upload a restart interrupted, when the same backup is still on disk; else record why not."""
-        pending = self._history.pending
-        if pending is None or self.busy:
-            return
-        job = Job.from_dict(pending["job"])
-        job.status = JobStatus.UPLOADING
-        backup = AgentBackup.from_dict(pending["backup"])
-        state = UploadState.from_dict(pending["state"]) if pending["state"] else None
-        async with self._jobs.run(job):
-            try:
-                open_stream = await self._local.find(backup)
-                if open_stream is None:
-                    self._history.clear_pending()
-                    await self._abort_left_behind(state)
-                    self._jobs.settle(
-                        job,
-                        JobStatus.FAILED,
-                        "The upload was interrupted by a restart of Home Assistant, and the backup is no longer "
-                        "on disk to finish it",
-                    )
-                    return
-                LOGGER.info("Resuming the upload of backup %s interrupted by a restart", backup.backup_id)
-                try:
-                    await self._upload(job, backup, open_stream, None, state=state)
-                except UploadSuspended:
-                    return
-            finally:
-                if not job.suspended:
-                    await self._remove_local_copy(job)
+        """At start: what a restart left to do (``restart.RestartRecovery``)."""
+        if not self.busy:
+            await self._restart.async_run()
 
-    async def _abort_left_behind(self, state: UploadState | None) -> None:
-        if state is None:
-            return
-        try:
-            await self.client.abort_upload(state.backup_id)
-        except GatewayNotFoundError:
-            pass
-        except GatewayError as err:
-            LOGGER.warning("Could not abort the interrupted upload (the gateway's sweeper will): %s", err)
+    @property
+    def leftovers(self) -> bool:
+        """Whether backups left by a stop are still looked for."""
+        return self._restart.leftovers
+
+    async def async_remove_leftovers(self) -> None:
+        """Remove the backups a stop left on this machine, once they show (at start, then every few minutes)."""
+        await self._restart.async_remove_leftovers()
 
     async def async_shutdown(self) -> None:
         """Stop an upload in progress without aborting it, so it resumes at the next start."""

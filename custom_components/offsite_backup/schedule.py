@@ -10,6 +10,8 @@ Rules that keep "exactly one backup per night":
 - A window that passed while Home Assistant was off is not replayed later: the next plan is the next window.
 - Started inside the window with no plan yet (or after the planned instant went by while Home Assistant was off),
   the run is drawn again in what is left of the window, so restarts do not make instances pile up at one instant.
+- A stored plan for a day after tomorrow is not plausible (``plausible``): it was drawn while the clock was ahead,
+  and following it would stop the backups until then. The caller drops it and draws tonight's.
 
 Time is real elapsed time: the window's ends are resolved to UTC instants first, so on the nights the clocks
 change the window simply lasts an hour more or less. A local time that does not exist (spring forward) resolves to
@@ -166,6 +168,14 @@ def next_plan(
             if run_at is not None:
                 return Plan(day=day, run_at=run_at)
         day += ONE_DAY
+
+
+def plausible(plan: Plan, now: datetime, tz: tzinfo) -> bool:
+    """Whether a stored plan can have been drawn by a clock that told the time: no plan is ever for a day after
+    tomorrow (``next_plan`` draws tonight's window, or tomorrow's). A plan further ahead was drawn while the clock
+    was ahead (a wrong real-time clock at boot, a bad time server): following it would stop the backups until then.
+    """
+    return plan.day <= now.astimezone(tz).date() + ONE_DAY
 
 
 def _inside(instant: datetime, bounds: tuple[datetime, datetime]) -> bool:

@@ -9,13 +9,13 @@ from typing import Any
 
 from homeassistant.const import EVENT_CORE_CONFIG_UPDATE
 from homeassistant.core import CALLBACK_TYPE, Event, HomeAssistant, callback
-from homeassistant.helpers.event import async_track_point_in_utc_time
+from homeassistant.helpers.event import async_track_point_in_utc_time, async_track_time_interval
 from homeassistant.helpers.storage import Store
 from homeassistant.util import dt as dt_util
 
-from .const import LOGGER, STORE_SCHEDULE, store_key
+from .const import CLOCK_CHECK_INTERVAL, LOGGER, STORE_SCHEDULE, store_key
 from .listeners import Listeners
-from .schedule import Plan, Window, next_plan
+from .schedule import Plan, Window, next_plan, plausible
 
 STORAGE_VERSION = 1
 
@@ -44,6 +44,7 @@ class NightlyScheduler:
         self._rng = random.SystemRandom()
         self._unsub_timer: CALLBACK_TYPE | None = None
         self._unsub_config: CALLBACK_TYPE | None = None
+        self._unsub_clock: CALLBACK_TYPE | None = None
         self._listeners = Listeners()
 
     @property
@@ -62,6 +63,9 @@ class NightlyScheduler:
             except ValueError:
                 LOGGER.warning("Ignoring an unreadable stored plan: %s", data["plan"])
         self._unsub_config = self.hass.bus.async_listen(EVENT_CORE_CONFIG_UPDATE, self._on_config_update)
+        # The clock may be set back while Home Assistant runs: a plan drawn while it was ahead is checked hourly
+        # (the interval is counted on the monotonic clock, which such a change does not move).
+        self._unsub_clock = async_track_time_interval(self.hass, self._check_clock, CLOCK_CHECK_INTERVAL)
         self._replan(dt_util.utcnow())
 
     async def async_flush(self) -> None:
@@ -77,6 +81,9 @@ class NightlyScheduler:
         if self._unsub_config is not None:
             self._unsub_config()
             self._unsub_config = None
+        if self._unsub_clock is not None:
+            self._unsub_clock()
+            self._unsub_clock = None
 
     @callback
     def async_add_listener(self, listener: CALLBACK_TYPE) -> CALLBACK_TYPE:
@@ -89,11 +96,27 @@ class NightlyScheduler:
         self._replan(dt_util.utcnow())
 
     @callback
+    def _check_clock(self, _now: datetime) -> None:
+        if self.plan is not None and not plausible(
+            self.plan, dt_util.utcnow(), dt_util.get_default_time_zone()
+        ):
+            self._replan(dt_util.utcnow())
+
+    @callback
     def _replan(self, now: datetime) -> None:
         if self._unsub_timer is not None:
             self._unsub_timer()
             self._unsub_timer = None
-        plan = next_plan(now, self.window, dt_util.get_default_time_zone(), self.plan, self._rng)
+        tz = dt_util.get_default_time_zone()
+        if self.plan is not None and not plausible(self.plan, now, tz):
+            LOGGER.warning(
+                "Ignoring the planned backup of %s (%s): it is further ahead than the clock allows, so it was "
+                "drawn while the clock was wrong; drawing tonight's again",
+                self.plan.day,
+                dt_util.as_local(self.plan.run_at),
+            )
+            self.plan = None
+        plan = next_plan(now, self.window, tz, self.plan, self._rng)
         if plan != self.plan:
             self.plan = plan
             self._store.async_delay_save(self._data_to_save, 0)

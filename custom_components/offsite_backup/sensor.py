@@ -58,6 +58,8 @@ SENSORS: tuple[OffsiteBackupSensorDescription, ...] = (
         device_class=SensorDeviceClass.ENUM,
         options=[*(status.value for status in JobStatus), *(status.value for status in DrillStatus)],
         value_fn=lambda data: shown_status(data.runner, data.drill),
+        # While it waits for a failure to pass: what failed, the next try, until when at the latest.
+        attributes_fn=lambda data: dict(data.runner.waiting.as_dict()) if data.runner.waiting else {},
     ),
     OffsiteBackupSensorDescription(
         key="last_error",
@@ -113,6 +115,12 @@ SENSORS: tuple[OffsiteBackupSensorDescription, ...] = (
         translation_key="backups_stored",
         state_class=SensorStateClass.MEASUREMENT,
         value_fn=lambda data: _usage(data, lambda usage: usage.backups),
+        # What keeps them: the gateway's policy, or Home Assistant's retention set for this location as well.
+        attributes_fn=lambda data: {
+            "retention": data.runner.retention.summary(
+                data.coordinator.data.policy if data.coordinator.data is not None else None
+            )
+        },
         needs_gateway=True,
     ),
     OffsiteBackupSensorDescription(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .api import redact_urls
+from .upload_retry import duration
 
 
 class UploadError(Exception):
@@ -38,7 +39,7 @@ class Outcome:
     """What became of one PUT of a part."""
 
     etag: str | None = None
-    kind: str = "ok"  # ok | retry | resign | fatal
+    kind: str = "ok"  # ok | retry (transient) | resign (403: sign the URL again) | resend (corrupted) | fatal
     status: int | None = None
     code: str | None = None
     detail: str = ""
@@ -67,11 +68,22 @@ def describe(err: BaseException) -> str:
 
 
 def part_error(
-    *, backup_id: str, part_number: int, part_count: int, outcome: Outcome, tries: int
+    *,
+    backup_id: str,
+    part_number: int,
+    part_count: int,
+    outcome: Outcome,
+    tries: int,
+    waited: float | None = None,
 ) -> UploadError:
-    """The error that ends an upload whose part could not be stored: what happened, and what to do about it."""
+    """The error that ends an upload whose part could not be stored: what happened, and what to do about it.
+
+    ``waited``: how long a transient failure was retried before giving up (said in the message).
+    """
     where = f"part {part_number} of {part_count} of backup {backup_id}"
     tried = f"{tries} {'try' if tries == 1 else 'tries'}"
+    if waited is not None and tries > 1:
+        tried += f" in {duration(waited)}"
     summary = outcome.summary()
     if outcome.status is None:
         if "no answer" in outcome.detail:

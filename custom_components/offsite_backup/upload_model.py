@@ -24,13 +24,19 @@ class UploadOptions:
 
     parallel: int = 2
     """Parts in flight at once."""
+    deadline: float | None = None
+    """Until when transient failures (network, timeouts, 5xx, 429, 408, an unreachable gateway) are retried: a
+    time of the upload's clock (``time.time`` unless another is given); ``None``: ``patience`` alone."""
+    patience: float = 600.0
+    """Seconds a transient failure is retried at least, even when it begins after the deadline."""
     max_tries: int = 6
-    """Tries per part (and per gateway call) before giving up."""
+    """Tries per part of what is not a transient failure but may pass: storage refusing the signed URL (403,
+    signed again) and a part whose ETag is not its MD5 (corrupted on the way)."""
     retry_base: float = 1.0
     """First backoff ceiling in seconds; doubles with each try (full jitter: a uniform draw below it)."""
-    retry_cap: float = 60.0
+    retry_cap: float = 120.0
     """Longest backoff delay between two tries, in seconds."""
-    retry_after_cap: float = 60.0
+    retry_after_cap: float = 600.0
     """Longest ``Retry-After`` honoured, in seconds (storage's 429/503 and the gateway's 429)."""
     url_batch: int = 0
     """Part URLs asked for at once; 0 = ``2 * parallel`` (at least 2, at most 100)."""
@@ -52,6 +58,8 @@ class UploadOptions:
     def __post_init__(self) -> None:
         if self.parallel < 1 or self.max_tries < 1:
             raise ValueError("parallel and max_tries must be at least 1")
+        if self.patience < 0:
+            raise ValueError("patience must not be negative")
         if self.bandwidth_limit is not None and self.bandwidth_limit <= 0:
             raise ValueError("bandwidth_limit must be positive (or None)")
         if self.timeout_min_rate <= 0 or self.timeout_base <= 0:

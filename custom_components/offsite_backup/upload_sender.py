@@ -3,8 +3,9 @@
 - URLs are asked for in small batches just ahead of use, signed again before use once older than ``url_refresh``
   of their lifetime, and again whenever storage answers 403 (expired).
 - Each part is one ``PUT`` with ``Content-Length`` and a timeout scaled to its size; connection errors, timeouts,
-  5xx, 429, 408 and S3's ``400 RequestTimeout`` are retried with exponential backoff and full jitter
-  (``Retry-After`` honoured); any other 4xx fails at once.
+  5xx, 429, 408 and S3's ``400 RequestTimeout`` are retried until the upload's deadline (``upload_retry``:
+  exponential backoff with full jitter, capped, ``Retry-After`` honoured); a part corrupted on the way is sent
+  again ``max_tries`` times; any other 4xx fails at once.
 - Storage's ETag is checked against the part's MD5 unless storage says it is not one (SSE-KMS, SSE-C).
 """
 
@@ -26,6 +27,7 @@ from .api import GatewayUnavailableError, PartUrl, parse_retry_after
 from .upload_errors import Outcome, describe, part_error
 from .upload_model import UploadOptions, UploadState
 from .upload_reader import Body, etag_md5
+from .upload_retry import Retrier
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -149,58 +151,86 @@ class PartSender:
         urls: UrlBook,
         options: UploadOptions,
         state: UploadState,
+        retrier: Retrier,
     ) -> None:
-        """Send with ``session``, URLs from ``urls``, the parts of ``state``."""
+        """Send with ``session``, URLs from ``urls``, the parts of ``state``; ``retrier`` paces transient failures."""
         self._session = session
         self._urls = urls
         self._options = options
         self._state = state
+        self._retrier = retrier
         self._limiter = RateLimiter(options.bandwidth_limit) if options.bandwidth_limit else None
 
     async def send(self, number: int, body: Body, md5: asyncio.Future[str]) -> str:
-        """PUT one part until storage acknowledges it; returns its ETag. Raises ``UploadError`` when it gives up."""
+        """PUT one part until storage acknowledges it; returns its ETag. Raises ``UploadError`` when it gives up.
+
+        Transient failures are retried until the retrier's deadline; a refused URL (403, signed again) and a part
+        corrupted on the way are tried ``max_tries`` times; anything else fails at once.
+        """
         options = self._options
-        tries = 0
-        while True:
-            tries += 1
-            url = await self._urls.get(number)
-            outcome = await self._attempt(body, url)
-            if outcome.kind == "ok" and outcome.etag is not None:
-                expected = etag_md5(outcome.etag) if outcome.etag_is_md5 else None
-                if expected is None or expected == await md5:
-                    return outcome.etag
-                outcome = Outcome(
-                    kind="retry",
-                    status=outcome.status,
-                    code="BadDigest",
-                    detail=f"storage's ETag {expected} is not the part's MD5 {await md5}",
-                )
-            if outcome.kind == "resign":
-                self._urls.forget(number)
-            if outcome.kind == "fatal" or tries >= options.max_tries:
-                raise part_error(
-                    backup_id=self._state.backup_id,
-                    part_number=number,
-                    part_count=self._state.part_count,
-                    outcome=outcome,
-                    tries=tries,
-                )
-            if outcome.kind == "resign":
-                delay = 0.0
-            elif outcome.retry_after is not None:
-                delay = min(options.retry_after_cap, outcome.retry_after)
-            else:
-                delay = options.backoff(tries)
-            _LOGGER.debug(
-                "Part %d try %d/%d: %s; retrying in %.2f s",
-                number,
-                tries,
-                options.max_tries,
-                outcome.summary(),
-                delay,
-            )
-            if delay > 0:
-                await asyncio.sleep(delay)
+        tries = 0  # every PUT
+        counted = 0  # the PUTs that count against max_tries
+        transient = 0
+        since: float | None = None  # when the current run of transient failures began
+        try:
+            while True:
+                tries += 1
+                url = await self._urls.get(number)
+                with self._retrier.request():
+                    outcome = await self._attempt(body, url)
+                if outcome.kind == "ok" and outcome.etag is not None:
+                    expected = etag_md5(outcome.etag) if outcome.etag_is_md5 else None
+                    if expected is None or expected == await md5:
+                        self._retrier.recovered(number)
+                        return outcome.etag
+                    outcome = Outcome(
+                        kind="resend",
+                        status=outcome.status,
+                        code="BadDigest",
+                        detail=f"storage's ETag {expected} is not the part's MD5 {await md5}",
+                    )
+                if outcome.kind == "fatal":
+                    raise self._error(number, outcome, tries, since)
+                if outcome.kind in ("resign", "resend"):
+                    since = None
+                    transient = 0
+                    self._retrier.forget(number)
+                    counted += 1
+                    if counted >= options.max_tries:
+                        raise self._error(number, outcome, tries, None)
+                    if outcome.kind == "resign":
+                        self._urls.forget(number)
+                        continue  # signed again at once
+                    delay = options.backoff(counted)
+                    _LOGGER.debug(
+                        "Part %d try %d: %s; again in %.2f s", number, tries, outcome.summary(), delay
+                    )
+                    await self._retrier.clock.sleep(delay)
+                    continue
+                transient += 1
+                if since is None:
+                    since = self._retrier.clock.now()
+                if not await self._retrier.pause(
+                    number,
+                    since=since,
+                    tries=transient,
+                    error=f"storage did not take part {number}: {outcome.summary()}",
+                    retry_after=outcome.retry_after,
+                ):
+                    raise self._error(number, outcome, tries, since)
+        finally:
+            self._retrier.forget(number)
+
+    def _error(self, number: int, outcome: Outcome, tries: int, since: float | None) -> Exception:
+        waited = None if since is None else self._retrier.clock.now() - since
+        return part_error(
+            backup_id=self._state.backup_id,
+            part_number=number,
+            part_count=self._state.part_count,
+            outcome=outcome,
+            tries=tries,
+            waited=waited,
+        )
 
     async def _attempt(self, body: Body, url: str) -> Outcome:
         timeout = self._options.part_timeout(body.size)

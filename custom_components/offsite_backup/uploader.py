@@ -8,10 +8,12 @@ Plain asyncio + aiohttp, no Home Assistant import. The integration calls::
         size=backup.size,               # exact byte count the stream yields
         name=backup.name,
         metadata=backup.as_dict(),      # stored by the gateway, given back in RemoteBackup.metadata
-        options=UploadOptions(),        # parallel=2, max_tries=6, bandwidth_limit=None, …
+        options=UploadOptions(),        # parallel=2, deadline=None, patience=600, bandwidth_limit=None, …
         progress=lambda done, total: …, # bytes acknowledged by storage; ~once a second or each 1 %
         state=saved_state,              # UploadState.from_dict(stored) to resume, else None
         on_state=persist,               # (state) -> None | Awaitable: after create and after each part
+        clock=Clock(),                  # where time is read and how it waits (time.time, asyncio.sleep)
+        on_wait=show_waiting,           # (Waiting | None) -> None: a transient failure is being waited out
     )
 
 How it works:
@@ -24,10 +26,12 @@ How it works:
 - URLs are asked for in small batches just ahead of use (``url_batch``; the first batch with the create), re-asked
   before use once older than ``url_refresh`` of their lifetime, and again whenever storage answers 403 (expired).
 - Each part is one ``PUT`` with ``Content-Length`` and a timeout of ``timeout_base + part / timeout_min_rate``
-  seconds; connection errors, timeouts, 5xx, 429, 408 and S3's ``400 RequestTimeout`` (``Retry-After`` honoured)
-  are retried with exponential backoff and full jitter (``max_tries`` tries, delays capped at ``retry_cap``); any
-  other 4xx fails at once. Creating the upload and every other gateway call are retried the same way while the
-  gateway is unavailable.
+  seconds. Transient failures (connection errors, timeouts, 5xx, 429, 408 and S3's ``400 RequestTimeout``) are
+  retried against a deadline, not a count (``upload_retry``): until ``options.deadline``, and at least
+  ``patience`` seconds, with exponential backoff and full jitter capped at ``retry_cap`` (``Retry-After``
+  honoured); meanwhile nothing is aborted and ``on_wait`` says who waits until when. A part corrupted on the way
+  or refused with 403 (signed again) is tried ``max_tries`` times; any other 4xx fails at once. Creating the
+  upload and every other gateway call are retried the same way while the gateway is unavailable.
 - The MD5 of each part is compared with storage's ETag (when the ETag is an MD5); the SHA-256 of the whole stream is
   sent on complete. Hashing runs in the loop's default executor, in parallel with the PUTs.
 
@@ -46,7 +50,7 @@ Errors — the multipart upload is aborted on the gateway before any of these is
   failing or refused a part; the message names the part, the HTTP status, storage's error code and the tries, and
   the attributes ``part_number``, ``status``, ``storage_code``, ``tries`` and ``backup_id`` carry them.
 - ``api.GatewayError`` subclasses from gateway calls (``GatewayAuthError`` → reauth, ``GatewayQuotaError``,
-  ``GatewayConflictError`` for ``upload_in_progress``, ``GatewayUnavailableError`` after ``max_tries``).
+  ``GatewayConflictError`` for ``upload_in_progress``, ``GatewayUnavailableError`` once the deadline passed).
 - ``asyncio.CancelledError``: cancelling the task stops promptly and aborts. Cancelling with the message
   :data:`SUSPEND` (``task.cancel(SUSPEND)``, e.g. when Home Assistant stops) stops without aborting so the upload can
   be resumed from the last state.
@@ -82,16 +86,19 @@ from .api import (
 from .upload_errors import UploadError, UploadStreamError, describe
 from .upload_model import MAX_PARTS, MIN_PART_SIZE, SUSPEND, UploadOptions, UploadState
 from .upload_reader import Body, BufferPool, StreamHasher, etag_md5, read_parts
+from .upload_retry import Clock, Retrier, Waiting, duration
 from .upload_sender import PartSender, UrlBook
 
 __all__ = [
     "MAX_PARTS",
     "MIN_PART_SIZE",
     "SUSPEND",
+    "Clock",
     "UploadError",
     "UploadOptions",
     "UploadState",
     "UploadStreamError",
+    "Waiting",
     "upload",
 ]
 
@@ -110,10 +117,13 @@ async def upload(
     state: UploadState | None = None,
     on_state: Callable[[UploadState], Awaitable[None] | None] | None = None,
     session: aiohttp.ClientSession | None = None,
+    clock: Clock | None = None,
+    on_wait: Callable[[Waiting | None], None] | None = None,
 ) -> RemoteBackup:
     """Upload ``size`` bytes from ``open_stream()`` as a new backup (or resume ``state``); see the module doc."""
     if size < 1:
         raise ValueError("size must be at least 1 byte")
+    options = options or UploadOptions()
     job = _Upload(
         client=client,
         session=session or client.session,
@@ -121,9 +131,10 @@ async def upload(
         size=size,
         name=name,
         metadata=metadata,
-        options=options or UploadOptions(),
+        options=options,
         progress=progress,
         on_state=on_state,
+        retrier=Retrier(options, clock or Clock(), on_wait),
     )
     return await job.run(state)
 
@@ -167,8 +178,10 @@ class _Upload:
         options: UploadOptions,
         progress: Callable[[int, int], None] | None,
         on_state: Callable[[UploadState], Awaitable[None] | None] | None,
+        retrier: Retrier,
     ) -> None:
         self.client = client
+        self.retrier = retrier
         self.session = session
         self.open_stream = open_stream
         self.size = size
@@ -188,7 +201,8 @@ class _Upload:
 
     async def run(self, state: UploadState | None) -> RemoteBackup:
         try:
-            await self._start(state)
+            if (done := await self._start(state)) is not None:
+                return done
             return await self._transfer()
         except asyncio.CancelledError as err:
             if _is_suspend(err):
@@ -200,11 +214,14 @@ class _Upload:
             await self._abort(describe(err))
             raise
 
-    async def _start(self, state: UploadState | None) -> None:
+    async def _start(self, state: UploadState | None) -> RemoteBackup | None:
+        """Create the upload, or pick up the saved one; a saved one the gateway completed already is returned."""
         if state is not None and state.size == self.size:
             try:
                 stored = await self.gateway_call(self.client.list_parts, state.backup_id)
             except (GatewayNotFoundError, GatewayConflictError) as err:
+                if (done := await self._completed(state, err)) is not None:
+                    return done
                 _LOGGER.info("Saved upload %s cannot be resumed (%s); starting anew", state.backup_id, err)
             else:
                 # storage's word is what counts: parts are acknowledged again as the stream is read past them
@@ -221,7 +238,7 @@ class _Upload:
                     len(self.held),
                     state.part_count,
                 )
-                return
+                return None
         elif state is not None:
             _LOGGER.info("Saved upload %s is for another size; aborting it", state.backup_id)
             try:
@@ -252,6 +269,27 @@ class _Upload:
                 backup_id=init.id,
             )
         await self._emit_state()
+        return None
+
+    async def _completed(self, state: UploadState, err: GatewayError) -> RemoteBackup | None:
+        """The saved upload, if the gateway completed it already (the stop came while it completed).
+
+        Only this upload's own complete can have completed it, after every part was acknowledged, and the gateway
+        checked them and the size: the backup is the one this state describes, so nothing is sent again.
+        """
+        if not isinstance(err, GatewayConflictError):
+            return None
+        try:
+            backup = await self.gateway_call(self.client.get_backup, state.backup_id)
+        except GatewayNotFoundError:
+            return None
+        if backup.status != "completed" or backup.size != self.size:
+            return None
+        _LOGGER.info("Saved upload %s was completed before the restart: nothing to send again", backup.id)
+        self.state = state
+        self.acked = self.size
+        self._report(force=True)
+        return backup
 
     async def _transfer(self) -> RemoteBackup:
         self._report(force=True)
@@ -316,7 +354,7 @@ class _Upload:
         parts = _Parts(
             pool=BufferPool(min(self.state.part_size, self.size)),
             urls=urls,
-            sender=PartSender(self.session, urls, self.options, self.state),
+            sender=PartSender(self.session, urls, self.options, self.state, self.retrier),
             slots=asyncio.Semaphore(self.options.parallel),
         )
         hasher = StreamHasher()
@@ -387,21 +425,38 @@ class _Upload:
     async def gateway_call[**P, T](
         self, func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Call the gateway, retrying while it is unavailable (``max_tries``, backoff, ``Retry-After``)."""
+        """Call the gateway, retrying while it is unavailable until the deadline (backoff, ``Retry-After``).
+
+        Giving up, it raises the last error, its message saying how long it tried.
+        """
+        key = object()
         tries = 0
-        while True:
-            tries += 1
-            try:
-                return await func(*args, **kwargs)
-            except GatewayUnavailableError as err:
-                if tries >= self.options.max_tries:
-                    raise
-                if isinstance(err, GatewayRateLimitedError) and err.retry_after is not None:
-                    delay = min(self.options.retry_after_cap, err.retry_after)
+        since: float | None = None
+        try:
+            while True:
+                tries += 1
+                try:
+                    with self.retrier.request():
+                        result = await func(*args, **kwargs)
+                except GatewayUnavailableError as err:
+                    if since is None:
+                        since = self.retrier.clock.now()
+                    retry_after = err.retry_after if isinstance(err, GatewayRateLimitedError) else None
+                    if not await self.retrier.pause(
+                        key, since=since, tries=tries, error=err.message, retry_after=retry_after
+                    ):
+                        if tries > 1:
+                            err.message = (
+                                f"{err.message} (tried {tries} times in "
+                                f"{duration(self.retrier.clock.now() - since)})"
+                            )
+                            err.args = (err.message,)
+                        raise
                 else:
-                    delay = self.options.backoff(tries)
-                _LOGGER.debug("Gateway call failed (%s); retrying in %.2f s", err, delay)
-                await asyncio.sleep(delay)
+                    self.retrier.recovered(key)
+                    return result
+        finally:
+            self.retrier.forget(key)
 
     async def _create(self) -> BackupInit:
         """``POST /v1/backups``, retried while the gateway is unavailable.

@@ -3,7 +3,8 @@
 The gateway is told (S3_PUBLIC_ENDPOINT) to put this proxy's address in the presigned URLs; the proxy forwards every
 request to the real S3 server unchanged, Host header included, so signatures still match. For part PUTs
 (``?partNumber=N&uploadId=…``) a plan of faults per part number is applied to its successive PUTs, and every PUT is
-counted and time-stamped per part number.
+counted and time-stamped per part number. An ``outage`` applies to every request it names, part PUTs or others:
+put in front of the gateway, the proxy is a gateway that goes away for a while.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socket
 import struct
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -88,6 +90,37 @@ def corrupt() -> Fault:
     return Fault("corrupt")
 
 
+class Outage:
+    """A proxy's ``outage``: ``fault`` for every request ``covers`` (its part number, or ``None``), from the first
+    such request for ``seconds`` of the clock ``now`` (simulated in tests that move time)."""
+
+    def __init__(
+        self,
+        now: Callable[[], float],
+        seconds: float,
+        fault: Fault,
+        *,
+        covers: Callable[[int | None], bool],
+    ) -> None:
+        self.now = now
+        self.seconds = seconds
+        self.fault = fault
+        self.covers = covers
+        self.began: float | None = None
+        self.refused = 0
+
+    def __call__(self, part: int | None) -> Fault | None:
+        if not self.covers(part):
+            return None
+        now = self.now()
+        if self.began is None:
+            self.began = now
+        if now >= self.began + self.seconds:
+            return None
+        self.refused += 1
+        return self.fault
+
+
 class FaultProxy:
     """Forward to ``upstream``, applying ``plan`` to part PUTs; see the module docstring."""
 
@@ -108,6 +141,10 @@ class FaultProxy:
         self.held: dict[tuple[str, str], asyncio.Event] = defaultdict(
             asyncio.Event
         )  # set once upstream answered
+        self.outage: Callable[[int | None], Fault | None] | None = None
+        """Asked for every request (its part number, ``None`` for a request that is not a part PUT): a fault to
+        apply, before the per-part plan. An outage of storage or of the gateway, lasting as long as it says."""
+        self.in_flight = 0  # requests being handled now
         self.url = ""
         self._gate = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -165,18 +202,27 @@ class FaultProxy:
             await self._session.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            return await self._handle_one(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle_one(self, request: web.Request) -> web.StreamResponse:
         part: int | None = None
         if request.method == "PUT" and "partNumber" in request.query and "uploadId" in request.query:
             part = int(request.query["partNumber"])
             self.puts[part] += 1
             self.put_times[part].append(time.monotonic())
             self.arrived[part].set()
-        if part is None and self.other_faults.get(request.method):
+        fault = self.outage(part) if self.outage is not None else None
+        if fault is None and part is None and self.other_faults.get(request.method):
             code = self.other_faults[request.method].pop(0)
             await request.read()
             xml = '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code></Error>'
             return web.Response(status=code, text=xml, content_type="application/xml")
-        fault = self.plan[part].pop(0) if part is not None and self.plan.get(part) else None
+        if fault is None and part is not None and self.plan.get(part):
+            fault = self.plan[part].pop(0)
         if fault is not None:
             self.faults_met[fault.label] += 1
             if fault.kind == "reset":

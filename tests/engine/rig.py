@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from custom_components.offsite_backup.api import BackupInit, GatewayClient, PartUrl
+from custom_components.offsite_backup.upload_retry import Clock
 from tests.engine.proxy import FaultProxy
 from tests.helpers.gateway import RunningGateway, run_gateway
 from tests.helpers.servers import S3Server
@@ -136,6 +137,35 @@ class Source:
             yield chunk
             if pos in pauses:
                 await asyncio.sleep(pauses.pop(pos))
+
+
+class VirtualClock:
+    """Simulated time for the engine's retries: a sleep moves the clock on at once, so that an outage of minutes
+    or hours passes in a moment of real time. Each sleeper wakes no earlier than its own wake-up time (concurrent
+    sleeps overlap rather than add up)."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.start = start
+        self.t = start
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        wake = self.t + seconds
+        self.sleeps.append(seconds)
+        await asyncio.sleep(0)
+        self.t = max(self.t, wake)
+
+    @property
+    def elapsed(self) -> float:
+        """Simulated seconds since the start."""
+        return self.t - self.start
+
+    @property
+    def clock(self) -> Clock:
+        return Clock(now=self.now, sleep=self.sleep)
 
 
 class Progress:

@@ -229,6 +229,7 @@ def test_when_a_weekly_drill_is_due() -> None:
     assert weekly_due(today, date(2026, 6, 7), last_failed=True), "the last drill failed: again tonight"
     assert not weekly_due(today, date(2026, 6, 2), last_failed=False), "6 days"
     assert weekly_due(today, date(2026, 6, 1), last_failed=False), "a calendar week, whatever the hour"
+    assert weekly_due(today, date(2027, 6, 8), last_failed=False), "verified 'in a year': the clock was ahead"
 
 
 def test_which_backup_a_weekly_drill_tests() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from custom_components.offsite_backup.api import GatewayClient
 from custom_components.offsite_backup.uploader import UploadError, UploadOptions, upload
 from tests.engine.proxy import FaultProxy, corrupt, expired, reset, stall, status
-from tests.engine.rig import MIB, PART, Rig, Source, make_data
+from tests.engine.rig import MIB, PART, Rig, Source, VirtualClock, make_data
 
 # tiny backoff delays; a per-attempt timeout of about 2 s (5 MiB parts go through in well under that)
 FAULTY = UploadOptions(retry_base=0.01, retry_cap=0.05, timeout_base=2.0, timeout_min_rate=1 << 30)
@@ -52,22 +54,32 @@ async def test_upload_survives_every_transient_fault_with_every_byte_intact(rig:
     assert rig.multipart_uploads() == []
 
 
-async def test_permanent_failure_aborts_and_says_what_happened(rig: Rig) -> None:
+async def test_a_failure_that_outlasts_the_patience_aborts_and_says_what_happened(rig: Rig) -> None:
+    """Without a deadline, a transient failure is retried for ``patience`` seconds (simulated here)."""
     size = 2 * PART + 10
-    rig.proxy.fail(2, *[status(500, "InternalError", "We encountered an internal error.")] * 10)
+    rig.proxy.fail(2, *[status(500, "InternalError", "We encountered an internal error.")] * 1000)
     source = Source(make_data(size, seed=22))
+    clock = VirtualClock()
 
     with pytest.raises(UploadError) as caught:
         await upload(
-            client=rig.client, open_stream=source.open, size=size, name="b", metadata={}, options=FAULTY
+            client=rig.client,
+            open_stream=source.open,
+            size=size,
+            name="b",
+            metadata={},
+            options=replace(FAULTY, retry_base=10, retry_cap=60, patience=300),
+            clock=clock.clock,
         )
 
     err = caught.value
-    assert (err.part_number, err.status, err.storage_code, err.tries) == (2, 500, "InternalError", 6)
+    tries = rig.proxy.puts[2]
+    assert (err.part_number, err.status, err.storage_code, err.tries) == (2, 500, "InternalError", tries)
+    assert tries > 2
     assert "part 2 of 3" in err.message
-    assert "after 6 tries" in err.message
+    assert f"after {tries} tries in 5 min" in err.message, err.message
     assert "HTTP 500 InternalError" in err.message
-    assert rig.proxy.puts[2] == 6  # the default of 6 tries
+    assert 300 <= clock.elapsed < 301, "the last try is at the end of the patience, not later"
     # aborted: no multipart upload left in storage, the backup is failed, nothing listed
     assert rig.multipart_uploads() == []
     assert err.backup_id is not None
@@ -94,10 +106,8 @@ async def test_other_4xx_fails_at_once(rig: Rig) -> None:
 
 async def test_timeouts_until_the_last_try_fail_with_a_timeout_message(rig: Rig) -> None:
     size = PART + 1
-    rig.proxy.fail(1, *[stall(30)] * 3)
-    options = UploadOptions(
-        max_tries=3, retry_base=0.01, retry_cap=0.05, timeout_base=0.5, timeout_min_rate=1 << 30
-    )
+    rig.proxy.fail(1, *[stall(30)] * 100)
+    options = UploadOptions(patience=2, retry_base=1, retry_cap=1, timeout_base=0.5, timeout_min_rate=1 << 30)
     with pytest.raises(UploadError) as caught:
         await upload(
             client=rig.client,
@@ -106,9 +116,12 @@ async def test_timeouts_until_the_last_try_fail_with_a_timeout_message(rig: Rig)
             name="b",
             metadata={},
             options=options,
+            clock=VirtualClock().clock,
         )
     err = caught.value
-    assert (err.part_number, err.status, err.tries) == (1, None, 3)
+    assert (err.part_number, err.status, err.tries) == (1, None, rig.proxy.puts[1])
+    assert err.tries is not None
+    assert err.tries >= 2
     assert "no answer from storage within 1 s" in err.message
     assert rig.multipart_uploads() == []
 

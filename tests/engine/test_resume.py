@@ -10,8 +10,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from custom_components.offsite_backup.api import GatewayClient
 from custom_components.offsite_backup.uploader import SUSPEND, UploadOptions, UploadState, upload
-from tests.engine.proxy import stall
+from tests.engine.proxy import FaultProxy, stall
 from tests.engine.rig import MIB, PART, Progress, Rig, Source, make_data, make_rig
 from tests.helpers.servers import S3Server
 
@@ -132,6 +133,57 @@ async def test_stale_state_starts_a_new_upload(rig: Rig) -> None:
     assert backup.id != old.backup_id
     assert dict(rig.proxy.puts) == dict.fromkeys(range(1, 6), 1)
     assert await rig.downloaded_sha256(backup.id) == source.sha256
+
+
+async def test_a_backup_completed_while_its_answer_was_lost_is_not_sent_again(rig: Rig) -> None:
+    """Stopped during complete: the gateway completed it, the answer never came. The resume asks the gateway."""
+    data = make_data(SIZE, seed=34)
+    source = Source(data)
+    snapshots: list[dict[str, Any]] = []
+    async with FaultProxy(rig.gateway.url) as front:
+        client = GatewayClient(rig.http, front.url, rig.token)
+        task = asyncio.create_task(
+            upload(
+                client=client,
+                open_stream=source.open,
+                size=SIZE,
+                name="b",
+                metadata={},
+                options=OPTIONS,
+                on_state=lambda state: snapshots.append(state.to_dict()),
+            )
+        )
+        async with asyncio.timeout(30):
+            while not snapshots or len(snapshots[-1]["parts"]) < 5:
+                await asyncio.sleep(0.01)
+        complete = f"/v1/backups/{snapshots[-1]['backup_id']}/complete"
+        front.answer_late("POST", complete, 30)  # the gateway completes it; its answer is held
+        async with asyncio.timeout(30):
+            await front.held[("POST", complete)].wait()
+        task.cancel(SUSPEND)  # Home Assistant stops now
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    rig.proxy.reset_counts()
+    progress = Progress()
+    resumed = Source(data)
+
+    backup = await upload(
+        client=rig.client,
+        open_stream=resumed.open,
+        size=SIZE,
+        name="b",
+        metadata={},
+        options=OPTIONS,
+        progress=progress,
+        state=UploadState.from_dict(snapshots[-1]),
+    )
+
+    assert backup.id == snapshots[-1]["backup_id"]
+    assert backup.status == "completed"
+    assert resumed.opens == 0, "nothing was read again"
+    assert dict(rig.proxy.puts) == {}, "nothing was sent again"
+    assert progress.calls[-1] == (SIZE, SIZE)
+    assert [b.id for b in await rig.client.list_backups()] == [backup.id]
 
 
 def test_state_round_trips_and_rejects_garbage() -> None:

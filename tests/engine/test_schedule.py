@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from custom_components.offsite_backup.schedule import Plan, Window, draw, next_plan
+from custom_components.offsite_backup.schedule import Plan, Window, draw, next_plan, plausible
 
 PARIS = ZoneInfo("Europe/Paris")
 
@@ -197,3 +197,20 @@ def test_a_window_end_in_the_spring_forward_gap_moves_to_the_end_of_the_gap(
     # Never after the window's own end on the wall clock (the old reading put 02:30 at 03:30, past 03:10).
     if not window.crosses_midnight and window.end > time(3, 0):
         assert end.astimezone(tz).time() <= window.end
+
+
+def test_a_plan_further_ahead_than_tomorrow_is_not_plausible() -> None:
+    """A plan is for tonight's window or tomorrow's; one further ahead was drawn while the clock was ahead."""
+    tz = ZoneInfo("Europe/Paris")
+    now = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    window = Window(time(0, 0), time(2, 0))
+    tonight = next_plan(now, window, tz, None, random.Random(1))
+    assert plausible(tonight, now, tz)
+    assert plausible(tonight.mark_done(), now, tz)
+    late = Window(time(23, 0), time(1, 0))  # crosses midnight: tomorrow's window starts tomorrow evening
+    assert plausible(
+        next_plan(now + timedelta(hours=11, minutes=30), late, tz, None, random.Random(1)), now, tz
+    )
+    a_year_ahead = next_plan(now + timedelta(days=365), window, tz, None, random.Random(1))
+    assert not plausible(a_year_ahead, now, tz)
+    assert not plausible(Plan(day=date(2026, 6, 3), run_at=datetime(2026, 6, 2, 22, 30, tzinfo=UTC)), now, tz)

@@ -74,6 +74,8 @@ class FakeSupervisor:
         self.received: list[bytes] = []
         self.removed: list[tuple[str, set[str]]] = []
         self.failing_addons: set[str] = set()
+        self.hold_writing = False  # backups being made stay "being written" until finish_writing()
+        self.writing: dict[str, tuple[StoredBackup, uuid.UUID, list[str]]] = {}
         self.content_size = 6 * 1024 * 1024  # Home Assistant's inner archive: two 5 MiB parts in all
         backups, jobs = self.client.backups, self.client.jobs
         backups.partial_backup.side_effect = self._partial_backup
@@ -126,15 +128,30 @@ class FakeSupervisor:
         )
         self.made[slug] = archive
         self.originals[slug] = details
-        self.backups[slug] = StoredBackup(
+        stored = StoredBackup(
             slug,
             archive,
             details,
             {location or LOCATION_LOCAL_STORAGE for location in options.location or []},
         )
         job_id = uuid.uuid4()
-        self.jobs[job_id] = self._job(job_id, slug, failed=[a for a in addons if a in self.failing_addons])
+        failed = [a for a in addons if a in self.failing_addons]
+        if self.hold_writing:
+            self.writing[slug] = (stored, job_id, failed)
+            self.jobs[job_id] = self._job(job_id, slug, failed=failed, done=False)
+        else:
+            self.backups[slug] = stored
+            self.jobs[job_id] = self._job(job_id, slug, failed=failed)
         return _model(supervisor_backups.NewBackup, job_id=job_id, slug=None)
+
+    def finish_writing(self) -> list[str]:
+        """The backups being written are written: in the Supervisor's folder, their jobs done; their slugs."""
+        done = list(self.writing)
+        for slug, (stored, job_id, failed) in self.writing.items():
+            self.backups[slug] = stored
+            self.jobs[job_id] = self._job(job_id, slug, failed=failed)
+        self.writing.clear()
+        return done
 
     def _archive(
         self,
@@ -161,7 +178,13 @@ class FakeSupervisor:
                 add(f"./{folder.replace('/', '_')}.tar.gz", os.urandom(64 * 1024))
         return buffer.getvalue()
 
-    def _job(self, job_id: uuid.UUID, reference: str, failed: list[str] = ()) -> supervisor_jobs.Job:  # type: ignore[assignment]
+    def _job(
+        self,
+        job_id: uuid.UUID,
+        reference: str,
+        failed: list[str] = (),  # type: ignore[assignment]
+        done: bool = True,
+    ) -> supervisor_jobs.Job:
         now = datetime.now(UTC)
 
         def job(name: str, ref: str | None, errors: list[Any], children: list[Any]) -> supervisor_jobs.Job:
@@ -170,9 +193,9 @@ class FakeSupervisor:
                 name=name,
                 reference=ref,
                 uuid=uuid.uuid4() if name != "root" else job_id,
-                progress=100.0,
+                progress=100.0 if done else 50.0,
                 stage=None,
-                done=True,
+                done=done,
                 errors=errors,
                 created=now,
                 child_jobs=children,
@@ -196,7 +219,7 @@ class FakeSupervisor:
             for slug in failed
         ]
         children = [job("backup_store_addons", None, [], addon_jobs)] if addon_jobs else []
-        return job("root", reference, [], children)
+        return job("root", reference if done else None, [], children)
 
     async def _get_job(self, job_id: uuid.UUID) -> supervisor_jobs.Job:
         return self.jobs[job_id]

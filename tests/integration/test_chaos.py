@@ -9,10 +9,7 @@ upload, and the backup after any that did not succeed succeeds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import re
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -27,9 +24,9 @@ from custom_components.offsite_backup.const import CONF_TOKEN, CONF_URL, DOMAIN,
 from custom_components.offsite_backup.runner import CALLER_STOPPED
 from custom_components.offsite_backup.uploader import UploadOptions
 from tests.engine.proxy import Fault, FaultProxy, corrupt, expired, gate, reset, stall, status
-from tests.helpers.gateway import GatewayProcess, serve_process
-from tests.helpers.servers import S3Server, free_port
+from tests.helpers.servers import S3Server
 from tests.integration.common import let_upload_progress_settle, multipart_uploads, objects, state
+from tests.integration.gateway_process import Gateway, add_instance
 
 CHAOS = UploadOptions(
     retry_base=0.05, retry_cap=0.5, retry_after_cap=0.5, timeout_base=2.0, timeout_min_rate=1 << 30
@@ -75,37 +72,6 @@ def _plan() -> list[Step]:
     return steps + [clean] * (30 - len(steps))
 
 
-class Gateway:
-    """The gateway as a process on a fixed port, which the test can kill and start again."""
-
-    def __init__(self, s3: S3Server, bucket: str, tmp_path: Path, **settings: str) -> None:
-        self._args = (s3, bucket, tmp_path)
-        self._settings = settings
-        self.port = free_port()
-        self._stack = contextlib.ExitStack()
-        self.process: GatewayProcess | None = None
-        self.restarts = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process = self._stack.enter_context(serve_process(*self._args, port=self.port, **self._settings))
-
-    def kill_and_restart(self) -> None:
-        assert self.process is not None
-        self.process.process.kill()  # no goodbye: SIGKILL mid-request
-        self.process.process.wait(timeout=10)
-        self._stack.close()
-        self._stack = contextlib.ExitStack()
-        self.start()
-        self.restarts += 1
-
-    def stop(self) -> None:
-        self._stack.close()
-
-
 @pytest.fixture
 def gateway_process(
     moto_server: S3Server, moto_bucket: str, tmp_path: Path
@@ -131,28 +97,6 @@ def gateway_process(
         gateway.stop()
 
 
-async def _add_instance(gateway: Gateway) -> tuple[str, str]:
-    """``offsite-gateway instance add`` against the process's database."""
-    assert gateway.process is not None
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "offsite_gateway",
-        "instance",
-        "add",
-        "home",
-        env=gateway.process.env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    text = out.decode()
-    match = re.search(r"id ([0-9a-f]+)\.", text)
-    assert match is not None, text
-    return match.group(1), text.strip().splitlines()[-1].strip()
-
-
 async def _until(predicate: Callable[[], bool], seconds: float = 60) -> None:
     async with asyncio.timeout(seconds):
         while not predicate():
@@ -171,7 +115,7 @@ async def test_thirty_backups_through_chaos(
     (config_dir / "big.bin").write_bytes(os.urandom(11 * 1024 * 1024))  # three 5 MiB parts
     async with FaultProxy(moto_server.endpoint) as proxy:
         gateway = gateway_process(proxy.url)
-        instance_id, token = await _add_instance(gateway)
+        instance_id, token = await add_instance(gateway)
         entry = MockConfigEntry(
             domain=DOMAIN,
             title="home",

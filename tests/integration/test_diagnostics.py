@@ -32,6 +32,8 @@ async def test_diagnostics_redact_the_token(
     assert diagnostics["schedule"]["plan"]["done"] is False
     assert diagnostics["runner"]["status"] == "succeeded"
     assert diagnostics["runner"]["upload_to_resume"] is None
+    assert diagnostics["runner"]["waiting"] is None
+    assert diagnostics["runner"]["retention"] == "gateway: newest 7"
     (job,) = diagnostics["jobs"]
     assert job["status"] == "succeeded"
     assert job["trigger"] == "manual"

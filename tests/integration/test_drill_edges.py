@@ -28,9 +28,10 @@ from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 from custom_components.offsite_backup.api import GatewayUnavailableError
 from custom_components.offsite_backup.const import CONF_ALLOW_UNENCRYPTED, DOMAIN, STORE_DRILL, store_key
 from custom_components.offsite_backup.uploader import upload
+from tests.engine.proxy import gate
 from tests.helpers.gateway import run_gateway
 from tests.helpers.servers import S3Server
-from tests.integration.common import entity_id, set_up_entry, state
+from tests.integration.common import entity_id, entry_behind_proxy, set_up_entry, state
 from tests.integration.conftest import BACKUP_PASSWORD
 from tests.integration.drill_helpers import (
     Held,
@@ -320,39 +321,60 @@ async def test_the_action_refuses_what_it_cannot_do(
 
 
 async def test_one_drill_at_a_time_never_during_a_backup_and_a_backup_may_start_during_one(
-    hass: HomeAssistant, loaded_entry: MockConfigEntry, config_dir: Path
+    hass: HomeAssistant,
+    backup_manager: object,
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    config_dir: Path,
 ) -> None:
     with_data(config_dir)
-    backup_id = await backup_now(hass, loaded_entry)
-    drill = loaded_entry.runtime_data.drill
-    runner = loaded_entry.runtime_data.runner
-    with held_downloads() as release:
-        first = hass.async_create_task(verify(hass, loaded_entry))
-        await wait_for(lambda: drill.current is not None)
-        assert state(hass, loaded_entry, "status") == "verifying"
-        assert drill.current == (backup_id, await name_of(hass, loaded_entry, backup_id))
-        with pytest.raises(ServiceValidationError) as err:
-            await verify(hass, loaded_entry)
-        assert err.value.translation_key == "drill_running"
-        # Tonight's backup ended during a drill started by hand: no second drill.
-        window_end = dt_util.utcnow() + timedelta(hours=1)
-        assert await drill.async_after_nightly_backup(window_end) is None
+    async with entry_behind_proxy(hass, moto_server, moto_bucket, tmp_path / "gw") as (entry, proxy):
+        backup_id = await backup_now(hass, entry)
+        drill = entry.runtime_data.drill
+        runner = entry.runtime_data.runner
+        with held_downloads() as release:
+            # Not verify(): it waits for every task to end, the backup's below too.
+            first = hass.async_create_task(
+                hass.services.async_call(
+                    DOMAIN,
+                    "verify_backup",
+                    {"config_entry_id": entry.entry_id},
+                    blocking=True,
+                    return_response=True,
+                )
+            )
+            await wait_for(lambda: drill.current is not None)
+            assert state(hass, entry, "status") == "verifying"
+            assert drill.current == (backup_id, await name_of(hass, entry, backup_id))
+            with pytest.raises(ServiceValidationError) as err:
+                await verify(hass, entry)
+            assert err.value.translation_key == "drill_running"
+            # Tonight's backup ended during a drill started by hand: no second drill.
+            window_end = dt_util.utcnow() + timedelta(hours=1)
+            assert await drill.async_after_nightly_backup(window_end) is None
 
-        # A backup may start while a drill runs; the status shows the backup while it runs.
-        second = hass.async_create_task(backup_now(hass, loaded_entry))
+            # A backup may start while a drill runs; the status shows the backup while it runs. Its first part
+            # waits at the proxy until the drill has ended, so that the backup ends last.
+            proxy.fail(1, gate())
+            second = hass.async_create_task(backup_now(hass, entry))
+            await wait_for(lambda: runner.busy)
+            assert state(hass, entry, "status") in ("creating", "uploading")
+            release.set()
+            response = await first
+            assert isinstance(response, dict)
+            assert response["ok"] is True
+            assert state(hass, entry, "status") in ("creating", "uploading"), "the backup still runs"
+            proxy.open_gate()
+            await second
+        assert state(hass, entry, "status") == "succeeded", "the backup ended last"
+
+        third = hass.async_create_task(backup_now(hass, entry))
         await wait_for(lambda: runner.busy)
-        assert state(hass, loaded_entry, "status") in ("creating", "uploading")
-        release.set()
-        assert (await first)["ok"] is True
-        await second
-    assert state(hass, loaded_entry, "status") == "succeeded", "the backup ended last"
-
-    third = hass.async_create_task(backup_now(hass, loaded_entry))
-    await wait_for(lambda: runner.busy)
-    with pytest.raises(ServiceValidationError) as err:
-        await verify(hass, loaded_entry)
-    assert err.value.translation_key == "drill_backup_running"
-    await third
+        with pytest.raises(ServiceValidationError) as err:
+            await verify(hass, entry)
+        assert err.value.translation_key == "drill_backup_running"
+        await third
 
 
 async def test_the_progress_sensor_follows_a_running_drill(

@@ -20,6 +20,7 @@ from homeassistant.components.backup import (
     IdleEvent,
 )
 from homeassistant.components.backup.config import AgentConfig
+from homeassistant.components.backup.const import DATA_MANAGER
 from homeassistant.components.button import DOMAIN as BUTTON
 from homeassistant.components.button import SERVICE_PRESS
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP
@@ -39,7 +40,7 @@ from custom_components.offsite_backup.const import (
     EVENT_FAILED,
     JobTrigger,
 )
-from custom_components.offsite_backup.runner import CALLER_STOPPED, UNENCRYPTED_REFUSED
+from custom_components.offsite_backup.runner import CALLER_STOPPED, STOPPED_CREATING, UNENCRYPTED_REFUSED
 from custom_components.offsite_backup.schedule import Plan
 from custom_components.offsite_backup.uploader import upload
 from tests.helpers.gateway import RunningGateway
@@ -325,7 +326,8 @@ async def test_the_stale_sensor_after_time_passes_with_the_entry_unloaded(
 async def test_unloaded_while_home_assistant_creates_the_nightly_backup(
     hass: HomeAssistant, loaded_entry: MockConfigEntry
 ) -> None:
-    """The nightly job is an entry task: unloading the entry stops it, recorded as cancelled."""
+    """The nightly job is an entry task: unloading the entry (what a stop does first) stops it. The night is lost:
+    the next start records it failed, and removes the backup Home Assistant went on writing meanwhile."""
     runner = loaded_entry.runtime_data.runner
     scheduler = loaded_entry.runtime_data.scheduler
     scheduler._start_job(dt_util.utcnow() + timedelta(hours=1))
@@ -334,5 +336,11 @@ async def test_unloaded_while_home_assistant_creates_the_nightly_backup(
     assert runner.current.status.value == "creating"
     assert await hass.config_entries.async_unload(loaded_entry.entry_id)
     await hass.async_block_till_done()
-    assert [job.status.value for job in runner.history] == ["cancelled"]
-    assert "reloaded" in (runner.history[0].error or "")
+    assert runner.history == []
+    assert await hass.config_entries.async_setup(loaded_entry.entry_id)
+    await hass.async_block_till_done(wait_background_tasks=True)
+    runner = loaded_entry.runtime_data.runner
+    assert [job.status.value for job in runner.history] == ["failed"]
+    assert runner.history[0].error == STOPPED_CREATING
+    local = hass.data[DATA_MANAGER].backup_agents["backup.local"]
+    assert await local.async_list_backups() == [], "what Home Assistant wrote for it is removed"

@@ -53,6 +53,7 @@ async def test_one_service_device_with_every_entity(
         "idle",
         "creating",
         "uploading",
+        "waiting",
         "succeeded",
         "failed",
         "cancelled",

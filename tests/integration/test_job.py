@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -31,6 +32,7 @@ from custom_components.offsite_backup.const import (
     JobTrigger,
 )
 from custom_components.offsite_backup.models import agent_id_for
+from custom_components.offsite_backup.own_retention import MARKER
 from custom_components.offsite_backup.runner import UNENCRYPTED_REFUSED
 from custom_components.offsite_backup.uploader import UploadOptions
 from tests.helpers.gateway import RunningGateway, run_gateway
@@ -46,13 +48,20 @@ from tests.integration.common import (
 )
 from tests.integration.conftest import BACKUP_PASSWORD
 
-FAST = UploadOptions(retry_base=0.01, retry_cap=0.02, retry_after_cap=0.05)
+FAST = UploadOptions(retry_base=0.01, retry_cap=0.02, retry_after_cap=0.05, patience=0.3)
 
 
 def fast_retries(entry: MockConfigEntry) -> None:
-    """Keep the engine's backoff short so a test of an unreachable gateway takes milliseconds, not a minute."""
+    """Keep the retries short so a test of an unreachable gateway takes a moment, not an hour: the deadline is the
+    job's start, and a transient failure is retried for 0.3 s (tests/integration/test_outage.py moves the clock
+    instead, through the real deadlines)."""
     runner = entry.runtime_data.runner
-    runner.options = replace(runner.options, upload=replace(FAST, parallel=runner.options.upload.parallel))
+    runner.options = replace(
+        runner.options,
+        upload=replace(FAST, parallel=runner.options.upload.parallel),
+        retry_manual=timedelta(0),
+        retry_grace=timedelta(0),
+    )
 
 
 async def create_backup(hass: HomeAssistant, entry: MockConfigEntry) -> dict[str, Any]:
@@ -205,7 +214,7 @@ async def test_gateway_down_then_back(
     issue_id = f"{ISSUE_BACKUP_FAILING}_{entry.entry_id}"
     assert issue_registry.async_get_issue(DOMAIN, issue_id) is None, "one failure is not yet an issue"
 
-    await _failing_backup(hass, entry)
+    error = await _failing_backup(hass, entry)
     issue = issue_registry.async_get_issue(DOMAIN, issue_id)
     assert issue is not None
     assert issue.translation_placeholders == {"title": "home", "failures": "2", "error": error}
@@ -422,17 +431,25 @@ async def test_an_upload_left_behind_on_the_gateway_is_aborted_and_the_backup_ma
     assert len(stored) == response["size"]
 
 
-async def test_the_nightly_backup_is_one_of_home_assistants_automatic_backups(
+async def test_our_backups_are_not_home_assistants_automatic_ones_and_say_whose_they_are(
     hass: HomeAssistant, loaded_entry: MockConfigEntry, backup_manager: Any
 ) -> None:
-    """Settings > System > Backups counts the nightly backups as automatic; one made by hand stays manual."""
-    assert backup_manager.config.data.last_completed_automatic_backup is None
+    """Home Assistant's retention of automatic backups would count ours against its own (test_retention.py):
+    they are made as its manual ones are, named and marked for what they are."""
     nightly = await loaded_entry.runtime_data.runner.async_run(JobTrigger.SCHEDULE)
     manual = await create_backup(hass, loaded_entry)
     backups, _ = await backup_manager.async_get_backups()
-    assert backups[nightly.backup_id].with_automatic_settings is True
+    assert backups[nightly.backup_id].with_automatic_settings is False
     assert backups[manual["backup_id"]].with_automatic_settings is False
-    assert backup_manager.config.data.last_completed_automatic_backup is not None
+    assert backup_manager.config.data.last_completed_automatic_backup is None
+    assert backups[nightly.backup_id].name.startswith("Offsite nightly backup ")
+    assert backups[manual["backup_id"]].name.startswith("Offsite backup ")
+    listed = {
+        b.backup_id: b
+        for b in await backup_manager.backup_agents[agent_id_for(loaded_entry)].async_list_backups()
+    }
+    assert listed[nightly.backup_id].extra_metadata[MARKER] == "schedule"
+    assert listed[manual["backup_id"]].extra_metadata[MARKER] == "manual"
 
 
 async def test_backup_contents_on_core(

@@ -104,7 +104,7 @@ async def test_an_unexpected_error_in_the_upload_is_recorded(
     """The upload itself fails in a way nobody expected: the job fails with that message, nothing stays busy."""
     runner = loaded_entry.runtime_data.runner
     with (
-        patch("custom_components.offsite_backup.runner.upload", side_effect=KeyError("surprise")),
+        patch("custom_components.offsite_backup.job_sender.upload", side_effect=KeyError("surprise")),
         pytest.raises(HomeAssistantError, match="surprise"),
     ):
         await _back_up(hass, loaded_entry)

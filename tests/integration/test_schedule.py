@@ -19,7 +19,7 @@ from pytest_homeassistant_custom_component.common import (
 
 from custom_components.offsite_backup.const import CONF_WINDOW_END, CONF_WINDOW_START, DOMAIN, EVENT_SUCCEEDED
 from tests.helpers.servers import S3Server
-from tests.integration.common import objects, sha256, state
+from tests.integration.common import entity_id, objects, sha256, state
 
 PARIS = "Europe/Paris"
 
@@ -278,3 +278,87 @@ async def test_busy_manager_until_the_window_ends_fails_with_the_reason(
     assert [job.status.value for job in runner.history] == ["failed"]
     assert "busy" in (runner.history[0].error or "")
     assert "window" in (runner.history[0].error or "")
+
+
+async def _a_night_a_year_ahead(
+    hass: HomeAssistant, entry: MockConfigEntry, freezer: FrozenDateTimeFactory, succeeded: list[Event]
+) -> None:
+    """The clock jumps a year ahead (a wrong real-time clock at boot, a bad time server): a night runs then."""
+    await _advance(hass, freezer, datetime(2027, 6, 1, 12, 0, tzinfo=dt_util.UTC))
+    ahead = entry.runtime_data.scheduler.next_run
+    assert ahead is not None
+    assert ahead.year == 2027
+    await _advance(hass, freezer, ahead)
+    assert len(_scheduled(succeeded)) == 1
+    assert entry.runtime_data.runner.last_success is not None
+    assert entry.runtime_data.runner.last_success.year == 2027
+
+
+def _check_back_in_2026(
+    hass: HomeAssistant, entry: MockConfigEntry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After the clock came back: tonight's backup is planned tonight, and staleness counts from now."""
+    now = dt_util.utcnow()
+    next_run = entry.runtime_data.scheduler.next_run
+    assert next_run is not None
+    assert now < next_run < now + timedelta(days=1), next_run
+    assert state(hass, entry, "last_success") == "unknown", "the success a year ahead is set aside"
+    stale = hass.states.get(entity_id(hass, entry, "stale"))
+    assert stale is not None
+    assert stale.state == "off"
+    assert dt_util.parse_datetime(stale.attributes["stale_from"]) == now + timedelta(hours=36)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("further ahead than the clock allows" in message for message in warnings), warnings
+    assert any("ahead of the clock" in message for message in warnings), warnings
+
+
+async def test_a_night_with_the_clock_a_year_ahead_then_back_while_running(
+    hass: HomeAssistant,
+    june_in_paris: MockConfigEntry,
+    freezer: FrozenDateTimeFactory,
+    succeeded: list[Event],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    entry = june_in_paris
+    await _a_night_a_year_ahead(hass, entry, freezer, succeeded)
+    # Set right again while Home Assistant runs: the hourly check (on the monotonic clock, which such a change does
+    # not move; here every timer is fired) sees the plan and the last success ahead of it.
+    back = datetime(2026, 6, 2, 12, 0, tzinfo=dt_util.UTC)
+    freezer.move_to(back)
+    async_fire_time_changed(hass, back, fire_all=True)
+    await hass.async_block_till_done()
+    _check_back_in_2026(hass, entry, caplog)
+
+    tonight = entry.runtime_data.scheduler.next_run
+    assert tonight is not None
+    await _advance(hass, freezer, tonight)
+    assert len(_scheduled(succeeded)) == 2, "backups carry on tonight, not in a year"
+    last_success = entry.runtime_data.runner.last_success
+    assert last_success is not None
+    assert last_success.year == 2026
+    assert state(hass, entry, "stale") == "off"
+
+
+async def test_a_night_with_the_clock_a_year_ahead_then_back_after_a_restart(
+    hass: HomeAssistant,
+    june_in_paris: MockConfigEntry,
+    freezer: FrozenDateTimeFactory,
+    succeeded: list[Event],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    entry = june_in_paris
+    await _a_night_a_year_ahead(hass, entry, freezer, succeeded)
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    freezer.move_to(
+        datetime(2026, 6, 2, 12, 0, tzinfo=dt_util.UTC)
+    )  # Home Assistant starts with the right time
+    await _set_up(hass, entry)
+    _check_back_in_2026(hass, entry, caplog)
+    tonight = entry.runtime_data.scheduler.next_run
+    assert tonight is not None
+    await _advance(hass, freezer, tonight)
+    assert len(_scheduled(succeeded)) == 2
+    # Nothing drawn in 2027 remains: the next plan is tomorrow's.
+    tomorrow = entry.runtime_data.scheduler.next_run
+    assert tomorrow is not None
+    assert tomorrow - tonight < timedelta(days=2)

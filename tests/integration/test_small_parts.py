@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import time, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
+from homeassistant.components.backup import AgentBackup
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ServiceValidationError
 from pytest_homeassistant_custom_component.common import MockConfigEntry
@@ -14,6 +15,7 @@ from custom_components.offsite_backup.backup import async_register_backup_agents
 from custom_components.offsite_backup.config_flow import _normalise_url
 from custom_components.offsite_backup.const import DOMAIN
 from custom_components.offsite_backup.models import Settings
+from custom_components.offsite_backup.own_retention import Rule, expired
 from custom_components.offsite_backup.sensor import _truncate
 
 
@@ -112,3 +114,35 @@ async def test_the_action_refuses_a_second_backup_while_one_runs(
         )
     assert err.value.translation_key == "already_running"
     await first
+
+
+def test_which_backups_a_retention_expires() -> None:
+    """The newest N, and none older than D days, by each backup's date (as Home Assistant applies its own)."""
+    now = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
+
+    def backup(day: int) -> AgentBackup:
+        return AgentBackup(
+            addons=[],
+            backup_id=f"b{day}",
+            database_included=True,
+            date=datetime(2026, 6, day, 1, 0, tzinfo=UTC).isoformat(),
+            extra_metadata={},
+            folders=[],
+            homeassistant_included=True,
+            homeassistant_version="2026.10.4",
+            name=f"b{day}",
+            protected=True,
+            size=1,
+        )
+
+    backups = [backup(day) for day in (3, 9, 1, 7, 5)]
+
+    def ids(found: list[AgentBackup]) -> list[str]:
+        return sorted(b.backup_id for b in found)
+
+    assert ids(expired(backups, Rule(copies=3, days=None), now)) == ["b1", "b3"]
+    assert ids(expired(backups, Rule(copies=None, days=4), now)) == ["b1", "b3", "b5"]
+    assert ids(expired(backups, Rule(copies=4, days=8), now)) == ["b1"]
+    assert expired(backups, Rule(copies=None, days=None), now) == []
+    assert Rule(copies=2, days=30).describe() == "2 backups, 30 days"
+    assert Rule(copies=1, days=None).describe() == "1 backup"

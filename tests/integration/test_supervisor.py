@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,24 @@ from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.setup import async_setup_component
-from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events
+from homeassistant.util import dt as dt_util
+from pytest_homeassistant_custom_component.common import (
+    MockConfigEntry,
+    async_capture_events,
+    async_fire_time_changed,
+)
 
 from custom_components.offsite_backup.const import (
     CONF_ADDONS,
     CONF_CONTENTS,
     CONF_FOLDERS,
     DOMAIN,
+    EVENT_FAILED,
     EVENT_SUCCEEDED,
+    JobTrigger,
 )
 from custom_components.offsite_backup.models import agent_id_for
+from custom_components.offsite_backup.runner import STOPPED_CREATING
 from tests.engine.proxy import FaultProxy, gate
 from tests.helpers.servers import S3Server
 from tests.integration.common import (
@@ -306,3 +315,66 @@ def test_the_fake_supervisor_archive_is_a_tar(tmp_path: Path) -> None:
             "./share.tar.gz",
         ]
     assert os.path.getsize(path) == len(data)
+
+
+async def _stop_while_the_supervisor_writes(
+    hass: HomeAssistant, entry: MockConfigEntry, supervisor: FakeSupervisor
+) -> str:
+    """Tonight's backup starts; Home Assistant stops while the Supervisor is still writing it. Its slug."""
+    supervisor.hold_writing = True
+    runner = entry.runtime_data.runner
+    entry.async_create_background_task(
+        hass,
+        runner.async_run(JobTrigger.SCHEDULE, retry_until=dt_util.utcnow() + timedelta(hours=1)),
+        "tonight's backup",
+    )
+    async with asyncio.timeout(30):
+        while not supervisor.writing:
+            await asyncio.sleep(0.02)
+    (slug,) = supervisor.writing
+    # Home Assistant stops: the stop listener, then every task ends, the entry's and the backup manager's wait
+    # for the Supervisor (which goes on writing: it is another process).
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    for task in asyncio.all_tasks():
+        if task.get_name() == "backup_manager_create_backup":
+            task.cancel()
+    await hass.async_block_till_done()
+    assert runner.history == [], "not recorded as cancelled: the next start counts it"
+    return slug
+
+
+@pytest.mark.parametrize("written", ["before the restart", "after the restart"])
+async def test_a_stop_while_the_supervisor_writes_the_nightly_counts_the_night_and_removes_the_leftover(
+    hass: HomeAssistant,
+    entry: MockConfigEntry,
+    supervisor: FakeSupervisor,
+    supervised_manager: Any,
+    written: str,
+) -> None:
+    failed = async_capture_events(hass, EVENT_FAILED)
+    slug = await _stop_while_the_supervisor_writes(hass, entry, supervisor)
+    if written == "before the restart":
+        supervisor.finish_writing()
+
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done(wait_background_tasks=True)
+
+    runner = entry.runtime_data.runner
+    assert [(job.trigger.value, job.status.value) for job in runner.history] == [("schedule", "failed")]
+    assert runner.history[0].error == STOPPED_CREATING
+    assert runner.failures_in_row == 1, "the night counts as failed"
+    assert [event.data["error"] for event in failed] == [STOPPED_CREATING]
+    if written == "after the restart":
+        assert slug not in supervisor.backups, "still being written"
+        supervisor.finish_writing()
+        assert slug in supervisor.backups
+        async_fire_time_changed(hass, dt_util.utcnow() + timedelta(minutes=11))
+        await hass.async_block_till_done(wait_background_tasks=True)
+    assert supervisor.removed == [(slug, {LOCATION_LOCAL_STORAGE})], "the leftover was removed"
+    assert slug not in supervisor.backups
+    assert not runner.leftovers, "nothing more to look for"
+
+    supervisor.hold_writing = False
+    await _back_up(hass, entry)
+    assert runner.history[0].status.value == "succeeded"
+    assert runner.failures_in_row == 0
