@@ -59,6 +59,45 @@ async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
     return True
 
 
+async def _keep_outside_alerts(
+    hass: HomeAssistant,
+    entry: OffsiteBackupConfigEntry,
+    coordinator: GatewayCoordinator,
+    client: GatewayClient,
+    settings: Settings,
+) -> None:
+    """ "Alert me from outside": the gateway holds the URL the options name (it may have lost it). Checked once
+    per setup, as soon as the gateway answers: at setup, or at its first answer when it was away then."""
+    done = False
+
+    async def sync_once() -> None:
+        nonlocal done
+        if done or not coordinator.last_update_success or coordinator.data is None:
+            return
+        done = True
+        try:
+            if await sync_outside_alerts(
+                client, coordinator.data, settings.outside_alerts, settings.notify_url, settings.notify_format
+            ):
+                LOGGER.info("%s: the gateway had lost the outside alerts' URL; it has it again", entry.title)
+                await coordinator.async_refresh()
+        except GatewayError as err:
+            LOGGER.warning(
+                "%s: cannot give the gateway the outside alerts' URL: %s", entry.title, err.message
+            )
+
+    if coordinator.last_update_success:
+        await sync_once()
+        return
+
+    @callback
+    def on_update() -> None:
+        if not done and coordinator.last_update_success:
+            entry.async_create_task(hass, sync_once(), f"{DOMAIN} outside alerts")
+
+    entry.async_on_unload(coordinator.async_add_listener(on_update))
+
+
 async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry) -> bool:
     """Ask the gateway (reachable or not), then start the job runner and the nightly schedule."""
     client = GatewayClient(async_get_clientsession(hass), entry.data[CONF_URL], entry.data[CONF_TOKEN])
@@ -68,14 +107,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry
     await coordinator.async_first_contact()
 
     settings = Settings.from_options(dict(entry.options))
-    try:  # "Alert me from outside": the gateway holds the URL the options name (it may have lost it)
-        if await sync_outside_alerts(
-            client, coordinator.data, settings.outside_alerts, settings.notify_url, settings.notify_format
-        ):
-            LOGGER.info("%s: the gateway had lost the outside alerts' URL; it has it again", entry.title)
-            await coordinator.async_refresh()
-    except GatewayError as err:
-        LOGGER.warning("%s: cannot give the gateway the outside alerts' URL: %s", entry.title, err.message)
+    await _keep_outside_alerts(hass, entry, coordinator, client, settings)
     assert entry.unique_id is not None
     privacy = MetadataPrivacy(await instance_id.async_get(hass), entry.unique_id)
     runner = BackupRunner(

@@ -71,7 +71,7 @@ async def test_three_days_with_the_gateway_unreachable_from_start_up(
     assert state(hass, entry, "status") == "idle"
     assert state(hass, entry, "stale") == "off"
     assert state(hass, entry, "last_success") == "unknown"
-    assert state(hass, entry, "last_error") == "unknown"
+    assert state(hass, entry, "last_error") == "none"
     assert state(hass, entry, "next_run") not in ("unknown", STATE_UNAVAILABLE)
     assert state(hass, entry, "progress") == STATE_UNAVAILABLE
     assert state(hass, entry, "backup_now") == STATE_UNAVAILABLE

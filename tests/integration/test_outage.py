@@ -166,7 +166,7 @@ async def test_storage_refusing_every_part_for_five_minutes_lands_that_night(
     assert len(succeeded) == 1
     assert len(waiting) == 1, "one event per outage, not per try"
     assert state(hass, entry, "status") == "succeeded"
-    assert state(hass, entry, "last_error") == "unknown"
+    assert state(hass, entry, "last_error") == "none"
     assert len(objects(moto_server, moto_bucket)) == 1
     assert await local.async_list_backups() == [], "the local copy went once the job had its outcome"
     _report(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.setup import async_setup_component
@@ -25,6 +26,9 @@ from custom_components.offsite_backup.const import (
     CONF_NOTIFY_FORMAT,
     CONF_NOTIFY_URL,
     CONF_OUTSIDE_ALERTS,
+    CONF_TOKEN,
+    CONF_URL,
+    DOMAIN,
 )
 from offsite_gateway.app import OUTBOX, STORE, WATCHDOG
 from tests.gateway.watching import HOUR, Clock
@@ -32,6 +36,7 @@ from tests.helpers.gateway import RunningGateway, run_gateway
 from tests.helpers.receivers import WebhookReceiver, ntfy_message
 from tests.helpers.servers import S3Server
 from tests.integration.common import backup_now, entity_id, let_upload_progress_settle
+from tests.integration.gateway_process import Gateway, add_instance
 
 SECRET_PATH = "/ntfy/grandmas-backups-9fQ2x"
 SECRET_QUERY = "auth=tk_Zq81secret"
@@ -230,3 +235,46 @@ async def test_setup_gives_a_gateway_that_lost_it_the_url_again(
     await hass.async_block_till_done()
     assert (await store.instance_by_id(loaded_entry.unique_id)).notify is not None
     assert "grandmas-backups" not in caplog.text
+
+
+async def test_a_gateway_away_at_setup_gets_the_url_at_its_first_answer(
+    hass: HomeAssistant,
+    backup_manager: object,
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Home Assistant starts while the gateway (its database rebuilt meanwhile: no notify URL) is away: the entry
+    sets up all the same, and the URL the options name reaches the gateway at its first answer, once."""
+    gateway = Gateway(moto_server, moto_bucket, tmp_path / "gateway", NOTIFY_ALLOWED_NETWORKS="127.0.0.0/8")
+    try:
+        gateway.start()
+        instance_id, token = await add_instance(gateway)
+        gateway.kill()
+        url = f"http://127.0.0.1:9{SECRET_PATH}?{SECRET_QUERY}"
+        entry = MockConfigEntry(
+            domain=DOMAIN,
+            title="home",
+            unique_id=instance_id,
+            data={CONF_URL: gateway.url, CONF_TOKEN: token},
+            options={CONF_OUTSIDE_ALERTS: True, CONF_NOTIFY_URL: url, CONF_NOTIFY_FORMAT: "ntfy"},
+        )
+        entry.add_to_hass(hass)
+        assert await hass.config_entries.async_setup(entry.entry_id)
+        await hass.async_block_till_done()
+        assert entry.state is ConfigEntryState.LOADED
+        assert "cannot be reached at setup" in caplog.text
+
+        gateway.start()
+        await entry.runtime_data.coordinator.async_refresh()  # the next poll
+        await hass.async_block_till_done()
+        watch = entry.runtime_data.coordinator.data.watch
+        assert watch is not None
+        assert watch.notify is not None
+        assert (watch.notify.url, watch.notify.format) == ("http://127.0.0.1:9/…", "ntfy")
+        assert "had lost the outside alerts' URL" in caplog.text
+        assert "grandmas-backups" not in caplog.text
+        assert await hass.config_entries.async_unload(entry.entry_id)
+    finally:
+        gateway.stop()
