@@ -19,9 +19,10 @@ homes / 80 seconds, the rate this 2-core VM sustains with everything on it):
 
 (so a backup of at most `--batch` parts makes no signing call: two gateway calls, as Home Assistant makes)
 
-to a node chosen at random (a load balancer), each gateway call retried as the engine retries it (429, 5xx or no
-answer: up to 6 tries, full-jitter backoff from 1 s; retries are counted, errors are calls that failed after the
-last try). A backup is `--parts` parts: one small part by default (what the
+to a node chosen at random (a load balancer), each gateway call retried on what the engine retries (429, 5xx or no
+answer) with full-jitter backoff from 1 s. The engine retries until the night's deadline; the bench stops after 6 tries
+so that a gateway that cannot keep up shows as errors within the night (retries are counted, errors are calls that
+failed after the last try). A backup is `--parts` parts: one small part by default (what the
 per-backup cost is about; signing is ~0.1 ms per URL more, see bench/gateway_sign.py); with more, every part but the
 last is 5 MiB (storage checks sizes), so keep `--homes` small then.
 
@@ -117,7 +118,7 @@ BACKUP_COLUMNS = [
     "upload_id",
     "metadata",
 ]
-MAX_TRIES = 6  # the upload engine's default (UploadOptions.max_tries)
+MAX_TRIES = 6  # the bench's cap; the engine retries a transient failure until its deadline (upload_retry)
 RETRIED = {0, 429, 500, 502, 503, 504}  # 0: no answer (connection error, timeout)
 TARGET_HOMES = 1_000_000
 TARGET_WINDOW = 2 * 3600
@@ -207,8 +208,8 @@ class Home:
     async def _call(
         self, session: aiohttp.ClientSession, url: str, body: Any, results: Results, what: str, expect: int
     ) -> Any:
-        """One gateway call, retried as the upload engine retries it (uploader.gateway_call): on 429, 5xx and
-        connection errors, up to MAX_TRIES, full-jitter backoff from 1 s, `Retry-After` of a 429 honoured.
+        """One gateway call, retried on what the upload engine retries (upload_retry): on 429, 5xx and
+        connection errors, here up to MAX_TRIES (the engine: until its deadline), full-jitter backoff from 1 s, `Retry-After` of a 429 honoured.
         Every try's latency counts; a retry is counted, an error is what still failed after the last try."""
         for tries in range(1, MAX_TRIES + 1):
             started = time.perf_counter()
