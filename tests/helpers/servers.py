@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
+import boto3  # type: ignore[import-untyped]
+from botocore.config import Config  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parents[2]
 WEED = ROOT / ".venv-seaweedfs" / "bin" / "weed"
