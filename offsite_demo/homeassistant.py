@@ -24,6 +24,7 @@ class HomeAssistantApi:
         self.base = base
         self.token: str | None = None
         self.refresh_token: str | None = None
+        self.expires_in = 0  # seconds the access token is valid for, from when it was given
 
     def __repr__(self) -> str:
         """Where; never the tokens."""
@@ -57,6 +58,7 @@ class HomeAssistantApi:
                 raise DemoError(f"Home Assistant refused the authorization code: {tokens}")
         self.token = tokens["access_token"]
         self.refresh_token = tokens["refresh_token"]
+        self.expires_in = int(tokens["expires_in"])
 
     async def login(self, username: str, password: str) -> None:
         """Log in as the login page does (the login flow, then the authorization code for tokens)."""
