@@ -182,7 +182,7 @@ def _free_port_pair(taken: set[int]) -> int:
 
 
 def seaweedfs_command(weed: Path, datadir: Path, identities: Path, ports: dict[str, int]) -> list[str]:
-    """`weed mini` on 127.0.0.1 with every port it opens given (the demo: offsite_demo/launch.py; docs/deploy.md).
+    """`weed mini` on 127.0.0.1 with every port it opens given (offsite_demo/launch.py, docs/deploy.md).
 
     `ports` names s3, master, volume, filer and admin; each gRPC port is its HTTP port + 10000, as SeaweedFS
     assumes in places. The side servers with fixed default ports (WebDAV 7333, Iceberg 8181, Lance 9101) are off,
