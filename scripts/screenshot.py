@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -28,10 +27,18 @@ from typing import Any
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
+# Run as `python scripts/screenshot.py`: the repository's packages (the demo's pieces in offsite_demo/).
+if str(ROOT) not in sys.path:
+    sys.path.insert(1, str(ROOT))
+
+from offsite_demo.console import DemoError  # noqa: E402
+from offsite_demo.homeassistant import HomeAssistantApi  # noqa: E402
+from offsite_demo.settings import DASHBOARD_URL_PATH, DOMAIN, INSTANCE_NAME  # noqa: E402
+from tests.helpers.servers import free_port  # noqa: E402
+
 OUTPUT = ROOT / "docs" / "demo-dashboard.png"
-DASHBOARD_PATH = "/offsite-backup"  # the demo's YAML dashboard (credentials.json names it too)
-PROGRESS = "sensor.home_progress"
-STATUS = "sensor.home_status"
+PROGRESS = f"sensor.{INSTANCE_NAME}_progress"
+STATUS = f"sensor.{INSTANCE_NAME}_status"
 SLOW_KIB_S = 2048  # 64 MiB at 2 MiB/s: about half a minute of upload to catch
 WIDTH, HEIGHT = 1200, 640
 # The text a person sees, through the frontend's shadow roots.
@@ -56,13 +63,6 @@ def say(message: str) -> None:
 
 class Failed(Exception):
     """The screenshot could not be taken; the message says why."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _running_demo(demo_dir: Path) -> dict[str, Any] | None:
@@ -120,78 +120,29 @@ async def _drain(stream: asyncio.StreamReader) -> None:
         print(f"    {raw.decode(errors='replace').rstrip()}", flush=True)
 
 
-async def login(session: aiohttp.ClientSession, credentials: dict[str, Any]) -> dict[str, Any]:
-    """Home Assistant's login flow, as its login page does it; returns the tokens."""
-    base = credentials["url"]
-    client_id = f"{base}/"
-    async with session.post(
-        f"{base}/auth/login_flow",
-        json={"client_id": client_id, "handler": ["homeassistant", None], "redirect_uri": f"{base}/"},
-    ) as answer:
-        flow = await answer.json()
-    async with session.post(
-        f"{base}/auth/login_flow/{flow['flow_id']}",
-        json={
-            "client_id": client_id,
-            "username": credentials["username"],
-            "password": credentials["password"],
-        },
-    ) as answer:
-        result = await answer.json()
+async def set_bandwidth(api: HomeAssistantApi, entry_id: str, kib_s: int | None) -> None:
+    """The integration's bandwidth option, through its options flow (the form's current values otherwise)."""
+    form = await api.request("POST", "/api/config/config_entries/options/flow", {"handler": entry_id})
+    values: dict[str, Any] = {}
+    for field in form["data_schema"]:
+        suggested = (field.get("description") or {}).get("suggested_value")
+        if suggested is not None:
+            values[field["name"]] = suggested
+    values.pop("bandwidth_limit", None)
+    if kib_s:
+        values["bandwidth_limit"] = kib_s
+    result = await api.request("POST", f"/api/config/config_entries/options/flow/{form['flow_id']}", values)
     if result.get("type") != "create_entry":
-        raise Failed(f"login refused: {result}")
-    async with session.post(
-        f"{base}/auth/token",
-        data={"grant_type": "authorization_code", "code": result["result"], "client_id": client_id},
-    ) as answer:
-        tokens: dict[str, Any] = await answer.json()
-    return tokens
+        raise Failed(f"the options flow refused {values}: {result}")
 
 
-class Rest:
-    """Home Assistant's REST API with a bearer token."""
-
-    def __init__(self, session: aiohttp.ClientSession, base: str, token: str) -> None:
-        """Remember where and who."""
-        self.session = session
-        self.base = base
-        self.headers = {"Authorization": f"Bearer {token}"}
-
-    async def call(self, method: str, path: str, data: Any = None) -> Any:
-        """One request; Failed unless 200."""
-        async with self.session.request(method, self.base + path, json=data, headers=self.headers) as answer:
-            if answer.status != 200:
-                raise Failed(f"{method} {path}: {answer.status} {await answer.text()}")
-            return await answer.json()
-
-    async def set_bandwidth(self, entry_id: str, kib_s: int | None) -> None:
-        """The integration's bandwidth option, through its options flow (the form's current values otherwise)."""
-        form = await self.call("POST", "/api/config/config_entries/options/flow", {"handler": entry_id})
-        values: dict[str, Any] = {}
-        for field in form["data_schema"]:
-            suggested = (field.get("description") or {}).get("suggested_value")
-            if suggested is not None:
-                values[field["name"]] = suggested
-        values.pop("bandwidth_limit", None)
-        if kib_s:
-            values["bandwidth_limit"] = kib_s
-        result = await self.call("POST", f"/api/config/config_entries/options/flow/{form['flow_id']}", values)
-        if result.get("type") != "create_entry":
-            raise Failed(f"the options flow refused {values}: {result}")
-
-    async def state(self, entity_id: str) -> str:
-        """An entity's state."""
-        state: str = (await self.call("GET", f"/api/states/{entity_id}"))["state"]
-        return state
-
-    async def wait_loaded(self, entry_id: str) -> None:
-        """Wait until the entry is loaded again (options reload it)."""
-        for _ in range(120):
-            entries = await self.call("GET", "/api/config/config_entries/entry?domain=offsite_backup")
-            if any(e["entry_id"] == entry_id and e["state"] == "loaded" for e in entries):
-                return
-            await asyncio.sleep(0.5)
-        raise Failed("the Offsite Backup entry did not load again")
+async def wait_loaded(api: HomeAssistantApi, entry_id: str) -> None:
+    """Wait until the entry is loaded again (options reload it)."""
+    for _ in range(120):
+        if await api.entry_state(DOMAIN, entry_id) == "loaded":
+            return
+        await asyncio.sleep(0.5)
+    raise Failed("the Offsite Backup entry did not load again")
 
 
 class Browser:
@@ -211,7 +162,7 @@ class Browser:
         executable = shutil.which("chromium") or shutil.which("chromium-browser")
         if executable is None:
             raise Failed("Chromium is missing: apt-get install -y chromium (Debian's package)")
-        port = _free_port()
+        port = free_port()
         self.process = await asyncio.create_subprocess_exec(
             executable,
             "--headless",
@@ -314,24 +265,24 @@ async def take(demo_dir: Path, output: Path) -> None:
     """Everything, in order."""
     async with aiohttp.ClientSession() as session, demo_running(demo_dir) as credentials:
         base = credentials["url"]
-        tokens = await login(session, credentials)
-        rest = Rest(session, base, tokens["access_token"])
+        api = HomeAssistantApi(session, base)
+        await api.login(credentials["username"], credentials["password"])
         entry_id = credentials["entry_id"]
         say(f"slowing the upload to {SLOW_KIB_S} KiB/s for the picture (the integration's bandwidth option)")
-        await rest.set_bandwidth(entry_id, SLOW_KIB_S)
+        await set_bandwidth(api, entry_id, SLOW_KIB_S)
         browser = Browser(session)
         backup: asyncio.Task[Any] | None = None
         try:
-            await rest.wait_loaded(entry_id)
+            await wait_loaded(api, entry_id)
             await browser.start()
             stored = {
-                "access_token": tokens["access_token"],
-                "refresh_token": tokens["refresh_token"],
+                "access_token": api.token,
+                "refresh_token": api.refresh_token,
                 "token_type": "Bearer",
-                "expires_in": tokens["expires_in"],
-                "expires": int(time.time() * 1000) + tokens["expires_in"] * 1000,
+                "expires_in": api.expires_in,
+                "expires": int(time.time() * 1000) + api.expires_in * 1000,
                 "hassUrl": base,
-                "clientId": f"{base}/",
+                "clientId": api.client_id,
             }
             await browser.send("Page.enable")
             await browser.send("Runtime.enable")
@@ -347,12 +298,12 @@ async def take(demo_dir: Path, output: Path) -> None:
                 deviceScaleFactor=1,
                 mobile=False,
             )
-            await browser.send("Page.navigate", url=f"{base}{DASHBOARD_PATH}")
+            await browser.send("Page.navigate", url=f"{base}/{DASHBOARD_URL_PATH}")
             # The frontend loads, connects its websocket and draws the cards: wait until they show.
             await browser.wait_for_text(["Upload progress", "Last success", "Back up now"])
             say("calling offsite_backup.create_backup")
             backup = asyncio.create_task(
-                rest.call(
+                api.request(
                     "POST",
                     "/api/services/offsite_backup/create_backup?return_response",
                     {"config_entry_id": entry_id},
@@ -362,9 +313,9 @@ async def take(demo_dir: Path, output: Path) -> None:
             while True:
                 if backup.done():
                     raise Failed(f"the backup ended before the picture: {backup.result()}")
-                progress, status = await rest.state(PROGRESS), await rest.state(STATUS)
+                progress, status = await api.state(PROGRESS), await api.state(STATUS)
                 with contextlib.suppress(ValueError):
-                    if status == "uploading" and 25 <= float(progress) < 90:
+                    if status == "uploading" and 25 <= float(progress or "") < 90:
                         break
                 if time.monotonic() > deadline:
                     raise Failed(
@@ -384,7 +335,7 @@ async def take(demo_dir: Path, output: Path) -> None:
                     await backup
             await browser.close()
             with contextlib.suppress(Exception):
-                await rest.set_bandwidth(entry_id, None)
+                await set_bandwidth(api, entry_id, None)
                 say("bandwidth option put back (no limit)")
 
 
@@ -396,7 +347,7 @@ def main() -> int:
     demo_dir = Path(os.environ.get("DEMO_DIR") or ROOT / ".demo").resolve()
     try:
         asyncio.run(take(demo_dir, args.output.resolve()))
-    except Failed as err:
+    except (Failed, DemoError) as err:
         say(f"ERROR: {err}")
         return 1
     except KeyboardInterrupt:

@@ -1,8 +1,9 @@
 """Disaster recovery onto a new machine, end to end, with two real Home Assistant processes (run by
 ``test_disaster_recovery.py`` as ``python -m tests.e2e.disaster_recovery DIR``).
 
-The pieces are the demo's (``scripts/demo.py``): SeaweedFS (a real S3 server), the gateway as a process with its CLI,
-and a real Home Assistant onboarded and configured through its HTTP and websocket APIs. The story:
+The pieces are the demo's (``offsite_demo/``, which ``scripts/demo.py`` tells its story with): SeaweedFS (a real
+S3 server), the gateway as a process with its CLI, and a real Home Assistant onboarded and configured through its
+HTTP and websocket APIs. The story:
 
 1. the first Home Assistant ("the old machine") has a marker file in its configuration and makes a backup to the
    Offsite Backup location; then it is gone (stopped, its folder never used again);
@@ -30,54 +31,35 @@ from typing import Any
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import demo  # noqa: E402 - scripts/demo.py, the demo's pieces
+from offsite_demo import configure, files, launch
+from offsite_demo.console import DemoError, Result, say
+from offsite_demo.homeassistant import HomeAssistantApi
+from offsite_demo.processes import Child
+from offsite_demo.settings import DOMAIN, INSTANCE_NAME, USERNAME, Ports, check_ports
+from offsite_demo.state import Demo
 
 MARKER = "disaster-recovery-marker.bin"
 RESTART_EXIT_CODE = 100  # homeassistant.const.RESTART_EXIT_CODE: "restart me"
 
 
-async def login(api: demo.HomeAssistantApi, username: str, password: str) -> None:
-    """Log in as the frontend does (login flow, then the authorization code for tokens)."""
-    flow = await api.request(
-        "POST",
-        "/auth/login_flow",
-        {
-            "client_id": api.client_id,
-            "handler": ["homeassistant", None],
-            "redirect_uri": f"{api.base}/?auth_callback=1",
-        },
-    )
-    result = await api.request(
-        "POST",
-        f"/auth/login_flow/{flow['flow_id']}",
-        {"client_id": api.client_id, "username": username, "password": password},
-    )
-    if result.get("type") != "create_entry":
-        raise demo.DemoError(f"Home Assistant refused the login of {username!r}: {result}")
-    await api.exchange_code(result["result"])
-
-
-async def start_again(machine: demo.Demo, session: aiohttp.ClientSession) -> int:
+async def start_again(machine: Demo, session: aiohttp.ClientSession) -> int:
     """Start Home Assistant again after it stopped to restore, as many times as it asks for a restart (it restores
     the backup at its next start, then restarts once more); returns how many starts it took."""
     for starts in range(1, 4):
         try:
             # Onboarding is done in the restored configuration: its view is gone; the login providers answer.
-            await machine.start_home_assistant(session, ready_path="/auth/providers")
-        except demo.DemoError:
+            await launch.start_home_assistant(machine, session, ready_path="/auth/providers")
+        except DemoError:
             child = machine.processes.children[-1]
             if child.process.returncode != RESTART_EXIT_CODE:
                 raise
-            demo.say("Home Assistant exited with code 100 (restart me): starting it again")
+            say("Home Assistant exited with code 100 (restart me): starting it again")
             continue
         return starts
-    raise demo.DemoError("Home Assistant asked to be restarted three times in a row")
+    raise DemoError("Home Assistant asked to be restarted three times in a row")
 
 
-async def wait_exit(child: demo.Child, limit: float = 180) -> int:
+async def wait_exit(child: Child, limit: float = 180) -> int:
     """The exit code of a process that is expected to end by itself."""
     async with asyncio.timeout(limit):
         return await child.process.wait()
@@ -91,14 +73,14 @@ async def wait_until(what: str, check: Any, limit: float = 120) -> Any:
         if value:
             return value
         if time.monotonic() > deadline:
-            raise demo.DemoError(f"{what}: still not the case after {limit:.0f} s")
+            raise DemoError(f"{what}: still not the case after {limit:.0f} s")
         await asyncio.sleep(0.5)
 
 
-async def run(directory: Path, ports: demo.Ports) -> bool:
-    result = demo.Result()
-    old = demo.Demo(directory, ports, sample_mib=0, ha_dir=directory / "old-machine")
-    new = demo.Demo(directory, ports, sample_mib=0, ha_dir=directory / "new-machine")
+async def run(directory: Path, ports: Ports) -> bool:
+    result = Result()
+    old = Demo(directory, ports, sample_mib=0, ha_dir=directory / "old-machine")
+    new = Demo(directory, ports, sample_mib=0, ha_dir=directory / "new-machine")
     new.processes = old.processes
     marker = os.urandom(256 * 1024)
     started = time.monotonic()
@@ -107,21 +89,21 @@ async def run(directory: Path, ports: demo.Ports) -> bool:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
         ) as session:
             # 1. The old machine makes a backup with a marker in its configuration, then it is gone.
-            await old.start_storage_and_gateway(session)
-            old.write_home_assistant_config(copy_component=True)
+            await launch.start_storage_and_gateway(old, session)
+            files.write_home_assistant_config(old, copy_component=True)
             (old.ha_dir / MARKER).write_bytes(marker)
-            old_hass = await old.start_home_assistant(session)
-            api = demo.HomeAssistantApi(session, old.ha_url)
-            await old.onboard(api)
+            old_hass = await launch.start_home_assistant(old, session)
+            api = HomeAssistantApi(session, old.ha_url)
+            await configure.onboard(old, api)
             async with api.websocket() as ws:
-                await old.confirm_http_config(ws)
-                await old.set_backup_key(ws)
-                await old.add_integration(api, ws)
+                await configure.confirm_http_config(ws)
+                await configure.set_backup_key(old, ws)
+                await configure.add_integration(old, api, ws)
 
             async def entry_on_disk() -> bool:
                 # Home Assistant writes its stores a moment after a change; a backup holds what is on disk.
                 path = old.ha_dir / ".storage" / "core.config_entries"
-                return path.is_file() and f'"domain":"{demo.DOMAIN}"' in path.read_text().replace(" ", "")
+                return path.is_file() and f'"domain":"{DOMAIN}"' in path.read_text().replace(" ", "")
 
             await wait_until("the new entry written to disk", entry_on_disk, limit=60)
             answer = await api.request(
@@ -135,14 +117,12 @@ async def run(directory: Path, ports: demo.Ports) -> bool:
             ):
                 return False
             await old.processes.stop(old_hass)
-            demo.say(
-                "the old machine is gone: only the backup key, the gateway's URL and the operator remain"
-            )
+            say("the old machine is gone: only the backup key, the gateway's URL and the operator remain")
 
             # 2. The operator gives a new token for the same instance.
             output = await old.processes.run(
                 "offsite-gateway instance rotate",
-                [*old.gateway_cli(), "instance", "rotate", demo.INSTANCE_NAME],
+                [*launch.gateway_cli(), "instance", "rotate", INSTANCE_NAME],
                 old.env,
             )
             new.instance_id = old.instance_id
@@ -152,13 +132,13 @@ async def run(directory: Path, ports: demo.Ports) -> bool:
             )
 
             # 3. A new machine: onboarded, the integration added with the new token, the backup listed and restored.
-            new.write_home_assistant_config(copy_component=True)
-            new_hass = await new.start_home_assistant(session)
-            api = demo.HomeAssistantApi(session, new.ha_url)
-            await new.onboard(api)
+            files.write_home_assistant_config(new, copy_component=True)
+            new_hass = await launch.start_home_assistant(new, session)
+            api = HomeAssistantApi(session, new.ha_url)
+            await configure.onboard(new, api)
             async with api.websocket() as ws:
-                await new.confirm_http_config(ws)
-                await new.add_integration(api, ws)
+                await configure.confirm_http_config(ws)
+                await configure.add_integration(new, api, ws)
                 info = await ws.call("backup/info")
                 listed = {backup["backup_id"]: backup for backup in info["backups"]}
                 found = listed.get(backup_id) or {}
@@ -166,9 +146,7 @@ async def run(directory: Path, ports: demo.Ports) -> bool:
                     f"the new machine lists backup {backup_id} in its Backups, on {new.agent_id}",
                     new.agent_id in (found.get("agents") or {}),
                 )
-                demo.say(
-                    f"restoring backup {backup_id} from {new.agent_id} with the old machine's backup key"
-                )
+                say(f"restoring backup {backup_id} from {new.agent_id} with the old machine's backup key")
                 try:
                     await ws.call(
                         "backup/restore",
@@ -178,7 +156,7 @@ async def run(directory: Path, ports: demo.Ports) -> bool:
                         restore_database=True,
                         restore_homeassistant=True,
                     )
-                except demo.DemoError as err:  # the answer may be lost in the restart
+                except DemoError as err:  # the answer may be lost in the restart
                     if "closed" not in str(err):
                         raise
             code = await wait_exit(new_hass)
@@ -188,7 +166,7 @@ async def run(directory: Path, ports: demo.Ports) -> bool:
 
             # 4. Started again, as an operator's service manager would: the old configuration is back.
             starts = await start_again(new, session)
-            demo.say(f"Home Assistant is up again after {starts} start(s)")
+            say(f"Home Assistant is up again after {starts} start(s)")
             restored = new.ha_dir / MARKER
             result.check(
                 f"the new machine's configuration holds the old one's marker file ({len(marker)} bytes, identical)",
@@ -197,12 +175,10 @@ async def run(directory: Path, ports: demo.Ports) -> bool:
             result.check(
                 "the restore is done (no restore pending)", not (new.ha_dir / ".HA_RESTORE").exists()
             )
-            api = demo.HomeAssistantApi(session, new.ha_url)
-            await login(api, demo.USERNAME, old.password)
-            await new._wait_running(api)
-            result.check(
-                f"the old machine's user {demo.USERNAME!r} logs in to the new one", api.token is not None
-            )
+            api = HomeAssistantApi(session, new.ha_url)
+            await api.login(USERNAME, old.password)
+            await api.wait_running()
+            result.check(f"the old machine's user {USERNAME!r} logs in to the new one", api.token is not None)
 
             async with api.websocket() as ws:
 
@@ -212,7 +188,7 @@ async def run(directory: Path, ports: demo.Ports) -> bool:
                         (
                             flow
                             for flow in flows
-                            if flow["handler"] == demo.DOMAIN and flow["context"]["source"] == "reauth"
+                            if flow["handler"] == DOMAIN and flow["context"]["source"] == "reauth"
                         ),
                         None,
                     )
@@ -238,12 +214,12 @@ async def run(directory: Path, ports: demo.Ports) -> bool:
                     f"backup {backup_id} is listed again on {old.agent_id}",
                     await wait_until("the backup listed again", listed_again, limit=60),
                 )
-        demo.say(f"disaster recovery took {time.monotonic() - started:.0f} s")
+        say(f"disaster recovery took {time.monotonic() - started:.0f} s")
     finally:
         await old.processes.stop_all()
-        demo.say(f"everything stopped (pids {' '.join(map(str, old.processes.pids))})")
+        say(f"everything stopped (pids {' '.join(map(str, old.processes.pids))})")
     passed = sum(ok for _, ok in result.checks)
-    demo.say(f"{passed} of {len(result.checks)} checks passed" + ("" if result.ok else ": FAILED"))
+    say(f"{passed} of {len(result.checks)} checks passed" + ("" if result.ok else ": FAILED"))
     return result.ok
 
 
@@ -251,19 +227,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("directory", type=Path, help="a new folder for everything (it must not exist)")
     args = parser.parse_args()
-    ports = demo.Ports(
-        demo._port("DEMO_HA_PORT", 8123),
-        demo._port("DEMO_GATEWAY_PORT", 8780),
-        demo._port("DEMO_S3_PORT", 9000),
-    )
-    demo.check_ports(ports)
+    ports = Ports.from_env()
+    check_ports(ports)
     args.directory.mkdir(parents=True)
     try:
         return 0 if asyncio.run(run(args.directory.resolve(), ports)) else 1
-    except demo.DemoError as err:
-        demo.say(f"ERROR: {err}", stream=sys.stderr)
-        if err.hint:
-            demo.say(f"what to do: {err.hint}", stream=sys.stderr)
+    except DemoError as err:
+        err.report()
         return 1
 
 

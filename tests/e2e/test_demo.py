@@ -20,12 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from offsite_demo.settings import SEAWEEDFS_LAST_PORT_OFFSET, Ports
 from tests.helpers.servers import free_port, seaweedfs_grpc_sockets
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import demo  # noqa: E402 - scripts/demo.py: which ports it opens
 
 DEMO_TIMEOUT = 1200
 
@@ -61,23 +59,23 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def demo_ports() -> demo.Ports:
+def demo_ports() -> Ports:
     """Free ports for every port the demo opens: Home Assistant's, the gateway's and SeaweedFS's ten.
 
     SeaweedFS's ten are chosen below the kernel's range for outgoing connections: a port derived from a free
     ephemeral one may be taken by another test's connection before SeaweedFS binds it (the demo's own defaults,
     9000 to 9004 and 19000 to 19004, are below it too).
     """
-    highest = _ephemeral_low() - 1 - demo.SEAWEEDFS_LAST_PORT_OFFSET
+    highest = _ephemeral_low() - 1 - SEAWEEDFS_LAST_PORT_OFFSET
     while True:
         s3 = random.randrange(10000, highest) if highest > 10000 else free_port()
-        ports = demo.Ports(free_port(), free_port(), s3)
+        ports = Ports(free_port(), free_port(), s3)
         numbers = [port for _, _, port in ports.named()]
         if len(set(numbers)) == len(numbers) and max(numbers) <= 65535 and all(_free(n) for n in numbers[2:]):
             return ports
 
 
-def demo_env(marker: str, ports: demo.Ports, **extra: str) -> dict[str, str]:
+def demo_env(marker: str, ports: Ports, **extra: str) -> dict[str, str]:
     """The environment of a demo run of this test session: its ports, the marker its processes inherit."""
     return {
         **os.environ,

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
+import boto3  # type: ignore[import-untyped]
+from botocore.config import Config  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parents[2]
 WEED = ROOT / ".venv-seaweedfs" / "bin" / "weed"
@@ -182,7 +182,7 @@ def _free_port_pair(taken: set[int]) -> int:
 
 
 def seaweedfs_command(weed: Path, datadir: Path, identities: Path, ports: dict[str, int]) -> list[str]:
-    """`weed mini` on 127.0.0.1 with every port it opens given (scripts/demo.py and docs/deploy.md use this line).
+    """`weed mini` on 127.0.0.1 with every port it opens given (offsite_demo/launch.py, docs/deploy.md).
 
     `ports` names s3, master, volume, filer and admin; each gRPC port is its HTTP port + 10000, as SeaweedFS
     assumes in places. The side servers with fixed default ports (WebDAV 7333, Iceberg 8181, Lance 9101) are off,
