@@ -21,7 +21,6 @@ from homeassistant.helpers.typing import ConfigType
 from homeassistant.util import dt as dt_util
 from homeassistant.util.hass_dict import HassKey
 
-from .api import GatewayClient, GatewayError
 from .const import (
     CLOCK_CHECK_INTERVAL,
     CONF_TOKEN,
@@ -37,14 +36,15 @@ from .const import (
 )
 from .coordinator import GatewayCoordinator
 from .drill_runner import DrillStopped, RestoreDrill
+from .engine.api import GatewayClient, GatewayError
+from .engine.outside_alerts import sync as sync_outside_alerts
+from .engine.privacy import MetadataPrivacy
+from .engine.uploader import UploadOptions
 from .models import OffsiteBackupConfigEntry, OffsiteBackupData, Settings, agent_id_for
-from .outside_alerts import sync as sync_outside_alerts
-from .privacy import MetadataPrivacy
 from .repair_issues import clear_all
 from .runner import BackupRunner, JobError, RunnerOptions
 from .scheduler import NightlyScheduler
 from .services import async_setup_services
-from .uploader import UploadOptions
 
 PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.BUTTON, Platform.SENSOR]
 

@@ -21,14 +21,14 @@ from homeassistant.components.backup.agent import BackupAgentUnreachableError
 from homeassistant.core import HomeAssistant, callback
 
 from . import DATA_BACKUP_AGENT_LISTENERS
-from .api import (
+from .const import DOMAIN, LOGGER
+from .engine.api import (
     GatewayError,
     GatewayNotFoundError,
     GatewayProtectedError,
     GatewayUnavailableError,
     RemoteBackup,
 )
-from .const import DOMAIN, LOGGER
 from .listing import Listing
 from .models import OffsiteBackupConfigEntry, agent_unique_id
 

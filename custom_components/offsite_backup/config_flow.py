@@ -32,15 +32,6 @@ from homeassistant.helpers.selector import (
 from homeassistant.util import dt as dt_util
 from yarl import URL
 
-from .api import (
-    GatewayAuthError,
-    GatewayClient,
-    GatewayError,
-    GatewayNotFoundError,
-    GatewayUnavailableError,
-    InstanceInfo,
-    redact_notify_url,
-)
 from .compat import vol
 from .const import (
     CONF_ADDONS,
@@ -76,6 +67,15 @@ from .const import (
     DrillSchedule,
 )
 from .contents import FOLDERS
+from .engine.api import (
+    GatewayAuthError,
+    GatewayClient,
+    GatewayError,
+    GatewayNotFoundError,
+    GatewayUnavailableError,
+    InstanceInfo,
+    redact_notify_url,
+)
 from .models import Settings
 
 URL_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.URL))

@@ -8,8 +8,8 @@ from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryAuthFailed
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, UpdateFailed
 
-from .api import GatewayAuthError, GatewayClient, GatewayError, InstanceInfo
 from .const import DOMAIN, GATEWAY_POLL_INTERVAL, LOGGER
+from .engine.api import GatewayAuthError, GatewayClient, GatewayError, InstanceInfo
 
 if TYPE_CHECKING:
     from .models import OffsiteBackupConfigEntry

@@ -30,10 +30,10 @@ from homeassistant.components.backup.util import (
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant
 
-from .api import RemoteBackup
 from .compat import IteratorReader, backup_manager, finish_streamer, iterator_reader
 from .const import DOMAIN, LOGGER
-from .drill import (
+from .engine.api import RemoteBackup
+from .engine.drill import (
     ArchiveError,
     CheckedStream,
     DrillFailure,

@@ -26,7 +26,6 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.storage import Store
 from homeassistant.util import dt as dt_util
 
-from .api import GatewayClient, GatewayError
 from .const import (
     DOMAIN,
     EVENT_DRILL_FAILED,
@@ -41,16 +40,17 @@ from .const import (
     JobTrigger,
     store_key,
 )
-from .drill import (
+from .drill_checks import DrillChecks, DrillTarget
+from .engine.api import GatewayClient, GatewayError
+from .engine.drill import (
     DrillFailure,
     describe,
     label,
     pick_backup,
     weekly_due,
 )
-from .drill_checks import DrillChecks, DrillTarget
+from .engine.privacy import MetadataPrivacy
 from .listeners import Listeners
-from .privacy import MetadataPrivacy
 from .repair_issues import clear_issue, issue_id, raise_issue
 
 if TYPE_CHECKING:

@@ -15,14 +15,14 @@ from homeassistant.components.backup import AgentBackup
 from homeassistant.core import HomeAssistant
 from homeassistant.util import dt as dt_util
 
-from .api import GatewayClient, GatewayConflictError, RemoteBackup
 from .const import DOMAIN, LOGGER, JobStatus
+from .engine.api import GatewayClient, GatewayConflictError, RemoteBackup
+from .engine.privacy import MetadataPrivacy
+from .engine.uploader import Clock, UploadOptions, UploadState, Waiting, upload
 from .history import JobHistory
 from .jobs import Job, Wait
 from .listeners import Listeners
 from .outcome import OutcomeReporter
-from .privacy import MetadataPrivacy
-from .uploader import Clock, UploadOptions, UploadState, Waiting, upload
 
 type OpenStream = Callable[[], Coroutine[Any, Any, AsyncIterator[bytes]]]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from homeassistant.components.backup import AgentBackup
 
-from .api import RemoteBackup
+from .engine.api import RemoteBackup
 
 LISTING_TTL = 60.0
 """Seconds a listing of the gateway's backups is reused."""

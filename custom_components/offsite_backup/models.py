@@ -11,7 +11,6 @@ from homeassistant.config_entries import ConfigEntry
 from homeassistant.util import dt as dt_util
 from homeassistant.util import slugify
 
-from .api import GatewayClient
 from .const import (
     CONF_ADDONS,
     CONF_ALLOW_UNENCRYPTED,
@@ -54,10 +53,11 @@ from .const import (
 from .contents import ContentsChoice
 from .coordinator import GatewayCoordinator
 from .drill_runner import RestoreDrill
+from .engine.api import GatewayClient
+from .engine.privacy import MetadataPrivacy
+from .engine.schedule import Window
 from .listing import BackupListing
-from .privacy import MetadataPrivacy
 from .runner import BackupRunner
-from .schedule import Window
 from .scheduler import NightlyScheduler
 
 type OffsiteBackupConfigEntry = ConfigEntry[OffsiteBackupData]

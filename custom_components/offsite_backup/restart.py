@@ -18,14 +18,14 @@ from homeassistant.components.backup import AgentBackup
 from homeassistant.core import HomeAssistant
 from homeassistant.util import dt as dt_util
 
-from .api import GatewayClient, GatewayError, GatewayNotFoundError
 from .compat import backup_manager
 from .const import LOGGER, JobStatus
+from .engine.api import GatewayClient, GatewayError, GatewayNotFoundError
+from .engine.uploader import UploadState
 from .history import JobHistory
 from .jobs import Job, JobTracker, UploadSuspended
 from .local_copy import LocalCopies
 from .own_retention import JOB_MARKER
-from .uploader import UploadState
 
 STOPPED_CREATING = (
     "Home Assistant stopped while it was creating the backup, which was never sent; what it may have left on "

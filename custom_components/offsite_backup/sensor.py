@@ -18,9 +18,9 @@ from homeassistant.const import PERCENTAGE, EntityCategory, UnitOfInformation
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-from .api import Usage, Watch
 from .const import DrillStatus, JobStatus
 from .drill_runner import shown_status
+from .engine.api import Usage, Watch
 from .entity import OffsiteBackupEntity
 from .models import OffsiteBackupConfigEntry, OffsiteBackupData
 

@@ -31,10 +31,10 @@ from custom_components.offsite_backup.const import (
     ISSUE_BACKUP_FAILING,
     JobTrigger,
 )
+from custom_components.offsite_backup.engine.uploader import UploadOptions
 from custom_components.offsite_backup.models import agent_id_for
 from custom_components.offsite_backup.own_retention import MARKER
 from custom_components.offsite_backup.runner import UNENCRYPTED_REFUSED
-from custom_components.offsite_backup.uploader import UploadOptions
 from tests.helpers.gateway import RunningGateway, run_gateway
 from tests.helpers.servers import S3Server, free_port
 from tests.integration.common import (
