@@ -18,10 +18,11 @@ from homeassistant.components.backup import (
     BackupNotFound,
 )
 from homeassistant.components.backup.agent import BackupAgentUnreachableError
+from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant, callback
+from homeassistant.util import slugify
 
-from . import DATA_BACKUP_AGENT_LISTENERS
-from .const import DOMAIN, LOGGER
+from .const import DATA_BACKUP_AGENT_LISTENERS, DOMAIN, LOGGER
 from .engine.api import (
     GatewayError,
     GatewayNotFoundError,
@@ -30,7 +31,7 @@ from .engine.api import (
     RemoteBackup,
 )
 from .listing import Listing
-from .models import OffsiteBackupConfigEntry, agent_unique_id
+from .models import OffsiteBackupConfigEntry
 
 
 async def async_get_backup_agents(hass: HomeAssistant, **kwargs: Any) -> list[BackupAgent]:
@@ -176,3 +177,14 @@ def _with_size(backup: AgentBackup, size: int) -> AgentBackup:
     data = backup.as_dict()
     data["size"] = size
     return AgentBackup.from_dict(data)
+
+
+def agent_id_for(entry: ConfigEntry[Any]) -> str:
+    """The backup agent id of an entry: ``offsite_backup.<gateway instance id>``."""
+    return f"{DOMAIN}.{agent_unique_id(entry)}"
+
+
+def agent_unique_id(entry: ConfigEntry[Any]) -> str:
+    """The backup agent's unique id, from the entry's unique id (the gateway's instance id)."""
+    assert entry.unique_id is not None
+    return slugify(entry.unique_id)

@@ -76,7 +76,7 @@ from .engine.api import (
     InstanceInfo,
     redact_notify_url,
 )
-from .models import Settings
+from .settings import Settings
 
 URL_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.URL))
 # hassfest refuses URLs in translations: the example address is a placeholder.

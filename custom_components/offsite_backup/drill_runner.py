@@ -40,7 +40,7 @@ from .const import (
     JobTrigger,
     store_key,
 )
-from .drill_checks import DrillChecks, DrillTarget
+from .drill_checks import Download, DrillChecks, DrillTarget
 from .engine.api import GatewayClient, GatewayError
 from .engine.drill import (
     DrillFailure,
@@ -133,6 +133,7 @@ class RestoreDrill:
         runner: BackupRunner,
         privacy: MetadataPrivacy,
         *,
+        download: Download,
         schedule: DrillSchedule,
         rng: random.Random | None = None,
     ) -> None:
@@ -142,6 +143,7 @@ class RestoreDrill:
         self._client = client
         self._runner = runner
         self._privacy = privacy
+        self._download = download
         self.schedule = schedule
         self._rng = rng or random.SystemRandom()
         self._store: Store[dict[str, Any]] = Store(
@@ -302,7 +304,7 @@ class RestoreDrill:
             self._listeners.notify()
             LOGGER.info("Restore drill of backup %s", label(target.name, target.backup_id))
             try:
-                await DrillChecks(self.hass, self._entry, self._set_progress).run(target)
+                await DrillChecks(self.hass, self._download, self._set_progress).run(target)
             except DrillFailure as err:
                 return self._finish(target, started, trigger, str(err))
             except Exception as err:  # a bug: still an outcome, with its message
