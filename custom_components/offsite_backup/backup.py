@@ -22,7 +22,7 @@ from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.util import slugify
 
-from .const import DATA_BACKUP_AGENT_LISTENERS, DOMAIN, LOGGER
+from .const import DATA_BACKUP_AGENT_LISTENERS, DOMAIN
 from .engine.api import (
     GatewayError,
     GatewayNotFoundError,
@@ -30,7 +30,7 @@ from .engine.api import (
     GatewayUnavailableError,
     RemoteBackup,
 )
-from .listing import Listing
+from .listing import Listing, read_listing
 from .models import OffsiteBackupConfigEntry
 
 
@@ -148,35 +148,13 @@ class OffsiteBackupAgent(BackupAgent):
 
     async def _backups(self) -> Listing:
         """Home Assistant's backups on the gateway by backup id, each with its copies, newest first."""
-        return await self._data.listing.get(self._read_backups)
-
-    async def _read_backups(self) -> Listing:
-        found: Listing = {}
-        for remote in await self._data.client.list_backups():
-            try:
-                backup = AgentBackup.from_dict(self._data.privacy.incoming(remote.metadata))
-            except (KeyError, TypeError, ValueError):
-                LOGGER.debug(
-                    "Skipping gateway backup %s: its metadata is not a Home Assistant backup", remote.id
-                )
-                continue
-            found.setdefault(backup.backup_id, []).append((remote, _with_size(backup, remote.size)))
-        return found
+        return await self._data.listing.get(lambda: read_listing(self._data.client, self._data.privacy))
 
     async def _copies(self, backup_id: str) -> list[tuple[RemoteBackup, AgentBackup]]:
         copies = (await self._backups()).get(backup_id)
         if not copies:
             raise BackupNotFound(f"Backup {backup_id} not found")
         return copies
-
-
-def _with_size(backup: AgentBackup, size: int) -> AgentBackup:
-    """The description with the size storage actually holds."""
-    if backup.size == size:
-        return backup
-    data = backup.as_dict()
-    data["size"] = size
-    return AgentBackup.from_dict(data)
 
 
 def agent_id_for(entry: ConfigEntry[Any]) -> str:

@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from homeassistant.components.backup import AgentBackup
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
@@ -35,7 +34,6 @@ from .const import (
     LOGGER,
     STORE_DRILL,
     DrillSchedule,
-    DrillStatus,
     JobStatus,
     JobTrigger,
     store_key,
@@ -51,6 +49,7 @@ from .engine.drill import (
 )
 from .engine.privacy import MetadataPrivacy
 from .listeners import Listeners
+from .listing import read_listing
 from .repair_issues import clear_issue, issue_id, raise_issue
 
 if TYPE_CHECKING:
@@ -58,7 +57,7 @@ if TYPE_CHECKING:
 
 STORAGE_VERSION = 1
 
-__all__ = ["DrillRefused", "DrillResult", "DrillStopped", "RestoreDrill", "shown_status"]
+__all__ = ["DrillRefused", "DrillResult", "DrillStopped", "RestoreDrill"]
 
 
 class DrillRefused(HomeAssistantError):
@@ -323,14 +322,11 @@ class RestoreDrill:
         """
         listed: dict[str, DrillTarget] = {}  # the newest copy of each backup, newest first
         by_remote: dict[str, DrillTarget] = {}
-        for remote in await self._client.list_backups():
-            try:
-                backup = AgentBackup.from_dict(self._privacy.incoming(remote.metadata))
-            except (KeyError, TypeError, ValueError):
-                continue  # not a Home Assistant backup
-            target = DrillTarget(backup.backup_id, backup.name, remote, replace(backup, size=remote.size))
-            listed.setdefault(backup.backup_id, target)
-            by_remote[remote.id] = target
+        for copies in (await read_listing(self._client, self._privacy)).values():
+            for remote, backup in copies:
+                target = DrillTarget(backup.backup_id, backup.name, remote, backup)
+                listed.setdefault(backup.backup_id, target)
+                by_remote[remote.id] = target
         if backup_id is not None:
             if backup_id not in listed:
                 raise DrillRefused(
@@ -414,16 +410,3 @@ class RestoreDrill:
             backup_id=result.backup_id or "?",
             error=result.error or "",
         )
-
-
-def shown_status(runner: BackupRunner, drill: RestoreDrill) -> str:
-    """What the status sensor shows: a running backup job, else a running drill, else whichever ended last."""
-    if runner.busy or not (drill.running or drill.last):
-        return runner.status.value
-    if drill.running:
-        return DrillStatus.VERIFYING.value
-    assert drill.last is not None
-    job = runner.history[0] if runner.history else None
-    if job is not None and job.ended is not None and job.ended > drill.last.ended:
-        return runner.status.value
-    return (DrillStatus.VERIFIED if drill.last.ok else DrillStatus.VERIFY_FAILED).value

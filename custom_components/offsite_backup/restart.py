@@ -20,7 +20,8 @@ from homeassistant.util import dt as dt_util
 
 from .compat import backup_manager
 from .const import LOGGER, JobStatus
-from .engine.api import GatewayClient, GatewayError, GatewayNotFoundError
+from .engine.api import GatewayClient
+from .engine.left_behind import abort_left_behind
 from .engine.uploader import UploadState
 from .history import JobHistory
 from .jobs import Job, JobTracker, UploadSuspended
@@ -139,11 +140,5 @@ class RestartRecovery:
 
     async def _abort(self, state: UploadState | None) -> None:
         """Abort the interrupted upload on the gateway (best effort: its sweeper would, later)."""
-        if state is None:
-            return
-        try:
-            await self._client.abort_upload(state.backup_id)
-        except GatewayNotFoundError:
-            pass
-        except GatewayError as err:
-            LOGGER.warning("Could not abort the interrupted upload (the gateway's sweeper will): %s", err)
+        if state is not None:
+            await abort_left_behind(self._client, state.backup_id)

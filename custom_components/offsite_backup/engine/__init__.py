@@ -6,11 +6,12 @@ and callbacks for what the integration shows or keeps (``progress``, ``on_state`
 typed data classes and raises ``GatewayError`` or ``UploadError`` subclasses, worded for people.
 
 ===================  ==========================================================================================
-``api``              the typed client of the gateway's API v1 (errors in ``api_errors``, answers in
-                     ``api_answers``), and ``with_upload_slot``: begin, aborting a stuck upload of ours first
+``api``              the typed client of the gateway's API v1 (its errors in ``api_errors``, its answers in
+                     ``api_answers``)
 ``uploader``         the chunked, retried, resumable multipart upload (``upload_model``, ``upload_reader``,
                      ``upload_sender``, ``upload_retry`` and ``upload_errors`` are its pieces)
-``listing``          the gateway's listing read into one form, shared by the backup agent and the drill
+``left_behind``      an upload the gateway still holds in progress (409 ``upload_in_progress``) aborted and the
+                     upload tried again; an interrupted upload aborted
 ``drill``            the restore drill's checks on a downloaded stream, and when a drill is due
 ``schedule``         when tonight's backup runs (a jittered daily window)
 ``privacy``          what of a backup's description the gateway gets to see
