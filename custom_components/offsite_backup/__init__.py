@@ -1,7 +1,7 @@
 """The Offsite Backup integration: nightly off-site backups through a signing gateway.
 
-Thin glue: the gateway client (``api.py``), the upload engine (``uploader.py``) and the window math
-(``schedule.py``) know nothing of Home Assistant; this module wires them to a config entry.
+Thin glue: the engine (``engine/``: the gateway client, the upload, the drill's checks, the window math) knows
+nothing of Home Assistant; this module builds the services over it for a config entry, and wires them together.
 """
 
 from __future__ import annotations

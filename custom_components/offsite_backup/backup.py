@@ -1,8 +1,9 @@
 """The backup location ("backup agent"): Settings > System > Backups can back up here and restore from here.
 
 Each backup is stored by the gateway with Home Assistant's own description (``AgentBackup.as_dict()``, less what
-``privacy.py`` keeps in the house) as its metadata, so the list comes back whole from the gateway alone. The list is
-kept for a short while (Home Assistant asks for it several times per page), and forgotten on every upload and delete.
+``engine/privacy.py`` keeps in the house) as its metadata, so the list comes back whole from the gateway alone. The
+list is read by ``listing.py`` (as the drill reads it), kept for a short while (Home Assistant asks for it several
+times per page), and forgotten on every upload and delete.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The restore drill's checks of one backup, downloaded through the backup location as Home Assistant downloads it.
 
-``DrillChecks.run`` (fed by ``drill_runner.RestoreDrill``, with the plain checks of ``drill.py``):
+``DrillChecks.run`` (fed by ``drill_runner.RestoreDrill``, with the plain checks of ``engine/drill.py``):
 
 1. the gateway's record of the backup, with its SHA-256;
 2. Home Assistant's ``validate_password_stream``: the backup key opens it, on a short download that stops after the

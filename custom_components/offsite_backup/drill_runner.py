@@ -1,7 +1,7 @@
 """The restore drill in Home Assistant: which backup, when, and what shows afterwards.
 
 The checks of one backup are ``drill_checks.DrillChecks`` (downloaded through the backup location, as Home
-Assistant's own download path does), built on the plain code of ``drill.py``; this module chooses the backup, runs
+Assistant's own download path does), built on the plain code of ``engine/drill.py``; this module chooses the backup, runs
 the checks as a task of the entry, and tells how they ended.
 
 The drill is not a backup job: it has its own state (running, progress, the last result, the last success), kept in

@@ -1,4 +1,4 @@
-"""The nightly trigger: follows the plan of ``schedule.py`` with Home Assistant's timers and store."""
+"""The nightly trigger: follows the plan of ``engine/schedule.py`` with Home Assistant's timers and store."""
 
 from __future__ import annotations
 
