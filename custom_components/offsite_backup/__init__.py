@@ -128,7 +128,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry
 
     async def download(backup_id: str) -> AsyncIterator[bytes]:
         """The drill's download: through the backup location, as Home Assistant's own download does."""
-        return await OffsiteBackupAgent(entry).async_download_backup(backup_id)
+        return await OffsiteBackupAgent(hass, entry).async_download_backup(backup_id)
 
     drill = RestoreDrill(
         hass, entry, client, runner, privacy, download=download, schedule=settings.restore_drill

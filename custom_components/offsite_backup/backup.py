@@ -25,6 +25,7 @@ from homeassistant.util import slugify
 
 from .const import DATA_BACKUP_AGENT_LISTENERS, DOMAIN
 from .engine.api import (
+    GatewayAuthError,
     GatewayError,
     GatewayNotFoundError,
     GatewayProtectedError,
@@ -38,7 +39,7 @@ from .models import OffsiteBackupConfigEntry
 async def async_get_backup_agents(hass: HomeAssistant, **kwargs: Any) -> list[BackupAgent]:
     """One backup location per loaded entry."""
     entries: list[OffsiteBackupConfigEntry] = hass.config_entries.async_loaded_entries(DOMAIN)
-    return [OffsiteBackupAgent(entry) for entry in entries]
+    return [OffsiteBackupAgent(hass, entry) for entry in entries]
 
 
 @callback
@@ -68,13 +69,16 @@ class GatewayUnreachableError(BackupAgentUnreachableError):
 def handle_gateway_errors[T](
     action: str,
 ) -> Callable[[Callable[..., Coroutine[Any, Any, T]]], Callable[..., Coroutine[Any, Any, T]]]:
-    """Map the gateway client's errors to the backup manager's: not found, unreachable, or failed to ``action``."""
+    """Map the gateway client's errors to the backup manager's: not found, unreachable, or failed to ``action``.
+
+    A token the gateway refuses also starts the entry's reauth flow, as core's backup locations do.
+    """
 
     def decorator(func: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., Coroutine[Any, Any, T]]:
         @functools.wraps(func)
-        async def wrapper(*args: Any, **kwargs: Any) -> T:
+        async def wrapper(agent: OffsiteBackupAgent, *args: Any, **kwargs: Any) -> T:
             try:
-                return await func(*args, **kwargs)
+                return await func(agent, *args, **kwargs)
             except GatewayNotFoundError as err:
                 raise BackupNotFound(f"Backup not found: {err}") from err
             except GatewayUnavailableError as err:
@@ -82,6 +86,11 @@ def handle_gateway_errors[T](
             except GatewayProtectedError as err:
                 # The gateway's own words, which say until when (shown on the Backups page).
                 raise BackupAgentError(err.gateway_message) from err
+            except GatewayAuthError as err:
+                agent.start_reauth()
+                raise BackupAgentError(
+                    f"Failed to {action}: the gateway refused the token; reauthenticate the integration ({err})"
+                ) from err
             except GatewayError as err:
                 raise BackupAgentError(f"Failed to {action}: {err}") from err
 
@@ -95,12 +104,18 @@ class OffsiteBackupAgent(BackupAgent):
 
     domain = DOMAIN
 
-    def __init__(self, entry: OffsiteBackupConfigEntry) -> None:
+    def __init__(self, hass: HomeAssistant, entry: OffsiteBackupConfigEntry) -> None:
         """Set up the location of an entry."""
         super().__init__()
+        self._hass = hass
+        self._entry = entry
         self.name = entry.title
         self.unique_id = agent_unique_id(entry)
         self._data = entry.runtime_data
+
+    def start_reauth(self) -> None:
+        """The gateway refused the token: ask for a new one (Home Assistant starts one flow per entry)."""
+        self._entry.async_start_reauth(self._hass)
 
     async def async_upload_backup(
         self,
