@@ -1,4 +1,4 @@
-"""Benchmark of the upload engine (custom_components/offsite_backup/uploader.py), side by side in one run.
+"""Benchmark of the upload engine (custom_components/offsite_backup/engine/uploader.py), side by side in one run.
 
     .venv/bin/python bench/upload.py [--size-mib 1024] [--rss-size-mib 2048] [--part-mib 20] [--parallel 2]
                                      [--rounds 3]
@@ -34,7 +34,6 @@ import os
 import subprocess
 import sys
 import time
-import types
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -74,12 +73,10 @@ def _reset_peak_rss() -> None:
 
 
 def _engine() -> tuple[Any, Any]:
-    """Import api.py and uploader.py as a package of their own: the integration's __init__ is not needed."""
-    package = types.ModuleType("offsite_engine")
-    package.__path__ = [str(ROOT / "custom_components" / "offsite_backup")]
-    sys.modules["offsite_engine"] = package
-    import offsite_engine.api as api  # type: ignore[import-not-found]  # noqa: PLC0415
-    import offsite_engine.uploader as uploader  # type: ignore[import-not-found]  # noqa: PLC0415
+    """Import the engine as the package of its own that it is: no Home Assistant, no integration ``__init__``."""
+    sys.path.insert(0, str(ROOT / "custom_components" / "offsite_backup"))
+    import engine.api as api  # type: ignore[import-not-found]  # noqa: PLC0415
+    import engine.uploader as uploader  # type: ignore[import-not-found]  # noqa: PLC0415
 
     return api, uploader
 

@@ -1,12 +1,12 @@
 """The Offsite Backup integration: nightly off-site backups through a signing gateway.
 
-Thin glue: the gateway client (``api.py``), the upload engine (``uploader.py``) and the window math
-(``schedule.py``) know nothing of Home Assistant; this module wires them to a config entry.
+Thin glue: the engine (``engine/``: the gateway client, the upload, the drill's checks, the window math) knows
+nothing of Home Assistant; this module builds the services over it for a config entry, and wires them together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP, Platform
@@ -19,13 +19,13 @@ from homeassistant.helpers.start import async_at_started
 from homeassistant.helpers.storage import Store
 from homeassistant.helpers.typing import ConfigType
 from homeassistant.util import dt as dt_util
-from homeassistant.util.hass_dict import HassKey
 
-from .api import GatewayClient, GatewayError
+from .backup import OffsiteBackupAgent, agent_id_for
 from .const import (
     CLOCK_CHECK_INTERVAL,
     CONF_TOKEN,
     CONF_URL,
+    DATA_BACKUP_AGENT_LISTENERS,
     DOMAIN,
     EVENT_FAILED,
     EVENT_SUCCEEDED,
@@ -37,20 +37,20 @@ from .const import (
 )
 from .coordinator import GatewayCoordinator
 from .drill_runner import DrillStopped, RestoreDrill
-from .models import OffsiteBackupConfigEntry, OffsiteBackupData, Settings, agent_id_for
-from .outside_alerts import sync as sync_outside_alerts
-from .privacy import MetadataPrivacy
+from .engine.api import GatewayClient, GatewayError
+from .engine.outside_alerts import sync as sync_outside_alerts
+from .engine.privacy import MetadataPrivacy
+from .engine.uploader import UploadOptions
+from .models import OffsiteBackupConfigEntry, OffsiteBackupData
 from .repair_issues import clear_all
 from .runner import BackupRunner, JobError, RunnerOptions
 from .scheduler import NightlyScheduler
 from .services import async_setup_services
-from .uploader import UploadOptions
+from .settings import Settings
 
 PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.BUTTON, Platform.SENSOR]
 
 CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
-
-DATA_BACKUP_AGENT_LISTENERS: HassKey[list[Callable[[], None]]] = HassKey(f"{DOMAIN}.backup_agent_listeners")
 
 
 async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
@@ -125,7 +125,14 @@ async def async_setup_entry(hass: HomeAssistant, entry: OffsiteBackupConfigEntry
         privacy,
     )
     await runner.async_load()
-    drill = RestoreDrill(hass, entry, client, runner, privacy, schedule=settings.restore_drill)
+
+    async def download(backup_id: str) -> AsyncIterator[bytes]:
+        """The drill's download: through the backup location, as Home Assistant's own download does."""
+        return await OffsiteBackupAgent(hass, entry).async_download_backup(backup_id)
+
+    drill = RestoreDrill(
+        hass, entry, client, runner, privacy, download=download, schedule=settings.restore_drill
+    )
     await drill.async_load()
 
     @callback

@@ -1,8 +1,9 @@
 """The backup location ("backup agent"): Settings > System > Backups can back up here and restore from here.
 
 Each backup is stored by the gateway with Home Assistant's own description (``AgentBackup.as_dict()``, less what
-``privacy.py`` keeps in the house) as its metadata, so the list comes back whole from the gateway alone. The list is
-kept for a short while (Home Assistant asks for it several times per page), and forgotten on every upload and delete.
+``engine/privacy.py`` keeps in the house) as its metadata, so the list comes back whole from the gateway alone. The
+list is read by ``listing.py`` (as the drill reads it), kept for a short while (Home Assistant asks for it several
+times per page), and forgotten on every upload and delete.
 """
 
 from __future__ import annotations
@@ -18,25 +19,27 @@ from homeassistant.components.backup import (
     BackupNotFound,
 )
 from homeassistant.components.backup.agent import BackupAgentUnreachableError
+from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant, callback
+from homeassistant.util import slugify
 
-from . import DATA_BACKUP_AGENT_LISTENERS
-from .api import (
+from .const import DATA_BACKUP_AGENT_LISTENERS, DOMAIN
+from .engine.api import (
+    GatewayAuthError,
     GatewayError,
     GatewayNotFoundError,
     GatewayProtectedError,
     GatewayUnavailableError,
     RemoteBackup,
 )
-from .const import DOMAIN, LOGGER
-from .listing import Listing
-from .models import OffsiteBackupConfigEntry, agent_unique_id
+from .listing import Listing, read_listing
+from .models import OffsiteBackupConfigEntry
 
 
 async def async_get_backup_agents(hass: HomeAssistant, **kwargs: Any) -> list[BackupAgent]:
     """One backup location per loaded entry."""
     entries: list[OffsiteBackupConfigEntry] = hass.config_entries.async_loaded_entries(DOMAIN)
-    return [OffsiteBackupAgent(entry) for entry in entries]
+    return [OffsiteBackupAgent(hass, entry) for entry in entries]
 
 
 @callback
@@ -66,13 +69,16 @@ class GatewayUnreachableError(BackupAgentUnreachableError):
 def handle_gateway_errors[T](
     action: str,
 ) -> Callable[[Callable[..., Coroutine[Any, Any, T]]], Callable[..., Coroutine[Any, Any, T]]]:
-    """Map the gateway client's errors to the backup manager's: not found, unreachable, or failed to ``action``."""
+    """Map the gateway client's errors to the backup manager's: not found, unreachable, or failed to ``action``.
+
+    A token the gateway refuses also starts the entry's reauth flow, as core's backup locations do.
+    """
 
     def decorator(func: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., Coroutine[Any, Any, T]]:
         @functools.wraps(func)
-        async def wrapper(*args: Any, **kwargs: Any) -> T:
+        async def wrapper(agent: OffsiteBackupAgent, *args: Any, **kwargs: Any) -> T:
             try:
-                return await func(*args, **kwargs)
+                return await func(agent, *args, **kwargs)
             except GatewayNotFoundError as err:
                 raise BackupNotFound(f"Backup not found: {err}") from err
             except GatewayUnavailableError as err:
@@ -80,6 +86,11 @@ def handle_gateway_errors[T](
             except GatewayProtectedError as err:
                 # The gateway's own words, which say until when (shown on the Backups page).
                 raise BackupAgentError(err.gateway_message) from err
+            except GatewayAuthError as err:
+                agent.start_reauth()
+                raise BackupAgentError(
+                    f"Failed to {action}: the gateway refused the token; reauthenticate the integration ({err})"
+                ) from err
             except GatewayError as err:
                 raise BackupAgentError(f"Failed to {action}: {err}") from err
 
@@ -93,12 +104,18 @@ class OffsiteBackupAgent(BackupAgent):
 
     domain = DOMAIN
 
-    def __init__(self, entry: OffsiteBackupConfigEntry) -> None:
+    def __init__(self, hass: HomeAssistant, entry: OffsiteBackupConfigEntry) -> None:
         """Set up the location of an entry."""
         super().__init__()
+        self._hass = hass
+        self._entry = entry
         self.name = entry.title
         self.unique_id = agent_unique_id(entry)
         self._data = entry.runtime_data
+
+    def start_reauth(self) -> None:
+        """The gateway refused the token: ask for a new one (Home Assistant starts one flow per entry)."""
+        self._entry.async_start_reauth(self._hass)
 
     async def async_upload_backup(
         self,
@@ -147,20 +164,7 @@ class OffsiteBackupAgent(BackupAgent):
 
     async def _backups(self) -> Listing:
         """Home Assistant's backups on the gateway by backup id, each with its copies, newest first."""
-        return await self._data.listing.get(self._read_backups)
-
-    async def _read_backups(self) -> Listing:
-        found: Listing = {}
-        for remote in await self._data.client.list_backups():
-            try:
-                backup = AgentBackup.from_dict(self._data.privacy.incoming(remote.metadata))
-            except (KeyError, TypeError, ValueError):
-                LOGGER.debug(
-                    "Skipping gateway backup %s: its metadata is not a Home Assistant backup", remote.id
-                )
-                continue
-            found.setdefault(backup.backup_id, []).append((remote, _with_size(backup, remote.size)))
-        return found
+        return await self._data.listing.get(lambda: read_listing(self._data.client, self._data.privacy))
 
     async def _copies(self, backup_id: str) -> list[tuple[RemoteBackup, AgentBackup]]:
         copies = (await self._backups()).get(backup_id)
@@ -169,10 +173,12 @@ class OffsiteBackupAgent(BackupAgent):
         return copies
 
 
-def _with_size(backup: AgentBackup, size: int) -> AgentBackup:
-    """The description with the size storage actually holds."""
-    if backup.size == size:
-        return backup
-    data = backup.as_dict()
-    data["size"] = size
-    return AgentBackup.from_dict(data)
+def agent_id_for(entry: ConfigEntry[Any]) -> str:
+    """The backup agent id of an entry: ``offsite_backup.<gateway instance id>``."""
+    return f"{DOMAIN}.{agent_unique_id(entry)}"
+
+
+def agent_unique_id(entry: ConfigEntry[Any]) -> str:
+    """The backup agent's unique id, from the entry's unique id (the gateway's instance id)."""
+    assert entry.unique_id is not None
+    return slugify(entry.unique_id)

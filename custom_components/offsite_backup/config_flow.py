@@ -32,15 +32,6 @@ from homeassistant.helpers.selector import (
 from homeassistant.util import dt as dt_util
 from yarl import URL
 
-from .api import (
-    GatewayAuthError,
-    GatewayClient,
-    GatewayError,
-    GatewayNotFoundError,
-    GatewayUnavailableError,
-    InstanceInfo,
-    redact_notify_url,
-)
 from .compat import vol
 from .const import (
     CONF_ADDONS,
@@ -76,7 +67,16 @@ from .const import (
     DrillSchedule,
 )
 from .contents import FOLDERS
-from .models import Settings
+from .engine.api import (
+    GatewayAuthError,
+    GatewayClient,
+    GatewayError,
+    GatewayNotFoundError,
+    GatewayUnavailableError,
+    InstanceInfo,
+    redact_notify_url,
+)
+from .settings import Settings
 
 URL_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.URL))
 # hassfest refuses URLs in translations: the example address is a placeholder.

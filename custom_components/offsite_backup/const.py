@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import time, timedelta
 from enum import StrEnum
 from typing import Final
 
+from homeassistant.util.hass_dict import HassKey
+
 DOMAIN: Final = "offsite_backup"
 LOGGER = logging.getLogger(__package__)
+
+# The backup platform's listeners, told when a location comes or goes (backup.py adds them, __init__.py calls them).
+DATA_BACKUP_AGENT_LISTENERS: HassKey[list[Callable[[], None]]] = HassKey(f"{DOMAIN}.backup_agent_listeners")
 
 CONF_URL: Final = "url"
 CONF_TOKEN: Final = "token"  # noqa: S105 - the name of a field, not a secret

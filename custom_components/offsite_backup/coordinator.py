@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
+from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryAuthFailed
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, UpdateFailed
 
-from .api import GatewayAuthError, GatewayClient, GatewayError, InstanceInfo
 from .const import DOMAIN, GATEWAY_POLL_INTERVAL, LOGGER
-
-if TYPE_CHECKING:
-    from .models import OffsiteBackupConfigEntry
+from .engine.api import GatewayAuthError, GatewayClient, GatewayError, InstanceInfo
 
 
 class GatewayCoordinator(DataUpdateCoordinator[InstanceInfo]):
@@ -21,9 +19,9 @@ class GatewayCoordinator(DataUpdateCoordinator[InstanceInfo]):
     The coordinator logs once when the gateway becomes unreachable and once when it is back.
     """
 
-    config_entry: OffsiteBackupConfigEntry
+    config_entry: ConfigEntry[Any]  # its runtime data (models.py) holds this coordinator
 
-    def __init__(self, hass: HomeAssistant, entry: OffsiteBackupConfigEntry, client: GatewayClient) -> None:
+    def __init__(self, hass: HomeAssistant, entry: ConfigEntry[Any], client: GatewayClient) -> None:
         """Set up the coordinator."""
         super().__init__(
             hass,

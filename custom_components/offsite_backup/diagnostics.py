@@ -10,8 +10,8 @@ from typing import Any
 from homeassistant.components.diagnostics import async_redact_data
 from homeassistant.core import HomeAssistant
 
-from .api import Watch, redact_notify_url
 from .const import CONF_NOTIFY_URL, CONF_TOKEN
+from .engine.api import Watch, redact_notify_url
 from .models import OffsiteBackupConfigEntry
 
 TO_REDACT = {CONF_TOKEN}

@@ -1,6 +1,6 @@
 """The restore drill's checks of one backup, downloaded through the backup location as Home Assistant downloads it.
 
-``DrillChecks.run`` (fed by ``drill_runner.RestoreDrill``, with the plain checks of ``drill.py``):
+``DrillChecks.run`` (fed by ``drill_runner.RestoreDrill``, with the plain checks of ``engine/drill.py``):
 
 1. the gateway's record of the backup, with its SHA-256;
 2. Home Assistant's ``validate_password_stream``: the backup key opens it, on a short download that stops after the
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import IO, Any, cast
+from typing import IO, cast
 
 from homeassistant.components.backup import AgentBackup, BackupAgentError
 from homeassistant.components.backup.util import (
@@ -27,13 +27,12 @@ from homeassistant.components.backup.util import (
     UnsupportedSecureTarVersion,
     validate_password_stream,
 )
-from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant
 
-from .api import RemoteBackup
 from .compat import IteratorReader, backup_manager, finish_streamer, iterator_reader
 from .const import DOMAIN, LOGGER
-from .drill import (
+from .engine.api import RemoteBackup
+from .engine.drill import (
     ArchiveError,
     CheckedStream,
     DrillFailure,
@@ -45,7 +44,10 @@ from .drill import (
     validate_archive,
 )
 
-__all__ = ["DrillChecks", "DrillTarget"]
+__all__ = ["Download", "DrillChecks", "DrillTarget"]
+
+type Download = Callable[[str], Awaitable[AsyncIterator[bytes]]]
+"""Opens a backup of the location by its id, as Home Assistant's own download does (``BackupAgentError``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +105,10 @@ async def _aclose(stream: AsyncIterator[bytes]) -> None:
 class DrillChecks:
     """Checks one backup; reports the download's progress (in %) to ``on_progress``."""
 
-    def __init__(
-        self, hass: HomeAssistant, entry: ConfigEntry[Any], on_progress: Callable[[float], None]
-    ) -> None:
-        """Ready to check backups of ``entry``'s location."""
+    def __init__(self, hass: HomeAssistant, download: Download, on_progress: Callable[[float], None]) -> None:
+        """Ready to check backups fetched with ``download`` (the location's own, given by ``__init__.py``)."""
         self.hass = hass
-        self._entry = entry
+        self._download_backup = download
         self._on_progress = on_progress
 
     async def run(self, target: DrillTarget) -> None:
@@ -132,10 +132,8 @@ class DrillChecks:
 
     async def _download(self, target: DrillTarget) -> AsyncIterator[bytes]:
         """Open the backup through the backup location, as Home Assistant's own download does."""
-        from .backup import OffsiteBackupAgent  # noqa: PLC0415 - the platform module imports the package
-
         try:
-            return await OffsiteBackupAgent(self._entry).async_download_backup(target.backup_id)
+            return await self._download_backup(target.backup_id)
         except BackupAgentError as err:
             raise DrillFailure(
                 f"Could not download backup {label(target.name, target.backup_id)}: {describe(err)}"

@@ -1,7 +1,7 @@
 """The restore drill in Home Assistant: which backup, when, and what shows afterwards.
 
 The checks of one backup are ``drill_checks.DrillChecks`` (downloaded through the backup location, as Home
-Assistant's own download path does), built on the plain code of ``drill.py``; this module chooses the backup, runs
+Assistant's own download path does), built on the plain code of ``engine/drill.py``; this module chooses the backup, runs
 the checks as a task of the entry, and tells how they ended.
 
 The drill is not a backup job: it has its own state (running, progress, the last result, the last success), kept in
@@ -15,18 +15,16 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from homeassistant.components.backup import AgentBackup
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.storage import Store
 from homeassistant.util import dt as dt_util
 
-from .api import GatewayClient, GatewayError
 from .const import (
     DOMAIN,
     EVENT_DRILL_FAILED,
@@ -36,21 +34,22 @@ from .const import (
     LOGGER,
     STORE_DRILL,
     DrillSchedule,
-    DrillStatus,
     JobStatus,
     JobTrigger,
     store_key,
 )
-from .drill import (
+from .drill_checks import Download, DrillChecks, DrillTarget
+from .engine.api import GatewayClient, GatewayError
+from .engine.drill import (
     DrillFailure,
     describe,
     label,
     pick_backup,
     weekly_due,
 )
-from .drill_checks import DrillChecks, DrillTarget
+from .engine.privacy import MetadataPrivacy
 from .listeners import Listeners
-from .privacy import MetadataPrivacy
+from .listing import read_listing
 from .repair_issues import clear_issue, issue_id, raise_issue
 
 if TYPE_CHECKING:
@@ -58,7 +57,7 @@ if TYPE_CHECKING:
 
 STORAGE_VERSION = 1
 
-__all__ = ["DrillRefused", "DrillResult", "DrillStopped", "RestoreDrill", "shown_status"]
+__all__ = ["DrillRefused", "DrillResult", "DrillStopped", "RestoreDrill"]
 
 
 class DrillRefused(HomeAssistantError):
@@ -133,6 +132,7 @@ class RestoreDrill:
         runner: BackupRunner,
         privacy: MetadataPrivacy,
         *,
+        download: Download,
         schedule: DrillSchedule,
         rng: random.Random | None = None,
     ) -> None:
@@ -142,6 +142,7 @@ class RestoreDrill:
         self._client = client
         self._runner = runner
         self._privacy = privacy
+        self._download = download
         self.schedule = schedule
         self._rng = rng or random.SystemRandom()
         self._store: Store[dict[str, Any]] = Store(
@@ -302,7 +303,7 @@ class RestoreDrill:
             self._listeners.notify()
             LOGGER.info("Restore drill of backup %s", label(target.name, target.backup_id))
             try:
-                await DrillChecks(self.hass, self._entry, self._set_progress).run(target)
+                await DrillChecks(self.hass, self._download, self._set_progress).run(target)
             except DrillFailure as err:
                 return self._finish(target, started, trigger, str(err))
             except Exception as err:  # a bug: still an outcome, with its message
@@ -321,14 +322,11 @@ class RestoreDrill:
         """
         listed: dict[str, DrillTarget] = {}  # the newest copy of each backup, newest first
         by_remote: dict[str, DrillTarget] = {}
-        for remote in await self._client.list_backups():
-            try:
-                backup = AgentBackup.from_dict(self._privacy.incoming(remote.metadata))
-            except (KeyError, TypeError, ValueError):
-                continue  # not a Home Assistant backup
-            target = DrillTarget(backup.backup_id, backup.name, remote, replace(backup, size=remote.size))
-            listed.setdefault(backup.backup_id, target)
-            by_remote[remote.id] = target
+        for copies in (await read_listing(self._client, self._privacy)).values():
+            for remote, backup in copies:
+                target = DrillTarget(backup.backup_id, backup.name, remote, backup)
+                listed.setdefault(backup.backup_id, target)
+                by_remote[remote.id] = target
         if backup_id is not None:
             if backup_id not in listed:
                 raise DrillRefused(
@@ -412,16 +410,3 @@ class RestoreDrill:
             backup_id=result.backup_id or "?",
             error=result.error or "",
         )
-
-
-def shown_status(runner: BackupRunner, drill: RestoreDrill) -> str:
-    """What the status sensor shows: a running backup job, else a running drill, else whichever ended last."""
-    if runner.busy or not (drill.running or drill.last):
-        return runner.status.value
-    if drill.running:
-        return DrillStatus.VERIFYING.value
-    assert drill.last is not None
-    job = runner.history[0] if runner.history else None
-    if job is not None and job.ended is not None and job.ended > drill.last.ended:
-        return runner.status.value
-    return (DrillStatus.VERIFIED if drill.last.ok else DrillStatus.VERIFY_FAILED).value

@@ -15,14 +15,15 @@ from homeassistant.components.backup import AgentBackup
 from homeassistant.core import HomeAssistant
 from homeassistant.util import dt as dt_util
 
-from .api import GatewayClient, GatewayConflictError, RemoteBackup
-from .const import DOMAIN, LOGGER, JobStatus
+from .const import DOMAIN, JobStatus
+from .engine.api import GatewayClient, RemoteBackup
+from .engine.left_behind import in_upload_slot
+from .engine.privacy import MetadataPrivacy
+from .engine.uploader import Clock, UploadOptions, UploadState, Waiting, upload
 from .history import JobHistory
 from .jobs import Job, Wait
 from .listeners import Listeners
 from .outcome import OutcomeReporter
-from .privacy import MetadataPrivacy
-from .uploader import Clock, UploadOptions, UploadState, Waiting, upload
 
 type OpenStream = Callable[[], Coroutine[Any, Any, AsyncIterator[bytes]]]
 
@@ -113,18 +114,6 @@ class JobSender:
                 on_wait=waiting,
             )
 
-        async def send() -> RemoteBackup:
-            try:
-                return await attempt()
-            except GatewayConflictError as err:
-                stuck = err.details.get("backup_id") if err.code == "upload_in_progress" else None
-                if not isinstance(stuck, str):
-                    raise
-                # This runner is the instance's only uploader: an upload in progress on the gateway was left
-                # behind (the answer to its creation was lost). Abort it and start again, rather than wait
-                # hours for the gateway's sweeper.
-                LOGGER.warning("Aborting upload %s left behind on the gateway, then starting again", stuck)
-                await self._client.abort_upload(stuck)
-                return await attempt()
-
-        return self._hass.async_create_task(send(), f"{DOMAIN} upload {backup.backup_id}", eager_start=False)
+        return self._hass.async_create_task(
+            in_upload_slot(self._client, attempt), f"{DOMAIN} upload {backup.backup_id}", eager_start=False
+        )

@@ -19,7 +19,7 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.util import dt as dt_util
 
 from .const import DOMAIN, JobStatus, JobTrigger
-from .upload_errors import describe
+from .engine.upload_errors import describe
 
 
 class JobError(HomeAssistantError):

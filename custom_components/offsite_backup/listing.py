@@ -1,4 +1,9 @@
-"""The gateway's backups as last read: Home Assistant asks for the list several times per page."""
+"""The gateway's backups read as Home Assistant's: one reader for the backup location and the restore drill.
+
+:func:`read_listing` reads the gateway's list into Home Assistant's descriptions, by backup id; the location keeps
+it a minute (:class:`BackupListing`: Home Assistant asks for the list several times per page), the drill reads it
+fresh.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ from typing import Any
 
 from homeassistant.components.backup import AgentBackup
 
-from .api import RemoteBackup
+from .const import LOGGER
+from .engine.api import GatewayClient, RemoteBackup
+from .engine.privacy import MetadataPrivacy
 
 LISTING_TTL = 60.0
 """Seconds a listing of the gateway's backups is reused."""
@@ -36,3 +43,29 @@ class BackupListing:
     def forget(self) -> None:
         """Read it again next time."""
         self._value = None
+
+
+async def read_listing(client: GatewayClient, privacy: MetadataPrivacy) -> Listing:
+    """Home Assistant's backups on the gateway by backup id, each with its copies, newest first.
+
+    Each description is the one Home Assistant made (``privacy.incoming``), with the size storage holds; a copy
+    whose metadata is not a Home Assistant backup is skipped.
+    """
+    found: Listing = {}
+    for remote in await client.list_backups():
+        try:
+            backup = AgentBackup.from_dict(privacy.incoming(remote.metadata))
+        except (KeyError, TypeError, ValueError):
+            LOGGER.debug("Skipping gateway backup %s: its metadata is not a Home Assistant backup", remote.id)
+            continue
+        found.setdefault(backup.backup_id, []).append((remote, _with_size(backup, remote.size)))
+    return found
+
+
+def _with_size(backup: AgentBackup, size: int) -> AgentBackup:
+    """The description with the size storage actually holds."""
+    if backup.size == size:
+        return backup
+    data = backup.as_dict()
+    data["size"] = size
+    return AgentBackup.from_dict(data)

@@ -8,7 +8,6 @@ from typing import Any
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant, callback
 
-from .api import GatewayQuotaError
 from .const import (
     EVENT_FAILED,
     EVENT_SUCCEEDED,
@@ -20,6 +19,7 @@ from .const import (
     JobStatus,
     JobTrigger,
 )
+from .engine.api import GatewayQuotaError
 from .jobs import Job
 from .repair_issues import clear_issue, issue_id, raise_issue
 

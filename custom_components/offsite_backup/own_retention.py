@@ -32,9 +32,9 @@ from homeassistant.components.backup import AgentBackup
 from homeassistant.core import HomeAssistant
 from homeassistant.util import dt as dt_util
 
-from .api import InstancePolicy
 from .compat import backup_manager
 from .const import LOGGER, JobTrigger
+from .engine.api import InstancePolicy
 
 MARKER = "offsite_backup"
 """The key of ``extra_metadata`` that marks a backup this integration made; its value is the job's trigger."""

@@ -18,14 +18,15 @@ from homeassistant.components.backup import AgentBackup
 from homeassistant.core import HomeAssistant
 from homeassistant.util import dt as dt_util
 
-from .api import GatewayClient, GatewayError, GatewayNotFoundError
 from .compat import backup_manager
 from .const import LOGGER, JobStatus
+from .engine.api import GatewayClient
+from .engine.left_behind import abort_left_behind
+from .engine.uploader import UploadState
 from .history import JobHistory
 from .jobs import Job, JobTracker, UploadSuspended
 from .local_copy import LocalCopies
 from .own_retention import JOB_MARKER
-from .uploader import UploadState
 
 STOPPED_CREATING = (
     "Home Assistant stopped while it was creating the backup, which was never sent; what it may have left on "
@@ -139,11 +140,5 @@ class RestartRecovery:
 
     async def _abort(self, state: UploadState | None) -> None:
         """Abort the interrupted upload on the gateway (best effort: its sweeper would, later)."""
-        if state is None:
-            return
-        try:
-            await self._client.abort_upload(state.backup_id)
-        except GatewayNotFoundError:
-            pass
-        except GatewayError as err:
-            LOGGER.warning("Could not abort the interrupted upload (the gateway's sweeper will): %s", err)
+        if state is not None:
+            await abort_left_behind(self._client, state.backup_id)

@@ -27,13 +27,6 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.hassio import is_hassio
 from homeassistant.util import dt as dt_util
 
-from .api import (
-    GatewayAuthError,
-    GatewayClient,
-    GatewayError,
-    GatewayQuotaError,
-    RemoteBackup,
-)
 from .compat import backup_manager, failed_parts
 from .const import (
     BUSY_RETRY_DELAY,
@@ -45,6 +38,16 @@ from .const import (
     JobTrigger,
 )
 from .contents import ContentsChoice, resolve_contents
+from .engine.api import (
+    GatewayAuthError,
+    GatewayClient,
+    GatewayError,
+    GatewayQuotaError,
+    RemoteBackup,
+)
+from .engine.privacy import MetadataPrivacy
+from .engine.upload_errors import UploadError, describe
+from .engine.uploader import SUSPEND, UploadOptions, UploadState
 from .history import JobHistory
 from .job_sender import JobSender
 from .jobs import Job, JobError, JobTracker, UploadSuspended, Wait
@@ -52,10 +55,7 @@ from .listeners import Listeners
 from .local_copy import LocalCopies
 from .outcome import OutcomeReporter
 from .own_retention import JOB_MARKER, MARKER, OwnRetention
-from .privacy import MetadataPrivacy
 from .restart import STOPPED_CREATING, RestartRecovery
-from .upload_errors import UploadError, describe
-from .uploader import SUSPEND, UploadOptions, UploadState
 
 type OpenStream = Callable[[], Coroutine[Any, Any, AsyncIterator[bytes]]]
 type ProgressCallback = Callable[..., None]

@@ -1,4 +1,4 @@
-"""The nightly trigger: follows the plan of ``schedule.py`` with Home Assistant's timers and store."""
+"""The nightly trigger: follows the plan of ``engine/schedule.py`` with Home Assistant's timers and store."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from homeassistant.helpers.storage import Store
 from homeassistant.util import dt as dt_util
 
 from .const import CLOCK_CHECK_INTERVAL, LOGGER, STORE_SCHEDULE, store_key
+from .engine.schedule import Plan, Window, next_plan, plausible
 from .listeners import Listeners
-from .schedule import Plan, Window, next_plan, plausible
 
 STORAGE_VERSION = 1
 

@@ -18,17 +18,31 @@ from homeassistant.const import PERCENTAGE, EntityCategory, UnitOfInformation
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-from .api import Usage, Watch
 from .const import DrillStatus, JobStatus
-from .drill_runner import shown_status
+from .drill_runner import RestoreDrill
+from .engine.api import Usage, Watch
 from .entity import OffsiteBackupEntity
 from .models import OffsiteBackupConfigEntry, OffsiteBackupData
+from .runner import BackupRunner
 
 PARALLEL_UPDATES = 0
 
 MIB = 1024 * 1024
 # A state with no error: the frontend shows "No error" (its translation), automations compare it with "none".
 NO_ERROR = "none"
+
+
+def shown_status(runner: BackupRunner, drill: RestoreDrill) -> str:
+    """What the status sensor shows: a running backup job, else a running drill, else whichever ended last."""
+    if runner.busy or not (drill.running or drill.last):
+        return runner.status.value
+    if drill.running:
+        return DrillStatus.VERIFYING.value
+    assert drill.last is not None
+    job = runner.history[0] if runner.history else None
+    if job is not None and job.ended is not None and job.ended > drill.last.ended:
+        return runner.status.value
+    return (DrillStatus.VERIFIED if drill.last.ok else DrillStatus.VERIFY_FAILED).value
 
 
 @dataclass(frozen=True, kw_only=True)

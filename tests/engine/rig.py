@@ -14,8 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from custom_components.offsite_backup.api import BackupInit, GatewayClient, PartUrl
-from custom_components.offsite_backup.upload_retry import Clock
+from custom_components.offsite_backup.engine.api import BackupInit, GatewayClient, PartUrl
+from custom_components.offsite_backup.engine.upload_retry import Clock
 from tests.engine.proxy import FaultProxy
 from tests.helpers.gateway import RunningGateway, run_gateway
 from tests.helpers.servers import S3Server

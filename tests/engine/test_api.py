@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from custom_components.offsite_backup.api import (
+from custom_components.offsite_backup.engine.api import (
     BackupInit,
     GatewayAuthError,
     GatewayClient,
@@ -24,7 +24,7 @@ from custom_components.offsite_backup.api import (
     GatewayRateLimitedError,
     GatewayUnavailableError,
 )
-from custom_components.offsite_backup.uploader import UploadOptions, upload
+from custom_components.offsite_backup.engine.uploader import UploadOptions, upload
 from tests.engine.rig import MIB, PART, Rig, Source, make_data, make_rig
 from tests.helpers.servers import S3Server, free_port
 

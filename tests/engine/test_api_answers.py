@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from custom_components.offsite_backup.api import (
+from custom_components.offsite_backup.engine.api import (
     CompletedPart,
     GatewayClient,
     GatewayError,

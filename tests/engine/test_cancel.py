@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from custom_components.offsite_backup.api import GatewayClient
-from custom_components.offsite_backup.uploader import upload
+from custom_components.offsite_backup.engine.api import GatewayClient
+from custom_components.offsite_backup.engine.uploader import upload
 from tests.engine.proxy import FaultProxy
 from tests.engine.rig import PART, Rig, Source, make_data
 

@@ -13,7 +13,7 @@ from datetime import date
 
 import pytest
 
-from custom_components.offsite_backup.drill import (
+from custom_components.offsite_backup.engine.drill import (
     READ_SIZE,
     ArchiveError,
     CheckedStream,

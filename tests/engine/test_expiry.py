@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from custom_components.offsite_backup.uploader import UploadOptions, upload
+from custom_components.offsite_backup.engine.uploader import UploadOptions, upload
 from tests.engine.proxy import delay
 from tests.engine.rig import MIB, PART, Rig, Source, make_data, make_rig
 from tests.helpers.servers import S3Server

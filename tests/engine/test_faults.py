@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from custom_components.offsite_backup.api import GatewayClient
-from custom_components.offsite_backup.uploader import UploadError, UploadOptions, upload
+from custom_components.offsite_backup.engine.api import GatewayClient
+from custom_components.offsite_backup.engine.uploader import UploadError, UploadOptions, upload
 from tests.engine.proxy import FaultProxy, corrupt, expired, reset, stall, status
 from tests.engine.rig import MIB, PART, Rig, Source, VirtualClock, make_data
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from custom_components.offsite_backup.uploader import UploadOptions, UploadState, upload
+from custom_components.offsite_backup.engine.uploader import UploadOptions, UploadState, upload
 from tests.engine.rig import PART, Rig, Source, make_data
 
 

@@ -10,8 +10,12 @@ import time
 
 import pytest
 
-from custom_components.offsite_backup.api import GatewayClient, GatewayQuotaError, GatewayUnavailableError
-from custom_components.offsite_backup.uploader import UploadError, UploadOptions, Waiting, upload
+from custom_components.offsite_backup.engine.api import (
+    GatewayClient,
+    GatewayQuotaError,
+    GatewayUnavailableError,
+)
+from custom_components.offsite_backup.engine.uploader import UploadError, UploadOptions, Waiting, upload
 from offsite_gateway.app import STORE
 from tests.engine.proxy import FaultProxy, Outage, reset, status
 from tests.engine.rig import PART, Rig, Source, VirtualClock, make_data

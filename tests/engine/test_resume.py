@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from custom_components.offsite_backup.api import GatewayClient
-from custom_components.offsite_backup.uploader import SUSPEND, UploadOptions, UploadState, upload
+from custom_components.offsite_backup.engine.api import GatewayClient
+from custom_components.offsite_backup.engine.uploader import SUSPEND, UploadOptions, UploadState, upload
 from tests.engine.proxy import FaultProxy, stall
 from tests.engine.rig import MIB, PART, Progress, Rig, Source, make_data, make_rig
 from tests.helpers.servers import S3Server

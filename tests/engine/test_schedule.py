@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from custom_components.offsite_backup.schedule import Plan, Window, draw, next_plan, plausible
+from custom_components.offsite_backup.engine.schedule import Plan, Window, draw, next_plan, plausible
 
 PARIS = ZoneInfo("Europe/Paris")
 

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from custom_components.offsite_backup.api import BackupInit, GatewayClient
-from custom_components.offsite_backup.uploader import (
+from custom_components.offsite_backup.engine.api import BackupInit, GatewayClient
+from custom_components.offsite_backup.engine.uploader import (
     UploadError,
     UploadOptions,
     UploadState,

@@ -22,8 +22,8 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry, async_
 
 from custom_components.offsite_backup.backup import async_register_backup_agents_listener
 from custom_components.offsite_backup.const import CONF_ALLOW_UNENCRYPTED, DOMAIN
+from custom_components.offsite_backup.engine.uploader import upload
 from custom_components.offsite_backup.runner import UNENCRYPTED_REFUSED
-from custom_components.offsite_backup.uploader import upload
 from tests.helpers.gateway import RunningGateway, run_gateway
 from tests.helpers.servers import S3Server
 from tests.integration.common import backup_now, objects, set_up_entry, sha256

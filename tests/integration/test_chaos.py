@@ -21,8 +21,8 @@ from homeassistant.exceptions import HomeAssistantError
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.offsite_backup.const import CONF_TOKEN, CONF_URL, DOMAIN, JobStatus
+from custom_components.offsite_backup.engine.uploader import UploadOptions
 from custom_components.offsite_backup.runner import CALLER_STOPPED
-from custom_components.offsite_backup.uploader import UploadOptions
 from tests.engine.proxy import Fault, FaultProxy, corrupt, expired, gate, reset, stall, status
 from tests.helpers.servers import S3Server
 from tests.integration.common import let_upload_progress_settle, multipart_uploads, objects, state

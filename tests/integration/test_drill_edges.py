@@ -25,9 +25,9 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.components.diagnostics import get_diagnostics_for_config_entry
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
-from custom_components.offsite_backup.api import GatewayUnavailableError
 from custom_components.offsite_backup.const import CONF_ALLOW_UNENCRYPTED, DOMAIN, STORE_DRILL, store_key
-from custom_components.offsite_backup.uploader import upload
+from custom_components.offsite_backup.engine.api import GatewayUnavailableError
+from custom_components.offsite_backup.engine.uploader import upload
 from tests.engine.proxy import gate
 from tests.helpers.gateway import run_gateway
 from tests.helpers.servers import S3Server

@@ -31,8 +31,8 @@ from custom_components.offsite_backup.const import (
     DrillSchedule,
 )
 from custom_components.offsite_backup.drill_runner import RestoreDrill
-from custom_components.offsite_backup.models import Settings
 from custom_components.offsite_backup.runner import BackupRunner
+from custom_components.offsite_backup.settings import Settings
 from tests.helpers.servers import S3Server
 from tests.integration.common import objects, state
 from tests.integration.drill_helpers import held_downloads

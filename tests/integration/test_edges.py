@@ -40,9 +40,9 @@ from custom_components.offsite_backup.const import (
     EVENT_FAILED,
     JobTrigger,
 )
+from custom_components.offsite_backup.engine.schedule import Plan
+from custom_components.offsite_backup.engine.uploader import upload
 from custom_components.offsite_backup.runner import CALLER_STOPPED, STOPPED_CREATING, UNENCRYPTED_REFUSED
-from custom_components.offsite_backup.schedule import Plan
-from custom_components.offsite_backup.uploader import upload
 from tests.helpers.gateway import RunningGateway
 from tests.helpers.servers import S3Server
 from tests.integration.common import entity_id, multipart_uploads, objects, state

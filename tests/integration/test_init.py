@@ -15,6 +15,7 @@ from homeassistant.helpers import issue_registry as ir
 from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events
 
+from custom_components.offsite_backup.backup import agent_id_for
 from custom_components.offsite_backup.const import (
     CONF_TOKEN,
     CONF_URL,
@@ -24,7 +25,6 @@ from custom_components.offsite_backup.const import (
     ISSUE_BACKUP_FAILING,
     JobStatus,
 )
-from custom_components.offsite_backup.models import agent_id_for
 from tests.helpers.gateway import RunningGateway, run_gateway
 from tests.helpers.servers import S3Server, free_port
 from tests.integration.clock import move_to, ride_out, tonight, until

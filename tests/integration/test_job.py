@@ -20,6 +20,7 @@ from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.helpers import issue_registry as ir
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events
 
+from custom_components.offsite_backup.backup import agent_id_for
 from custom_components.offsite_backup.const import (
     CONF_ALLOW_UNENCRYPTED,
     CONF_BANDWIDTH_LIMIT,
@@ -31,10 +32,9 @@ from custom_components.offsite_backup.const import (
     ISSUE_BACKUP_FAILING,
     JobTrigger,
 )
-from custom_components.offsite_backup.models import agent_id_for
+from custom_components.offsite_backup.engine.uploader import UploadOptions
 from custom_components.offsite_backup.own_retention import MARKER
 from custom_components.offsite_backup.runner import UNENCRYPTED_REFUSED
-from custom_components.offsite_backup.uploader import UploadOptions
 from tests.helpers.gateway import RunningGateway, run_gateway
 from tests.helpers.servers import S3Server, free_port
 from tests.integration.common import (

@@ -16,8 +16,8 @@ from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events
 
+from custom_components.offsite_backup.backup import agent_id_for
 from custom_components.offsite_backup.const import CONF_BANDWIDTH_LIMIT, DOMAIN, EVENT_FAILED, JobStatus
-from custom_components.offsite_backup.models import agent_id_for
 from custom_components.offsite_backup.runner import CALLER_STOPPED
 from tests.helpers.servers import S3Server
 from tests.integration.common import let_upload_progress_settle, multipart_uploads, state

@@ -24,12 +24,12 @@ from pytest_homeassistant_custom_component.common import (
     async_fire_time_changed,
 )
 
+from custom_components.offsite_backup.backup import agent_id_for
 from custom_components.offsite_backup.const import (
     CONF_KEEP_LOCAL,
     CONF_RESTORE_DRILL,
     EVENT_SUCCEEDED,
 )
-from custom_components.offsite_backup.models import agent_id_for
 from custom_components.offsite_backup.own_retention import MARKER
 from tests.helpers.gateway import RunningGateway, run_gateway
 from tests.helpers.servers import S3Server

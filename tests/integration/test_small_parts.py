@@ -14,9 +14,9 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from custom_components.offsite_backup.backup import async_register_backup_agents_listener
 from custom_components.offsite_backup.config_flow import _normalise_url
 from custom_components.offsite_backup.const import DOMAIN
-from custom_components.offsite_backup.models import Settings
 from custom_components.offsite_backup.own_retention import Rule, expired
 from custom_components.offsite_backup.sensor import _truncate
+from custom_components.offsite_backup.settings import Settings
 
 
 def test_settings_defaults_and_bad_stored_values() -> None:

@@ -30,6 +30,7 @@ from pytest_homeassistant_custom_component.common import (
     async_fire_time_changed,
 )
 
+from custom_components.offsite_backup.backup import agent_id_for
 from custom_components.offsite_backup.const import (
     CONF_ADDONS,
     CONF_CONTENTS,
@@ -39,7 +40,6 @@ from custom_components.offsite_backup.const import (
     EVENT_SUCCEEDED,
     JobTrigger,
 )
-from custom_components.offsite_backup.models import agent_id_for
 from custom_components.offsite_backup.runner import STOPPED_CREATING
 from tests.engine.proxy import FaultProxy, gate
 from tests.helpers.servers import S3Server

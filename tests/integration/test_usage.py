@@ -14,8 +14,8 @@ from homeassistant.helpers import issue_registry as ir
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import WebSocketGenerator
 
+from custom_components.offsite_backup.backup import agent_id_for
 from custom_components.offsite_backup.const import DOMAIN
-from custom_components.offsite_backup.models import agent_id_for
 from offsite_gateway.app import STORE
 from tests.helpers.gateway import RunningGateway
 from tests.integration.common import entity_id, let_upload_progress_settle

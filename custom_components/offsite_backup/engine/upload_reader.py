@@ -1,4 +1,4 @@
-"""Reading the backup stream into the gateway's parts, and hashing them. No Home Assistant import.
+"""Reading the backup stream into the gateway's parts, and hashing them.
 
 Memory stays near ``(parallel + 1) * part_size``: a part's buffer is taken when its first byte arrives and given
 back once storage holds the part *and* the hashes have read it.

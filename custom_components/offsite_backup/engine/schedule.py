@@ -1,4 +1,4 @@
-"""Jittered daily window math: when tonight's backup runs. No Home Assistant import.
+"""Jittered daily window math: when tonight's backup runs.
 
 Each local day has one *window* ``[start, end)`` in the house's time zone (default 00:00-02:00). The window
 belongs to the day it starts on, so a window of 23:00-01:00 that starts on Monday is Monday's. For each day a

@@ -1,4 +1,4 @@
-"""Sending one part to storage through its presigned URL, retried until storage holds it. No Home Assistant import.
+"""Sending one part to storage through its presigned URL, retried until storage holds it.
 
 - URLs are asked for in small batches just ahead of use, signed again before use once older than ``url_refresh``
   of their lifetime, and again whenever storage answers 403 (expired).

@@ -3,7 +3,7 @@
 The options flow sets it (``PUT /v1/instance/notify``) or clears it as the user saves the option; ``sync`` runs at
 each setup and sets it again where the gateway has none or another (its database rebuilt from the bucket, say).
 A URL the gateway holds while the option is off is left alone: only the options flow clears one. Nothing here
-logs the URL but as the gateway shows it (``scheme://host/…``). No Home Assistant import.
+logs the URL but as the gateway shows it (``scheme://host/…``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Typed async client of the Offsite Backup gateway API v1 (docs/api-v1.md).
 
-Plain asyncio + aiohttp, no Home Assistant import: the integration injects its shared ``ClientSession``.
+Plain asyncio + aiohttp: the integration injects its shared ``ClientSession``.
 
 Every v1 route has a method returning a typed dataclass. Failures raise a subclass of :class:`GatewayError`
 carrying the gateway's ``code`` and ``message`` (and the HTTP ``status``):

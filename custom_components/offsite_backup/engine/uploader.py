@@ -1,6 +1,6 @@
 """Chunked, retried, resumable multipart upload to the gateway's presigned part URLs.
 
-Plain asyncio + aiohttp, no Home Assistant import. The integration calls::
+Plain asyncio + aiohttp. The integration calls::
 
     backup: RemoteBackup = await upload(
         client=client,                  # api.GatewayClient (its session is used for the PUTs unless session= given)

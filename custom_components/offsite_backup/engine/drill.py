@@ -1,4 +1,4 @@
-"""The restore drill's checks, as plain code: no Home Assistant import, so they are tested on their own.
+"""The restore drill's checks, as plain code, tested on their own.
 
 A drill downloads a backup through the backup location and checks, without restoring anything:
 

@@ -1,4 +1,4 @@
-"""What an upload is tuned with and what is persisted to resume it; S3's part limits. No Home Assistant import."""
+"""What an upload is tuned with and what is persisted to resume it; S3's part limits."""
 
 from __future__ import annotations
 

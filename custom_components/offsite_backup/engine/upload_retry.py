@@ -1,4 +1,4 @@
-"""Riding out transient failures: retried against a deadline, not a count. No Home Assistant import.
+"""Riding out transient failures: retried against a deadline, not a count.
 
 A transient failure (a network error, a timeout, a 5xx, a 429 or a 408 from storage or the gateway, a gateway that
 cannot be reached) is tried again after a capped, jittered backoff (``Retry-After`` honoured) until the upload's

@@ -1,4 +1,4 @@
-"""How an upload fails, in words a person can act on. No Home Assistant import."""
+"""How an upload fails, in words a person can act on."""
 
 from __future__ import annotations
 
