@@ -20,15 +20,9 @@ it back: the pool then opens a new one, and the server drops whatever the old se
 Every call has a deadline: connecting and waiting for a connection, each statement, and a lock wait
 (`lock_timeout`), all `OFFSITE_GATEWAY_DB_TIMEOUT` seconds.
 
-Every request authenticates its token (`instance_by_token_hash`): a round trip each, a quarter of what a backup
-costs the database, for rows that change a few times a year. So the store caches token hash -> instance, and a
-connection of its own (not the pool's, `application_name` `offsite-gateway-listener`) LISTENs on
-`offsite_gateway_instances`, which a trigger on `instances` notifies at every commit that changes it (migration 7),
-whichever node or CLI process made the change: each notification empties the cache, so a revoked or rotated token
-is refused on every node within a moment. The cache is used only while that connection listens: losing it empties
-the cache and every lookup asks the database until a reconnection (1 s, doubling to 30 s) listens again. A lookup
-is cached only if no notification or loss came while it ran (a generation counter), never when nothing was found,
-for at most `TOKEN_CACHE_TTL` seconds (a safety net) and `TOKEN_CACHE_SIZE` entries.
+Every request authenticates its token (`instance_by_token_hash`): the store asks its `TokenCache` (`token_cache`:
+kept fresh by a connection of its own that LISTENs for changes of instances) first, the database only when it has
+nothing.
 """
 
 from __future__ import annotations
@@ -47,7 +41,6 @@ from typing import Any, cast
 import asyncpg
 
 from ..config import PostgresDatabase
-from ..tasks import stop_task
 from .base import (
     PENDING,
     POLICY_FIELDS,
@@ -81,6 +74,7 @@ from .rows import (
     notice_values,
     watched_from_row,
 )
+from .token_cache import TokenCache
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -118,13 +112,7 @@ def lock_key(kind: str, name: str) -> int:
 MIGRATION_LOCK = lock_key("migrations", "")
 SWEEPER_LOCK = lock_key("sweeper", "")
 
-INSTANCES_CHANNEL = "offsite_gateway_instances"  # notified by migration 7's trigger on `instances`
-NOTIFYING_VERSION = 7  # the schema version from which the database notifies it
-LISTENER_NAME = "offsite-gateway-listener"  # the listening connection's application_name
-TOKEN_CACHE_TTL = 60.0  # s: how long a cached instance is trusted, were a notification ever lost
-TOKEN_CACHE_SIZE = 100_000  # entries; a full cache is emptied
-RECONNECT_FIRST = 1.0  # s: the first wait before listening again, doubled after each failure
-RECONNECT_MAX = 30.0
+NOTIFYING_VERSION = 7  # the schema version from which the database notifies changes of instances
 
 
 @dataclasses.dataclass
@@ -178,12 +166,7 @@ class PostgresStore:
         self._read_ahead: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
             f"offsite_gateway_pg_ahead_{id(self)}", default=None
         )
-        # token hash -> (monotonic expiry, instance); trusted only while `_listener` listens (module docstring).
-        self._tokens: dict[str, tuple[float, Instance]] = {}
-        self._generation = 0  # bumped whenever `_tokens` is emptied for a change or a loss of the listener
-        self._listener: asyncpg.Connection | None = None
-        self._listener_lost = asyncio.Event()
-        self._relisten: asyncio.Task[None] | None = None
+        self._tokens = TokenCache(url, timeout=timeout)
 
     def describe(self) -> str:
         return f"PostgreSQL {PostgresDatabase(self.url).redacted}"
@@ -220,24 +203,15 @@ class PostgresStore:
                     if current > SCHEMA_VERSION:
                         raise SchemaTooNew(too_new_message(current))  # noqa: TRY301 - the pool is closed below
             if current >= NOTIFYING_VERSION:
-                await self._first_listen()
+                await self._tokens.open()
         except BaseException:
+            await self._tokens.close()
             await pool.close()
             raise
         self._pool = pool
-        if current >= NOTIFYING_VERSION:
-            self._relisten = asyncio.create_task(self._keep_listening(), name="offsite-gateway-listener")
 
     async def close(self) -> None:
-        task, self._relisten = self._relisten, None
-        await stop_task(task)
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            self._forget_tokens()
-            try:
-                await listener.close(timeout=self.timeout)
-            except _UNAVAILABLE:
-                listener.terminate()
+        await self._tokens.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -283,80 +257,6 @@ class PostgresStore:
                 yield conn
         except _UNAVAILABLE as err:
             raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
-
-    # --- token cache --------------------------------------------------------------------------------
-
-    async def _listen(self) -> None:
-        """Connect the listener and LISTEN; from then on, tokens are cached afresh."""
-        conn = await asyncpg.connect(
-            self.url,
-            timeout=self.timeout,
-            command_timeout=self.timeout,
-            server_settings={"application_name": LISTENER_NAME},
-        )
-        try:
-            # Before LISTEN: a loss at any moment after it is reported (to `_listener_closed`).
-            conn.add_termination_listener(self._listener_closed)
-            await conn.add_listener(INSTANCES_CHANNEL, self._instances_changed)
-            if conn.is_closed():
-                raise asyncpg.InterfaceError("the listener's connection closed as it started listening")  # noqa: TRY301
-        except BaseException:
-            conn.terminate()
-            raise
-        self._listener = conn
-        self._listener_lost.clear()
-        # What a lookup read before this moment was not covered by notifications: not cached (the generation).
-        self._forget_tokens()
-
-    async def _first_listen(self) -> None:
-        """Listen at start; failing that, run uncached (with a warning) while `_keep_listening` retries."""
-        try:
-            await self._listen()
-        except Exception as err:
-            self._listener_lost.set()
-            _LOGGER.warning(
-                "Cannot listen for changes of instances (%s: %s): every request asks the database for its token "
-                "until it can",
-                type(err).__name__,
-                err,
-            )
-
-    async def _keep_listening(self) -> None:
-        """Listen again whenever the listener is lost: after 1 s, doubling up to 30 s while it fails."""
-        while True:
-            await self._listener_lost.wait()
-            delay = RECONNECT_FIRST
-            while self._listener is None:
-                await asyncio.sleep(delay)
-                try:
-                    await self._listen()
-                except Exception as err:
-                    delay = min(delay * 2, RECONNECT_MAX)
-                    _LOGGER.debug(
-                        "Cannot listen again yet (%s: %s); next try in %.0f s", type(err).__name__, err, delay
-                    )
-            _LOGGER.info("Listening for changes of instances again: tokens are cached again")
-
-    def _listener_closed(self, conn: asyncpg.Connection) -> None:
-        """asyncpg: the listener's connection is closed (the server ended it, the network failed, or `close`)."""
-        if conn is not self._listener:
-            return  # closed by `close`, or a connection that never listened
-        self._listener = None
-        self._forget_tokens()
-        self._listener_lost.set()
-        _LOGGER.warning(
-            "Lost the connection listening for changes of instances: every request asks the database for its "
-            "token until it is back"
-        )
-
-    def _instances_changed(self, conn: asyncpg.Connection, pid: int, channel: str, payload: str) -> None:
-        """asyncpg: `instances` changed (a commit on any node or CLI process)."""
-        self._forget_tokens()
-
-    def _forget_tokens(self) -> None:
-        """Empty the cache; a lookup running now does not store what it read (it may predate the change)."""
-        self._tokens.clear()
-        self._generation += 1
 
     # --- schema ---------------------------------------------------------------------------------------
 
@@ -529,7 +429,7 @@ class PostgresStore:
         except asyncpg.UniqueViolationError as err:
             raise DuplicateInstance(instance.name) from err
         finally:
-            self._forget_tokens()
+            self._tokens.forget()
 
     async def restore_instance(self, instance: Instance, token_hash: str) -> bool:
         try:
@@ -544,7 +444,7 @@ class PostgresStore:
                     instance.revoked_at,
                 )
         finally:
-            self._forget_tokens()
+            self._tokens.forget()
         return status.endswith(" 1")
 
     async def list_instances(self) -> list[Instance]:
@@ -569,7 +469,7 @@ class PostgresStore:
                         now,
                     )
         finally:
-            self._forget_tokens()
+            self._tokens.forget()
         return None if row is None else instance_from_row(row)
 
     async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
@@ -582,7 +482,7 @@ class PostgresStore:
                     name,
                 )
         finally:
-            self._forget_tokens()
+            self._tokens.forget()
         return None if row is None else instance_from_row(row)
 
     async def set_policy(
@@ -609,7 +509,7 @@ class PostgresStore:
                         *changes.values(),
                     )
         finally:
-            self._forget_tokens()
+            self._tokens.forget()
         return None if row is None else instance_from_row(row)
 
     async def restore_policy(self, instance_id: str, policy: PolicyOverrides, set_at: float) -> bool:
@@ -624,7 +524,7 @@ class PostgresStore:
                     *(getattr(policy, field) for field in POLICY_FIELDS),
                 )
         finally:
-            self._forget_tokens()
+            self._tokens.forget()
         return status.endswith(" 1")
 
     async def usage(self, instance_id: str) -> tuple[int, int]:
@@ -638,14 +538,11 @@ class PostgresStore:
         return int(row["bytes"]), int(row["count"])
 
     async def instance_by_token_hash(self, token_hash: str) -> Instance | None:
-        """From the cache while the listener listens (module docstring), else from the database."""
+        """From the token cache while it listens (`token_cache`), else from the database."""
         cached = self._tokens.get(token_hash)
-        if cached is not None and self._listener is not None:
-            expires, instance = cached
-            if time.monotonic() < expires:
-                return instance
-            self._tokens.pop(token_hash, None)
-        generation = self._generation
+        if cached is not None:
+            return cached
+        generation = self._tokens.generation
         async with self._conn() as conn:
             row = await conn.fetchrow(
                 f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE token_hash = $1 AND revoked_at IS NULL",  # noqa: S608
@@ -654,10 +551,7 @@ class PostgresStore:
         if row is None:
             return None  # not cached: wrong tokens (throttled by the app) would only crowd out the right ones
         found = instance_from_row(row)
-        if self._listener is not None and generation == self._generation:
-            if len(self._tokens) >= TOKEN_CACHE_SIZE:
-                self._tokens.clear()
-            self._tokens[token_hash] = (time.monotonic() + TOKEN_CACHE_TTL, found)
+        self._tokens.put(token_hash, found, generation)
         return found
 
     # --- backups --------------------------------------------------------------------------------------
@@ -887,7 +781,7 @@ class PostgresStore:
                     target.secret if target else None,
                 )
         finally:
-            self._forget_tokens()
+            self._tokens.forget()
         return status.endswith(" 1")
 
     async def instance_by_id(self, instance_id: str) -> Instance | None:
