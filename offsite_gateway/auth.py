@@ -52,7 +52,7 @@ async def add_instance(store: Store, name: str, now: float | None = None) -> tup
 
 async def revoke_instance(store: Store, name: str, now: float | None = None) -> Instance | None:
     """Revoke the active instance with this name: its token gets 401 from now on, and its upload in progress is
-    marked failed (`sweeper.abort_instance_uploads` aborts it in storage). None if there is none."""
+    marked failed (`domain.abort_instance_uploads` aborts it in storage). None if there is none."""
     return await store.revoke_instance(name.strip(), time.time() if now is None else now)
 
 

@@ -437,41 +437,38 @@ async def _record_policy(settings: Settings, instance: Instance) -> None:
 async def _backup_delete(settings: Settings, backup_id: str) -> int:
     """The operator deletes a backup: not bound by its instance's delete protection (nor by Object Lock, which
     the gateway bypasses in governance mode)."""
-    from .retention import delete_backups  # noqa: PLC0415
+    from . import domain  # noqa: PLC0415
+    from .errors import ApiError  # noqa: PLC0415
+    from .metrics import Metrics  # noqa: PLC0415
     from .storage import Storage  # noqa: PLC0415
-    from .store import COMPLETED, DELETING, UPLOADING  # noqa: PLC0415
 
     storage = Storage(settings)
     await storage.open()
     try:
         async with _open_store(settings) as store:
-            backup = await store.get_backup(backup_id.strip())
-            if backup is None:
+            backup_id = backup_id.strip()
+            if await store.get_backup(backup_id) is None:
                 print(f"offsite-gateway: no backup has the id {backup_id!r}", file=sys.stderr)
                 return EXIT_FAILED
-            async with store.lock_backup(backup.id):
-                backup = await store.get_backup(backup.id)
-                if backup is None:
-                    print(f"Backup {backup_id} was deleted meanwhile.")
-                    return 0
-                if backup.status == UPLOADING:
-                    failed = await store.fail_backup(backup.id, time.time())
-                    if failed is not None and failed.upload_id is not None:
-                        await storage.abort_multipart_upload(failed.object_key, failed.upload_id)
-                    await store.delete_backup(backup.id)
-                elif backup.status in (COMPLETED, DELETING):
-                    if await delete_backups(store, storage, [backup]):
-                        print(
-                            f"offsite-gateway: storage did not delete backup {backup.id}; the gateway's "
-                            "sweeper retries it",
-                            file=sys.stderr,
-                        )
-                        return EXIT_FAILED
+            context = domain.Context(settings, store, storage, Metrics())
+            try:
+                backup = await domain.delete(context, backup_id, owner=None)
+            except ApiError as err:
+                if err.code == "storage_error":
+                    print(
+                        f"offsite-gateway: storage did not delete backup {backup_id}; the gateway's sweeper "
+                        "retries it",
+                        file=sys.stderr,
+                    )
                 else:
-                    await store.delete_backup(backup.id)
+                    print(f"offsite-gateway: backup {backup_id}: {err.message}", file=sys.stderr)
+                return EXIT_FAILED
     finally:
         await storage.close()
-    print(f"Backup {backup.id} of instance {backup.instance_id} deleted.")
+    if backup is None:
+        print(f"Backup {backup_id} was deleted meanwhile.")
+    else:
+        print(f"Backup {backup.id} of instance {backup.instance_id} deleted.")
     return 0
 
 
@@ -498,8 +495,8 @@ async def _instance_revoke(settings: Settings, name: str) -> int:
 
 
 async def _abort_uploads(settings: Settings, store: Store, instance_id: str) -> int:
+    from .domain import abort_instance_uploads  # noqa: PLC0415
     from .storage import Storage  # noqa: PLC0415
-    from .sweeper import abort_instance_uploads  # noqa: PLC0415
 
     storage = Storage(settings)
     await storage.open()

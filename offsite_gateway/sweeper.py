@@ -24,15 +24,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import Settings
+from .domain import Context, abort_instance_uploads, abort_orphans, fail_upload
 from .metrics import Metrics
 from .retention import purge
-from .storage import PendingUpload, Storage, StorageError
-from .store import COMPLETED, DELETING, UPLOADING, Store
+from .storage import Storage, StorageError
+from .store import Store
 from .tasks import stop_task
+
+__all__ = ["SweepReport", "Sweeper", "abort_instance_uploads", "abort_orphans"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ class Sweeper:
         self.storage = storage
         self.metrics = metrics
         self.clock = clock
+        self.context = Context(settings, store, storage, metrics, clock)
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -107,25 +111,17 @@ class Sweeper:
         store, storage = self.store, self.storage
 
         for backup in await store.stale_uploads(now - self.settings.stale_upload_after):
-            # Marked failed first (only if still uploading, so a complete racing us wins), then aborted.
+            # Marked failed first (only if still uploading, so a complete racing us wins), then aborted (if
+            # storage refuses, step 2 aborts the upload on a later run, once storage answers again).
             async with store.lock_backup(backup.id, wait=False) as held:
-                failed = await store.fail_backup(backup.id, now) if held else None
-                if failed is None:
+                if not held or await fail_upload(self.context, backup.id, now) is None:
                     continue
-                backup = failed  # noqa: PLW2901 - its upload id as it was when it failed
                 report.stale_failed += 1
                 _LOGGER.info(
                     "Sweeper: upload %s of instance %s showed no activity for too long; marked failed",
                     backup.id,
                     backup.instance_id,
                 )
-                if backup.upload_id is not None:
-                    try:
-                        await storage.abort_multipart_upload(backup.object_key, backup.upload_id)
-                    except StorageError as err:
-                        # Step 2 aborts the upload on a later run, once storage answers again.
-                        _LOGGER.warning("Sweeper: could not abort stale upload %s: %s", backup.id, err)
-                        self.metrics.storage_errors.labels(err.operation).inc()
         self.metrics.swept.labels("stale").inc(report.stale_failed)
 
         prefix = self.settings.s3_prefix
@@ -150,51 +146,3 @@ class Sweeper:
         report.failed_pruned = await store.prune_failed(now - self.settings.prune_failed_after)
         self.metrics.uploads_in_progress.set(await store.count_uploading())
         return report
-
-
-async def abort_orphans(
-    store: Store, storage: Storage, uploads: Iterable[PendingUpload], metrics: Metrics | None = None
-) -> int:
-    """Abort each of `uploads` that the database does not hold as in progress; return how many were aborted.
-
-    An upload completed since storage was listed is no orphan: the database holds its backup completed with that
-    upload id, and it is left alone (nothing of it is pending in storage any more). The database says so, not
-    the abort's answer: S3 and moto answer NoSuchUpload to an abort of an upload they no longer have, but
-    SeaweedFS answers 204 as to any abort (the completed object stays either way).
-    """
-    aborted = 0
-    for upload in uploads:
-        if await _known(store, upload.key, upload.upload_id):
-            continue
-        try:
-            if not await storage.abort_multipart_upload(upload.key, upload.upload_id):
-                continue  # aborted (or completed) since storage was listed: not an orphan after all
-        except StorageError as err:
-            _LOGGER.warning("Sweeper: could not abort orphan upload of %s: %s", upload.key, err)
-            if metrics is not None:
-                metrics.storage_errors.labels(err.operation).inc()
-            continue
-        aborted += 1
-        _LOGGER.info("Sweeper: aborted an upload the database does not know: %s", upload.key)
-    return aborted
-
-
-async def abort_instance_uploads(
-    store: Store, storage: Storage, settings: Settings, instance_id: str, metrics: Metrics | None = None
-) -> int:
-    """Abort the instance's storage uploads that the database does not hold as in progress (after a revocation,
-    all of them); return how many were aborted."""
-    uploads = await storage.list_multipart_uploads(f"{settings.s3_prefix}{instance_id}/")
-    return await abort_orphans(store, storage, uploads, metrics)
-
-
-async def _known(store: Store, key: str, upload_id: str) -> bool:
-    """Whether the database holds this upload as in progress (or is about to: its id not stored yet), or as
-    completed (storage completed it after it was listed: it is pending no more)."""
-    backup_id = key.rsplit("/", 1)[-1]
-    backup = await store.get_backup(backup_id)
-    if backup is None or backup.object_key != key:
-        return False
-    if backup.status == UPLOADING:
-        return backup.upload_id in (None, upload_id)
-    return backup.status in (COMPLETED, DELETING) and backup.upload_id == upload_id

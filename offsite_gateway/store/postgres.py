@@ -13,41 +13,23 @@ at a time), conditional updates for every state change, and advisory locks:
 - `lock_sweeper`: `pg_try_advisory_lock`: one node sweeps, the others skip that run.
 - migrations run under an advisory lock, each in its own transaction, recorded in `schema_migrations`.
 
-Connections come from asyncpg's pool (`asyncpg.create_pool`), given back without asyncpg's reset query (see
-`_reset`). A connection whose state is uncertain, because the block using it was cancelled or failed on something
-else than an error PostgreSQL answered on it (a unique violation, say), is terminated before asyncpg's pool takes
-it back: the pool then opens a new one, and the server drops whatever the old session held (its advisory locks).
-Every call has a deadline: connecting and waiting for a connection, each statement, and a lock wait
-(`lock_timeout`), all `OFFSITE_GATEWAY_DB_TIMEOUT` seconds.
-
-Every request authenticates its token (`instance_by_token_hash`): a round trip each, a quarter of what a backup
-costs the database, for rows that change a few times a year. So the store caches token hash -> instance, and a
-connection of its own (not the pool's, `application_name` `offsite-gateway-listener`) LISTENs on
-`offsite_gateway_instances`, which a trigger on `instances` notifies at every commit that changes it (migration 7),
-whichever node or CLI process made the change: each notification empties the cache, so a revoked or rotated token
-is refused on every node within a moment. The cache is used only while that connection listens: losing it empties
-the cache and every lookup asks the database until a reconnection (1 s, doubling to 30 s) listens again. A lookup
-is cached only if no notification or loss came while it ran (a generation counter), never when nothing was found,
-for at most `TOKEN_CACHE_TTL` seconds (a safety net) and `TOKEN_CACHE_SIZE` entries.
+How connections are pooled, timed out and bound to the lock a task holds is `pg_connections`; every request's
+token is looked up in the `TokenCache` (`token_cache`: kept fresh by a connection of its own that LISTENs for
+changes of instances) first, in the database only when it has nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import contextvars
-import dataclasses
-import hashlib
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, cast
+from typing import cast
 
 import asyncpg
 
 from ..config import PostgresDatabase
-from ..tasks import stop_task
 from .base import (
     PENDING,
     POLICY_FIELDS,
@@ -62,12 +44,12 @@ from .base import (
     RateLimited,
     SchemaStatus,
     SchemaTooNew,
-    StoreUnavailable,
     UploadInProgress,
     Watched,
 )
 from .locks import KeyedLocks
 from .migrations import MIGRATIONS, SCHEMA_VERSION, pending, statements, too_new_message
+from .pg_connections import Connections, lock_key
 from .rows import (
     BACKUP_COLUMNS,
     INSTANCE_COLUMNS,
@@ -76,11 +58,11 @@ from .rows import (
     backup_from_row,
     backup_values,
     instance_from_row,
-    newest_first,
     notice_from_row,
     notice_values,
     watched_from_row,
 )
+from .token_cache import TokenCache
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -96,62 +78,10 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-# The database cannot answer now (down, unreachable, overloaded, a lock or statement timed out): 503, not 500.
-_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.LockNotAvailableError,
-    asyncpg.QueryCanceledError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-)
-
-
-def lock_key(kind: str, name: str) -> int:
-    """A signed 64-bit advisory lock key for (kind, name); a collision only serialises more, never less."""
-    digest = hashlib.blake2b(f"offsite-gateway:{kind}:{name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
 MIGRATION_LOCK = lock_key("migrations", "")
 SWEEPER_LOCK = lock_key("sweeper", "")
 
-INSTANCES_CHANNEL = "offsite_gateway_instances"  # notified by migration 7's trigger on `instances`
-NOTIFYING_VERSION = 7  # the schema version from which the database notifies it
-LISTENER_NAME = "offsite-gateway-listener"  # the listening connection's application_name
-TOKEN_CACHE_TTL = 60.0  # s: how long a cached instance is trusted, were a notification ever lost
-TOKEN_CACHE_SIZE = 100_000  # entries; a full cache is emptied
-RECONNECT_FIRST = 1.0  # s: the first wait before listening again, doubled after each failure
-RECONNECT_MAX = 30.0
-
-
-@dataclasses.dataclass
-class _HeldLock:
-    """A session advisory lock held for a block; `released` once a statement of the block released it."""
-
-    key: int
-    released: bool = False
-
-
-def _read_ahead(backup_id: str, rows: list[Backup], completing: bool) -> dict[str, Any]:
-    """What `offsite_lock_backup[_for_complete]` read: the backup (first, if it exists) and, when completing, its
-    instance's completed backups, newest first (as `list_backups` orders them)."""
-    backup = rows[0] if rows and rows[0].id == backup_id else None
-    ahead: dict[str, Any] = {f"backup:{backup_id}": backup}
-    if completing and backup is not None:
-        ahead[f"list:completed:{backup.instance_id}"] = newest_first(rows[1:])
-    return ahead
-
-
-def _terminate(conn: asyncpg.Connection) -> None:
-    """End a pooled connection (its session and locks with it); the pool opens a new one when needed.
-
-    Once terminated, asyncpg's pool takes it back at once: a second call finds it released, and does nothing.
-    """
-    with contextlib.suppress(asyncpg.InterfaceError):
-        conn.terminate()
+NOTIFYING_VERSION = 7  # the schema version from which the database notifies changes of instances
 
 
 class PostgresStore:
@@ -161,57 +91,18 @@ class PostgresStore:
 
     def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 10.0) -> None:
         self.url = url
-        self.pool_size = pool_size
         self.timeout = timeout
-        self._pool: asyncpg.Pool | None = None
+        self._db = Connections(url, pool_size=pool_size, timeout=timeout)
         self._locks = KeyedLocks()
-        # The connection holding this task's advisory lock, used by every call inside `lock_backup`.
-        self._bound: contextvars.ContextVar[asyncpg.Connection | None] = contextvars.ContextVar(
-            f"offsite_gateway_pg_{id(self)}", default=None
-        )
-        # The advisory lock this task holds (innermost), which a statement inside the block may release itself.
-        self._held: contextvars.ContextVar[_HeldLock | None] = contextvars.ContextVar(
-            f"offsite_gateway_pg_held_{id(self)}", default=None
-        )
-        # Read in the same round trip as the lock, for this task's next call that asks for it (once each): the
-        # backup `lock_backup` locked, and (`completing`) the completed backups of its instance.
-        self._read_ahead: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-            f"offsite_gateway_pg_ahead_{id(self)}", default=None
-        )
-        # token hash -> (monotonic expiry, instance); trusted only while `_listener` listens (module docstring).
-        self._tokens: dict[str, tuple[float, Instance]] = {}
-        self._generation = 0  # bumped whenever `_tokens` is emptied for a change or a loss of the listener
-        self._listener: asyncpg.Connection | None = None
-        self._listener_lost = asyncio.Event()
-        self._relisten: asyncio.Task[None] | None = None
+        self._tokens = TokenCache(url, timeout=timeout)
 
     def describe(self) -> str:
         return f"PostgreSQL {PostgresDatabase(self.url).redacted}"
 
-    @property
-    def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise RuntimeError("the store is not open")
-        return self._pool
-
     async def open(self, *, migrate: bool = True) -> None:
-        pool = await asyncpg.create_pool(
-            self.url,
-            min_size=1,
-            max_size=self.pool_size,
-            timeout=self.timeout,  # connecting
-            command_timeout=self.timeout,  # each statement
-            max_inactive_connection_lifetime=60,
-            reset=self._reset,
-            server_settings={
-                "application_name": "offsite-gateway",
-                # A lock wait (row or advisory) longer than this fails rather than piling up requests.
-                "lock_timeout": str(int(self.timeout * 1000)),
-                "idle_in_transaction_session_timeout": str(int(self.timeout * 3000)),
-            },
-        )
+        await self._db.open()
         try:
-            async with self._acquire(pool) as conn:
+            async with self._db.acquire() as conn:
                 if migrate:
                     await self._migrate(conn)
                     current = SCHEMA_VERSION
@@ -220,143 +111,15 @@ class PostgresStore:
                     if current > SCHEMA_VERSION:
                         raise SchemaTooNew(too_new_message(current))  # noqa: TRY301 - the pool is closed below
             if current >= NOTIFYING_VERSION:
-                await self._first_listen()
+                await self._tokens.open()
         except BaseException:
-            await pool.close()
+            await self._tokens.close()
+            await self._db.close()
             raise
-        self._pool = pool
-        if current >= NOTIFYING_VERSION:
-            self._relisten = asyncio.create_task(self._keep_listening(), name="offsite-gateway-listener")
 
     async def close(self) -> None:
-        task, self._relisten = self._relisten, None
-        await stop_task(task)
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            self._forget_tokens()
-            try:
-                await listener.close(timeout=self.timeout)
-            except _UNAVAILABLE:
-                listener.terminate()
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await pool.close()
-            except TimeoutError:
-                pool.terminate()
-
-    @staticmethod
-    async def _reset(conn: asyncpg.Connection) -> None:
-        """Nothing more than asyncpg's own rollback of an open transaction, when a connection goes back.
-
-        Not asyncpg's default reset query (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`: a
-        second round trip after every call): the store never sets, listens or keeps cursors on the pool's
-        connections (its listener is a connection of its own), and `_advisory` unlocks what it locked, or
-        terminates the connection (and so its session's locks) when it cannot be sure.
-        """
-
-    @contextlib.asynccontextmanager
-    async def _acquire(self, pool: asyncpg.Pool | None = None) -> AsyncIterator[asyncpg.Connection]:
-        """A connection of asyncpg's pool for the block, waited for at most `timeout` seconds; terminated (the
-        pool then replaces it) unless the block ended well or on an error PostgreSQL answered on it."""
-        async with (pool or self.pool).acquire(timeout=self.timeout) as conn:
-            try:
-                yield conn
-            except asyncpg.PostgresError as err:
-                if isinstance(err, asyncpg.QueryCanceledError | asyncpg.PostgresConnectionError):
-                    _terminate(conn)
-                raise
-            except BaseException:
-                _terminate(conn)
-                raise
-
-    @contextlib.asynccontextmanager
-    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
-        """The connection this task holds a lock on, else one from the pool for the call."""
-        try:
-            bound = self._bound.get()
-            if bound is not None:
-                yield bound
-                return
-            async with self._acquire() as conn:
-                yield conn
-        except _UNAVAILABLE as err:
-            raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
-
-    # --- token cache --------------------------------------------------------------------------------
-
-    async def _listen(self) -> None:
-        """Connect the listener and LISTEN; from then on, tokens are cached afresh."""
-        conn = await asyncpg.connect(
-            self.url,
-            timeout=self.timeout,
-            command_timeout=self.timeout,
-            server_settings={"application_name": LISTENER_NAME},
-        )
-        try:
-            # Before LISTEN: a loss at any moment after it is reported (to `_listener_closed`).
-            conn.add_termination_listener(self._listener_closed)
-            await conn.add_listener(INSTANCES_CHANNEL, self._instances_changed)
-            if conn.is_closed():
-                raise asyncpg.InterfaceError("the listener's connection closed as it started listening")  # noqa: TRY301
-        except BaseException:
-            conn.terminate()
-            raise
-        self._listener = conn
-        self._listener_lost.clear()
-        # What a lookup read before this moment was not covered by notifications: not cached (the generation).
-        self._forget_tokens()
-
-    async def _first_listen(self) -> None:
-        """Listen at start; failing that, run uncached (with a warning) while `_keep_listening` retries."""
-        try:
-            await self._listen()
-        except Exception as err:
-            self._listener_lost.set()
-            _LOGGER.warning(
-                "Cannot listen for changes of instances (%s: %s): every request asks the database for its token "
-                "until it can",
-                type(err).__name__,
-                err,
-            )
-
-    async def _keep_listening(self) -> None:
-        """Listen again whenever the listener is lost: after 1 s, doubling up to 30 s while it fails."""
-        while True:
-            await self._listener_lost.wait()
-            delay = RECONNECT_FIRST
-            while self._listener is None:
-                await asyncio.sleep(delay)
-                try:
-                    await self._listen()
-                except Exception as err:
-                    delay = min(delay * 2, RECONNECT_MAX)
-                    _LOGGER.debug(
-                        "Cannot listen again yet (%s: %s); next try in %.0f s", type(err).__name__, err, delay
-                    )
-            _LOGGER.info("Listening for changes of instances again: tokens are cached again")
-
-    def _listener_closed(self, conn: asyncpg.Connection) -> None:
-        """asyncpg: the listener's connection is closed (the server ended it, the network failed, or `close`)."""
-        if conn is not self._listener:
-            return  # closed by `close`, or a connection that never listened
-        self._listener = None
-        self._forget_tokens()
-        self._listener_lost.set()
-        _LOGGER.warning(
-            "Lost the connection listening for changes of instances: every request asks the database for its "
-            "token until it is back"
-        )
-
-    def _instances_changed(self, conn: asyncpg.Connection, pid: int, channel: str, payload: str) -> None:
-        """asyncpg: `instances` changed (a commit on any node or CLI process)."""
-        self._forget_tokens()
-
-    def _forget_tokens(self) -> None:
-        """Empty the cache; a lookup running now does not store what it read (it may predate the change)."""
-        self._tokens.clear()
-        self._generation += 1
+        await self._tokens.close()
+        await self._db.close()
 
     # --- schema ---------------------------------------------------------------------------------------
 
@@ -393,82 +156,19 @@ class PostgresStore:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
     async def schema_status(self) -> SchemaStatus:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             current = await self._version(conn)
         return SchemaStatus(current, SCHEMA_VERSION, pending(current))
 
     async def migrate(self) -> list[tuple[int, str]]:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             return await self._migrate(conn)
 
     async def ping(self) -> None:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             await conn.fetchval("SELECT 1")
 
     # --- locks ----------------------------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _advisory(
-        self, key: int, *, wait: bool, read_ahead: str | None = None, completing: bool = False
-    ) -> AsyncIterator[bool]:
-        """A session advisory lock on the task's bound connection, or on a pooled one bound for the block.
-
-        A pooled connection whose lock state is uncertain (the wait was cancelled or failed, the unlock failed)
-        is ended rather than given back: the server then drops every lock its session held.
-        """
-        async with contextlib.AsyncExitStack() as stack:
-            bound = self._bound.get()
-            conn: asyncpg.Connection | None = bound
-            try:
-                if conn is None:
-                    conn = await stack.enter_async_context(self._acquire())
-                assert conn is not None
-                if read_ahead is not None:
-                    # Locked and read in one round trip (offsite_lock_backup, migration 4; with the instance's
-                    # completed backups, offsite_lock_backup_for_complete, migration 6).
-                    function = "offsite_lock_backup_for_complete" if completing else "offsite_lock_backup"
-                    rows = await conn.fetch(
-                        f"SELECT {BACKUP_COLUMNS} FROM {function}($1, $2)",  # noqa: S608
-                        key,
-                        read_ahead,
-                    )
-                    self._read_ahead.set(
-                        _read_ahead(read_ahead, [backup_from_row(row) for row in rows], completing)
-                    )
-                    held = True
-                elif wait:
-                    await conn.execute("SELECT pg_advisory_lock($1)", key)
-                    held = True
-                else:
-                    held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
-            except BaseException as err:
-                if bound is None and conn is not None:
-                    _terminate(conn)
-                if isinstance(err, _UNAVAILABLE):
-                    raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
-                raise
-            if not held:
-                yield False
-                return
-            token = self._bound.set(conn)
-            lock = _HeldLock(key)
-            lock_token = self._held.set(lock)
-            try:
-                yield True
-            finally:
-                self._bound.reset(token)
-                self._held.reset(lock_token)
-                try:
-                    if not lock.released:
-                        await conn.execute("SELECT pg_advisory_unlock($1)", key)
-                except _UNAVAILABLE as err:
-                    if bound is not None:
-                        raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
-                    _terminate(conn)  # the lock ends with the session; what the block did stands
-                except BaseException:
-                    if bound is None:
-                        _terminate(conn)
-                    raise
 
     @contextlib.asynccontextmanager
     async def lock_backup(
@@ -479,28 +179,14 @@ class PostgresStore:
                 yield False
                 return
             key = lock_key("backup", backup_id)
-            read_ahead = backup_id if wait and self._bound.get() is None else None
-            async with self._advisory(key, wait=wait, read_ahead=read_ahead, completing=completing) as held:
+            read_ahead = backup_id if wait and not self._db.bound() else None
+            async with self._db.advisory(
+                key, wait=wait, read_ahead=read_ahead, completing=completing
+            ) as held:
                 try:
                     yield held
                 finally:
-                    self._forget_ahead()
-
-    def _ahead(self, kind: str, name: str) -> tuple[bool, Any]:
-        """What was read ahead for (kind, name), once: (True, it), else (False, None)."""
-        ahead = self._read_ahead.get()
-        wanted = f"{kind}:{name}"
-        if ahead is None or wanted not in ahead:
-            return False, None
-        rest = dict(ahead)
-        found = rest.pop(wanted)
-        self._read_ahead.set(rest or None)
-        return True, found
-
-    def _forget_ahead(self) -> None:
-        """A write: nothing read before it may stand in for a read after it."""
-        if self._read_ahead.get() is not None:
-            self._read_ahead.set(None)
+                    self._db.forget_ahead()
 
     @contextlib.asynccontextmanager
     async def lock_sweeper(self) -> AsyncIterator[bool]:
@@ -508,7 +194,7 @@ class PostgresStore:
             if not local:
                 yield False
                 return
-            async with self._advisory(SWEEPER_LOCK, wait=False) as held:
+            async with self._db.advisory(SWEEPER_LOCK, wait=False) as held:
                 yield held
 
     # --- instances ------------------------------------------------------------------------------------
@@ -518,7 +204,7 @@ class PostgresStore:
 
     async def create_instance(self, instance: Instance, token_hash: str) -> None:
         try:
-            async with self._conn() as conn:
+            async with self._db.conn() as conn:
                 await conn.execute(
                     "INSERT INTO instances (id, name, token_hash, created_at) VALUES ($1, $2, $3, $4)",
                     instance.id,
@@ -529,11 +215,11 @@ class PostgresStore:
         except asyncpg.UniqueViolationError as err:
             raise DuplicateInstance(instance.name) from err
         finally:
-            self._forget_tokens()
+            self._tokens.forget()
 
     async def restore_instance(self, instance: Instance, token_hash: str) -> bool:
         try:
-            async with self._conn() as conn:
+            async with self._db.conn() as conn:
                 status: str = await conn.execute(
                     "INSERT INTO instances (id, name, token_hash, created_at, revoked_at) "
                     "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
@@ -544,17 +230,17 @@ class PostgresStore:
                     instance.revoked_at,
                 )
         finally:
-            self._forget_tokens()
+            self._tokens.forget()
         return status.endswith(" 1")
 
     async def list_instances(self) -> list[Instance]:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             rows = await conn.fetch(f"SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY created_at, name")  # noqa: S608
         return [instance_from_row(row) for row in rows]
 
     async def revoke_instance(self, name: str, now: float) -> Instance | None:
         try:
-            async with self._conn() as conn, conn.transaction():
+            async with self._db.conn() as conn, conn.transaction():
                 row = await conn.fetchrow(
                     "UPDATE instances SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL "  # noqa: S608
                     f"RETURNING {INSTANCE_COLUMNS}",
@@ -569,12 +255,12 @@ class PostgresStore:
                         now,
                     )
         finally:
-            self._forget_tokens()
+            self._tokens.forget()
         return None if row is None else instance_from_row(row)
 
     async def rotate_token(self, name: str, token_hash: str) -> Instance | None:
         try:
-            async with self._conn() as conn:
+            async with self._db.conn() as conn:
                 row = await conn.fetchrow(
                     "UPDATE instances SET token_hash = $1 WHERE name = $2 AND revoked_at IS NULL "  # noqa: S608
                     f"RETURNING {INSTANCE_COLUMNS}",
@@ -582,7 +268,7 @@ class PostgresStore:
                     name,
                 )
         finally:
-            self._forget_tokens()
+            self._tokens.forget()
         return None if row is None else instance_from_row(row)
 
     async def set_policy(
@@ -592,7 +278,7 @@ class PostgresStore:
         if unknown:
             raise ValueError(f"not policy fields: {sorted(unknown)}")
         try:
-            async with self._conn() as conn:
+            async with self._db.conn() as conn:
                 if not changes:
                     row = await conn.fetchrow(
                         f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE name = $1 AND revoked_at IS NULL",  # noqa: S608
@@ -609,13 +295,13 @@ class PostgresStore:
                         *changes.values(),
                     )
         finally:
-            self._forget_tokens()
+            self._tokens.forget()
         return None if row is None else instance_from_row(row)
 
     async def restore_policy(self, instance_id: str, policy: PolicyOverrides, set_at: float) -> bool:
         assignments = ", ".join(f"{field} = ${index}" for index, field in enumerate(POLICY_FIELDS, 3))
         try:
-            async with self._conn() as conn:
+            async with self._db.conn() as conn:
                 status: str = await conn.execute(
                     f"UPDATE instances SET {assignments}, policy_set_at = $2 WHERE id = $1 "  # noqa: S608
                     "AND (policy_set_at IS NULL OR policy_set_at < $2)",
@@ -624,11 +310,11 @@ class PostgresStore:
                     *(getattr(policy, field) for field in POLICY_FIELDS),
                 )
         finally:
-            self._forget_tokens()
+            self._tokens.forget()
         return status.endswith(" 1")
 
     async def usage(self, instance_id: str) -> tuple[int, int]:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             row = await conn.fetchrow(
                 "SELECT coalesce(sum(size), 0) AS bytes, count(*) FILTER (WHERE status = 'completed') AS count "
                 "FROM backups WHERE instance_id = $1 AND status IN ('completed', 'deleting')",
@@ -638,15 +324,12 @@ class PostgresStore:
         return int(row["bytes"]), int(row["count"])
 
     async def instance_by_token_hash(self, token_hash: str) -> Instance | None:
-        """From the cache while the listener listens (module docstring), else from the database."""
+        """From the token cache while it listens (`token_cache`), else from the database."""
         cached = self._tokens.get(token_hash)
-        if cached is not None and self._listener is not None:
-            expires, instance = cached
-            if time.monotonic() < expires:
-                return instance
-            self._tokens.pop(token_hash, None)
-        generation = self._generation
-        async with self._conn() as conn:
+        if cached is not None:
+            return cached
+        generation = self._tokens.generation
+        async with self._db.conn() as conn:
             row = await conn.fetchrow(
                 f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE token_hash = $1 AND revoked_at IS NULL",  # noqa: S608
                 token_hash,
@@ -654,10 +337,7 @@ class PostgresStore:
         if row is None:
             return None  # not cached: wrong tokens (throttled by the app) would only crowd out the right ones
         found = instance_from_row(row)
-        if self._listener is not None and generation == self._generation:
-            if len(self._tokens) >= TOKEN_CACHE_SIZE:
-                self._tokens.clear()
-            self._tokens[token_hash] = (time.monotonic() + TOKEN_CACHE_TTL, found)
+        self._tokens.put(token_hash, found, generation)
         return found
 
     # --- backups --------------------------------------------------------------------------------------
@@ -670,7 +350,7 @@ class PostgresStore:
         # uploads. Everything after (completes, deletes) commits durably, and flushes these too.
         # One round trip: offsite_begin_backup (migration 9) holds the instance's row, checks the upload in
         # progress, the quota and the init rate, and inserts, in the statement's own transaction.
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             row = await conn.fetchrow(
                 "SELECT busy, recent, oldest, began, used FROM offsite_begin_backup("
                 "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::bigint)",
@@ -699,7 +379,7 @@ class PostgresStore:
             raise RateLimited(max(1, int(row["oldest"] - window_start) + 1))
 
     async def restore_backup(self, backup: Backup) -> bool:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             status: str = await conn.execute(
                 f"INSERT INTO backups ({BACKUP_COLUMNS}) VALUES ({_BACKUP_PLACEHOLDERS}) "  # noqa: S608
                 "ON CONFLICT (id) DO NOTHING",
@@ -708,8 +388,8 @@ class PostgresStore:
         return status.endswith(" 1")
 
     async def promote_backup(self, backup: Backup) -> bool:
-        self._forget_ahead()
-        async with self._conn() as conn:
+        self._db.forget_ahead()
+        async with self._db.conn() as conn:
             status: str = await conn.execute(
                 "UPDATE backups SET status = 'completed', name = $4, size = $5, sha256 = $6, created_at = $7, "
                 "completed_at = $8, part_size = $9, part_count = $10, metadata = $11, upload_id = NULL "
@@ -729,25 +409,25 @@ class PostgresStore:
         return status.endswith(" 1")
 
     async def set_upload_id(self, backup_id: str, upload_id: str) -> bool:
-        self._forget_ahead()
-        async with self._conn() as conn:
+        self._db.forget_ahead()
+        async with self._db.conn() as conn:
             # offsite_set_upload_id (migration 8): the update, committed asynchronously (see `begin_backup`).
             recorded: bool = await conn.fetchval("SELECT offsite_set_upload_id($1, $2)", backup_id, upload_id)
         return recorded
 
     async def get_backup(self, backup_id: str) -> Backup | None:
-        found, backup = self._ahead("backup", backup_id)
+        found, backup = self._db.ahead("backup", backup_id)
         if found:
             return cast("Backup | None", backup)
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             row = await conn.fetchrow(f"SELECT {BACKUP_COLUMNS} FROM backups WHERE id = $1", backup_id)  # noqa: S608
         return None if row is None else backup_from_row(row)
 
     async def list_backups(self, instance_id: str, status: str) -> list[Backup]:
-        found, backups = self._ahead(f"list:{status}", instance_id)
+        found, backups = self._db.ahead(f"list:{status}", instance_id)
         if found:
             return cast("list[Backup]", backups)
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             rows = await conn.fetch(
                 f"SELECT {BACKUP_COLUMNS} FROM backups WHERE instance_id = $1 AND status = $2 "  # noqa: S608
                 "ORDER BY completion_seq DESC NULLS LAST, completed_at DESC NULLS LAST, created_at DESC, id DESC",
@@ -759,13 +439,13 @@ class PostgresStore:
     async def complete_backup(
         self, backup_id: str, sha256: str | None, now: float, expired: Sequence[str] = ()
     ) -> bool:
-        self._forget_ahead()
+        self._db.forget_ahead()
         # Inside `lock_backup` of this backup, a complete that succeeds also ends the lock, in its own statement:
         # nothing the block does after a complete touches the database (one round trip fewer).
-        lock = self._held.get()
         key = lock_key("backup", backup_id)
-        unlocking = lock is not None and lock.key == key and self._bound.get() is not None
-        async with self._conn() as conn:
+        lock = self._db.held_lock(key)
+        unlocking = lock is not None
+        async with self._db.conn() as conn:
             # One statement, so one transaction: completed, and what retention expires marked `deleting`, at once.
             row = await conn.fetchrow(
                 "WITH done AS (UPDATE backups SET status = 'completed', completed_at = $1, "
@@ -787,8 +467,8 @@ class PostgresStore:
         return bool(row["done"])
 
     async def fail_backup(self, backup_id: str, now: float) -> Backup | None:
-        self._forget_ahead()
-        async with self._conn() as conn:
+        self._db.forget_ahead()
+        async with self._db.conn() as conn:
             row = await conn.fetchrow(
                 "UPDATE backups SET status = 'failed', last_activity = $2, metadata = '{}' "  # noqa: S608
                 f"WHERE id = $1 AND status = 'uploading' RETURNING {BACKUP_COLUMNS}",
@@ -798,8 +478,8 @@ class PostgresStore:
         return None if row is None else backup_from_row(row)
 
     async def touch_backup(self, backup_id: str, now: float) -> None:
-        self._forget_ahead()
-        async with self._conn() as conn:
+        self._db.forget_ahead()
+        async with self._db.conn() as conn:
             await conn.execute(
                 "UPDATE backups SET last_activity = greatest(last_activity, $2) "
                 "WHERE id = $1 AND status = 'uploading'",
@@ -808,31 +488,31 @@ class PostgresStore:
             )
 
     async def mark_deleting(self, backup_ids: Sequence[str]) -> None:
-        self._forget_ahead()
+        self._db.forget_ahead()
         if not backup_ids:
             return
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             await conn.execute(
                 "UPDATE backups SET status = 'deleting' WHERE id = ANY($1::text[]) AND status <> 'uploading'",
                 list(backup_ids),
             )
 
     async def delete_backup(self, backup_id: str) -> None:
-        self._forget_ahead()
-        async with self._conn() as conn:
+        self._db.forget_ahead()
+        async with self._db.conn() as conn:
             await conn.execute("DELETE FROM backups WHERE id = $1", backup_id)
 
     async def delete_backups(self, backup_ids: Sequence[str]) -> None:
-        self._forget_ahead()
+        self._db.forget_ahead()
         if not backup_ids:
             return
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             await conn.execute(
                 "DELETE FROM backups WHERE id = ANY($1::text[]) AND status = 'deleting'", list(backup_ids)
             )
 
     async def stale_uploads(self, active_before: float) -> list[Backup]:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             rows = await conn.fetch(
                 f"SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'uploading' AND last_activity < $1 "  # noqa: S608
                 "ORDER BY last_activity",
@@ -841,21 +521,21 @@ class PostgresStore:
         return [backup_from_row(row) for row in rows]
 
     async def prune_failed(self, before: float) -> int:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             status: str = await conn.execute(
                 "DELETE FROM backups WHERE status = 'failed' AND last_activity < $1", before
             )
         return int(status.rsplit(maxsplit=1)[-1])
 
     async def deleting_backups(self) -> list[Backup]:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             rows = await conn.fetch(
                 f"SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'deleting' ORDER BY created_at"  # noqa: S608
             )
         return [backup_from_row(row) for row in rows]
 
     async def completed_backups(self, after_id: str, limit: int) -> list[Backup]:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             rows = await conn.fetch(
                 f"SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'completed' AND id > $1 "  # noqa: S608
                 "ORDER BY id LIMIT $2",
@@ -865,19 +545,19 @@ class PostgresStore:
         return [backup_from_row(row) for row in rows]
 
     async def count_uploading(self) -> int:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             count: int = await conn.fetchval("SELECT count(*) FROM backups WHERE status = 'uploading'")
         return count
 
     async def prune_init_events(self, before: float) -> None:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             await conn.execute("DELETE FROM init_events WHERE at < $1", before)
 
     # --- the watchdog -------------------------------------------------------------------------------------
 
     async def set_notify(self, instance_id: str, target: NotifyTarget | None) -> bool:
         try:
-            async with self._conn() as conn:
+            async with self._db.conn() as conn:
                 status: str = await conn.execute(
                     "UPDATE instances SET notify_url = $2, notify_format = $3, notify_secret = $4 "
                     "WHERE id = $1 AND revoked_at IS NULL",
@@ -887,16 +567,16 @@ class PostgresStore:
                     target.secret if target else None,
                 )
         finally:
-            self._forget_tokens()
+            self._tokens.forget()
         return status.endswith(" 1")
 
     async def instance_by_id(self, instance_id: str) -> Instance | None:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             row = await conn.fetchrow(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1", instance_id)  # noqa: S608
         return None if row is None else instance_from_row(row)
 
     async def last_success(self, instance_id: str) -> float | None:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             value = await conn.fetchval(
                 "SELECT max(completed_at) FROM backups WHERE instance_id = $1 AND status = 'completed'",
                 instance_id,
@@ -904,7 +584,7 @@ class PostgresStore:
         return None if value is None else float(value)
 
     async def activity(self) -> dict[str, Activity]:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             rows = await conn.fetch(
                 "SELECT instance_id, max(completed_at) FILTER (WHERE status = 'completed') AS last_success, "
                 "coalesce(sum(size), 0) AS bytes, count(*) FILTER (WHERE status = 'completed') AS backups "
@@ -916,12 +596,12 @@ class PostgresStore:
         }
 
     async def watched(self) -> dict[str, Watched]:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             rows = await conn.fetch(f"SELECT {WATCH_COLUMNS} FROM watch")  # noqa: S608
         return {row["instance_id"]: watched_from_row(row) for row in rows}
 
     async def change_watch(self, expected_version: int, new: Watched, notices: Sequence[Notice]) -> bool:
-        async with self._conn() as conn, conn.transaction():
+        async with self._db.conn() as conn, conn.transaction():
             if expected_version == 0:
                 status: str = await conn.execute(
                     f"INSERT INTO watch ({WATCH_COLUMNS}) VALUES ($1, $2, $3, $4, 1) "  # noqa: S608
@@ -953,7 +633,7 @@ class PostgresStore:
         return True
 
     async def claim_notices(self, now: float, lease_until: float, limit: int) -> list[Notice]:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             # Rows another node is claiming right now are skipped, not waited for; those it claimed already
             # are no longer due (their next_at is its lease).
             rows = await conn.fetch(
@@ -967,7 +647,7 @@ class PostgresStore:
         return sorted((notice_from_row(row) for row in rows), key=lambda notice: notice.created_at)
 
     async def retry_notice(self, notice_id: str, next_at: float, error: str) -> None:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             await conn.execute(
                 "UPDATE notices SET next_at = $2, error = $3 WHERE id = $1 AND status = $4",
                 notice_id,
@@ -977,7 +657,7 @@ class PostgresStore:
             )
 
     async def finish_notice(self, notice_id: str, status: str, now: float, error: str | None = None) -> None:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             await conn.execute(
                 "UPDATE notices SET status = $2, done_at = $3, error = $4 WHERE id = $1 AND status = $5",
                 notice_id,
@@ -988,17 +668,17 @@ class PostgresStore:
             )
 
     async def pending_notices(self) -> int:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             count: int = await conn.fetchval("SELECT count(*) FROM notices WHERE status = $1", PENDING)
         return count
 
     async def list_notices(self) -> list[Notice]:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             rows = await conn.fetch(f"SELECT {NOTICE_COLUMNS} FROM notices ORDER BY created_at, id")  # noqa: S608
         return [notice_from_row(row) for row in rows]
 
     async def prune_notices(self, before: float) -> int:
-        async with self._conn() as conn:
+        async with self._db.conn() as conn:
             status: str = await conn.execute(
                 "DELETE FROM notices WHERE status <> $1 AND done_at < $2", PENDING, before
             )

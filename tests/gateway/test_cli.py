@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import aiohttp
 import pytest
 
 from offsite_gateway.app import STORE
+from offsite_gateway.cli import _backup_delete
 from tests.gateway.api import Api
 from tests.helpers.cli import COMMAND
 from tests.helpers.cli import cli_env as _s3_env
@@ -259,4 +261,26 @@ async def test_instance_revoke_aborts_the_upload_in_progress(
         assert report.orphans_aborted == 1
         async with session.put(url, data=b"x" * 100, headers={"Content-Length": "100"}) as resp:
             assert resp.status >= 400  # moto: 500, S3 and SeaweedFS: 403/404
+        assert _uploads(moto_server, moto_bucket) == []
+
+
+async def test_backup_delete_of_an_upload_storage_cannot_abort_leaves_the_abort_to_the_sweeper(
+    moto_server: S3Server,
+    moto_bucket: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    database: GatewayDatabase,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The operator's `backup delete` of an upload in progress is the API's delete (`domain.delete`): storage
+    refusing the abort does not stop it; the upload is gone from the database, and the sweeper aborts it."""
+    async with run_gateway(moto_server, moto_bucket, tmp_path, database=database) as gateway:
+        _, token = await gateway.add_instance("home")
+        init = await Api(session, gateway.url, token).init(100)
+        unreachable = dataclasses.replace(gateway.settings, s3_endpoint=f"http://127.0.0.1:{free_port()}")
+        assert await _backup_delete(unreachable, init["id"]) == 0, capsys.readouterr()
+        assert f"Backup {init['id']} of instance" in capsys.readouterr().out
+        assert await gateway.app[STORE].get_backup(init["id"]) is None
+        assert len(_uploads(moto_server, moto_bucket)) == 1
+        assert (await gateway.run_sweeper_once()).orphans_aborted == 1
         assert _uploads(moto_server, moto_bucket) == []

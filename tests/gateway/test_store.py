@@ -304,7 +304,7 @@ async def test_pooled_connections_of_cancelled_calls_are_discarded(database: Gat
     await node_b.open()
 
     async def backend() -> int:
-        async with node_a._conn() as conn:
+        async with node_a._db.conn() as conn:
             pid: int = await conn.fetchval("SELECT pg_backend_pid()")
             return pid
 

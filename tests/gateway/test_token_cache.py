@@ -22,8 +22,9 @@ import pytest
 
 from offsite_gateway import auth
 from offsite_gateway.auth import hash_token
-from offsite_gateway.store import postgres
-from offsite_gateway.store.postgres import LISTENER_NAME, PostgresStore
+from offsite_gateway.store import token_cache
+from offsite_gateway.store.postgres import PostgresStore
+from offsite_gateway.store.token_cache import LISTENER_NAME
 from tests.helpers.gateway import GatewayDatabase, database_in, selected_stores
 
 TRIGGER = "offsite_instances_changed"
@@ -148,7 +149,7 @@ async def test_a_token_looked_up_again_costs_no_round_trip(
         "INSERT INTO instances (id, name, token_hash, created_at) VALUES ('u', 'other', $1, 1)",
         unknown,
     )
-    monkeypatch.setattr(postgres, "TOKEN_CACHE_TTL", 1.0)  # for what is cached from now on
+    monkeypatch.setattr(token_cache, "TOKEN_CACHE_TTL", 1.0)  # for what is cached from now on
     assert await node_a.instance_by_token_hash(unknown) is not None
 
     # An entry is trusted for TOKEN_CACHE_TTL seconds at most, notified or not.
@@ -157,7 +158,7 @@ async def test_a_token_looked_up_again_costs_no_round_trip(
     assert await _asks_the_database(node_a, admin, unknown)
 
     # A full cache is emptied: with room for one entry, a third token looked up evicts the others.
-    monkeypatch.setattr(postgres, "TOKEN_CACHE_SIZE", 1)
+    monkeypatch.setattr(token_cache, "TOKEN_CACHE_SIZE", 1)
     third = hash_token(auth.new_token())
     await _quietly(
         admin, "INSERT INTO instances (id, name, token_hash, created_at) VALUES ('t', 'third', $1, 1)", third
@@ -263,21 +264,21 @@ async def test_a_lookup_overtaken_by_a_change_is_not_cached(
     )
 
     async def notified() -> None:
-        generation = node_a._generation
+        generation = node_a._tokens.generation
         await admin.execute("SELECT pg_notify('offsite_gateway_instances', '')")
-        await _eventually(lambda: _true(node_a._generation != generation))
+        await _eventually(lambda: _true(node_a._tokens.generation != generation))
 
     await _lookup_held_while(node_a, admin, admin_url, token_hash, notified)
     assert await _asks_the_database(node_a, admin, token_hash)
 
-    monkeypatch.setattr(postgres, "RECONNECT_FIRST", 1.0)
+    monkeypatch.setattr(token_cache, "RECONNECT_FIRST", 1.0)
     [listener] = await _listeners(admin)
     assert await admin.fetchval("SELECT pg_terminate_backend($1)", listener)
     await _eventually(lambda: _asks_the_database(node_a, admin, token_hash))  # the loss is noticed
 
     async def listening_again() -> None:
-        generation = node_a._generation
-        await _eventually(lambda: _true(node_a._generation != generation), within=5)
+        generation = node_a._tokens.generation
+        await _eventually(lambda: _true(node_a._tokens.generation != generation), within=5)
 
     await _lookup_held_while(node_a, admin, admin_url, token_hash, listening_again)
     assert await _asks_the_database(node_a, admin, token_hash)
@@ -313,7 +314,7 @@ async def test_without_its_listener_a_node_asks_the_database(
 ) -> None:
     """The listener's backend is ended: every lookup asks the database until the listener is back, then the
     cache serves again, and notifications reach it again."""
-    monkeypatch.setattr(postgres, "RECONNECT_FIRST", 2.0)  # time to look while it is down
+    monkeypatch.setattr(token_cache, "RECONNECT_FIRST", 2.0)  # time to look while it is down
     _, token = await auth.add_instance(node_a, "home")
     token_hash = hash_token(token)
     await _eventually(lambda: _caches(node_a, admin, token_hash))
@@ -344,8 +345,8 @@ async def test_a_node_starts_without_its_listener(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The listener cannot connect at start: the node serves, uncached, with a warning, and listens once it can."""
-    monkeypatch.setattr(postgres, "RECONNECT_FIRST", 0.1)
-    monkeypatch.setattr(postgres, "RECONNECT_MAX", 0.2)
+    monkeypatch.setattr(token_cache, "RECONNECT_FIRST", 0.1)
+    monkeypatch.setattr(token_cache, "RECONNECT_MAX", 0.2)
     real_connect = asyncpg.connect
     refusing = True
 
@@ -357,7 +358,7 @@ async def test_a_node_starts_without_its_listener(
 
     monkeypatch.setattr(asyncpg, "connect", connect)
     store = PostgresStore(pg_database.setting)
-    with caplog.at_level(logging.WARNING, logger="offsite_gateway.store.postgres"):
+    with caplog.at_level(logging.WARNING, logger="offsite_gateway.store.token_cache"):
         await store.open()
     try:
         assert "Cannot listen for changes of instances (ConnectionRefusedError" in caplog.text
@@ -418,5 +419,5 @@ async def test_closing_leaves_nothing_behind(pg_database: GatewayDatabase, admin
     await asyncio.sleep(0.1)
     await store.close()
     assert asyncio.all_tasks() == before
-    await asyncio.sleep(postgres.RECONNECT_FIRST + 0.5)
+    await asyncio.sleep(token_cache.RECONNECT_FIRST + 0.5)
     assert await _listeners(admin) == []
