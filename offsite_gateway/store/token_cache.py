@@ -21,6 +21,7 @@ import asyncpg
 
 from ..tasks import stop_task
 from .base import Instance
+from .pg_connections import UNAVAILABLE
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -30,18 +31,6 @@ TOKEN_CACHE_TTL = 60.0  # s: how long a cached instance is trusted, were a notif
 TOKEN_CACHE_SIZE = 100_000  # entries; a full cache is emptied
 RECONNECT_FIRST = 1.0  # s: the first wait before listening again, doubled after each failure
 RECONNECT_MAX = 30.0
-
-# What closing the listener may raise when the database cannot answer (the store's own list): then it is terminated.
-_CLOSE_FAILURES = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.LockNotAvailableError,
-    asyncpg.QueryCanceledError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-)
 
 
 class TokenCache:
@@ -70,7 +59,7 @@ class TokenCache:
             self.forget()
             try:
                 await listener.close(timeout=self.timeout)
-            except _CLOSE_FAILURES:
+            except UNAVAILABLE:  # the database cannot answer: the listener is terminated
                 listener.terminate()
 
     @property
