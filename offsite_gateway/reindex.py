@@ -61,14 +61,20 @@ class ReindexReport:
     manifests_written: int = 0
 
 
-async def _read(storage: Storage, key: str, sizes: dict[str, int]) -> tuple[Instance, Backup] | str:
-    """The manifest's instance and backup, or why it is skipped."""
+async def _fetch(storage: Storage, key: str) -> bytes | str:
+    """A manifest's bytes, or why it could not be read."""
     try:
         data = await storage.get_object(key, manifest.MAX_SIZE)
     except StorageError as err:
         return f"could not read it: {err}"
-    if data is None:
-        return "gone before it was read"
+    return "gone before it was read" if data is None else data
+
+
+async def _read(storage: Storage, key: str, sizes: dict[str, int]) -> tuple[Instance, Backup] | str:
+    """The manifest's instance and backup, or why it is skipped."""
+    data = await _fetch(storage, key)
+    if isinstance(data, str):
+        return data
     try:
         instance, backup = manifest.parse(data, key)
     except manifest.ManifestError as err:
@@ -83,12 +89,9 @@ async def _read(storage: Storage, key: str, sizes: dict[str, int]) -> tuple[Inst
 
 async def _read_instance(storage: Storage, key: str) -> Instance | str:
     """The instance (and policy) an instance manifest describes, or why it is skipped."""
-    try:
-        data = await storage.get_object(key, manifest.MAX_SIZE)
-    except StorageError as err:
-        return f"could not read it: {err}"
-    if data is None:
-        return "gone before it was read"
+    data = await _fetch(storage, key)
+    if isinstance(data, str):
+        return data
     try:
         return manifest.parse_instance(data, key)
     except manifest.ManifestError as err:
